@@ -1,0 +1,20 @@
+//! sluice: a mail transfer agent whose every SMTP stage runs through a chain
+//! of sandboxed WebAssembly plugins.
+//!
+//! Layout (data flows down this list):
+//! - [`server`]: listeners, connection limits, shutdown
+//! - [`session`]: one SMTP session, the async driver around `smtp`
+//! - [`smtp`]: sans-IO protocol code: commands, addresses, replies, DATA
+//! - [`pipeline`]: the Wasm plugin chains that judge each stage
+//! - the spool (crate `sluice-spool`): where accepted mail is kept durably
+//! - [`delivery`]: from the spool to Maildir or the next hop
+//! - [`config`]: the TOML file, parsed and validated
+//! - [`cli`]: the `sluice` command line
+
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod pipeline;
+pub mod server;
+pub mod session;
+pub mod smtp;

@@ -1,0 +1,231 @@
+//! The `message` resource a data-stage plugin reads: the received bytes,
+//! shared (never copied per plugin), with headers split out on first use and
+//! MIME parts parsed by mail-parser only when a plugin asks for text or
+//! attachments.
+
+use std::sync::{Arc, OnceLock};
+
+use mail_parser::{MessageParser, MimeHeaders};
+
+/// One header field, name as sent, value unfolded and trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentInfo {
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub size: u64,
+}
+
+/// Host state behind a guest's `message` handle.
+pub struct MessageResource {
+    bytes: Arc<[u8]>,
+    headers: OnceLock<Vec<HeaderField>>,
+    parts: OnceLock<ParsedParts>,
+}
+
+struct ParsedParts {
+    texts: Vec<String>,
+    attachments: Vec<AttachmentInfo>,
+}
+
+impl MessageResource {
+    pub fn new(bytes: Arc<[u8]>) -> Self {
+        MessageResource {
+            bytes,
+            headers: OnceLock::new(),
+            parts: OnceLock::new(),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    pub fn headers(&self) -> &[HeaderField] {
+        self.headers.get_or_init(|| parse_header_section(&self.bytes))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers()
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+
+    /// At most `len` octets from `offset`; empty past the end.
+    pub fn read(&self, offset: u64, len: u32) -> &[u8] {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.bytes.len());
+        let end = start.saturating_add(len as usize).min(self.bytes.len());
+        &self.bytes[start..end]
+    }
+
+    pub fn body_text(&self) -> &[String] {
+        &self.parts().texts
+    }
+
+    pub fn attachments(&self) -> &[AttachmentInfo] {
+        &self.parts().attachments
+    }
+
+    fn parts(&self) -> &ParsedParts {
+        self.parts.get_or_init(|| parse_parts(&self.bytes))
+    }
+}
+
+fn parse_parts(bytes: &[u8]) -> ParsedParts {
+    let Some(message) = MessageParser::default().parse(bytes) else {
+        return ParsedParts {
+            texts: Vec::new(),
+            attachments: Vec::new(),
+        };
+    };
+    let mut texts = Vec::new();
+    for i in 0..message.text_body_count() {
+        if let Some(text) = message.body_text(i) {
+            texts.push(text.into_owned());
+        }
+    }
+    for i in 0..message.html_body_count() {
+        if let Some(html) = message.body_html(i) {
+            texts.push(html.into_owned());
+        }
+    }
+    let attachments = message
+        .attachments()
+        .map(|part| AttachmentInfo {
+            filename: part.attachment_name().map(str::to_owned),
+            content_type: part
+                .content_type()
+                .map(|ct| match ct.subtype() {
+                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                    None => ct.ctype().to_owned(),
+                })
+                .unwrap_or_else(|| "application/octet-stream".to_owned()),
+            size: part.len() as u64,
+        })
+        .collect();
+    ParsedParts { texts, attachments }
+}
+
+/// Splits the header section (up to the first empty line) into fields,
+/// unfolding continuation lines. Lines that are not `name: value` are
+/// skipped rather than trusted.
+pub fn parse_header_section(bytes: &[u8]) -> Vec<HeaderField> {
+    let mut fields: Vec<HeaderField> = Vec::new();
+    for raw_line in HeaderLines::new(bytes) {
+        let line = String::from_utf8_lossy(raw_line);
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                let piece = line.trim();
+                if !piece.is_empty() {
+                    if !last.value.is_empty() {
+                        last.value.push(' ');
+                    }
+                    last.value.push_str(piece);
+                }
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim_end();
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                fields.push(HeaderField {
+                    name: name.to_owned(),
+                    value: value.trim().to_owned(),
+                });
+            }
+        }
+    }
+    fields
+}
+
+/// Byte offset just past the header section's terminating empty line (or
+/// the message length when there is no body).
+pub fn header_section_end(bytes: &[u8]) -> usize {
+    let mut lines = HeaderLines::new(bytes);
+    while lines.next().is_some() {}
+    lines.pos
+}
+
+/// Iterates the header lines of a message (without line endings), stopping
+/// at the empty line that ends the header section.
+struct HeaderLines<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> HeaderLines<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        HeaderLines {
+            bytes,
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl<'a> Iterator for HeaderLines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.done || self.pos >= self.bytes.len() {
+            self.done = true;
+            return None;
+        }
+        let rest = &self.bytes[self.pos..];
+        let (line, advance) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], i + 1),
+            None => (rest, rest.len()),
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.pos += advance;
+        if line.is_empty() {
+            self.done = true;
+            return None;
+        }
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"Subject: hello\r\n world\r\nFrom: a@example.org\r\nX-Empty:\r\n\r\nbody line\r\nSubject: not a header\r\n";
+
+    #[test]
+    fn headers_are_unfolded_and_stop_at_the_body() {
+        let m = MessageResource::new(Arc::from(MSG));
+        assert_eq!(m.header("subject"), Some("hello world"));
+        assert_eq!(m.header("FROM"), Some("a@example.org"));
+        assert_eq!(m.header("x-empty"), Some(""));
+        assert_eq!(m.headers().len(), 3);
+        assert_eq!(header_section_end(MSG), MSG.len() - b"body line\r\nSubject: not a header\r\n".len());
+    }
+
+    #[test]
+    fn read_is_bounded() {
+        let m = MessageResource::new(Arc::from(MSG));
+        assert_eq!(m.read(0, 7), b"Subject");
+        assert_eq!(m.read(u64::MAX, 10), b"");
+        assert_eq!(m.read(MSG.len() as u64 - 2, 100), b"\r\n");
+    }
+
+    #[test]
+    fn text_parts_and_attachments_are_parsed() {
+        let msg = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello text\r\n--b\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=\"x.zip\"\r\n\r\nPK\r\n--b--\r\n";
+        let m = MessageResource::new(Arc::from(&msg[..]));
+        assert!(m.body_text().iter().any(|t| t.contains("hello text")));
+        assert_eq!(m.attachments().len(), 1);
+        assert_eq!(m.attachments()[0].filename.as_deref(), Some("x.zip"));
+        assert_eq!(m.attachments()[0].content_type, "application/zip");
+    }
+}

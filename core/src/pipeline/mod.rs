@@ -1,0 +1,183 @@
+//! The plugin pipeline: the configured chains of WebAssembly plugins that
+//! judge every SMTP stage.
+//!
+//! - `engine`: the wasmtime engine (async, epochs, pooling, compile cache)
+//! - `plugin`: one configured plugin, compiled and pre-instantiated
+//! - `chain`: a session's lazily created instances and the verdict fold
+//! - `host`: the imports plugins call (log, kv, dns, auth, message)
+//! - `message`: the message resource of the data stage
+//! - `verdict`, `session`: the host-side types the rest of sluice uses
+//! - `bindings`: the one `bindgen!`; its types never leave this module
+//!
+//! A [`PipelineSet`] is built whole from the config (compile, link, `init`
+//! each plugin once to validate its configuration) before it serves, so a
+//! bad plugin or plugin config fails the start or the reload, not a session.
+
+mod bindings;
+pub mod chain;
+pub mod engine;
+pub mod host;
+pub mod message;
+pub mod plugin;
+pub mod session;
+pub mod verdict;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sluice_spool::Spool;
+
+pub use chain::{HookArg, SessionFilters};
+pub use engine::PluginEngine;
+pub use host::HostServices;
+pub use plugin::{builtin_names, Plugin};
+pub use session::{MailboxArg, SessionInfo, TlsInfo};
+pub use verdict::{DataOutcome, Modification, Stage, StageOutcome};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    #[error("plugin cache directory {path}: {source}")]
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plugins.{plugin}: unknown bundled plugin \"builtin:{builtin}\" (bundled: {known})")]
+    UnknownBuiltin {
+        plugin: String,
+        builtin: String,
+        known: String,
+    },
+    #[error("plugins.{plugin}: cannot read {path}: {source}")]
+    Read {
+        plugin: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plugins.{plugin}: not a valid sluice:filter component: {message}")]
+    Compile { plugin: String, message: String },
+    #[error("plugins.{plugin}: does not fit the sluice:filter world: {message}")]
+    Link { plugin: String, message: String },
+    #[error("plugins.{plugin}: {message}")]
+    Init { plugin: String, message: String },
+    #[error("plugin state: {0}")]
+    State(#[from] sluice_spool::SpoolError),
+}
+
+/// One `[pipeline.NAME]`: per stage, the plugins to run, in order.
+pub struct Pipeline {
+    pub name: String,
+    /// Every plugin this pipeline uses, once each.
+    pub(crate) plugins: Vec<Arc<Plugin>>,
+    /// Per stage, indexes into `plugins`.
+    stages: [Vec<usize>; 5],
+    pub(crate) services: Arc<HostServices>,
+}
+
+impl Pipeline {
+    fn stage(&self, stage: Stage) -> &[usize] {
+        &self.stages[stage.index()]
+    }
+
+    /// Plugin names of a stage, in order (for logs and `pipeline test`).
+    pub fn stage_plugins(&self, stage: Stage) -> Vec<&str> {
+        self.stage(stage)
+            .iter()
+            .map(|&i| &*self.plugins[i].name)
+            .collect()
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.iter().find(|p| &*p.name == name)
+    }
+}
+
+/// Every pipeline of a configuration, by name.
+pub struct PipelineSet {
+    pipelines: HashMap<String, Arc<Pipeline>>,
+}
+
+impl PipelineSet {
+    /// Compiles every plugin the config declares, validates each one's
+    /// configuration through its `init`, and assembles the pipelines.
+    pub async fn build(
+        engine: &PluginEngine,
+        config: &Config,
+        spool: &Spool,
+    ) -> Result<PipelineSet, PipelineError> {
+        let services = Arc::new(HostServices {
+            hostname: config.server.hostname.clone(),
+            local_domains: config
+                .domains
+                .local
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+        });
+        let mut plugins: BTreeMap<&str, Arc<Plugin>> = BTreeMap::new();
+        for (name, plugin_config) in &config.plugins {
+            let kv = spool.kv(name)?;
+            let plugin = Plugin::load(engine, plugin_config, kv)?;
+            // One throwaway instance proves the component instantiates and
+            // accepts its configuration before any session depends on it.
+            plugin
+                .instantiate("validate", &services)
+                .await
+                .map_err(|message| PipelineError::Init {
+                    plugin: name.clone(),
+                    message,
+                })?;
+            plugins.insert(name.as_str(), Arc::new(plugin));
+        }
+
+        let mut pipelines = HashMap::new();
+        for (name, pipeline_config) in &config.pipelines {
+            let mut used: Vec<Arc<Plugin>> = Vec::new();
+            let mut stages: [Vec<usize>; 5] = Default::default();
+            let lists = [
+                (Stage::Connect, &pipeline_config.connect),
+                (Stage::Helo, &pipeline_config.helo),
+                (Stage::Mail, &pipeline_config.mail),
+                (Stage::Rcpt, &pipeline_config.rcpt),
+                (Stage::Data, &pipeline_config.data),
+            ];
+            for (stage, names) in lists {
+                for plugin_name in names {
+                    // The resolved config guarantees the name exists.
+                    let Some(plugin) = plugins.get(plugin_name.as_str()) else {
+                        return Err(PipelineError::Init {
+                            plugin: plugin_name.clone(),
+                            message: format!("used by pipeline {name} but not declared"),
+                        });
+                    };
+                    let index = match used.iter().position(|p| Arc::ptr_eq(p, plugin)) {
+                        Some(i) => i,
+                        None => {
+                            used.push(plugin.clone());
+                            used.len() - 1
+                        }
+                    };
+                    stages[stage.index()].push(index);
+                }
+            }
+            pipelines.insert(
+                name.clone(),
+                Arc::new(Pipeline {
+                    name: name.clone(),
+                    plugins: used,
+                    stages,
+                    services: services.clone(),
+                }),
+            );
+        }
+        Ok(PipelineSet { pipelines })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Pipeline>> {
+        self.pipelines.get(name)
+    }
+}

@@ -1,0 +1,184 @@
+//! One configured plugin, compiled and pre-instantiated: the unit the chain
+//! instantiates lazily per session. Bundled plugins come from the binary
+//! (`builtin:NAME`), others from a `.wasm` component file.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_spool::KvStore;
+use wasmtime::component::Component;
+use wasmtime::Store;
+
+use super::bindings::{Filter, FilterPre};
+use super::engine::PluginEngine;
+use super::host::{HostServices, HostState};
+use super::PipelineError;
+use crate::config::{OnError, PluginConfig, PluginSource};
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
+}
+
+/// Names of the plugins bundled into this binary (`builtin:NAME`).
+pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+    builtin::BUILTINS.iter().map(|(name, _)| *name)
+}
+
+fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
+    builtin::BUILTINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
+}
+
+pub struct Plugin {
+    pub name: Arc<str>,
+    pub on_error: OnError,
+    pub timeout: Duration,
+    pub memory: usize,
+    config_json: Arc<str>,
+    pre: FilterPre<HostState>,
+    kv: KvStore,
+    /// Traps, timeouts and cap breaches so far (for metrics and tests).
+    faults: AtomicU64,
+}
+
+/// A live instance of a plugin, owned by one session.
+pub struct LiveInstance {
+    pub(crate) store: Store<HostState>,
+    pub(crate) filter: Filter,
+}
+
+impl Plugin {
+    /// Reads (or finds the bundled bytes of) the component, compiles it
+    /// (through the engine's cache) and links it against the host.
+    pub fn load(
+        engine: &PluginEngine,
+        config: &PluginConfig,
+        kv: KvStore,
+    ) -> Result<Plugin, PipelineError> {
+        let name = config.name.clone();
+        let component = match &config.source {
+            PluginSource::Builtin(builtin) => {
+                let bytes = builtin_bytes(builtin).ok_or_else(|| PipelineError::UnknownBuiltin {
+                    plugin: name.clone(),
+                    builtin: builtin.clone(),
+                    known: builtin_names().collect::<Vec<_>>().join(", "),
+                })?;
+                Component::new(&engine.engine, bytes)
+            }
+            PluginSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(|source| PipelineError::Read {
+                    plugin: name.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+                Component::new(&engine.engine, bytes)
+            }
+        }
+        .map_err(|e| PipelineError::Compile {
+            plugin: name.clone(),
+            message: format!("{e:#}"),
+        })?;
+        let pre = engine
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PipelineError::Link {
+                plugin: name.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let pre = FilterPre::new(pre).map_err(|e| PipelineError::Link {
+            plugin: name.clone(),
+            message: format!("{e:#}"),
+        })?;
+        Ok(Plugin {
+            name: Arc::from(name.as_str()),
+            on_error: config.on_error,
+            timeout: config.timeout,
+            memory: usize::try_from(config.memory).unwrap_or(usize::MAX),
+            config_json: Arc::from(config.config_json.as_str()),
+            pre,
+            kv,
+            faults: AtomicU64::new(0),
+        })
+    }
+
+    /// Creates an instance for a session and runs the plugin's `init` with
+    /// its configuration, all within the plugin's deadline.
+    pub async fn instantiate(
+        &self,
+        session_id: &str,
+        services: &Arc<HostServices>,
+    ) -> Result<LiveInstance, String> {
+        let state = HostState::new(
+            self.name.clone(),
+            session_id.to_owned(),
+            services.clone(),
+            self.kv.clone(),
+            self.memory,
+        );
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
+        self.arm_deadline(&mut store);
+        let call = async {
+            let filter = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| describe_error(&e))?;
+            match filter.call_init(&mut store, &self.config_json).await {
+                Ok(Ok(())) => Ok(filter),
+                Ok(Err(message)) => Err(format!("init refused its configuration: {message}")),
+                Err(e) => Err(describe_error(&e)),
+            }
+        };
+        let filter = self.with_backstop(call).await?;
+        Ok(LiveInstance { store, filter })
+    }
+
+    /// Starts the deadline for the next call into this store.
+    pub(crate) fn arm_deadline(&self, store: &mut Store<HostState>) {
+        store.data_mut().deadline = Instant::now() + self.timeout;
+        store.set_epoch_deadline(1);
+    }
+
+    /// Epoch interruption stops guest code; this bounds the rest (a host
+    /// call that never returns), a little after the deadline.
+    pub(crate) async fn with_backstop<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let backstop = self.timeout + self.timeout / 2 + Duration::from_millis(50);
+        match tokio::time::timeout(backstop, call).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {backstop:?}")),
+        }
+    }
+
+    pub(crate) fn record_fault(&self) {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
+}
+
+/// A one-line description of why a call into a plugin failed.
+pub(crate) fn describe_error(error: &wasmtime::Error) -> String {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => "deadline exceeded".to_owned(),
+            other => format!("trap: {other}"),
+        };
+    }
+    format!("{error:#}")
+}

@@ -1,0 +1,33 @@
+//! What plugins are told about the SMTP session: the host-side record the
+//! session driver keeps up to date and the chain converts for each call.
+
+use std::net::IpAddr;
+
+/// The session as plugins see it (WIT `session`).
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: String,
+    pub client_ip: IpAddr,
+    pub client_port: u16,
+    pub listener: String,
+    pub reverse_name: Option<String>,
+    pub helo: Option<String>,
+    pub tls: Option<TlsInfo>,
+    pub authenticated_user: Option<String>,
+    /// "" for the null reverse-path; None before MAIL.
+    pub reverse_path: Option<String>,
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+}
+
+/// A mailbox handed to `on-mail` / `on-rcpt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxArg {
+    pub local_part: String,
+    pub domain: String,
+}

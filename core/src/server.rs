@@ -1,0 +1,295 @@
+//! The server: opens the spool, builds the plugin pipelines, binds the
+//! listeners, accepts connections under the global and per-client limits,
+//! and runs the shutdown sequence (stop accepting, let sessions finish or
+//! tempfail, stop delivery, flush the spool).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, ListenerConfig};
+use crate::delivery::{self, DeliverySettings, RouteSetting};
+use crate::pipeline::{PluginEngine, PipelineError, PipelineSet};
+use crate::session::{Session, SessionContext};
+use crate::smtp::reply::Reply;
+use sluice_spool::Spool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the spool in {path}: {source}")]
+    Spool {
+        path: std::path::PathBuf,
+        source: sluice_spool::SpoolError,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("listener {name}: cannot listen on {address}: {source}")]
+    Bind {
+        name: String,
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A server that has opened its spool, built its pipelines and bound its
+/// listeners, ready to run.
+pub struct Server {
+    config: Arc<Config>,
+    spool: Spool,
+    engine: PluginEngine,
+    pipelines: Arc<ArcSwap<PipelineSet>>,
+    listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let data_dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let spool_dir = data_dir.join("spool");
+        let spool = Spool::open(&spool_dir).map_err(|source| ServerError::Spool {
+            path: spool_dir,
+            source,
+        })?;
+        let max_memory = config.plugins.values().map(|p| p.memory).max().unwrap_or(64 << 20);
+        let engine = PluginEngine::new(max_memory, Some(&data_dir.join("cache")))?;
+        let pipelines = PipelineSet::build(&engine, &config, &spool).await?;
+
+        let mut listeners = Vec::new();
+        for listener in &config.listeners {
+            let socket = TcpListener::bind(listener.address)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    name: listener.name.clone(),
+                    address: listener.address,
+                    source,
+                })?;
+            listeners.push((Arc::new(listener.clone()), socket));
+        }
+        Ok(Server {
+            config: Arc::new(config),
+            spool,
+            engine,
+            pipelines: Arc::new(ArcSwap::from_pointee(pipelines)),
+            listeners,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `stop` resolves, then shuts down gracefully.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let config = self.config.clone();
+        let (delivery, delivery_task) = delivery::spawn(
+            delivery_settings(&config),
+            self.spool.clone(),
+            shutdown_rx.clone(),
+        );
+        let ctx = Arc::new(SessionContext {
+            config: config.clone(),
+            pipelines: self.pipelines.clone(),
+            spool: self.spool.clone(),
+            delivery,
+            shutdown: shutdown_rx.clone(),
+        });
+        let limits = Arc::new(ConnectionLimits::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        ));
+        let mut sessions = JoinSet::new();
+        let mut accept_loops = JoinSet::new();
+        let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel();
+        for (listener_config, socket) in self.listeners {
+            tracing::info!(listener = %listener_config.name, address = ?socket.local_addr().ok(), "listening");
+            accept_loops.spawn(accept_loop(
+                socket,
+                listener_config,
+                ctx.clone(),
+                limits.clone(),
+                session_tx.clone(),
+            ));
+        }
+        drop(session_tx);
+
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(session) = session_rx.recv() => { sessions.spawn(session); }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+
+        tracing::info!("shutting down: no new connections, finishing sessions");
+        accept_loops.abort_all();
+        let _ = shutdown_tx.send(true);
+        let grace = config.server.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(session) = session_rx.recv().await {
+                sessions.spawn(session);
+            }
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(remaining = sessions.len(), "sessions still open after the grace period; closing them");
+            sessions.abort_all();
+        }
+        if tokio::time::timeout(grace, delivery_task).await.is_err() {
+            tracing::warn!("delivery did not stop within the grace period");
+        }
+        if let Err(e) = self.spool.flush().await {
+            tracing::error!("final spool flush failed: {e}");
+        }
+        drop(self.engine);
+        tracing::info!("stopped");
+    }
+}
+
+type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+async fn accept_loop(
+    socket: TcpListener,
+    listener: Arc<ListenerConfig>,
+    ctx: Arc<SessionContext>,
+    limits: Arc<ConnectionLimits>,
+    sessions: tokio::sync::mpsc::UnboundedSender<SessionFuture>,
+) {
+    static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let (stream, peer) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, don't spin.
+                tracing::warn!(listener = %listener.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ip = peer.ip();
+        let Some(permit) = limits.admit(ip) else {
+            tracing::warn!(client = %peer, listener = %listener.name, "connection refused: limit reached");
+            let reply = Reply::too_many_connections().to_bytes();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
+            });
+            continue;
+        };
+        let n = SESSION_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let session_id = format!("{:x}{:04x}", std::process::id(), n);
+        let Some(session) = Session::new(stream, peer, session_id, listener.clone(), ctx.clone())
+        else {
+            tracing::error!(listener = %listener.name, "listener's pipeline is missing");
+            continue;
+        };
+        let future: SessionFuture = Box::pin(async move {
+            session.run().await;
+            drop(permit);
+        });
+        if sessions.send(future).is_err() {
+            return;
+        }
+    }
+}
+
+/// The global connection cap and the per-client-IP cap.
+struct ConnectionLimits {
+    total: Arc<Semaphore>,
+    per_ip_max: usize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds a connection's place under both caps until the session ends.
+struct ConnectionPermit {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+    _total: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ConnectionLimits {
+    fn new(max_total: usize, per_ip_max: usize) -> Self {
+        ConnectionLimits {
+            total: Arc::new(Semaphore::new(max_total)),
+            per_ip_max,
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.per_ip_max {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionPermit {
+            limits: self.clone(),
+            ip,
+            _total: total,
+        })
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn delivery_settings(config: &Config) -> DeliverySettings {
+    DeliverySettings {
+        hostname: config.server.hostname.clone(),
+        local_domains: config
+            .domains
+            .local
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
+        maildir_root: config.server.data_dir.join("mail"),
+        routes: config
+            .delivery
+            .routes
+            .iter()
+            .map(|r| RouteSetting {
+                domain: r.domain.clone(),
+                next_hop: r.next_hop.clone(),
+            })
+            .collect(),
+        retry: config.queue.retry.clone(),
+        max_age: config.queue.max_age,
+        max_connections_per_destination: config.delivery.max_connections_per_domain,
+        client_timeouts: Default::default(),
+        idle_timeout: Duration::from_secs(5),
+    }
+}

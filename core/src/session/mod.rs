@@ -1,0 +1,636 @@
+//! One SMTP session: the async driver between a client socket and the
+//! sans-IO protocol code in `smtp/`. It reads commands, asks the pipeline
+//! for each stage's verdict, receives DATA, and hands accepted messages to
+//! the spool, answering `250` only once the spool says they are on disk.
+//!
+//! Replies to pipelined commands (RFC 2920) are collected and written in one
+//! go when the client has no more complete commands waiting.
+
+mod message;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::{Config, ListenerConfig};
+use crate::delivery::DeliveryHandle;
+use crate::pipeline::{
+    HookArg, MailboxArg, Modification, PipelineSet, SessionFilters, SessionInfo, StageOutcome,
+};
+use crate::smtp::address::{Domain, ForwardPath, Mailbox, ReversePath};
+use crate::smtp::command::{parse_command, Command, MailParams};
+use crate::smtp::data::{DataError, DataLimits, DataProgress, DataReceiver};
+use crate::smtp::line::{Line, LineBuffer};
+use crate::smtp::received::{count_received, received_header, rfc5322_date};
+use crate::smtp::reply::Reply;
+use sluice_spool::{NewMessage, Spool};
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
+const MAX_COMMAND_LINE: usize = 512;
+/// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF.
+const MAX_TEXT_LINE: usize = 1000;
+/// Errors a client may make before it is disconnected (like Postfix's
+/// smtpd_hard_error_limit): a confused or hostile client cannot keep a
+/// session slot forever.
+const MAX_ERRORS: u32 = 20;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the server shares with every session.
+pub struct SessionContext {
+    pub config: Arc<Config>,
+    pub pipelines: Arc<arc_swap::ArcSwap<PipelineSet>>,
+    pub spool: Spool,
+    pub delivery: DeliveryHandle,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// How a command leaves the session.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// The open mail transaction: between an accepted MAIL and the end of DATA
+/// or RSET.
+struct Transaction {
+    reverse_path: ReversePath,
+    recipients: Vec<String>,
+    smtputf8: bool,
+}
+
+pub struct Session {
+    stream: TcpStream,
+    ctx: Arc<SessionContext>,
+    listener: Arc<ListenerConfig>,
+    filters: SessionFilters,
+    info: SessionInfo,
+    input: LineBuffer,
+    /// Replies waiting to be written.
+    output: Vec<u8>,
+    read_buf: Box<[u8]>,
+    /// Set by EHLO (as opposed to HELO): selects ESMTP replies and the
+    /// Received protocol.
+    esmtp: bool,
+    transaction: Option<Transaction>,
+    errors: u32,
+}
+
+impl Session {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        session_id: String,
+        listener: Arc<ListenerConfig>,
+        ctx: Arc<SessionContext>,
+    ) -> Option<Session> {
+        let pipelines = ctx.pipelines.load();
+        let pipeline = pipelines.get(&listener.pipeline)?.clone();
+        let info = SessionInfo {
+            id: session_id.clone(),
+            client_ip: canonical_ip(peer.ip()),
+            client_port: peer.port(),
+            listener: listener.name.clone(),
+            reverse_name: None,
+            helo: None,
+            tls: None,
+            authenticated_user: None,
+            reverse_path: None,
+            recipients: Vec::new(),
+        };
+        Some(Session {
+            stream,
+            filters: SessionFilters::new(pipeline, session_id),
+            ctx,
+            listener,
+            info,
+            input: LineBuffer::new(MAX_COMMAND_LINE),
+            output: Vec::with_capacity(1024),
+            read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            esmtp: false,
+            transaction: None,
+            errors: 0,
+        })
+    }
+
+    fn hostname(&self) -> &str {
+        &self.ctx.config.server.hostname
+    }
+
+    /// Runs the session to its end. I/O errors end it quietly: the client
+    /// went away, and nothing it did not get a 250 for was kept.
+    pub async fn run(mut self) {
+        let peer = format!("{}:{}", self.info.client_ip, self.info.client_port);
+        tracing::info!(session = %self.info.id, client = %peer, listener = %self.listener.name, "connect");
+        if let Err(e) = self.serve().await {
+            tracing::debug!(session = %self.info.id, "connection ended: {e}");
+        }
+        let _ = self.stream.shutdown().await;
+        tracing::info!(session = %self.info.id, client = %peer, "disconnect");
+    }
+
+    async fn serve(&mut self) -> std::io::Result<()> {
+        let outcome = self.filters.run(&self.info, HookArg::Connect).await;
+        match outcome {
+            StageOutcome::Accept | StageOutcome::Discard | StageOutcome::Quarantine(_) => {
+                let greeting = Reply::greeting(self.hostname());
+                self.reply(greeting);
+            }
+            StageOutcome::Reject(reply)
+            | StageOutcome::Tempfail(reply)
+            | StageOutcome::Disconnect(reply) => {
+                // A refused connection is closed at once; a 4xx refusal at
+                // connect is 421 by RFC 5321 §3.1.
+                let reply = if reply.is_transient() && reply.code != 421 {
+                    Reply::new(421, reply.enhanced.as_deref(), reply.lines.join(" "))
+                } else {
+                    reply
+                };
+                self.reply(reply);
+                return self.flush().await;
+            }
+        }
+        self.flush().await?;
+
+        loop {
+            while let Some(line) = self.input.next_line() {
+                let flow = match line {
+                    Line::TooLong => {
+                        self.error(Reply::line_too_long());
+                        Flow::Continue
+                    }
+                    Line::Complete(bytes) => {
+                        let bytes = bytes.to_vec();
+                        self.command(&bytes).await?
+                    }
+                };
+                if matches!(flow, Flow::Close) || self.errors >= MAX_ERRORS {
+                    if self.errors >= MAX_ERRORS {
+                        self.reply(Reply::new(421, Some("4.7.0"), "Too many errors, closing connection"));
+                    }
+                    return self.flush().await;
+                }
+            }
+            self.flush().await?;
+            let timeout = self.ctx.config.server.timeouts.command;
+            if !self.read_more(timeout).await? {
+                return self.flush().await;
+            }
+        }
+    }
+
+    /// Reads more input into the line buffer. Returns false when the session
+    /// must end (client closed, timeout or server shutdown; the reply for
+    /// the last two is already queued).
+    async fn read_more(&mut self, timeout: Duration) -> std::io::Result<bool> {
+        let mut shutdown = self.ctx.shutdown.clone();
+        if *shutdown.borrow() {
+            self.reply(Reply::shutting_down(self.hostname()));
+            return Ok(false);
+        }
+        tokio::select! {
+            read = tokio::time::timeout(timeout, self.stream.read(&mut self.read_buf)) => match read {
+                Ok(Ok(0)) => Ok(false),
+                Ok(Ok(n)) => {
+                    self.input.push(&self.read_buf[..n]);
+                    Ok(true)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    self.reply(Reply::timeout(self.hostname()));
+                    Ok(false)
+                }
+            },
+            _ = shutdown.changed() => {
+                self.reply(Reply::shutting_down(self.hostname()));
+                Ok(false)
+            }
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    fn error(&mut self, reply: Reply) {
+        self.errors += 1;
+        self.reply(reply);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+
+    async fn command(&mut self, line: &[u8]) -> std::io::Result<Flow> {
+        let command = match parse_command(line) {
+            Ok(command) => command,
+            Err(e) => {
+                self.error(e.reply());
+                return Ok(Flow::Continue);
+            }
+        };
+        match command {
+            Command::Ehlo(name) => self.helo(name, true).await,
+            Command::Helo(name) => self.helo(name, false).await,
+            Command::Mail {
+                reverse_path,
+                params,
+            } => self.mail(reverse_path, params).await,
+            Command::Rcpt { forward_path, .. } => self.rcpt(forward_path).await,
+            Command::Data => self.data().await,
+            Command::Rset => {
+                self.reset_transaction();
+                self.reply(Reply::ok());
+                Ok(Flow::Continue)
+            }
+            Command::Noop => {
+                self.reply(Reply::ok());
+                Ok(Flow::Continue)
+            }
+            Command::Quit => {
+                let closing = Reply::closing(self.hostname());
+                self.reply(closing);
+                Ok(Flow::Close)
+            }
+            Command::Help(_) => {
+                self.reply(Reply::help());
+                Ok(Flow::Continue)
+            }
+            // Never disclose whether a mailbox exists (RFC 5321 §3.5.3).
+            Command::Vrfy(_) | Command::Expn(_) => {
+                self.reply(Reply::vrfy());
+                Ok(Flow::Continue)
+            }
+            Command::StartTls | Command::Auth { .. } => {
+                self.error(Reply::not_implemented());
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    async fn helo(&mut self, name: String, esmtp: bool) -> std::io::Result<Flow> {
+        self.reset_transaction();
+        let outcome = self.filters.run(&self.info, HookArg::Helo(&name)).await;
+        if let Some(flow) = self.refused(outcome) {
+            return Ok(flow);
+        }
+        self.esmtp = esmtp;
+        self.info.helo = Some(name.clone());
+        let greeting = format!("{} greets {}", self.hostname(), name);
+        if esmtp {
+            let lines = vec![
+                greeting,
+                "PIPELINING".to_owned(),
+                format!("SIZE {}", self.ctx.config.server.max_message_size),
+                "8BITMIME".to_owned(),
+                "ENHANCEDSTATUSCODES".to_owned(),
+                "SMTPUTF8".to_owned(),
+                "HELP".to_owned(),
+            ];
+            self.reply(Reply::multiline(250, None, lines));
+        } else {
+            self.reply(Reply::new(250, None, greeting));
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn mail(&mut self, reverse_path: ReversePath, params: MailParams) -> std::io::Result<Flow> {
+        if self.info.helo.is_none() {
+            self.error(Reply::need_helo());
+            return Ok(Flow::Continue);
+        }
+        if self.transaction.is_some() {
+            self.error(Reply::bad_sequence());
+            return Ok(Flow::Continue);
+        }
+        if params
+            .size
+            .is_some_and(|size| size > self.ctx.config.server.max_message_size)
+        {
+            self.reply(Reply::size_exceeds_limit());
+            return Ok(Flow::Continue);
+        }
+        let argument = match &reverse_path {
+            ReversePath::Null => None,
+            ReversePath::Mailbox(mailbox) => Some(self.mailbox_arg(mailbox)),
+        };
+        let outcome = self
+            .filters
+            .run(&self.info, HookArg::Mail(argument.as_ref()))
+            .await;
+        if let Some(flow) = self.refused(outcome) {
+            return Ok(flow);
+        }
+        self.info.reverse_path = Some(match &reverse_path {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(mailbox) => mailbox.to_string(),
+        });
+        self.info.recipients.clear();
+        self.transaction = Some(Transaction {
+            reverse_path,
+            recipients: Vec::new(),
+            smtputf8: params.smtputf8,
+        });
+        self.reply(Reply::sender_ok());
+        Ok(Flow::Continue)
+    }
+
+    async fn rcpt(&mut self, forward_path: ForwardPath) -> std::io::Result<Flow> {
+        let Some(transaction) = &self.transaction else {
+            self.error(Reply::bad_sequence());
+            return Ok(Flow::Continue);
+        };
+        if transaction.recipients.len() >= self.ctx.config.server.max_recipients {
+            self.reply(Reply::too_many_recipients());
+            return Ok(Flow::Continue);
+        }
+        let argument = self.mailbox_arg(&forward_path.0);
+        let outcome = self.filters.run(&self.info, HookArg::Rcpt(&argument)).await;
+        if let Some(flow) = self.refused(outcome) {
+            return Ok(flow);
+        }
+        let address = format!("{}@{}", quote_local_part(&argument.local_part), argument.domain);
+        if let Some(transaction) = &mut self.transaction {
+            transaction.recipients.push(address.clone());
+        }
+        self.info.recipients.push(address);
+        self.reply(Reply::recipient_ok());
+        Ok(Flow::Continue)
+    }
+
+    async fn data(&mut self) -> std::io::Result<Flow> {
+        let has_recipients = self
+            .transaction
+            .as_ref()
+            .map(|t| !t.recipients.is_empty());
+        match has_recipients {
+            None => {
+                self.error(Reply::bad_sequence());
+                return Ok(Flow::Continue);
+            }
+            Some(false) => {
+                // RFC 2920 §3.1: DATA after only failed RCPTs.
+                self.error(Reply::new(554, Some("5.5.1"), "No valid recipients"));
+                return Ok(Flow::Continue);
+            }
+            Some(true) => {}
+        }
+        self.reply(Reply::start_data());
+        self.flush().await?;
+
+        let Some(received) = self.receive_data().await? else {
+            return Ok(Flow::Close);
+        };
+        let message = match received {
+            Ok(message) => message,
+            Err(DataError::TooBig) => {
+                self.reset_transaction();
+                self.reply(Reply::message_too_big());
+                return Ok(Flow::Continue);
+            }
+            Err(DataError::LineTooLong) => {
+                self.reset_transaction();
+                self.error(Reply::data_line_too_long());
+                return Ok(Flow::Continue);
+            }
+        };
+        let flow = self.finish_message(message).await;
+        self.reset_transaction();
+        flow
+    }
+
+    /// Receives the message text after 354. Returns None when the session
+    /// must end (client gone, timeout, shutdown).
+    async fn receive_data(&mut self) -> std::io::Result<Option<Result<Vec<u8>, DataError>>> {
+        let limits = DataLimits {
+            max_size: self.ctx.config.server.max_message_size,
+            max_line: MAX_TEXT_LINE,
+        };
+        let mut receiver = DataReceiver::new(limits);
+        let mut pending = self.input.take_remaining();
+        let timeout = self.ctx.config.server.timeouts.data_block;
+        loop {
+            if let DataProgress::Done { consumed } = receiver.feed(&pending) {
+                // Whatever followed the terminator is the next command.
+                self.input.push(&pending[consumed..]);
+                return Ok(Some(receiver.finish()));
+            }
+            match tokio::time::timeout(timeout, self.stream.read(&mut self.read_buf)).await {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(n)) => {
+                    pending.clear();
+                    pending.extend_from_slice(&self.read_buf[..n]);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.reply(Reply::timeout(self.hostname()));
+                    self.flush().await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Runs the data stage on a complete message and, if it is accepted,
+    /// stores it durably before answering.
+    async fn finish_message(&mut self, message: Vec<u8>) -> std::io::Result<Flow> {
+        let config = &self.ctx.config;
+        if count_received(&message) > config.server.max_received_headers {
+            self.reply(Reply::loop_detected());
+            return Ok(Flow::Continue);
+        }
+        let message: Arc<[u8]> = Arc::from(message);
+        let decision = self.filters.run_data(&self.info, &message).await;
+        let quarantine = match decision.outcome {
+            StageOutcome::Accept => None,
+            StageOutcome::Quarantine(reason) => Some(reason),
+            StageOutcome::Discard => {
+                tracing::info!(session = %self.info.id, "message discarded by the data stage");
+                self.reply(Reply::ok());
+                return Ok(Flow::Continue);
+            }
+            refused => {
+                return Ok(self.refused(refused).unwrap_or(Flow::Continue));
+            }
+        };
+        let Some(transaction) = self.transaction.as_mut() else {
+            self.error(Reply::bad_sequence());
+            return Ok(Flow::Continue);
+        };
+        let mut remove = Vec::new();
+        let mut prepend = Vec::new();
+        let mut append = Vec::new();
+        for modification in decision.modifications {
+            match modification {
+                Modification::PrependHeader { name, value } => prepend.push((name, value)),
+                Modification::AppendHeader { name, value } => append.push((name, value)),
+                Modification::RemoveHeader(name) => remove.push(name),
+                Modification::AddRecipient(rcpt) => {
+                    if !transaction.recipients.contains(&rcpt) {
+                        transaction.recipients.push(rcpt)
+                    }
+                }
+                Modification::RemoveRecipient(rcpt) => transaction.recipients.retain(|r| *r != rcpt),
+            }
+        }
+        if transaction.recipients.is_empty() {
+            // Plugins removed every recipient: nobody is left to deliver to.
+            tracing::info!(session = %self.info.id, "every recipient removed by the data stage");
+            self.reply(Reply::ok());
+            return Ok(Flow::Continue);
+        }
+
+        let queue_id = self.ctx.spool.allocate_id();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let protocol = match (self.esmtp, transaction.smtputf8) {
+            (true, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+            (false, _) => "SMTP",
+        };
+        let single_recipient = match transaction.recipients.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        let trace = received_header(
+            self.info.helo.as_deref().unwrap_or("unknown"),
+            self.info.reverse_name.as_deref(),
+            self.info.client_ip,
+            &config.server.hostname,
+            protocol,
+            None,
+            &queue_id.to_string(),
+            single_recipient,
+            &rfc5322_date(now as i64),
+        );
+        let body = if prepend.is_empty() && append.is_empty() && remove.is_empty() {
+            message.to_vec()
+        } else {
+            message::apply_header_changes(&message, &remove, &prepend, &append)
+        };
+        let mut stored = Vec::with_capacity(trace.len() + body.len());
+        stored.extend_from_slice(trace.as_bytes());
+        stored.extend_from_slice(&body);
+
+        let new_message = NewMessage {
+            reverse_path: match &transaction.reverse_path {
+                ReversePath::Null => String::new(),
+                ReversePath::Mailbox(m) => m.to_string(),
+            },
+            recipients: transaction.recipients.clone(),
+            message: stored,
+            received_at: now,
+            client: format!("{}:{}", self.info.client_ip, self.info.client_port),
+            quarantine: quarantine.clone(),
+        };
+        let recipients = new_message.recipients.len();
+        match self.ctx.spool.enqueue_with_id(queue_id, new_message).await {
+            Ok(id) => {
+                tracing::info!(
+                    session = %self.info.id,
+                    queue_id = %id,
+                    recipients,
+                    quarantine = quarantine.as_deref().unwrap_or(""),
+                    "message queued"
+                );
+                if quarantine.is_none() {
+                    self.ctx.delivery.enqueued(id);
+                }
+                self.reply(Reply::queued(&id.to_string()));
+            }
+            Err(e) => {
+                tracing::error!(session = %self.info.id, "spool write failed: {e}");
+                self.reply(Reply::local_error());
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Writes the reply of a refusing outcome; None when the stage accepted.
+    fn refused(&mut self, outcome: StageOutcome) -> Option<Flow> {
+        match outcome {
+            StageOutcome::Accept | StageOutcome::Discard | StageOutcome::Quarantine(_) => None,
+            StageOutcome::Reject(reply) | StageOutcome::Tempfail(reply) => {
+                self.reply(reply);
+                Some(Flow::Continue)
+            }
+            StageOutcome::Disconnect(reply) => {
+                self.reply(reply);
+                Some(Flow::Close)
+            }
+        }
+    }
+
+    fn reset_transaction(&mut self) {
+        self.transaction = None;
+        self.info.reverse_path = None;
+        self.info.recipients.clear();
+    }
+
+    /// The plugin view of a mailbox. `<postmaster>` (RFC 5321 §4.5.1) is
+    /// the postmaster of our first local domain.
+    fn mailbox_arg(&self, mailbox: &Mailbox) -> MailboxArg {
+        let domain = match &mailbox.domain {
+            Domain::Name(name) => name.clone(),
+            Domain::Literal(std::net::IpAddr::V4(ip)) => format!("[{ip}]"),
+            Domain::Literal(std::net::IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
+            Domain::None => self
+                .ctx
+                .config
+                .domains
+                .local
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.hostname().to_owned()),
+        };
+        MailboxArg {
+            local_part: mailbox.local_part.clone(),
+            domain,
+        }
+    }
+}
+
+/// An IPv4 client reached over an IPv6 socket is reported as IPv4.
+fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(std::net::IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Re-quotes a local part that is not a valid dot-string, so the stored
+/// address reads back as the same mailbox.
+fn quote_local_part(local: &str) -> String {
+    let atext = |c: char| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    let dot_string = !local.is_empty()
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local.chars().all(|c| c == '.' || atext(c));
+    if dot_string {
+        local.to_owned()
+    } else {
+        let mut quoted = String::with_capacity(local.len() + 2);
+        quoted.push('"');
+        for c in local.chars() {
+            if c == '"' || c == '\\' {
+                quoted.push('\\');
+            }
+            quoted.push(c);
+        }
+        quoted.push('"');
+        quoted
+    }
+}
