@@ -1,0 +1,158 @@
+//! The queue's records: what a caller hands to `enqueue` (`NewMessage`), what
+//! the spool keeps per message (`QueueEntry`, stored as JSON in `entries`) and
+//! what a delivery attempt reports back (`RecipientOutcome`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::QueueId;
+
+/// A message accepted by the SMTP session, ready to be spooled.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The envelope sender; "" for the null reverse-path `<>`.
+    pub reverse_path: String,
+    /// Envelope recipients, in RCPT order; outcomes refer to them by index.
+    pub recipients: Vec<String>,
+    /// Raw bytes, CRLF line ends, trace headers included.
+    pub message: Vec<u8>,
+    /// Unix seconds at which the message was accepted.
+    pub received_at: u64,
+    /// "ip:port" of the submitting client, for the operator.
+    pub client: String,
+    /// Some(reason): every recipient starts Quarantined.
+    pub quarantine: Option<String>,
+}
+
+/// One spooled message: envelope and delivery state, without the bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueueEntry {
+    /// The key under which the entry and its message are stored.
+    pub id: QueueId,
+    /// The envelope sender; "" for `<>` (never sent a DSN).
+    pub reverse_path: String,
+    /// Per-recipient state, in RCPT order.
+    pub recipients: Vec<Recipient>,
+    /// Unix seconds at acceptance; the maximum queue age counts from here.
+    pub received_at: u64,
+    /// "ip:port" of the submitting client.
+    pub client: String,
+    /// Size of the stored message in bytes.
+    pub size: u64,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// Unix seconds of the next attempt; 0 = as soon as possible.
+    pub next_attempt: u64,
+    /// Set by the operator: no delivery until released.
+    pub held: bool,
+    /// Why the pipeline quarantined the message, if it did.
+    pub quarantine: Option<String>,
+}
+
+impl QueueEntry {
+    /// Whether every recipient has reached a final state.
+    pub fn is_finished(&self) -> bool {
+        self.recipients.iter().all(|r| r.status.is_final())
+    }
+}
+
+/// One envelope recipient and how far its delivery got.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recipient {
+    /// The address as given in RCPT TO, without angle brackets.
+    pub address: String,
+    /// Where this recipient stands.
+    pub status: RecipientStatus,
+    /// The last reply seen for it (remote server's or local delivery's).
+    pub last_reply: Option<String>,
+    /// Attempts made for this recipient.
+    pub attempts: u32,
+}
+
+/// Delivery state of one recipient.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientStatus {
+    /// Not attempted yet.
+    Pending,
+    /// Delivered; final.
+    Delivered,
+    /// Failed temporarily; retried at `next_attempt`.
+    Deferred,
+    /// Failed permanently; final.
+    Failed,
+    /// Kept back for this recipient until released.
+    Held,
+    /// Kept back because the pipeline quarantined the message.
+    Quarantined,
+}
+
+impl RecipientStatus {
+    /// Delivered and Failed are final: nothing more will be attempted.
+    pub fn is_final(self) -> bool {
+        matches!(self, RecipientStatus::Delivered | RecipientStatus::Failed)
+    }
+}
+
+/// The result of one delivery attempt for one recipient.
+#[derive(Debug, Clone)]
+pub struct RecipientOutcome {
+    /// Index into `QueueEntry::recipients`.
+    pub index: usize,
+    /// The recipient's new status.
+    pub status: RecipientStatus,
+    /// The reply that led to it, kept as `last_reply`.
+    pub reply: Option<String>,
+}
+
+/// What `Spool::record_attempt` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AttemptRecorded {
+    /// The entry was updated and stays queued.
+    Updated,
+    /// Every recipient is final: entry and message were removed.
+    Removed,
+    /// No such entry (removed by the operator meanwhile, for example).
+    NotFound,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_delivered_and_failed_are_final() {
+        use RecipientStatus::*;
+        let finals: Vec<_> = [Pending, Delivered, Deferred, Failed, Held, Quarantined]
+            .into_iter()
+            .filter(|s| s.is_final())
+            .collect();
+        assert_eq!(finals, vec![Delivered, Failed]);
+    }
+
+    #[test]
+    fn entry_json_uses_hex_id_and_lowercase_status() {
+        let entry = QueueEntry {
+            id: QueueId::from_u64(0xabc),
+            reverse_path: String::new(),
+            recipients: vec![Recipient {
+                address: "a@example.org".into(),
+                status: RecipientStatus::Quarantined,
+                last_reply: None,
+                attempts: 0,
+            }],
+            received_at: 1,
+            client: "127.0.0.1:2525".into(),
+            size: 3,
+            attempts: 0,
+            next_attempt: 0,
+            held: false,
+            quarantine: Some("spam".into()),
+        };
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["id"], "0000000000000abc");
+        assert_eq!(json["recipients"][0]["status"], "quarantined");
+        let back: QueueEntry = serde_json::from_value(json).unwrap();
+        assert_eq!(back, entry);
+        assert!(!back.is_finished());
+    }
+}

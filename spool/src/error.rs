@@ -1,0 +1,72 @@
+//! The spool's error type. Every variant is a reason to answer the SMTP
+//! client with a temporary failure (4xx) or to retry a queue operation later;
+//! none of them is the client's fault.
+
+use std::path::PathBuf;
+
+use crate::QueueId;
+
+/// Everything that can go wrong in the spool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// The directory cannot be created or read, or sled's recovery failed.
+    #[error("cannot open the spool at {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    /// Another process (or another `Spool` in this one) has the directory.
+    #[error("the spool at {} is in use by another process: {source}", path.display())]
+    Locked {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    /// A read or write in sled failed (I/O error, or corruption sled found).
+    #[error("spool storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// `db.flush()` failed: what was written since the last flush may not be
+    /// on disk.
+    #[error("flushing the spool to disk failed: {0}")]
+    Flush(#[source] sled::Error),
+    /// The committer thread is gone (it panicked or the spool is closing).
+    #[error("the spool's commit thread has stopped")]
+    CommitterGone,
+    /// The committer thread could not be started.
+    #[error("cannot start the spool's commit thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// A stored entry cannot be decoded, or its message bytes are missing.
+    #[error("queue entry {id} is corrupt: {reason}")]
+    Corrupt { id: QueueId, reason: String },
+    /// An entry could not be encoded (should not happen with valid UTF-8).
+    #[error("cannot encode queue entry {id}: {source}")]
+    Encode {
+        id: QueueId,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `enqueue` was given a message without recipients.
+    #[error("refusing to spool a message without recipients")]
+    NoRecipients,
+    /// A delivery outcome names a recipient the entry does not have.
+    #[error("queue entry {id} has {count} recipients, no recipient #{index}")]
+    NoSuchRecipient {
+        id: QueueId,
+        index: usize,
+        count: usize,
+    },
+    /// Key-value namespaces must be named.
+    #[error("key-value namespace must not be empty")]
+    EmptyNamespace,
+    /// A stored key-value record is shorter than its header.
+    #[error("key-value record {namespace}/{key} is malformed")]
+    KvCorrupt { namespace: String, key: String },
+    /// `incr` found a value that is not a decimal integer.
+    #[error("key-value value {namespace}/{key} is not an integer")]
+    NotAnInteger { namespace: String, key: String },
+    /// `incr` would leave the i64 range.
+    #[error("key-value counter {namespace}/{key} would overflow")]
+    Overflow { namespace: String, key: String },
+}
