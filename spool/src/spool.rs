@@ -153,13 +153,29 @@ impl Spool {
     /// If the returned future is dropped before it completes (the client went
     /// away), the message is removed again: nothing was acknowledged.
     pub async fn enqueue(&self, msg: NewMessage) -> Result<QueueId, SpoolError> {
+        let id = self.allocate_id()?;
+        self.enqueue_with_id(id, msg).await
+    }
+
+    /// A fresh queue id, for a message whose id must be known before it is
+    /// stored (it goes into the message's own Received header).
+    pub fn allocate_id(&self) -> Result<QueueId, SpoolError> {
+        let inner = &self.inner;
+        Ok(inner
+            .ids
+            .next(QueueId::compose(unix_now(), inner.db.generate_id()?)))
+    }
+
+    /// Like [`Spool::enqueue`], under an id from [`Spool::allocate_id`].
+    pub async fn enqueue_with_id(
+        &self,
+        id: QueueId,
+        msg: NewMessage,
+    ) -> Result<QueueId, SpoolError> {
         if msg.recipients.is_empty() {
             return Err(SpoolError::NoRecipients);
         }
         let inner = &self.inner;
-        let id = inner
-            .ids
-            .next(QueueId::compose(unix_now(), inner.db.generate_id()?));
         let status = if msg.quarantine.is_some() {
             RecipientStatus::Quarantined
         } else {

@@ -22,7 +22,7 @@ use crate::pipeline::{
     HookArg, MailboxArg, Modification, PipelineSet, SessionFilters, SessionInfo, StageOutcome,
 };
 use crate::smtp::address::{Domain, ForwardPath, Mailbox, ReversePath};
-use crate::smtp::command::{parse_command, Command, MailParams};
+use crate::smtp::command::{parse_command_with, Command, MailParams};
 use crate::smtp::data::{DataError, DataLimits, DataProgress, DataReceiver};
 use crate::smtp::line::{Line, LineBuffer};
 use crate::smtp::received::{count_received, received_header, rfc5322_date};
@@ -229,7 +229,8 @@ impl Session {
     }
 
     async fn command(&mut self, line: &[u8]) -> std::io::Result<Flow> {
-        let command = match parse_command(line) {
+        let smtputf8 = self.transaction.as_ref().is_some_and(|t| t.smtputf8);
+        let command = match parse_command_with(line, smtputf8) {
             Ok(command) => command,
             Err(e) => {
                 self.error(e.reply());
@@ -395,9 +396,9 @@ impl Session {
                 self.reply(Reply::message_too_big());
                 return Ok(Flow::Continue);
             }
-            Err(DataError::LineTooLong) => {
+            Err(e @ (DataError::LineTooLong | DataError::Incomplete)) => {
                 self.reset_transaction();
-                self.error(Reply::data_line_too_long());
+                self.error(e.reply());
                 return Ok(Flow::Continue);
             }
         };
@@ -487,7 +488,14 @@ impl Session {
             return Ok(Flow::Continue);
         }
 
-        let queue_id = self.ctx.spool.allocate_id();
+        let queue_id = match self.ctx.spool.allocate_id() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(session = %self.info.id, "spool id allocation failed: {e}");
+                self.reply(Reply::local_error());
+                return Ok(Flow::Continue);
+            }
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

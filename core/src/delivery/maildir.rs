@@ -1,0 +1,99 @@
+//! Maildir delivery. Layout: `<root>/<domain>/<local part>/{tmp,new,cur}`,
+//! domain and local part lower-cased. A message is written with a
+//! `Return-Path` header to `tmp/`, fsynced, renamed into `new/`, and the
+//! directory fsynced, so a delivered message survives a crash.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::RecipientResult;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The mailbox directory of a local recipient, or None when the address
+/// cannot name a directory safely.
+pub fn mailbox_dir(root: &Path, local: &str, domain: &str) -> Option<PathBuf> {
+    let safe = |s: &str| {
+        !s.is_empty() && !s.starts_with('.') && !s.contains(['/', '\\', '\0']) && s != ".."
+    };
+    let local = local.to_lowercase();
+    let domain = domain.to_ascii_lowercase();
+    if !safe(&local) || !safe(&domain) {
+        return None;
+    }
+    Some(root.join(domain).join(local))
+}
+
+pub fn deliver(
+    root: &Path,
+    hostname: &str,
+    queue_id: &str,
+    reverse_path: &str,
+    local: &str,
+    domain: &str,
+    message: &[u8],
+) -> RecipientResult {
+    let Some(dir) = mailbox_dir(root, local, domain) else {
+        return RecipientResult::Failed("550 5.1.3 mailbox name not allowed".to_owned());
+    };
+    match write(&dir, hostname, queue_id, reverse_path, message) {
+        Ok(path) => RecipientResult::Delivered(format!("maildir {}", path.display())),
+        Err(e) => RecipientResult::Deferred(format!("451 4.3.0 maildir write failed: {e}")),
+    }
+}
+
+fn write(
+    dir: &Path,
+    hostname: &str,
+    queue_id: &str,
+    reverse_path: &str,
+    message: &[u8],
+) -> std::io::Result<PathBuf> {
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{secs}.{queue_id}_{n}.{}", hostname.replace(['/', ':'], "_"));
+    let tmp = dir.join("tmp").join(&name);
+    let new = dir.join("new").join(&name);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(format!("Return-Path: <{reverse_path}>\r\n").as_bytes())?;
+    file.write_all(message)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, &new)?;
+    std::fs::File::open(dir.join("new"))?.sync_all()?;
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_return_path_and_exact_bytes_into_new() {
+        let root = tempfile::tempdir().unwrap();
+        let result = deliver(root.path(), "mx.test", "abc", "s@x.test", "User", "Example.ORG", b"Subject: x\r\n\r\nbody\r\n");
+        assert!(matches!(result, RecipientResult::Delivered(_)), "{result:?}");
+        let dir = root.path().join("example.org/user");
+        let files: Vec<_> = std::fs::read_dir(dir.join("new")).unwrap().collect();
+        assert_eq!(files.len(), 1);
+        let content = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
+        assert_eq!(content, b"Return-Path: <s@x.test>\r\nSubject: x\r\n\r\nbody\r\n");
+        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn unsafe_local_parts_fail_permanently() {
+        let root = tempfile::tempdir().unwrap();
+        for local in ["../etc", ".hidden", "a/b", ""] {
+            let result = deliver(root.path(), "h", "id", "", local, "example.org", b"x\r\n");
+            assert!(matches!(result, RecipientResult::Failed(_)), "{local}: {result:?}");
+        }
+    }
+}
