@@ -77,7 +77,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
 fn serve(path: Option<PathBuf>, log_format: Option<String>) -> anyhow::Result<()> {
     let config: Config = match &path {
         Some(path) => config::load_file(path)?,
-        None => config::default_config(),
+        None => config::default_config()?,
     };
     let format = match log_format.as_deref() {
         Some("json") => LogFormat::Json,

@@ -12,6 +12,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use sluice::filter::auth as wit_auth;
-pub use sluice::filter::dns as wit_dns;
 pub use sluice::filter::types as wit_types;

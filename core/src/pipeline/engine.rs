@@ -49,7 +49,6 @@ impl PluginEngine {
 
         let mut config = Config::new();
         config
-            .async_support(true)
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
