@@ -57,6 +57,11 @@ impl PluginEngine {
                 path: dir.to_owned(),
                 source,
             })?;
+            // wasmtime wants an absolute cache path; data_dir may be relative.
+            let dir = std::path::absolute(dir).map_err(|source| PipelineError::CacheDir {
+                path: dir.to_owned(),
+                source,
+            })?;
             let mut cache_config = CacheConfig::new();
             cache_config.with_directory(dir);
             let cache = Cache::new(cache_config).map_err(|e| PipelineError::Engine(e.to_string()))?;
