@@ -1,0 +1,207 @@
+"""One harness for the end-to-end suite: start the real sluice binary on an
+inline TOML config, talk to it with real clients, stop it afterwards."""
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+BIN = os.environ.get("SLUICE_BIN", "/var/tmp/sluice-target/debug/sluice")
+PLUGIN_DIR = Path(os.environ.get("SLUICE_PLUGIN_DIR", "/var/tmp/sluice-target/plugins/wasm32-wasip2/release"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fixture(name):
+    path = PLUGIN_DIR / f"{name}.wasm"
+    assert path.exists(), f"missing fixture plugin {path}"
+    return str(path)
+
+
+class Server:
+    def __init__(self, tmp, config, cwd=None, args=None):
+        self.tmp = Path(tmp)
+        self.data = self.tmp / "data"
+        self.port = None
+        self.config_text = config
+        self.args = args
+        self.cwd = cwd or self.tmp
+        self.proc = None
+        self.log = self.tmp / "server.log"
+
+    def start(self, port):
+        self.port = port
+        if self.args is None:
+            cfg = self.tmp / "sluice.toml"
+            cfg.write_text(self.config_text)
+            args = [BIN, "serve", "--config", str(cfg)]
+        else:
+            args = [BIN] + self.args
+        self.proc = subprocess.Popen(args, cwd=self.cwd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                    s.settimeout(5)
+                    if s.recv(512).startswith(b"220"):
+                        s.sendall(b"QUIT\r\n")
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("server did not greet within 60 s")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait(10)
+        return self.proc.returncode if self.proc else None
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def maildir(self, local, domain="localhost"):
+        new = self.data / "mail" / domain / local / "new"
+        return sorted(new.iterdir()) if new.exists() else []
+
+
+def config(port, data, rcpt='["relay"]', extra="", trusted='["127.0.0.1/32"]', server_extra="", pipeline_extra=""):
+    return f"""
+[server]
+hostname = "mx.example.test"
+data_dir = "{data}"
+{server_extra}
+
+[domains]
+local = ["localhost", "example.org"]
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:{port}"
+pipeline = "inbound"
+
+[pipeline.inbound]
+rcpt = {rcpt}
+{pipeline_extra}
+
+[plugins.relay]
+path = "builtin:relay"
+
+[plugins.relay.config]
+trusted_networks = {trusted}
+
+[queue]
+retry = ["1s"]
+{extra}
+"""
+
+
+@pytest.fixture
+def sluice(tmp_path):
+    servers = []
+
+    def start(**kw):
+        port = free_port()
+        server = Server(tmp_path, config(port, tmp_path / "data", **kw))
+        servers.append(server)
+        return server.start(port)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+class Recorder:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope)
+        return "250 OK"
+
+
+class Sink:
+    """A real SMTP server (aiosmtpd) standing in for the next hop."""
+
+    def __init__(self, port):
+        self.port = port
+        self.recorder = Recorder()
+        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=port)
+
+    @property
+    def messages(self):
+        return self.recorder.messages
+
+    def start(self):
+        self.controller.start()
+        return self
+
+    def stop(self):
+        self.controller.stop()
+
+    def wait(self, count=1, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline and len(self.messages) < count:
+            time.sleep(0.1)
+        return self.messages
+
+
+def strip_trace(data: bytes, names=(b"return-path", b"received")) -> bytes:
+    """Drops the leading trace header fields sluice prepends."""
+    lines = data.split(b"\r\n")
+    i = 0
+    while i < len(lines):
+        name = lines[i].split(b":", 1)[0].lower()
+        if name in names:
+            i += 1
+            while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
+                i += 1
+        else:
+            break
+    return b"\r\n".join(lines[i:])
+
+
+class Raw:
+    """A raw SMTP socket for byte-exact protocol tests."""
+
+    def __init__(self, port, source="127.0.0.1"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        self.buf = b""
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def reply(self, timeout=10):
+        self.sock.settimeout(timeout)
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError(f"closed after {lines!r}")
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line)
+            if line[3:4] != b"-":
+                return int(line[:3]), b"\n".join(lines)
+
+    def cmd(self, data: bytes):
+        self.send(data + b"\r\n")
+        return self.reply()
+
+    def close(self):
+        self.sock.close()

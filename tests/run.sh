@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command: unit tests of every crate (the plugins' too), then the
+# end-to-end suite driving the real binary with real SMTP peers. Installs
+# what is missing (a Python venv with pytest and aiosmtpd) and nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
+venv="${SLUICE_VENV:-/var/tmp/sluice-venv}"
+
+if ! "$venv/bin/python" -c "import pytest, aiosmtpd" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r tests/requirements.txt
+fi
+
+echo "== cargo test (workspace)"
+cargo test --workspace
+echo "== cargo test (plugins, native)"
+(cd plugins && cargo test --workspace --target-dir "$CARGO_TARGET_DIR/plugins-native")
+echo "== end-to-end"
+cargo build -p sluice
+export SLUICE_BIN="$CARGO_TARGET_DIR/debug/sluice"
+export SLUICE_PLUGIN_DIR="$CARGO_TARGET_DIR/plugins/wasm32-wasip2/release"
+"$venv/bin/python" -m pytest -q tests/e2e "$@"
