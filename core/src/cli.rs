@@ -29,9 +29,7 @@ enum Command {
         log_format: Option<String>,
     },
     /// Check a configuration file; exit 0 when it is valid.
-    CheckConfig {
-        file: PathBuf,
-    },
+    CheckConfig { file: PathBuf },
 }
 
 fn version() -> &'static str {

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, ListenerConfig};
 use crate::delivery::{self, DeliverySettings, RouteSetting};
-use crate::pipeline::{PluginEngine, PipelineError, PipelineSet};
+use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::session::{Session, SessionContext};
 use crate::smtp::reply::Reply;
 use sluice_spool::Spool;
@@ -65,7 +65,12 @@ impl Server {
             path: spool_dir,
             source,
         })?;
-        let max_memory = config.plugins.values().map(|p| p.memory).max().unwrap_or(64 << 20);
+        let max_memory = config
+            .plugins
+            .values()
+            .map(|p| p.memory)
+            .max()
+            .unwrap_or(64 << 20);
         let engine = PluginEngine::new(max_memory, Some(&data_dir.join("cache")))?;
         let pipelines = PipelineSet::build(&engine, &config, &spool).await?;
 
@@ -153,7 +158,10 @@ impl Server {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(remaining = sessions.len(), "sessions still open after the grace period; closing them");
+            tracing::warn!(
+                remaining = sessions.len(),
+                "sessions still open after the grace period; closing them"
+            );
             sessions.abort_all();
         }
         if tokio::time::timeout(grace, delivery_task).await.is_err() {
@@ -195,7 +203,8 @@ async fn accept_loop(
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 let mut stream = stream;
-                let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
             });
             continue;
         };

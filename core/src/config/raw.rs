@@ -143,9 +143,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (expected e.g. 1048576, \"64MiB\", \"10MB\")"))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("invalid size {text:?} (expected e.g. 1048576, \"64MiB\", \"10MB\")")
+    })?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1000,
@@ -176,7 +176,12 @@ struct Diagnostics<'a> {
 }
 
 impl Diagnostics<'_> {
-    fn add(&mut self, span: std::ops::Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+    fn add(
+        &mut self,
+        span: std::ops::Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let (line, column) = position(self.text, span.start);
         self.list.push(ConfigDiagnostic {
             origin: self.origin.to_owned(),
@@ -187,13 +192,22 @@ impl Diagnostics<'_> {
         });
     }
 
-    fn duration(&mut self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         match value {
             None => default,
             Some(v) => match humantime::parse_duration(v.get_ref()) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.add(v.span(), key, format!("invalid duration {:?}: {e}", v.get_ref()));
+                    self.add(
+                        v.span(),
+                        key,
+                        format!("invalid duration {:?}: {e}", v.get_ref()),
+                    );
                     default
                 }
             },
@@ -229,7 +243,11 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
     });
     let hostname = match &server.hostname {
         Some(h) if !valid_domain(h.get_ref()) => {
-            d.add(h.span(), "server.hostname", format!("invalid host name {:?}", h.get_ref()));
+            d.add(
+                h.span(),
+                "server.hostname",
+                format!("invalid host name {:?}", h.get_ref()),
+            );
             "localhost".to_owned()
         }
         Some(h) => h.get_ref().to_ascii_lowercase(),
@@ -240,7 +258,11 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         Some(size) => match size.get_ref().bytes() {
             Ok(n) if n > 0 => n,
             Ok(_) => {
-                d.add(size.span(), "server.max_message_size", "must be greater than 0");
+                d.add(
+                    size.span(),
+                    "server.max_message_size",
+                    "must be greater than 0",
+                );
                 25 << 20
             }
             Err(e) => {
@@ -251,15 +273,30 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
     };
     let (command_timeout, data_timeout) = match &server.timeouts {
         Some(t) => (
-            d.duration(&t.command, "server.timeouts.command", Duration::from_secs(300)),
-            d.duration(&t.data_block, "server.timeouts.data_block", Duration::from_secs(180)),
+            d.duration(
+                &t.command,
+                "server.timeouts.command",
+                Duration::from_secs(300),
+            ),
+            d.duration(
+                &t.data_block,
+                "server.timeouts.data_block",
+                Duration::from_secs(180),
+            ),
         ),
         None => (Duration::from_secs(300), Duration::from_secs(180)),
     };
-    let shutdown_grace = d.duration(&server.shutdown_grace, "server.shutdown_grace", Duration::from_secs(10));
+    let shutdown_grace = d.duration(
+        &server.shutdown_grace,
+        "server.shutdown_grace",
+        Duration::from_secs(10),
+    );
     let server_config = ServerConfig {
         hostname,
-        data_dir: server.data_dir.map(Into::into).unwrap_or_else(|| "./data".into()),
+        data_dir: server
+            .data_dir
+            .map(Into::into)
+            .unwrap_or_else(|| "./data".into()),
         max_message_size,
         max_recipients: server.max_recipients.unwrap_or(100).max(1),
         max_received_headers: server.max_received_headers.unwrap_or(50),
@@ -277,7 +314,11 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         if valid_domain(domain.get_ref()) {
             local.push(domain.get_ref().to_ascii_lowercase());
         } else {
-            d.add(domain.span(), "domains.local", format!("invalid domain {:?}", domain.get_ref()));
+            d.add(
+                domain.span(),
+                "domains.local",
+                format!("invalid domain {:?}", domain.get_ref()),
+            );
         }
     }
 
@@ -288,7 +329,11 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         let path = plugin.path.get_ref();
         let source = match path.strip_prefix("builtin:") {
             Some("") => {
-                d.add(plugin.path.span(), format!("{key}.path"), "\"builtin:\" needs a plugin name");
+                d.add(
+                    plugin.path.span(),
+                    format!("{key}.path"),
+                    "\"builtin:\" needs a plugin name",
+                );
                 continue;
             }
             Some(builtin) => PluginSource::Builtin(builtin.to_owned()),
@@ -298,10 +343,18 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             }
             None => PluginSource::File(path.into()),
         };
-        let timeout = d.duration(&plugin.timeout, &format!("{key}.timeout"), Duration::from_millis(100));
+        let timeout = d.duration(
+            &plugin.timeout,
+            &format!("{key}.timeout"),
+            Duration::from_millis(100),
+        );
         if let Some(t) = &plugin.timeout {
             if timeout.is_zero() || timeout > Duration::from_secs(60) {
-                d.add(t.span(), format!("{key}.timeout"), "must be more than 0 and at most 60s");
+                d.add(
+                    t.span(),
+                    format!("{key}.timeout"),
+                    "must be more than 0 and at most 60s",
+                );
             }
         }
         let memory = match &plugin.memory {
@@ -309,7 +362,11 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             Some(m) => match m.get_ref().bytes() {
                 Ok(n) if (1 << 20..=4 << 30).contains(&n) => n,
                 Ok(_) => {
-                    d.add(m.span(), format!("{key}.memory"), "must be between 1MiB and 4GiB");
+                    d.add(
+                        m.span(),
+                        format!("{key}.memory"),
+                        "must be between 1MiB and 4GiB",
+                    );
                     64 << 20
                 }
                 Err(e) => {
@@ -347,7 +404,11 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                     d.add(
                         plugin.span(),
                         format!("pipeline.{name}.{stage}"),
-                        format!("unknown plugin {:?} (declared: {})", plugin.get_ref(), known.join(", ")),
+                        format!(
+                            "unknown plugin {:?} (declared: {})",
+                            plugin.get_ref(),
+                            known.join(", ")
+                        ),
                     );
                 }
             }
@@ -368,22 +429,45 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
     for (i, listener) in raw.listener.iter().enumerate() {
         let key = format!("listener[{i}]");
         if listeners.iter().any(|l| l.name == *listener.name.get_ref()) {
-            d.add(listener.name.span(), format!("{key}.name"), format!("duplicate listener name {:?}", listener.name.get_ref()));
+            d.add(
+                listener.name.span(),
+                format!("{key}.name"),
+                format!("duplicate listener name {:?}", listener.name.get_ref()),
+            );
         }
         let address: SocketAddr = match listener.address.get_ref().parse() {
             Ok(a) => a,
             Err(_) => {
-                d.add(listener.address.span(), format!("{key}.address"), format!("invalid address {:?} (expected IP:PORT)", listener.address.get_ref()));
+                d.add(
+                    listener.address.span(),
+                    format!("{key}.address"),
+                    format!(
+                        "invalid address {:?} (expected IP:PORT)",
+                        listener.address.get_ref()
+                    ),
+                );
                 continue;
             }
         };
         if !raw.pipeline.contains_key(listener.pipeline.get_ref()) {
             let known: Vec<&str> = raw.pipeline.keys().map(String::as_str).collect();
-            d.add(listener.pipeline.span(), format!("{key}.pipeline"), format!("unknown pipeline {:?} (defined: {})", listener.pipeline.get_ref(), known.join(", ")));
+            d.add(
+                listener.pipeline.span(),
+                format!("{key}.pipeline"),
+                format!(
+                    "unknown pipeline {:?} (defined: {})",
+                    listener.pipeline.get_ref(),
+                    known.join(", ")
+                ),
+            );
         }
         let tls = listener.tls.unwrap_or(TlsMode::None);
         if tls != TlsMode::None {
-            d.add(listener.name.span(), format!("{key}.tls"), "TLS listeners are not supported by this version");
+            d.add(
+                listener.name.span(),
+                format!("{key}.tls"),
+                "TLS listeners are not supported by this version",
+            );
         }
         listeners.push(ListenerConfig {
             name: listener.name.get_ref().clone(),
@@ -404,21 +488,36 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
     });
     if let Some(local) = &delivery.local {
         if local.get_ref() != "maildir" {
-            d.add(local.span(), "delivery.local", format!("unsupported local delivery {:?} (expected \"maildir\")", local.get_ref()));
+            d.add(
+                local.span(),
+                "delivery.local",
+                format!(
+                    "unsupported local delivery {:?} (expected \"maildir\")",
+                    local.get_ref()
+                ),
+            );
         }
     }
     let mut routes = Vec::new();
     for (i, route) in delivery.route.iter().enumerate() {
         let domain = route.domain.get_ref().to_ascii_lowercase();
         if domain != "*" && !valid_domain(&domain) {
-            d.add(route.domain.span(), format!("delivery.route[{i}].domain"), format!("invalid domain {domain:?}"));
+            d.add(
+                route.domain.span(),
+                format!("delivery.route[{i}].domain"),
+                format!("invalid domain {domain:?}"),
+            );
         }
         let hop = route.next_hop.get_ref();
         let valid_hop = hop
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !valid_hop {
-            d.add(route.next_hop.span(), format!("delivery.route[{i}].next_hop"), format!("invalid next hop {hop:?} (expected HOST:PORT)"));
+            d.add(
+                route.next_hop.span(),
+                format!("delivery.route[{i}].next_hop"),
+                format!("invalid next hop {hop:?} (expected HOST:PORT)"),
+            );
         }
         routes.push(Route {
             domain,
@@ -437,7 +536,11 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
     let retry = match &queue.retry {
         None => default_retry,
         Some(list) if list.get_ref().is_empty() => {
-            d.add(list.span(), "queue.retry", "must list at least one interval");
+            d.add(
+                list.span(),
+                "queue.retry",
+                "must list at least one interval",
+            );
             default_retry
         }
         Some(list) => {
@@ -445,13 +548,21 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             for item in list.get_ref() {
                 match humantime::parse_duration(item) {
                     Ok(v) => out.push(v),
-                    Err(e) => d.add(list.span(), "queue.retry", format!("invalid duration {item:?}: {e}")),
+                    Err(e) => d.add(
+                        list.span(),
+                        "queue.retry",
+                        format!("invalid duration {item:?}: {e}"),
+                    ),
                 }
             }
             out
         }
     };
-    let max_age = d.duration(&queue.max_age, "queue.max_age", Duration::from_secs(5 * 86400));
+    let max_age = d.duration(
+        &queue.max_age,
+        "queue.max_age",
+        Duration::from_secs(5 * 86400),
+    );
 
     let log = raw.log.unwrap_or(RawLog {
         level: None,
@@ -506,9 +617,16 @@ mod tests {
 
     #[test]
     fn minimal_config_parses_as_written() {
-        let config = load_str(include_str!("../../../config/minimal.toml"), "minimal.toml").unwrap();
-        assert_eq!(config.routes_for_test(), vec![("example.test".to_owned(), "127.0.0.1:2533".to_owned())]);
-        assert_eq!(config.plugins["relay"].config_json, r#"{"trusted_networks":["127.0.0.0/8"]}"#);
+        let config =
+            load_str(include_str!("../../../config/minimal.toml"), "minimal.toml").unwrap();
+        assert_eq!(
+            config.routes_for_test(),
+            vec![("example.test".to_owned(), "127.0.0.1:2533".to_owned())]
+        );
+        assert_eq!(
+            config.plugins["relay"].config_json,
+            r#"{"trusted_networks":["127.0.0.0/8"]}"#
+        );
         assert_eq!(config.plugins["relay"].timeout, Duration::from_millis(100));
     }
 
@@ -524,15 +642,24 @@ mod tests {
     fn unknown_plugin_in_pipeline() {
         let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\nrcpt = [\"relya\"]\n";
         let err = load_str(text, "c.toml").unwrap_err().to_string();
-        assert!(err.contains("c.toml:6:") && err.contains("pipeline.p.rcpt") && err.contains("relya"), "{err}");
+        assert!(
+            err.contains("c.toml:6:") && err.contains("pipeline.p.rcpt") && err.contains("relya"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_pipeline_and_bad_values() {
         let text = "[server]\nmax_message_size = \"10XB\"\n[[listener]]\nname = \"mx\"\naddress = \"nowhere\"\npipeline = \"p\"\n";
         let err = load_str(text, "c.toml").unwrap_err().to_string();
-        assert!(err.contains("c.toml:2:") && err.contains("max_message_size"), "{err}");
-        assert!(err.contains("c.toml:5:") && err.contains("listener[0].address"), "{err}");
+        assert!(
+            err.contains("c.toml:2:") && err.contains("max_message_size"),
+            "{err}"
+        );
+        assert!(
+            err.contains("c.toml:5:") && err.contains("listener[0].address"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -545,7 +672,11 @@ mod tests {
 
     impl Config {
         fn routes_for_test(&self) -> Vec<(String, String)> {
-            self.delivery.routes.iter().map(|r| (r.domain.clone(), r.next_hop.clone())).collect()
+            self.delivery
+                .routes
+                .iter()
+                .map(|r| (r.domain.clone(), r.next_hop.clone()))
+                .collect()
         }
     }
 }

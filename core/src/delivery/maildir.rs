@@ -58,7 +58,10 @@ fn write(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{secs}.{queue_id}_{n}.{}", hostname.replace(['/', ':'], "_"));
+    let name = format!(
+        "{secs}.{queue_id}_{n}.{}",
+        hostname.replace(['/', ':'], "_")
+    );
     let tmp = dir.join("tmp").join(&name);
     let new = dir.join("new").join(&name);
     let mut file = std::fs::File::create(&tmp)?;
@@ -78,13 +81,27 @@ mod tests {
     #[test]
     fn writes_return_path_and_exact_bytes_into_new() {
         let root = tempfile::tempdir().unwrap();
-        let result = deliver(root.path(), "mx.test", "abc", "s@x.test", "User", "Example.ORG", b"Subject: x\r\n\r\nbody\r\n");
-        assert!(matches!(result, RecipientResult::Delivered(_)), "{result:?}");
+        let result = deliver(
+            root.path(),
+            "mx.test",
+            "abc",
+            "s@x.test",
+            "User",
+            "Example.ORG",
+            b"Subject: x\r\n\r\nbody\r\n",
+        );
+        assert!(
+            matches!(result, RecipientResult::Delivered(_)),
+            "{result:?}"
+        );
         let dir = root.path().join("example.org/user");
         let files: Vec<_> = std::fs::read_dir(dir.join("new")).unwrap().collect();
         assert_eq!(files.len(), 1);
         let content = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
-        assert_eq!(content, b"Return-Path: <s@x.test>\r\nSubject: x\r\n\r\nbody\r\n");
+        assert_eq!(
+            content,
+            b"Return-Path: <s@x.test>\r\nSubject: x\r\n\r\nbody\r\n"
+        );
         assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
     }
 
@@ -93,7 +110,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         for local in ["../etc", ".hidden", "a/b", ""] {
             let result = deliver(root.path(), "h", "id", "", local, "example.org", b"x\r\n");
-            assert!(matches!(result, RecipientResult::Failed(_)), "{local}: {result:?}");
+            assert!(
+                matches!(result, RecipientResult::Failed(_)),
+                "{local}: {result:?}"
+            );
         }
     }
 }

@@ -96,7 +96,8 @@ async fn run(
                 if !running.insert(id) {
                     continue;
                 }
-                let (settings, spool, tx, permits) = (settings.clone(), spool.clone(), tx.clone(), permits.clone());
+                let (settings, spool, tx, permits) =
+                    (settings.clone(), spool.clone(), tx.clone(), permits.clone());
                 tokio::spawn(async move {
                     let _permit = permits.acquire_owned().await;
                     let next = attempt(&settings, &spool, id).await;
@@ -117,10 +118,12 @@ async fn run(
 
 fn attemptable(entry: &QueueEntry) -> bool {
     !entry.held
-        && entry
-            .recipients
-            .iter()
-            .any(|r| matches!(r.status, RecipientStatus::Pending | RecipientStatus::Deferred))
+        && entry.recipients.iter().any(|r| {
+            matches!(
+                r.status,
+                RecipientStatus::Pending | RecipientStatus::Deferred
+            )
+        })
 }
 
 /// One delivery attempt of a queued message; returns when to try again.
@@ -146,12 +149,23 @@ async fn attempt(settings: &DeliverySettings, spool: &Spool, id: QueueId) -> Opt
     // Group remote recipients by next hop: one transaction per destination.
     let mut remote: Vec<(String, Vec<(usize, String)>)> = Vec::new();
     for (index, rcpt) in entry.recipients.iter().enumerate() {
-        if !matches!(rcpt.status, RecipientStatus::Pending | RecipientStatus::Deferred) {
+        if !matches!(
+            rcpt.status,
+            RecipientStatus::Pending | RecipientStatus::Deferred
+        ) {
             continue;
         }
         let (local, domain) = split_address(&rcpt.address);
         if settings.is_local(domain) {
-            let result = maildir::deliver(&settings.maildir_root, &settings.hostname, &id_text, &entry.reverse_path, local, domain, &message);
+            let result = maildir::deliver(
+                &settings.maildir_root,
+                &settings.hostname,
+                &id_text,
+                &entry.reverse_path,
+                local,
+                domain,
+                &message,
+            );
             results.push((index, result));
         } else if let Some(hop) = settings.next_hop(domain) {
             match remote.iter_mut().find(|(h, _)| h == hop) {
@@ -161,12 +175,23 @@ async fn attempt(settings: &DeliverySettings, spool: &Spool, id: QueueId) -> Opt
         } else {
             // MX lookup is not part of this server yet: without a route the
             // recipient waits for one to be configured.
-            results.push((index, RecipientResult::Deferred(format!("451 4.4.4 no route for domain {domain}"))));
+            results.push((
+                index,
+                RecipientResult::Deferred(format!("451 4.4.4 no route for domain {domain}")),
+            ));
         }
     }
     for (hop, list) in remote {
         let addresses: Vec<String> = list.iter().map(|(_, a)| a.clone()).collect();
-        let outcomes = smtp_client::relay(&hop, &settings.hostname, &settings.client_timeouts, &entry.reverse_path, &addresses, &message).await;
+        let outcomes = smtp_client::relay(
+            &hop,
+            &settings.hostname,
+            &settings.client_timeouts,
+            &entry.reverse_path,
+            &addresses,
+            &message,
+        )
+        .await;
         for ((index, address), result) in list.into_iter().zip(outcomes) {
             tracing::info!(queue_id = %id, recipient = %address, next_hop = %hop, result = ?result, "delivery attempt");
             results.push((index, result));
@@ -190,12 +215,21 @@ async fn attempt(settings: &DeliverySettings, spool: &Spool, id: QueueId) -> Opt
                     (RecipientStatus::Deferred, r)
                 }
             };
-            RecipientOutcome { index, status, reply: Some(reply) }
+            RecipientOutcome {
+                index,
+                status,
+                reply: Some(reply),
+            }
         })
         .collect();
     let next = deferred.then(|| {
         let step = (entry.attempts as usize).min(settings.retry.len().saturating_sub(1));
-        now() + settings.retry.get(step).map(|d| d.as_secs().max(1)).unwrap_or(300)
+        now()
+            + settings
+                .retry
+                .get(step)
+                .map(|d| d.as_secs().max(1))
+                .unwrap_or(300)
     });
     if let Err(e) = spool.record_attempt(id, outcomes, next).await {
         tracing::error!(queue_id = %id, "cannot record delivery attempt: {e}");

@@ -88,7 +88,9 @@ impl Connection {
     }
 
     async fn command(&mut self, line: &str, timeout: Duration) -> Result<ServerReply, ClientError> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes()).await?;
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await?;
         self.read_reply(timeout).await
     }
 }
@@ -102,7 +104,16 @@ pub async fn relay(
     recipients: &[String],
     message: &[u8],
 ) -> Vec<RecipientResult> {
-    match transaction(next_hop, hostname, timeouts, reverse_path, recipients, message).await {
+    match transaction(
+        next_hop,
+        hostname,
+        timeouts,
+        reverse_path,
+        recipients,
+        message,
+    )
+    .await
+    {
         Ok(results) => results,
         Err(e) => recipients
             .iter()
@@ -136,9 +147,13 @@ async fn transaction(
     if greeting.code != 220 {
         return Ok(all(&greeting, recipients));
     }
-    let mut hello = conn.command(&format!("EHLO {hostname}"), timeouts.command).await?;
+    let mut hello = conn
+        .command(&format!("EHLO {hostname}"), timeouts.command)
+        .await?;
     if hello.code / 100 == 5 {
-        hello = conn.command(&format!("HELO {hostname}"), timeouts.command).await?;
+        hello = conn
+            .command(&format!("HELO {hostname}"), timeouts.command)
+            .await?;
     }
     if hello.code != 250 {
         return Ok(all(&hello, recipients));
@@ -151,8 +166,14 @@ async fn transaction(
     }
     let mut results: Vec<Option<RecipientResult>> = Vec::with_capacity(recipients.len());
     for rcpt in recipients {
-        let reply = conn.command(&format!("RCPT TO:<{rcpt}>"), timeouts.command).await?;
-        results.push(if reply.code / 100 == 2 { None } else { Some(classify(&reply)) });
+        let reply = conn
+            .command(&format!("RCPT TO:<{rcpt}>"), timeouts.command)
+            .await?;
+        results.push(if reply.code / 100 == 2 {
+            None
+        } else {
+            Some(classify(&reply))
+        });
     }
     if results.iter().all(Option::is_some) {
         let _ = conn.command("QUIT", timeouts.command).await;

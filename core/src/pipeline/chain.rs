@@ -114,19 +114,19 @@ impl SessionFilters {
                     None
                 }
                 wit::Verdict::Accept => Some(StageOutcome::Accept),
-                wit::Verdict::Reject(reply) => Some(StageOutcome::Reject(checked_reply(
-                    reply,
-                    5,
-                    || default_reply::reject(stage),
-                ))),
+                wit::Verdict::Reject(reply) => {
+                    Some(StageOutcome::Reject(checked_reply(reply, 5, || {
+                        default_reply::reject(stage)
+                    })))
+                }
                 wit::Verdict::Tempfail(reply) => Some(StageOutcome::Tempfail(checked_reply(
                     reply,
                     4,
                     default_reply::tempfail,
                 ))),
-                wit::Verdict::Disconnect(reply) => Some(StageOutcome::Disconnect(
-                    checked_disconnect_reply(reply),
-                )),
+                wit::Verdict::Disconnect(reply) => {
+                    Some(StageOutcome::Disconnect(checked_disconnect_reply(reply)))
+                }
                 wit::Verdict::Discard if stage == Stage::Data => Some(StageOutcome::Discard),
                 wit::Verdict::Quarantine(reason) if stage == Stage::Data => {
                     Some(StageOutcome::Quarantine(reason))
@@ -208,7 +208,9 @@ async fn invoke(
             HookArg::Helo(helo) => filter.call_on_helo(&mut *store, &session, helo).await,
             HookArg::Mail(path) => {
                 let path = path.map(wit_address);
-                filter.call_on_mail(&mut *store, &session, path.as_ref()).await
+                filter
+                    .call_on_mail(&mut *store, &session, path.as_ref())
+                    .await
             }
             HookArg::Rcpt(rcpt) => {
                 filter

@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 use super::bindings::Filter;
 use super::host::HostState;
@@ -64,7 +66,8 @@ impl PluginEngine {
             })?;
             let mut cache_config = CacheConfig::new();
             cache_config.with_directory(dir);
-            let cache = Cache::new(cache_config).map_err(|e| PipelineError::Engine(e.to_string()))?;
+            let cache =
+                Cache::new(cache_config).map_err(|e| PipelineError::Engine(e.to_string()))?;
             config.cache(Some(cache));
         }
         let engine = Engine::new(&config).map_err(|e| PipelineError::Engine(e.to_string()))?;

@@ -161,7 +161,10 @@ impl dns::Host for HostState {
     async fn a(&mut self, _name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
         dns_unavailable()
     }
-    async fn aaaa(&mut self, _name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+    async fn aaaa(
+        &mut self,
+        _name: String,
+    ) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
         dns_unavailable()
     }
     async fn mx(
@@ -244,7 +247,10 @@ impl mail::HostMessage for HostState {
         Ok(self.table.get(&this)?.read(offset, len).to_vec())
     }
 
-    async fn body_text(&mut self, this: Resource<MessageResource>) -> wasmtime::Result<Vec<String>> {
+    async fn body_text(
+        &mut self,
+        this: Resource<MessageResource>,
+    ) -> wasmtime::Result<Vec<String>> {
         Ok(self.table.get(&this)?.body_text().to_vec())
     }
 

@@ -47,7 +47,8 @@ impl MessageResource {
     }
 
     pub fn headers(&self) -> &[HeaderField] {
-        self.headers.get_or_init(|| parse_header_section(&self.bytes))
+        self.headers
+            .get_or_init(|| parse_header_section(&self.bytes))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -208,7 +209,10 @@ mod tests {
         assert_eq!(m.header("FROM"), Some("a@example.org"));
         assert_eq!(m.header("x-empty"), Some(""));
         assert_eq!(m.headers().len(), 3);
-        assert_eq!(header_section_end(MSG), MSG.len() - b"body line\r\nSubject: not a header\r\n".len());
+        assert_eq!(
+            header_section_end(MSG),
+            MSG.len() - b"body line\r\nSubject: not a header\r\n".len()
+        );
     }
 
     #[test]

@@ -61,11 +61,12 @@ impl Plugin {
         let name = config.name.clone();
         let component = match &config.source {
             PluginSource::Builtin(builtin) => {
-                let bytes = builtin_bytes(builtin).ok_or_else(|| PipelineError::UnknownBuiltin {
-                    plugin: name.clone(),
-                    builtin: builtin.clone(),
-                    known: builtin_names().collect::<Vec<_>>().join(", "),
-                })?;
+                let bytes =
+                    builtin_bytes(builtin).ok_or_else(|| PipelineError::UnknownBuiltin {
+                        plugin: name.clone(),
+                        builtin: builtin.clone(),
+                        known: builtin_names().collect::<Vec<_>>().join(", "),
+                    })?;
                 Component::new(&engine.engine, bytes)
             }
             PluginSource::File(path) => {

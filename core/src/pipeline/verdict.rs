@@ -94,7 +94,11 @@ pub(crate) mod default_reply {
     }
 
     pub fn tempfail() -> Reply {
-        Reply::new(451, Some("4.7.1"), "Temporarily refused by policy, try again later")
+        Reply::new(
+            451,
+            Some("4.7.1"),
+            "Temporarily refused by policy, try again later",
+        )
     }
 
     pub fn disconnect() -> Reply {
@@ -103,6 +107,10 @@ pub(crate) mod default_reply {
 
     /// What a plugin fault costs the session under `on_error = "tempfail"`.
     pub fn plugin_fault() -> Reply {
-        Reply::new(451, Some("4.3.0"), "Temporary filter failure, try again later")
+        Reply::new(
+            451,
+            Some("4.3.0"),
+            "Temporary filter failure, try again later",
+        )
     }
 }

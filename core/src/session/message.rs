@@ -40,10 +40,19 @@ pub fn apply_header_changes(
 fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     let clean = |s: &str| -> String {
         s.chars()
-            .map(|c| if matches!(c, '\r' | '\n' | '\0') { ' ' } else { c })
+            .map(|c| {
+                if matches!(c, '\r' | '\n' | '\0') {
+                    ' '
+                } else {
+                    c
+                }
+            })
             .collect()
     };
-    let name: String = clean(name).chars().filter(|c| *c != ':' && *c != ' ').collect();
+    let name: String = clean(name)
+        .chars()
+        .filter(|c| *c != ':' && *c != ' ')
+        .collect();
     if name.is_empty() {
         return;
     }
@@ -101,7 +110,10 @@ mod tests {
         let out = apply_header_changes(
             MSG,
             &["x-spam".into()],
-            &[("X-First".into(), "1".into()), ("X-Second".into(), "2".into())],
+            &[
+                ("X-First".into(), "1".into()),
+                ("X-Second".into(), "2".into()),
+            ],
             &[("X-Last".into(), "z".into())],
         );
         assert_eq!(

@@ -169,7 +169,11 @@ impl Session {
                 };
                 if matches!(flow, Flow::Close) || self.errors >= MAX_ERRORS {
                     if self.errors >= MAX_ERRORS {
-                        self.reply(Reply::new(421, Some("4.7.0"), "Too many errors, closing connection"));
+                        self.reply(Reply::new(
+                            421,
+                            Some("4.7.0"),
+                            "Too many errors, closing connection",
+                        ));
                     }
                     return self.flush().await;
                 }
@@ -302,7 +306,11 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    async fn mail(&mut self, reverse_path: ReversePath, params: MailParams) -> std::io::Result<Flow> {
+    async fn mail(
+        &mut self,
+        reverse_path: ReversePath,
+        params: MailParams,
+    ) -> std::io::Result<Flow> {
         if self.info.helo.is_none() {
             self.error(Reply::need_helo());
             return Ok(Flow::Continue);
@@ -357,7 +365,11 @@ impl Session {
         if let Some(flow) = self.refused(outcome) {
             return Ok(flow);
         }
-        let address = format!("{}@{}", quote_local_part(&argument.local_part), argument.domain);
+        let address = format!(
+            "{}@{}",
+            quote_local_part(&argument.local_part),
+            argument.domain
+        );
         if let Some(transaction) = &mut self.transaction {
             transaction.recipients.push(address.clone());
         }
@@ -367,10 +379,7 @@ impl Session {
     }
 
     async fn data(&mut self) -> std::io::Result<Flow> {
-        let has_recipients = self
-            .transaction
-            .as_ref()
-            .map(|t| !t.recipients.is_empty());
+        let has_recipients = self.transaction.as_ref().map(|t| !t.recipients.is_empty());
         match has_recipients {
             None => {
                 self.error(Reply::bad_sequence());
@@ -478,7 +487,9 @@ impl Session {
                         transaction.recipients.push(rcpt)
                     }
                 }
-                Modification::RemoveRecipient(rcpt) => transaction.recipients.retain(|r| *r != rcpt),
+                Modification::RemoveRecipient(rcpt) => {
+                    transaction.recipients.retain(|r| *r != rcpt)
+                }
             }
         }
         if transaction.recipients.is_empty() {
