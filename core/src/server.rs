@@ -279,12 +279,7 @@ impl Drop for ConnectionPermit {
 fn delivery_settings(config: &Config) -> DeliverySettings {
     DeliverySettings {
         hostname: config.server.hostname.clone(),
-        local_domains: config
-            .domains
-            .local
-            .iter()
-            .map(|d| d.to_ascii_lowercase())
-            .collect(),
+        local_domains: config.domains.local.clone(),
         maildir_root: config.server.data_dir.join("mail"),
         routes: config
             .delivery

@@ -111,12 +111,7 @@ impl PipelineSet {
     ) -> Result<PipelineSet, PipelineError> {
         let services = Arc::new(HostServices {
             hostname: config.server.hostname.clone(),
-            local_domains: config
-                .domains
-                .local
-                .iter()
-                .map(|d| d.to_ascii_lowercase())
-                .collect(),
+            local_domains: config.domains.local.iter().cloned().collect(),
         });
         let mut plugins: BTreeMap<&str, Arc<Plugin>> = BTreeMap::new();
         for (name, plugin_config) in &config.plugins {
