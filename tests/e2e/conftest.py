@@ -128,8 +128,10 @@ def sluice(tmp_path):
 class Recorder:
     def __init__(self):
         self.messages = []
+        self.peers = []
 
     async def handle_DATA(self, server, session, envelope):
+        self.peers.append(session.peer)
         self.messages.append(envelope)
         return "250 OK"
 
@@ -141,6 +143,10 @@ class Sink:
         self.port = port
         self.recorder = Recorder()
         self.controller = Controller(self.recorder, hostname="127.0.0.1", port=port)
+
+    @property
+    def peers(self):
+        return self.recorder.peers
 
     @property
     def messages(self):

@@ -52,3 +52,17 @@ def test_trusted_client_relays_to_next_hop(sluice):
         assert strip_trace(messages[0].original_content.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")) == body
     finally:
         sink.stop()
+
+
+def test_next_hop_connection_is_reused(sluice):
+    sink_port = free_port()
+    server = sluice(extra=f'[[delivery.route]]\ndomain = "example.test"\nnext_hop = "127.0.0.1:{sink_port}"\n')
+    sink = Sink(sink_port).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as smtp:
+            for i in range(3):
+                smtp.sendmail("a@example.org", ["user@example.test"], b"Subject: %d\r\n\r\nx\r\n" % i)
+                assert len(sink.wait(i + 1)) == i + 1
+        assert len(set(sink.peers)) == 1, sink.peers
+    finally:
+        sink.stop()

@@ -61,6 +61,7 @@ async fn run(
     let mut timers: BinaryHeap<Reverse<(u64, QueueId)>> = BinaryHeap::new();
     let mut running: HashSet<QueueId> = HashSet::new();
     let permits = Arc::new(Semaphore::new(MAX_PARALLEL_ATTEMPTS));
+    let pool = Arc::new(smtp_client::ConnectionPool::new(settings.idle_timeout));
     match spool.entries() {
         Ok(entries) => {
             for entry in entries.iter().filter(|e| attemptable(e)) {
@@ -96,11 +97,16 @@ async fn run(
                 if !running.insert(id) {
                     continue;
                 }
-                let (settings, spool, tx, permits) =
-                    (settings.clone(), spool.clone(), tx.clone(), permits.clone());
+                let (settings, spool, tx, permits, pool) = (
+                    settings.clone(),
+                    spool.clone(),
+                    tx.clone(),
+                    permits.clone(),
+                    pool.clone(),
+                );
                 tokio::spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    let next = attempt(&settings, &spool, id).await;
+                    let next = attempt(&settings, &pool, &spool, id).await;
                     let _ = tx.send(Event::Finished(id, next));
                 });
             }
@@ -127,7 +133,12 @@ fn attemptable(entry: &QueueEntry) -> bool {
 }
 
 /// One delivery attempt of a queued message; returns when to try again.
-async fn attempt(settings: &DeliverySettings, spool: &Spool, id: QueueId) -> Option<u64> {
+async fn attempt(
+    settings: &DeliverySettings,
+    pool: &smtp_client::ConnectionPool,
+    spool: &Spool,
+    id: QueueId,
+) -> Option<u64> {
     let entry = match spool.entry(id) {
         Ok(Some(entry)) if attemptable(&entry) => entry,
         Ok(_) => return None,
@@ -184,6 +195,7 @@ async fn attempt(settings: &DeliverySettings, spool: &Spool, id: QueueId) -> Opt
     for (hop, list) in remote {
         let addresses: Vec<String> = list.iter().map(|(_, a)| a.clone()).collect();
         let outcomes = smtp_client::relay(
+            pool,
             &hop,
             &settings.hostname,
             &settings.client_timeouts,

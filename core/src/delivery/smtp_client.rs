@@ -54,6 +54,45 @@ enum ClientError {
     Malformed(String),
     #[error("connection closed by the next hop")]
     Closed,
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// Idle connections to next hops, kept after a transaction so the next
+/// message to the same hop skips the TCP handshake, greeting and EHLO.
+pub struct ConnectionPool {
+    /// How long an idle connection may wait for its next message.
+    max_idle: Duration,
+    idle:
+        std::sync::Mutex<std::collections::HashMap<String, Vec<(Connection, std::time::Instant)>>>,
+}
+
+impl ConnectionPool {
+    pub fn new(max_idle: Duration) -> Self {
+        ConnectionPool {
+            max_idle,
+            idle: Default::default(),
+        }
+    }
+
+    fn take(&self, next_hop: &str) -> Option<Connection> {
+        let max_idle = self.max_idle;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(next_hop)?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < max_idle {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, next_hop: &str, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.entry(next_hop.to_owned())
+            .or_default()
+            .push((conn, std::time::Instant::now()));
+    }
 }
 
 struct Connection {
@@ -97,6 +136,7 @@ impl Connection {
 
 /// Relays one message; returns a result per recipient, in order.
 pub async fn relay(
+    pool: &ConnectionPool,
     next_hop: &str,
     hostname: &str,
     timeouts: &ClientTimeouts,
@@ -104,16 +144,45 @@ pub async fn relay(
     recipients: &[String],
     message: &[u8],
 ) -> Vec<RecipientResult> {
-    match transaction(
-        next_hop,
-        hostname,
-        timeouts,
-        reverse_path,
-        recipients,
-        message,
-    )
-    .await
-    {
+    // A pooled connection the next hop closed meanwhile fails at RSET; then
+    // a fresh one is opened.
+    let reused = match pool.take(next_hop) {
+        Some(mut conn) => match conn.command("RSET", timeouts.command).await {
+            Ok(reply) if reply.code == 250 => Some(conn),
+            _ => None,
+        },
+        None => None,
+    };
+    let conn = match reused {
+        Some(conn) => Ok(conn),
+        None => open(next_hop, hostname, timeouts).await,
+    };
+    let result = match conn {
+        Ok(mut conn) => {
+            let result = transaction(&mut conn, timeouts, reverse_path, recipients, message).await;
+            if result.is_ok() {
+                pool.put(next_hop, conn);
+            }
+            result
+        }
+        Err(ClientError::Refused(reply)) => {
+            let code = reply
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(451);
+            return recipients
+                .iter()
+                .map(|_| {
+                    classify(&ServerReply {
+                        code,
+                        text: reply.get(4..).unwrap_or("").to_owned(),
+                    })
+                })
+                .collect();
+        }
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(results) => results,
         Err(e) => recipients
             .iter()
@@ -122,14 +191,12 @@ pub async fn relay(
     }
 }
 
-async fn transaction(
+/// Connects, reads the greeting and says EHLO (HELO when refused).
+async fn open(
     next_hop: &str,
     hostname: &str,
     timeouts: &ClientTimeouts,
-    reverse_path: &str,
-    recipients: &[String],
-    message: &[u8],
-) -> Result<Vec<RecipientResult>, ClientError> {
+) -> Result<Connection, ClientError> {
     let stream = tokio::time::timeout(timeouts.connect, TcpStream::connect(next_hop))
         .await
         .map_err(|_| ClientError::Timeout)??;
@@ -139,13 +206,9 @@ async fn transaction(
         reader: BufReader::new(reader),
         writer,
     };
-    let all = |r: &ServerReply, recipients: &[String]| -> Vec<RecipientResult> {
-        recipients.iter().map(|_| classify(r)).collect()
-    };
-
     let greeting = conn.read_reply(timeouts.greeting).await?;
     if greeting.code != 220 {
-        return Ok(all(&greeting, recipients));
+        return Err(ClientError::Refused(greeting.line()));
     }
     let mut hello = conn
         .command(&format!("EHLO {hostname}"), timeouts.command)
@@ -156,8 +219,22 @@ async fn transaction(
             .await?;
     }
     if hello.code != 250 {
-        return Ok(all(&hello, recipients));
+        return Err(ClientError::Refused(hello.line()));
     }
+    Ok(conn)
+}
+
+/// One mail transaction on an open connection, which stays open after it.
+async fn transaction(
+    conn: &mut Connection,
+    timeouts: &ClientTimeouts,
+    reverse_path: &str,
+    recipients: &[String],
+    message: &[u8],
+) -> Result<Vec<RecipientResult>, ClientError> {
+    let all = |r: &ServerReply, recipients: &[String]| -> Vec<RecipientResult> {
+        recipients.iter().map(|_| classify(r)).collect()
+    };
     let mail = conn
         .command(&format!("MAIL FROM:<{reverse_path}>"), timeouts.command)
         .await?;
@@ -176,7 +253,6 @@ async fn transaction(
         });
     }
     if results.iter().all(Option::is_some) {
-        let _ = conn.command("QUIT", timeouts.command).await;
         return Ok(results.into_iter().flatten().collect());
     }
     let data = conn.command("DATA", timeouts.data_init).await?;
@@ -188,7 +264,6 @@ async fn transaction(
     } else {
         data
     };
-    let _ = conn.command("QUIT", timeouts.command).await;
     Ok(results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| classify(&final_reply)))
