@@ -8,12 +8,14 @@
 //! - [`pipeline`]: the Wasm plugin chains that judge each stage
 //! - the spool (crate `sluice-spool`): where accepted mail is kept durably
 //! - [`delivery`]: from the spool to Maildir or the next hop
+//! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
 //! - [`config`]: the TOML file, parsed and validated
 //! - [`cli`]: the `sluice` command line
 
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod pipeline;
 pub mod server;
 pub mod session;

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, ListenerConfig};
 use crate::delivery::{self, DeliverySettings, RouteSetting};
+use crate::dns::Dns;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::session::{Session, SessionContext};
 use crate::smtp::reply::Reply;
@@ -35,6 +36,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::ResolverSetupError),
     #[error("listener {name}: cannot listen on {address}: {source}")]
     Bind {
         name: String,
@@ -48,6 +51,7 @@ pub enum ServerError {
 pub struct Server {
     config: Arc<Config>,
     spool: Spool,
+    dns: Dns,
     engine: PluginEngine,
     pipelines: Arc<ArcSwap<PipelineSet>>,
     listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
@@ -65,6 +69,7 @@ impl Server {
             path: spool_dir,
             source,
         })?;
+        let dns = Dns::new(&config.dns)?;
         let max_memory = config
             .plugins
             .values()
@@ -88,10 +93,16 @@ impl Server {
         Ok(Server {
             config: Arc::new(config),
             spool,
+            dns,
             engine,
             pipelines: Arc::new(ArcSwap::from_pointee(pipelines)),
             listeners,
         })
+    }
+
+    /// The resolver the server delivers and checks mail with.
+    pub fn dns(&self) -> &Dns {
+        &self.dns
     }
 
     /// The addresses actually bound (useful with port 0).

@@ -55,7 +55,18 @@ pub struct Config {
     pub queue: QueueConfig,
     pub plugins: BTreeMap<String, PluginConfig>,
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    pub dns: DnsConfig,
     pub log: LogConfig,
+}
+
+/// `[dns]`: the resolver every lookup goes through.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Empty: the system's resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Per query attempt.
+    pub timeout: Duration,
+    pub attempts: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +125,27 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalDelivery {
     Maildir,
+    Lmtp(LmtpTarget),
+}
+
+/// Where the LMTP server (RFC 2033) for local domains listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LmtpTarget {
+    /// "host:port".
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+/// STARTTLS policy for outbound SMTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    /// Use STARTTLS when offered; deliver in clear text otherwise or when
+    /// the handshake fails (certificates are not verified, RFC 7435).
+    Opportunistic,
+    /// STARTTLS with a verified certificate, or no delivery.
+    Required,
+    None,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +153,14 @@ pub struct DeliveryConfig {
     pub local: LocalDelivery,
     pub routes: Vec<Route>,
     pub max_connections_per_domain: usize,
+    /// New messages started per second and destination; None: unlimited.
+    pub messages_per_second_per_domain: Option<f64>,
+    /// The port MX hosts are contacted on (25; tests use others).
+    pub smtp_port: u16,
+    /// Default STARTTLS policy; a route may override it.
+    pub tls: OutboundTls,
+    /// CA bundle (PEM) for `required` TLS; None: the bundled web PKI roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,12 +169,15 @@ pub struct Route {
     pub domain: String,
     /// "host:port".
     pub next_hop: String,
+    pub tls: Option<OutboundTls>,
 }
 
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
     pub retry: Vec<Duration>,
     pub max_age: Duration,
+    /// Send a delayed-delivery DSN once a message is this old; None: never.
+    pub warn_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

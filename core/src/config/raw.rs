@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,6 +21,7 @@ struct RawConfig {
     listener: Vec<RawListener>,
     delivery: Option<RawDelivery>,
     queue: Option<RawQueue>,
+    dns: Option<RawDns>,
     #[serde(default)]
     plugins: BTreeMap<String, Spanned<RawPlugin>>,
     #[serde(default)]
@@ -68,10 +70,28 @@ struct RawListener {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDelivery {
-    local: Option<Spanned<String>>,
+    local: Option<Spanned<RawLocal>>,
     #[serde(default)]
     route: Vec<RawRoute>,
     max_connections_per_domain: Option<usize>,
+    messages_per_second_per_domain: Option<Spanned<f64>>,
+    smtp_port: Option<u16>,
+    tls: Option<OutboundTls>,
+    ca_file: Option<String>,
+}
+
+/// `local = "maildir"` or `local = { lmtp = "127.0.0.1:24" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawLocal {
+    Name(String),
+    Lmtp(RawLmtp),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLmtp {
+    lmtp: String,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +99,16 @@ struct RawDelivery {
 struct RawRoute {
     domain: Spanned<String>,
     next_hop: Spanned<String>,
+    tls: Option<OutboundTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    attempts: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +116,7 @@ struct RawRoute {
 struct RawQueue {
     retry: Option<Spanned<Vec<String>>>,
     max_age: Option<Spanned<String>>,
+    warn_after: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -485,19 +516,53 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         local: None,
         route: Vec::new(),
         max_connections_per_domain: None,
+        messages_per_second_per_domain: None,
+        smtp_port: None,
+        tls: None,
+        ca_file: None,
     });
-    if let Some(local) = &delivery.local {
-        if local.get_ref() != "maildir" {
+    let local_delivery = match delivery.local.as_ref().map(|l| (l.get_ref(), l.span())) {
+        None => LocalDelivery::Maildir,
+        Some((RawLocal::Name(name), _)) if name == "maildir" => LocalDelivery::Maildir,
+        Some((RawLocal::Name(name), span)) => {
             d.add(
-                local.span(),
+                span,
                 "delivery.local",
                 format!(
-                    "unsupported local delivery {:?} (expected \"maildir\")",
-                    local.get_ref()
+                    "unsupported local delivery {name:?} (expected \"maildir\" or {{ lmtp = \"HOST:PORT\" }})"
                 ),
             );
+            LocalDelivery::Maildir
         }
-    }
+        Some((RawLocal::Lmtp(lmtp), span)) => match lmtp.lmtp.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => LocalDelivery::Lmtp(LmtpTarget::Unix(path.into())),
+            _ if valid_host_port(&lmtp.lmtp) => {
+                LocalDelivery::Lmtp(LmtpTarget::Tcp(lmtp.lmtp.clone()))
+            }
+            _ => {
+                d.add(
+                    span,
+                    "delivery.local.lmtp",
+                    format!(
+                        "invalid LMTP address {:?} (expected HOST:PORT or unix:/path)",
+                        lmtp.lmtp
+                    ),
+                );
+                LocalDelivery::Maildir
+            }
+        },
+    };
+    let messages_per_second_per_domain = match &delivery.messages_per_second_per_domain {
+        Some(rate) if !(rate.get_ref().is_finite() && *rate.get_ref() > 0.0) => {
+            d.add(
+                rate.span(),
+                "delivery.messages_per_second_per_domain",
+                "must be a number greater than 0",
+            );
+            None
+        }
+        rate => rate.as_ref().map(|r| *r.get_ref()),
+    };
     let mut routes = Vec::new();
     for (i, route) in delivery.route.iter().enumerate() {
         let domain = route.domain.get_ref().to_ascii_lowercase();
@@ -509,10 +574,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             );
         }
         let hop = route.next_hop.get_ref();
-        let valid_hop = hop
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !valid_hop {
+        if !valid_host_port(hop) {
             d.add(
                 route.next_hop.span(),
                 format!("delivery.route[{i}].next_hop"),
@@ -522,12 +584,14 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         routes.push(Route {
             domain,
             next_hop: hop.clone(),
+            tls: route.tls,
         });
     }
 
     let queue = raw.queue.unwrap_or(RawQueue {
         retry: None,
         max_age: None,
+        warn_after: None,
     });
     let default_retry: Vec<Duration> = [120, 300, 600, 900, 1800, 3600, 7200]
         .into_iter()
@@ -563,6 +627,42 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         "queue.max_age",
         Duration::from_secs(5 * 86400),
     );
+    // "0s" turns the delayed-delivery warning off.
+    let warn_after = Some(d.duration(
+        &queue.warn_after,
+        "queue.warn_after",
+        Duration::from_secs(4 * 3600),
+    ))
+    .filter(|d| !d.is_zero());
+
+    let dns = raw.dns.unwrap_or(RawDns {
+        nameservers: Vec::new(),
+        timeout: None,
+        attempts: None,
+    });
+    let mut nameservers = Vec::new();
+    for server in &dns.nameservers {
+        let text = server.get_ref();
+        // A bare IP means port 53.
+        let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Some(address) => nameservers.push(address),
+            None => d.add(
+                server.span(),
+                "dns.nameservers",
+                format!("invalid name server {text:?} (expected IP or IP:PORT)"),
+            ),
+        }
+    }
+    let dns_config = DnsConfig {
+        nameservers,
+        timeout: d.duration(&dns.timeout, "dns.timeout", Duration::from_secs(5)),
+        attempts: dns.attempts.unwrap_or(2).max(1),
+    };
 
     let log = raw.log.unwrap_or(RawLog {
         level: None,
@@ -577,11 +677,20 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         domains: DomainsConfig { local },
         listeners,
         delivery: DeliveryConfig {
-            local: LocalDelivery::Maildir,
+            local: local_delivery,
             routes,
             max_connections_per_domain: delivery.max_connections_per_domain.unwrap_or(10).max(1),
+            messages_per_second_per_domain,
+            smtp_port: delivery.smtp_port.unwrap_or(25),
+            tls: delivery.tls.unwrap_or(OutboundTls::Opportunistic),
+            ca_file: delivery.ca_file.map(PathBuf::from),
         },
-        queue: QueueConfig { retry, max_age },
+        queue: QueueConfig {
+            retry,
+            max_age,
+            warn_after,
+        },
+        dns: dns_config,
         plugins,
         pipelines,
         log: LogConfig {
@@ -589,6 +698,12 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             format: log.format.unwrap_or(LogFormat::Text),
         },
     })
+}
+
+/// "host:port" with a non-empty host and a numeric port.
+fn valid_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// RFC 1035 host name syntax (letters, digits, hyphens; labels of 1–63).
@@ -658,6 +773,40 @@ mod tests {
         );
         assert!(
             err.contains("c.toml:5:") && err.contains("listener[0].address"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dns_and_delivery_settings() {
+        let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[delivery]\nlocal = { lmtp = \"unix:/run/dovecot/lmtp\" }\nsmtp_port = 2525\ntls = \"required\"\n[queue]\nwarn_after = \"0s\"\n";
+        let config = load_str(text, "c.toml").unwrap();
+        assert_eq!(
+            config.dns.nameservers,
+            vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            config.delivery.local,
+            LocalDelivery::Lmtp(LmtpTarget::Unix("/run/dovecot/lmtp".into()))
+        );
+        assert_eq!(config.delivery.smtp_port, 2525);
+        assert_eq!(config.delivery.tls, OutboundTls::Required);
+        assert_eq!(config.queue.warn_after, None);
+    }
+
+    #[test]
+    fn bad_name_server_and_lmtp_address() {
+        let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[dns]\nnameservers = [\"dns.example\"]\n[delivery]\nlocal = { lmtp = \"nowhere\" }\n";
+        let err = load_str(text, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:7:") && err.contains("dns.nameservers"),
+            "{err}"
+        );
+        assert!(
+            err.contains("c.toml:9:") && err.contains("delivery.local.lmtp"),
             "{err}"
         );
     }
