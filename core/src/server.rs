@@ -15,7 +15,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ListenerConfig};
-use crate::delivery::{self, DeliverySettings, RouteSetting};
+use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
 use crate::dns::Dns;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::session::{Session, SessionContext};
@@ -38,6 +38,8 @@ pub enum ServerError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Dns(#[from] crate::dns::ResolverSetupError),
+    #[error("delivery.ca_file: {0}")]
+    OutboundTls(#[from] delivery::TlsSetupError),
     #[error("listener {name}: cannot listen on {address}: {source}")]
     Bind {
         name: String,
@@ -52,6 +54,7 @@ pub struct Server {
     config: Arc<Config>,
     spool: Spool,
     dns: Dns,
+    outbound_tls: OutboundTlsConfig,
     engine: PluginEngine,
     pipelines: Arc<ArcSwap<PipelineSet>>,
     listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
@@ -70,6 +73,7 @@ impl Server {
             source,
         })?;
         let dns = Dns::new(&config.dns)?;
+        let outbound_tls = OutboundTlsConfig::new(config.delivery.ca_file.as_deref())?;
         let max_memory = config
             .plugins
             .values()
@@ -94,6 +98,7 @@ impl Server {
             config: Arc::new(config),
             spool,
             dns,
+            outbound_tls,
             engine,
             pipelines: Arc::new(ArcSwap::from_pointee(pipelines)),
             listeners,
@@ -118,8 +123,10 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let config = self.config.clone();
         let (delivery, delivery_task) = delivery::spawn(
-            delivery_settings(&config),
+            delivery_settings(&config, &self.local_addrs()),
             self.spool.clone(),
+            self.dns.clone(),
+            self.outbound_tls.clone(),
             shutdown_rx.clone(),
         );
         let ctx = Arc::new(SessionContext {
@@ -287,10 +294,11 @@ impl Drop for ConnectionPermit {
     }
 }
 
-fn delivery_settings(config: &Config) -> DeliverySettings {
+fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) -> DeliverySettings {
     DeliverySettings {
         hostname: config.server.hostname.clone(),
         local_domains: config.domains.local.clone(),
+        local: config.delivery.local.clone(),
         maildir_root: config.server.data_dir.join("mail"),
         routes: config
             .delivery
@@ -299,11 +307,17 @@ fn delivery_settings(config: &Config) -> DeliverySettings {
             .map(|r| RouteSetting {
                 domain: r.domain.clone(),
                 next_hop: r.next_hop.clone(),
+                tls: r.tls,
             })
             .collect(),
         retry: config.queue.retry.clone(),
         max_age: config.queue.max_age,
+        warn_after: config.queue.warn_after,
         max_connections_per_destination: config.delivery.max_connections_per_domain,
+        messages_per_second_per_destination: config.delivery.messages_per_second_per_domain,
+        smtp_port: config.delivery.smtp_port,
+        tls: config.delivery.tls,
+        own_addresses: own_addresses.to_vec(),
         client_timeouts: Default::default(),
         idle_timeout: Duration::from_secs(5),
     }

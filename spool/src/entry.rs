@@ -46,6 +46,9 @@ pub struct QueueEntry {
     pub held: bool,
     /// Why the pipeline quarantined the message, if it did.
     pub quarantine: Option<String>,
+    /// Whether the sender was told that delivery is delayed (sent once).
+    #[serde(default)]
+    pub warned: bool,
 }
 
 impl QueueEntry {
@@ -147,6 +150,7 @@ mod tests {
             next_attempt: 0,
             held: false,
             quarantine: Some("spam".into()),
+            warned: false,
         };
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["id"], "0000000000000abc");

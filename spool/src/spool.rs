@@ -201,6 +201,7 @@ impl Spool {
             next_attempt: 0,
             held: false,
             quarantine: msg.quarantine,
+            warned: false,
         };
         let json = encode_entry(&entry)?;
         let key = id.to_key();
@@ -313,6 +314,12 @@ impl Spool {
     /// Durable when it returns; `Ok(false)` if there is no such entry.
     pub async fn set_held(&self, id: QueueId, held: bool) -> Result<bool, SpoolError> {
         self.update(id, |entry| entry.held = held).await
+    }
+
+    /// Records that the sender got a delayed-delivery notice, so it is
+    /// sent once. Durable when it returns; `Ok(false)` if not found.
+    pub async fn mark_warned(&self, id: QueueId) -> Result<bool, SpoolError> {
+        self.update(id, |entry| entry.warned = true).await
     }
 
     /// Releases a quarantined message: its quarantined recipients become

@@ -1,22 +1,34 @@
 //! Delivery: from the spool to the recipient's mailbox or the next hop.
 //!
-//! - `maildir`: local domains, written to `<data_dir>/mail/<domain>/<local>/`
-//! - `smtp_client`: other domains, relayed to the route's next hop
+//! - `route`: where a domain's mail goes (route, MX hosts, or local)
+//! - `smtp_client` over `transport`: SMTP/LMTP to the next hop, with
+//!   STARTTLS, pipelining and pooled connections
+//! - `maildir`: local domains written to `<data_dir>/mail/<domain>/<local>/`
+//! - `dsn`: the reports senders get about failed or delayed recipients
+//! - `limits`: per-destination connection and rate limits
 //! - `scheduler`: one task fed by a channel that decides when each queued
 //!   message is attempted and records the outcome in the spool
 //!
 //! A recipient leaves the queue only after the next hop said 250 or the
 //! Maildir file was fsynced.
 
+mod dsn;
+mod limits;
 mod maildir;
+mod route;
 mod scheduler;
 mod smtp_client;
+mod transport;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::{LocalDelivery, OutboundTls};
+
 pub use scheduler::{spawn, DeliveryHandle};
 pub use smtp_client::ClientTimeouts;
+pub use transport::{OutboundTlsConfig, TlsSetupError};
 
 #[derive(Debug, Clone)]
 pub struct RouteSetting {
@@ -24,30 +36,42 @@ pub struct RouteSetting {
     pub domain: String,
     /// "host:port".
     pub next_hop: String,
+    /// None: the delivery-wide policy.
+    pub tls: Option<OutboundTls>,
 }
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
     pub hostname: String,
     pub local_domains: Vec<String>,
+    pub local: LocalDelivery,
     pub maildir_root: PathBuf,
     pub routes: Vec<RouteSetting>,
     pub retry: Vec<Duration>,
     pub max_age: Duration,
+    pub warn_after: Option<Duration>,
     pub max_connections_per_destination: usize,
+    pub messages_per_second_per_destination: Option<f64>,
+    /// The port MX hosts are contacted on.
+    pub smtp_port: u16,
+    pub tls: OutboundTls,
+    /// This server's listeners: an MX pointing here is a loop.
+    pub own_addresses: Vec<SocketAddr>,
     pub client_timeouts: ClientTimeouts,
     pub idle_timeout: Duration,
 }
 
 impl DeliverySettings {
-    /// The next hop for a domain: its own route, else the "*" route.
-    fn next_hop(&self, domain: &str) -> Option<&str> {
+    /// The configured route for a domain: its own, else (for remote
+    /// domains only) the "*" route. A local domain without its own route
+    /// is delivered locally.
+    fn route(&self, domain: &str) -> Option<&RouteSetting> {
         let domain = domain.to_ascii_lowercase();
-        self.routes
-            .iter()
-            .find(|r| r.domain == domain)
-            .or_else(|| self.routes.iter().find(|r| r.domain == "*"))
-            .map(|r| r.next_hop.as_str())
+        let own = self.routes.iter().find(|r| r.domain == domain);
+        if own.is_some() || self.is_local(&domain) {
+            return own;
+        }
+        self.routes.iter().find(|r| r.domain == "*")
     }
 
     fn is_local(&self, domain: &str) -> bool {
@@ -69,5 +93,51 @@ fn split_address(address: &str) -> (&str, &str) {
     match address.rfind('@') {
         Some(at) => (&address[..at], &address[at + 1..]),
         None => (address, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(routes: &[(&str, &str)]) -> DeliverySettings {
+        DeliverySettings {
+            hostname: "mx.test".into(),
+            local_domains: vec!["local.test".into()],
+            local: LocalDelivery::Maildir,
+            maildir_root: "/nonexistent".into(),
+            routes: routes
+                .iter()
+                .map(|(d, h)| RouteSetting {
+                    domain: d.to_string(),
+                    next_hop: h.to_string(),
+                    tls: None,
+                })
+                .collect(),
+            retry: vec![Duration::from_secs(60)],
+            max_age: Duration::from_secs(3600),
+            warn_after: None,
+            max_connections_per_destination: 1,
+            messages_per_second_per_destination: None,
+            smtp_port: 25,
+            tls: OutboundTls::Opportunistic,
+            own_addresses: Vec::new(),
+            client_timeouts: ClientTimeouts::default(),
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn routes_own_then_wildcard_but_never_wildcard_for_local_domains() {
+        let s = settings(&[
+            ("*", "smart:25"),
+            ("a.test", "a:25"),
+            ("local.test", "box:24"),
+        ]);
+        assert_eq!(s.route("A.TEST").unwrap().next_hop, "a:25");
+        assert_eq!(s.route("other.test").unwrap().next_hop, "smart:25");
+        assert_eq!(s.route("local.test").unwrap().next_hop, "box:24");
+        let s = settings(&[("*", "smart:25")]);
+        assert!(s.route("local.test").is_none());
     }
 }

@@ -8,10 +8,17 @@ use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_spool::{QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool};
+use sluice_spool::{NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::{maildir, smtp_client, split_address, DeliverySettings, RecipientResult};
+use super::dsn::{self, RecipientReport, ReportKind};
+use super::limits::DestinationLimits;
+use super::route::{self, Destination, RouteFailure};
+use super::smtp_client::{self, ClientContext, Envelope, Protocol, Target, TargetAddress};
+use super::transport::OutboundTlsConfig;
+use super::{maildir, split_address, DeliverySettings, RecipientResult};
+use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
+use crate::dns::Dns;
 
 /// Attempts running at once, over all destinations.
 const MAX_PARALLEL_ATTEMPTS: usize = 100;
@@ -33,14 +40,43 @@ enum Event {
     Finished(QueueId, Option<u64>),
 }
 
+/// What every delivery attempt shares.
+struct Deliverer {
+    settings: DeliverySettings,
+    spool: Spool,
+    dns: Dns,
+    client: ClientContext,
+    limits: DestinationLimits,
+}
+
+/// Starts the scheduler.
 pub fn spawn(
     settings: DeliverySettings,
     spool: Spool,
+    dns: Dns,
+    tls: OutboundTlsConfig,
     shutdown: watch::Receiver<bool>,
 ) -> (DeliveryHandle, tokio::task::JoinHandle<()>) {
+    let client = ClientContext {
+        hostname: settings.hostname.clone(),
+        timeouts: settings.client_timeouts.clone(),
+        tls,
+        pool: smtp_client::ConnectionPool::new(settings.idle_timeout),
+    };
+    let limits = DestinationLimits::new(
+        settings.max_connections_per_destination,
+        settings.messages_per_second_per_destination,
+    );
+    let deliverer = Arc::new(Deliverer {
+        settings,
+        spool,
+        dns,
+        client,
+        limits,
+    });
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = DeliveryHandle { tx: tx.clone() };
-    let task = tokio::spawn(run(Arc::new(settings), spool, tx, rx, shutdown));
+    let task = tokio::spawn(run(deliverer, tx, rx, shutdown));
     (handle, task)
 }
 
@@ -52,8 +88,7 @@ fn now() -> u64 {
 }
 
 async fn run(
-    settings: Arc<DeliverySettings>,
-    spool: Spool,
+    deliverer: Arc<Deliverer>,
     tx: mpsc::UnboundedSender<Event>,
     mut rx: mpsc::UnboundedReceiver<Event>,
     mut shutdown: watch::Receiver<bool>,
@@ -61,8 +96,7 @@ async fn run(
     let mut timers: BinaryHeap<Reverse<(u64, QueueId)>> = BinaryHeap::new();
     let mut running: HashSet<QueueId> = HashSet::new();
     let permits = Arc::new(Semaphore::new(MAX_PARALLEL_ATTEMPTS));
-    let pool = Arc::new(smtp_client::ConnectionPool::new(settings.idle_timeout));
-    match spool.entries() {
+    match deliverer.spool.entries() {
         Ok(entries) => {
             for entry in entries.iter().filter(|e| attemptable(e)) {
                 timers.push(Reverse((entry.next_attempt, entry.id)));
@@ -97,16 +131,10 @@ async fn run(
                 if !running.insert(id) {
                     continue;
                 }
-                let (settings, spool, tx, permits, pool) = (
-                    settings.clone(),
-                    spool.clone(),
-                    tx.clone(),
-                    permits.clone(),
-                    pool.clone(),
-                );
+                let (deliverer, tx, permits) = (deliverer.clone(), tx.clone(), permits.clone());
                 tokio::spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    let next = attempt(&settings, &pool, &spool, id).await;
+                    let next = deliverer.attempt(id, &tx).await;
                     let _ = tx.send(Event::Finished(id, next));
                 });
             }
@@ -132,120 +160,355 @@ fn attemptable(entry: &QueueEntry) -> bool {
         })
 }
 
-/// One delivery attempt of a queued message; returns when to try again.
-async fn attempt(
-    settings: &DeliverySettings,
-    pool: &smtp_client::ConnectionPool,
-    spool: &Spool,
-    id: QueueId,
-) -> Option<u64> {
-    let entry = match spool.entry(id) {
-        Ok(Some(entry)) if attemptable(&entry) => entry,
-        Ok(_) => return None,
-        Err(e) => {
-            tracing::error!(queue_id = %id, "cannot read queue entry: {e}");
-            return Some(now() + 60);
-        }
-    };
-    let message = match spool.message(id) {
-        Ok(Some(message)) => message,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::error!(queue_id = %id, "cannot read message: {e}");
-            return Some(now() + 60);
-        }
-    };
-    let id_text = id.to_string();
-    let mut results: Vec<(usize, RecipientResult)> = Vec::new();
-    // Group remote recipients by next hop: one transaction per destination.
-    let mut remote: Vec<(String, Vec<(usize, String)>)> = Vec::new();
-    for (index, rcpt) in entry.recipients.iter().enumerate() {
-        if !matches!(
-            rcpt.status,
-            RecipientStatus::Pending | RecipientStatus::Deferred
-        ) {
-            continue;
-        }
-        let (local, domain) = split_address(&rcpt.address);
-        if settings.is_local(domain) {
-            let result = maildir::deliver(
-                &settings.maildir_root,
-                &settings.hostname,
-                &id_text,
-                &entry.reverse_path,
-                local,
-                domain,
-                &message,
-            );
-            results.push((index, result));
-        } else if let Some(hop) = settings.next_hop(domain) {
-            match remote.iter_mut().find(|(h, _)| h == hop) {
-                Some((_, list)) => list.push((index, rcpt.address.clone())),
-                None => remote.push((hop.to_owned(), vec![(index, rcpt.address.clone())])),
+/// One recipient's result, and the host that gave it.
+struct Result1 {
+    index: usize,
+    result: RecipientResult,
+    host: Option<String>,
+}
+
+impl Deliverer {
+    /// One delivery attempt of a queued message; returns when to try again.
+    async fn attempt(&self, id: QueueId, tx: &mpsc::UnboundedSender<Event>) -> Option<u64> {
+        let entry = match self.spool.entry(id) {
+            Ok(Some(entry)) if attemptable(&entry) => entry,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::error!(queue_id = %id, "cannot read queue entry: {e}");
+                return Some(now() + 60);
             }
-        } else {
-            // MX lookup is not part of this server yet: without a route the
-            // recipient waits for one to be configured.
-            results.push((
-                index,
-                RecipientResult::Deferred(format!("451 4.4.4 no route for domain {domain}")),
-            ));
-        }
-    }
-    for (hop, list) in remote {
-        let addresses: Vec<String> = list.iter().map(|(_, a)| a.clone()).collect();
-        let outcomes = smtp_client::relay(
-            pool,
-            &hop,
-            &settings.hostname,
-            &settings.client_timeouts,
-            &entry.reverse_path,
-            &addresses,
-            &message,
-        )
-        .await;
-        for ((index, address), result) in list.into_iter().zip(outcomes) {
-            tracing::info!(queue_id = %id, recipient = %address, next_hop = %hop, result = ?result, "delivery attempt");
-            results.push((index, result));
-        }
+        };
+        let message = match self.spool.message(id) {
+            Ok(Some(message)) => Arc::new(message),
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(queue_id = %id, "cannot read message: {e}");
+                return Some(now() + 60);
+            }
+        };
+        let results = self.deliver_all(&entry, &message).await;
+        self.record(&entry, &message, results, tx).await
     }
 
-    let age = Duration::from_secs(now().saturating_sub(entry.received_at));
-    let expired = age >= settings.max_age;
-    let mut deferred = false;
-    let outcomes: Vec<RecipientOutcome> = results
-        .into_iter()
-        .map(|(index, result)| {
+    /// Delivers to every recipient still due, grouped so each destination
+    /// gets one transaction.
+    async fn deliver_all(&self, entry: &QueueEntry, message: &Arc<Vec<u8>>) -> Vec<Result1> {
+        let id_text = entry.id.to_string();
+        let mut results = Vec::new();
+        let mut lmtp: Vec<(usize, String)> = Vec::new();
+        let mut remote: Vec<(Destination, Vec<(usize, String)>)> = Vec::new();
+        for (index, rcpt) in entry.recipients.iter().enumerate() {
+            if !matches!(
+                rcpt.status,
+                RecipientStatus::Pending | RecipientStatus::Deferred
+            ) {
+                continue;
+            }
+            let (local, domain) = split_address(&rcpt.address);
+            if self.settings.is_local(domain) && self.settings.route(domain).is_none() {
+                match &self.settings.local {
+                    LocalDelivery::Maildir => {
+                        let result = self
+                            .maildir(&id_text, &entry.reverse_path, local, domain, message)
+                            .await;
+                        results.push(Result1 {
+                            index,
+                            result,
+                            host: None,
+                        });
+                    }
+                    LocalDelivery::Lmtp(_) => lmtp.push((index, rcpt.address.clone())),
+                }
+                continue;
+            }
+            let destination = route::destination(&self.settings, domain);
+            match remote.iter_mut().find(|(d, _)| *d == destination) {
+                Some((_, list)) => list.push((index, rcpt.address.clone())),
+                None => remote.push((destination, vec![(index, rcpt.address.clone())])),
+            }
+        }
+        if let (LocalDelivery::Lmtp(target), false) = (&self.settings.local, lmtp.is_empty()) {
+            let target = lmtp_target(target).await;
+            let group = match target {
+                Ok(targets) => {
+                    self.transaction(
+                        entry,
+                        message,
+                        &lmtp,
+                        &targets,
+                        Protocol::Lmtp,
+                        OutboundTls::None,
+                    )
+                    .await
+                }
+                Err(reply) => failed_group(&lmtp, RouteFailure::Temporary(reply)),
+            };
+            results.extend(group);
+        }
+        for (destination, list) in remote {
+            let Some(_permit) = self.limits.acquire(destination.key()).await else {
+                continue;
+            };
+            let group = match route::targets(&self.settings, &self.dns, &destination).await {
+                Ok(targets) => {
+                    self.transaction(
+                        entry,
+                        message,
+                        &list,
+                        &targets,
+                        Protocol::Smtp,
+                        destination.tls(),
+                    )
+                    .await
+                }
+                Err(failure) => failed_group(&list, failure),
+            };
+            results.extend(group);
+        }
+        results
+    }
+
+    async fn maildir(
+        &self,
+        queue_id: &str,
+        reverse_path: &str,
+        local: &str,
+        domain: &str,
+        message: &Arc<Vec<u8>>,
+    ) -> RecipientResult {
+        let (root, hostname, queue_id, reverse_path, local, domain, message) = (
+            self.settings.maildir_root.clone(),
+            self.settings.hostname.clone(),
+            queue_id.to_owned(),
+            reverse_path.to_owned(),
+            local.to_owned(),
+            domain.to_owned(),
+            message.clone(),
+        );
+        // File writes and fsyncs block: keep them off the async workers.
+        tokio::task::spawn_blocking(move || {
+            maildir::deliver(
+                &root,
+                &hostname,
+                &queue_id,
+                &reverse_path,
+                &local,
+                &domain,
+                &message,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| {
+            RecipientResult::Deferred(format!("451 4.3.0 maildir writer failed: {e}"))
+        })
+    }
+
+    async fn transaction(
+        &self,
+        entry: &QueueEntry,
+        message: &[u8],
+        list: &[(usize, String)],
+        targets: &[Target],
+        protocol: Protocol,
+        tls: OutboundTls,
+    ) -> Vec<Result1> {
+        let addresses: Vec<String> = list.iter().map(|(_, a)| a.clone()).collect();
+        let envelope = Envelope {
+            reverse_path: &entry.reverse_path,
+            recipients: &addresses,
+            message,
+        };
+        let outcome = smtp_client::deliver(&self.client, targets, protocol, tls, &envelope).await;
+        list.iter()
+            .zip(outcome.results)
+            .map(|((index, address), result)| {
+                tracing::info!(
+                    queue_id = %entry.id,
+                    recipient = %address,
+                    host = outcome.host.as_deref().unwrap_or("-"),
+                    tls = outcome.tls.as_deref().unwrap_or("none"),
+                    result = ?result,
+                    "delivery attempt"
+                );
+                Result1 {
+                    index: *index,
+                    result,
+                    host: outcome.host.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Records the attempt, sends the DSNs it calls for, and returns when
+    /// to try again.
+    async fn record(
+        &self,
+        entry: &QueueEntry,
+        message: &[u8],
+        results: Vec<Result1>,
+        tx: &mpsc::UnboundedSender<Event>,
+    ) -> Option<u64> {
+        let settings = &self.settings;
+        let age = Duration::from_secs(now().saturating_sub(entry.received_at));
+        let expired = age >= settings.max_age;
+        let mut outcomes = Vec::with_capacity(results.len());
+        let mut failed = Vec::new();
+        let mut deferred = Vec::new();
+        for Result1 {
+            index,
+            result,
+            host,
+        } in results
+        {
+            let address = entry.recipients[index].address.clone();
             let (status, reply) = match result {
                 RecipientResult::Delivered(r) => (RecipientStatus::Delivered, r),
                 RecipientResult::Failed(r) => (RecipientStatus::Failed, r),
-                // Past max_age a deferral becomes final. (Bounce DSNs for
-                // failed recipients are generated by a later stage.)
-                RecipientResult::Deferred(r) if expired => (RecipientStatus::Failed, r),
-                RecipientResult::Deferred(r) => {
-                    deferred = true;
-                    (RecipientStatus::Deferred, r)
-                }
+                // Past max_age a deferral becomes final.
+                RecipientResult::Deferred(r) if expired => (
+                    RecipientStatus::Failed,
+                    format!(
+                        "554 5.4.7 delivery time expired after {}; last reply: {r}",
+                        humantime::format_duration(settings.max_age)
+                    ),
+                ),
+                RecipientResult::Deferred(r) => (RecipientStatus::Deferred, r),
             };
-            RecipientOutcome {
+            let report = RecipientReport {
+                address,
+                reply: reply.clone(),
+                remote_mta: host,
+            };
+            match status {
+                RecipientStatus::Failed => failed.push(report),
+                RecipientStatus::Deferred => deferred.push(report),
+                _ => {}
+            }
+            outcomes.push(RecipientOutcome {
                 index,
                 status,
                 reply: Some(reply),
+            });
+        }
+        let next = (!deferred.is_empty()).then(|| {
+            let step = (entry.attempts as usize).min(settings.retry.len().saturating_sub(1));
+            now()
+                + settings
+                    .retry
+                    .get(step)
+                    .map(|d| d.as_secs().max(1))
+                    .unwrap_or(300)
+        });
+        // The DSN is queued before the attempt is recorded: a crash in
+        // between repeats the attempt (and maybe the DSN), never loses it.
+        if !failed.is_empty() {
+            self.notify(entry, message, ReportKind::Failed, &failed, tx)
+                .await;
+        }
+        let warn = settings
+            .warn_after
+            .is_some_and(|after| age >= after && !entry.warned && !deferred.is_empty());
+        if warn
+            && self
+                .notify(entry, message, ReportKind::Delayed, &deferred, tx)
+                .await
+        {
+            if let Err(e) = self.spool.mark_warned(entry.id).await {
+                tracing::error!(queue_id = %entry.id, "cannot record the delay notice: {e}");
             }
-        })
-        .collect();
-    let next = deferred.then(|| {
-        let step = (entry.attempts as usize).min(settings.retry.len().saturating_sub(1));
-        now()
-            + settings
-                .retry
-                .get(step)
-                .map(|d| d.as_secs().max(1))
-                .unwrap_or(300)
-    });
-    if let Err(e) = spool.record_attempt(id, outcomes, next).await {
-        tracing::error!(queue_id = %id, "cannot record delivery attempt: {e}");
-        return Some(now() + 60);
+        }
+        if let Err(e) = self.spool.record_attempt(entry.id, outcomes, next).await {
+            tracing::error!(queue_id = %entry.id, "cannot record delivery attempt: {e}");
+            return Some(now() + 60);
+        }
+        next
     }
-    next
+
+    /// Queues a DSN to the sender; never for the null reverse-path, which
+    /// is how bounces of bounces are avoided (RFC 5321 §6.1, RFC 3464).
+    /// Returns whether one was queued.
+    async fn notify(
+        &self,
+        entry: &QueueEntry,
+        message: &[u8],
+        kind: ReportKind,
+        recipients: &[RecipientReport],
+        tx: &mpsc::UnboundedSender<Event>,
+    ) -> bool {
+        if entry.reverse_path.is_empty() {
+            return false;
+        }
+        let queue_id = entry.id.to_string();
+        let original = dsn::Original {
+            queue_id: &queue_id,
+            reverse_path: &entry.reverse_path,
+            received_at: entry.received_at,
+            message,
+        };
+        let retry_until = entry.received_at + self.settings.max_age.as_secs();
+        let report = dsn::report(
+            &self.settings.hostname,
+            kind,
+            &original,
+            recipients,
+            now(),
+            Some(retry_until),
+        );
+        let dsn = NewMessage {
+            reverse_path: String::new(),
+            recipients: vec![entry.reverse_path.clone()],
+            message: report,
+            received_at: now(),
+            client: "local delivery status notification".to_owned(),
+            quarantine: None,
+        };
+        match self.spool.enqueue(dsn).await {
+            Ok(dsn_id) => {
+                tracing::info!(queue_id = %entry.id, dsn_id = %dsn_id, kind = ?kind, to = %entry.reverse_path, "delivery status notification queued");
+                let _ = tx.send(Event::Due(dsn_id));
+                true
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %entry.id, "cannot queue a delivery status notification: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Every recipient of a group gets the routing failure.
+fn failed_group(list: &[(usize, String)], failure: RouteFailure) -> Vec<Result1> {
+    list.iter()
+        .map(|(index, _)| Result1 {
+            index: *index,
+            result: match &failure {
+                RouteFailure::Permanent(r) => RecipientResult::Failed(r.clone()),
+                RouteFailure::Temporary(r) => RecipientResult::Deferred(r.clone()),
+            },
+            host: None,
+        })
+        .collect()
+}
+
+/// The LMTP server's address: a unix socket, or a host:port resolved by
+/// the system.
+async fn lmtp_target(target: &LmtpTarget) -> Result<Vec<Target>, String> {
+    match target {
+        LmtpTarget::Unix(path) => Ok(vec![Target {
+            host: "localhost".to_owned(),
+            address: TargetAddress::Unix(path.clone()),
+        }]),
+        LmtpTarget::Tcp(hop) => {
+            let host = hop.rsplit_once(':').map(|(h, _)| h).unwrap_or(hop);
+            let addresses = tokio::net::lookup_host(hop)
+                .await
+                .map_err(|e| format!("451 4.4.3 cannot resolve LMTP server {hop}: {e}"))?;
+            Ok(addresses
+                .map(|address| Target {
+                    host: host.to_owned(),
+                    address: TargetAddress::Tcp(address),
+                })
+                .collect())
+        }
+    }
 }

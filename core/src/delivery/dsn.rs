@@ -1,0 +1,255 @@
+//! Delivery status notifications (RFC 3464): the report a sender gets
+//! when recipients finally fail, or, once, when delivery is delayed. It is
+//! a `multipart/report; report-type=delivery-status` from `<>` (so it can
+//! never cause another DSN) with a human-readable part, a machine-readable
+//! `message/delivery-status` part, and the original message's headers.
+
+use crate::smtp::received::rfc5322_date;
+
+fn date(unix_seconds: u64) -> String {
+    rfc5322_date(i64::try_from(unix_seconds).unwrap_or(i64::MAX))
+}
+
+/// Failed (final) or delayed (still being retried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    Failed,
+    Delayed,
+}
+
+/// One recipient the report is about.
+#[derive(Debug, Clone)]
+pub struct RecipientReport {
+    pub address: String,
+    /// The last reply, e.g. "550 5.1.1 no such user".
+    pub reply: String,
+    /// The host that gave the reply, when a remote one did.
+    pub remote_mta: Option<String>,
+}
+
+/// What a report needs to know about the original message.
+pub struct Original<'a> {
+    pub queue_id: &'a str,
+    pub reverse_path: &'a str,
+    /// Unix seconds at which the message was accepted.
+    pub received_at: u64,
+    pub message: &'a [u8],
+}
+
+/// The complete report message, CRLF line ends.
+pub fn report(
+    hostname: &str,
+    kind: ReportKind,
+    original: &Original<'_>,
+    recipients: &[RecipientReport],
+    now: u64,
+    retry_until: Option<u64>,
+) -> Vec<u8> {
+    let boundary = format!("{}.{now}/{hostname}", original.queue_id);
+    let (subject, action, intro) = match kind {
+        ReportKind::Failed => (
+            "Undelivered Mail Returned to Sender",
+            "failed",
+            "Your message could not be delivered to one or more recipients.\r\n\
+             It has been given up on; the reasons follow.",
+        ),
+        ReportKind::Delayed => (
+            "Delayed Mail (still being retried)",
+            "delayed",
+            "Your message has not been delivered to one or more recipients yet.\r\n\
+             Delivery is still being retried; you need not send it again.",
+        ),
+    };
+    let mut out = String::with_capacity(2048);
+    out.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{}>\r\n\
+         Subject: {subject}\r\n\
+         Date: {}\r\n\
+         Message-ID: <{}.{now}.dsn@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated delivery status notification.\r\n\
+         \r\n",
+        original.reverse_path,
+        date(now),
+        original.queue_id,
+    ));
+
+    out.push_str(&format!(
+        "--{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail system at {hostname}.\r\n\
+         \r\n\
+         {intro}\r\n\
+         \r\n"
+    ));
+    for rcpt in recipients {
+        out.push_str(&format!(
+            "<{}>: {}\r\n",
+            rcpt.address,
+            one_line(&rcpt.reply)
+        ));
+    }
+    out.push_str("\r\n");
+
+    out.push_str(&format!(
+        "--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {hostname}\r\n\
+         X-Sluice-Queue-ID: {}\r\n\
+         Arrival-Date: {}\r\n",
+        original.queue_id,
+        date(original.received_at),
+    ));
+    for rcpt in recipients {
+        out.push_str("\r\n");
+        out.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\n\
+             Action: {action}\r\n\
+             Status: {}\r\n",
+            rcpt.address,
+            status_code(&rcpt.reply, kind),
+        ));
+        if let Some(mta) = &rcpt.remote_mta {
+            out.push_str(&format!("Remote-MTA: dns; {mta}\r\n"));
+        }
+        out.push_str(&format!(
+            "Diagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {}\r\n",
+            one_line(&rcpt.reply),
+            date(now)
+        ));
+        if let Some(until) = retry_until.filter(|_| kind == ReportKind::Delayed) {
+            out.push_str(&format!("Will-Retry-Until: {}\r\n", date(until)));
+        }
+    }
+    out.push_str("\r\n");
+
+    out.push_str(&format!(
+        "--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+    ));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(header_block(original.message));
+    if !bytes.ends_with(b"\r\n") {
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    bytes
+}
+
+/// The message's header section, without the blank line that ends it.
+fn header_block(message: &[u8]) -> &[u8] {
+    if message.starts_with(b"\r\n") {
+        return &[];
+    }
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => &message[..end + 2],
+        None => message,
+    }
+}
+
+/// The RFC 3463 status of a reply: its enhanced code when it has one,
+/// else one derived from the reply code's class.
+pub fn status_code(reply: &str, kind: ReportKind) -> String {
+    let enhanced = reply.split_whitespace().nth(1).filter(|word| {
+        let parts: Vec<&str> = word.split('.').collect();
+        parts.len() == 3
+            && matches!(parts[0], "2" | "4" | "5")
+            && parts[1..]
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    match (enhanced, kind) {
+        (Some(code), ReportKind::Failed) if code.starts_with('5') => code.to_owned(),
+        (Some(code), ReportKind::Delayed) if code.starts_with('4') => code.to_owned(),
+        (_, ReportKind::Failed) => "5.0.0".to_owned(),
+        (_, ReportKind::Delayed) => "4.0.0".to_owned(),
+    }
+}
+
+/// Replies from other servers go into header fields: no line breaks.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(kind: ReportKind) -> String {
+        let original = Original {
+            queue_id: "00000000000000ab",
+            reverse_path: "alice@example.org",
+            received_at: 1_700_000_000,
+            message: b"Subject: hello\r\nMessage-ID: <m1@example.org>\r\n\r\nsecret body\r\n",
+        };
+        let recipients = vec![RecipientReport {
+            address: "bob@example.net".into(),
+            reply: "550 5.1.1 <bob@example.net>: no such user\r\nx".into(),
+            remote_mta: Some("mx.example.net".into()),
+        }];
+        String::from_utf8(report(
+            "mx.example.org",
+            kind,
+            &original,
+            &recipients,
+            1_700_000_100,
+            Some(1_700_400_000),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn failure_report_has_rfc3464_fields_and_headers_only() {
+        let dsn = sample(ReportKind::Failed);
+        for needle in [
+            "From: Mail Delivery System <MAILER-DAEMON@mx.example.org>\r\n",
+            "To: <alice@example.org>\r\n",
+            "Auto-Submitted: auto-replied\r\n",
+            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n",
+            "Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n",
+            "Remote-MTA: dns; mx.example.net\r\n",
+            "Diagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: no such user  x\r\n",
+            "Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nMessage-ID: <m1@example.org>\r\n",
+        ] {
+            assert!(dsn.contains(needle), "missing {needle:?} in\n{dsn}");
+        }
+        assert!(!dsn.contains("secret body"));
+        assert!(!dsn.contains("Will-Retry-Until"));
+        assert!(dsn.ends_with("--\r\n"));
+        assert!(!dsn.contains("\n\n") && !dsn.replace("\r\n", "").contains('\n'));
+    }
+
+    #[test]
+    fn delay_report_says_delayed_and_until_when() {
+        let dsn = sample(ReportKind::Delayed);
+        assert!(
+            dsn.contains("Action: delayed\r\nStatus: 4.0.0\r\n"),
+            "{dsn}"
+        );
+        assert!(dsn.contains("Will-Retry-Until: "));
+    }
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(status_code("550 5.7.1 denied", ReportKind::Failed), "5.7.1");
+        assert_eq!(status_code("550 denied", ReportKind::Failed), "5.0.0");
+        assert_eq!(
+            status_code("451 4.4.1 timeout", ReportKind::Failed),
+            "5.0.0"
+        );
+        assert_eq!(
+            status_code("451 4.4.1 timeout", ReportKind::Delayed),
+            "4.4.1"
+        );
+        assert_eq!(status_code("550 5.1.1x no", ReportKind::Failed), "5.0.0");
+    }
+}

@@ -1,0 +1,272 @@
+//! Where a recipient's mail goes: a configured route's next hop, the
+//! domain's MX hosts (RFC 5321 §5.1), or local delivery. MX hosts are
+//! tried by preference, shuffled among equal preferences; a domain without
+//! MX records is its own implicit MX (its A/AAAA records); a null MX (RFC
+//! 7505) or a domain that does not exist fails at once; and this server is
+//! never a target of its own, so a misconfigured MX cannot loop mail back.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::smtp_client::{Target, TargetAddress};
+use super::DeliverySettings;
+use crate::config::OutboundTls;
+use crate::dns::{Dns, LookupError, MxRecord};
+
+/// Where the recipients of one domain are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A configured next hop, "host:port".
+    Route { next_hop: String, tls: OutboundTls },
+    /// The domain's MX hosts.
+    Mx { domain: String, tls: OutboundTls },
+}
+
+impl Destination {
+    /// The key concurrency and rate limits are kept per.
+    pub fn key(&self) -> &str {
+        match self {
+            Destination::Route { next_hop, .. } => next_hop,
+            Destination::Mx { domain, .. } => domain,
+        }
+    }
+
+    pub fn tls(&self) -> OutboundTls {
+        match self {
+            Destination::Route { tls, .. } | Destination::Mx { tls, .. } => *tls,
+        }
+    }
+}
+
+/// Why no target could be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteFailure {
+    /// Final: the recipient fails with this reply.
+    Permanent(String),
+    /// Try again later with this reply.
+    Temporary(String),
+}
+
+/// The destination of a remote domain (or a local one with its own route).
+pub fn destination(settings: &DeliverySettings, domain: &str) -> Destination {
+    match settings.route(domain) {
+        Some(route) => Destination::Route {
+            next_hop: route.next_hop.clone(),
+            tls: route.tls.unwrap_or(settings.tls),
+        },
+        None => Destination::Mx {
+            domain: domain.to_ascii_lowercase(),
+            tls: settings.tls,
+        },
+    }
+}
+
+/// The hosts to try, in order.
+pub async fn targets(
+    settings: &DeliverySettings,
+    dns: &Dns,
+    destination: &Destination,
+) -> Result<Vec<Target>, RouteFailure> {
+    match destination {
+        Destination::Route { next_hop, .. } => next_hop_targets(next_hop).await,
+        Destination::Mx { domain, .. } => mx_targets(settings, dns, domain).await,
+    }
+}
+
+/// A route's "host:port": an IP literal, or a name resolved by the system
+/// (so /etc/hosts names work for internal hops).
+async fn next_hop_targets(next_hop: &str) -> Result<Vec<Target>, RouteFailure> {
+    let Some((host, port)) = next_hop.rsplit_once(':') else {
+        return Err(RouteFailure::Temporary(format!(
+            "451 4.3.5 invalid next hop {next_hop:?}"
+        )));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<SocketAddr> = match tokio::net::lookup_host(next_hop).await {
+        Ok(list) => list.collect(),
+        Err(e) => {
+            return Err(RouteFailure::Temporary(format!(
+                "451 4.4.3 cannot resolve next hop {host}: {e}"
+            )))
+        }
+    };
+    if addresses.is_empty() {
+        return Err(RouteFailure::Temporary(format!(
+            "451 4.4.3 next hop {host} has no address (port {port})"
+        )));
+    }
+    Ok(addresses
+        .into_iter()
+        .map(|address| Target {
+            host: host.to_owned(),
+            address: TargetAddress::Tcp(address),
+        })
+        .collect())
+}
+
+async fn mx_targets(
+    settings: &DeliverySettings,
+    dns: &Dns,
+    domain: &str,
+) -> Result<Vec<Target>, RouteFailure> {
+    let records = match dns.mx(domain).await {
+        Ok(records) => records,
+        Err(e) => return Err(lookup_failure(domain, e)),
+    };
+    if is_null_mx(&records) {
+        return Err(RouteFailure::Permanent(format!(
+            "556 5.1.10 {domain} does not accept mail (null MX)"
+        )));
+    }
+    let hosts: Vec<String> = if records.is_empty() {
+        // RFC 5321 §5.1: no MX, the domain itself is the mail host.
+        vec![domain.to_ascii_lowercase()]
+    } else {
+        order_by_preference(records)
+            .into_iter()
+            .map(|r| r.exchange)
+            .filter(|host| !host.is_empty())
+            .collect()
+    };
+    let mut targets = Vec::new();
+    let mut temporary = None;
+    for host in hosts {
+        let ips = match dns.ips(&host).await {
+            Ok(ips) => ips,
+            Err(e) => {
+                temporary.get_or_insert(lookup_failure(&host, e));
+                continue;
+            }
+        };
+        // RFC 5321 §5.1: when this server is one of the MX hosts, only
+        // the more preferred ones may be used.
+        if host == settings.hostname || ips.iter().any(|ip| is_own(settings, *ip)) {
+            if targets.is_empty() && temporary.is_none() {
+                return Err(RouteFailure::Permanent(format!(
+                    "554 5.4.6 mail for {domain} loops back to this server (MX {host})"
+                )));
+            }
+            break;
+        }
+        targets.extend(ips.into_iter().map(|ip| Target {
+            host: host.clone(),
+            address: TargetAddress::Tcp(SocketAddr::new(ip, settings.smtp_port)),
+        }));
+    }
+    if targets.is_empty() {
+        return Err(match temporary {
+            Some(RouteFailure::Permanent(_)) | None => RouteFailure::Permanent(format!(
+                "550 5.1.2 no mail host for {domain} has an address"
+            )),
+            Some(failure) => failure,
+        });
+    }
+    Ok(targets)
+}
+
+fn lookup_failure(name: &str, error: LookupError) -> RouteFailure {
+    match error {
+        LookupError::NxDomain(_) => {
+            RouteFailure::Permanent(format!("550 5.1.2 domain {name} does not exist"))
+        }
+        LookupError::InvalidName(_) => {
+            RouteFailure::Permanent(format!("550 5.1.2 {name:?} is not a valid domain"))
+        }
+        LookupError::Temporary { reason, .. } => {
+            RouteFailure::Temporary(format!("451 4.4.3 DNS lookup for {name} failed: {reason}"))
+        }
+    }
+}
+
+/// RFC 7505: a single MX of preference 0 whose exchange is the root.
+fn is_null_mx(records: &[MxRecord]) -> bool {
+    records.len() == 1 && records[0].exchange.is_empty()
+}
+
+/// Sorted by preference; equal preferences in random order, which spreads
+/// load as RFC 5321 §5.1 asks.
+fn order_by_preference(mut records: Vec<MxRecord>) -> Vec<MxRecord> {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    let mut keyed: Vec<(u16, u64, MxRecord)> = records
+        .drain(..)
+        .map(|r| {
+            // xorshift: cheap, and quality does not matter here.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (r.preference, seed, r)
+        })
+        .collect();
+    keyed.sort_by_key(|(preference, random, _)| (*preference, *random));
+    keyed.into_iter().map(|(_, _, r)| r).collect()
+}
+
+/// Whether `ip` on the SMTP port is one of this server's listeners.
+fn is_own(settings: &DeliverySettings, ip: IpAddr) -> bool {
+    settings.own_addresses.iter().any(|own| {
+        own.port() == settings.smtp_port
+            && (own.ip() == ip || (own.ip().is_unspecified() && is_local_ip(ip)))
+    })
+}
+
+/// Loopback, or an address of one of this machine's interfaces (checked
+/// by binding to it, which only succeeds for local addresses).
+fn is_local_ip(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mx(preference: u16, exchange: &str) -> MxRecord {
+        MxRecord {
+            preference,
+            exchange: exchange.into(),
+        }
+    }
+
+    #[test]
+    fn preference_orders_and_equal_ones_vary() {
+        let records = vec![mx(20, "c"), mx(10, "a"), mx(10, "b"), mx(30, "d")];
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let ordered: Vec<String> = order_by_preference(records.clone())
+                .into_iter()
+                .map(|r| r.exchange)
+                .collect();
+            assert_eq!(&ordered[2..], &["c".to_owned(), "d".to_owned()]);
+            firsts.insert(ordered[0].clone());
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        assert_eq!(firsts.len(), 2, "equal preferences are shuffled");
+    }
+
+    #[test]
+    fn null_mx_is_one_root_record() {
+        assert!(is_null_mx(&[mx(0, "")]));
+        assert!(!is_null_mx(&[mx(0, ""), mx(10, "a")]));
+        assert!(!is_null_mx(&[]));
+    }
+
+    #[test]
+    fn lookup_failures_map_to_permanent_or_temporary() {
+        assert!(matches!(
+            lookup_failure("x.test", LookupError::NxDomain("x.test".into())),
+            RouteFailure::Permanent(r) if r.starts_with("550 5.1.2")
+        ));
+        assert!(matches!(
+            lookup_failure(
+                "x.test",
+                LookupError::Temporary {
+                    name: "x.test".into(),
+                    reason: "timeout".into()
+                }
+            ),
+            RouteFailure::Temporary(r) if r.starts_with("451 4.4.3")
+        ));
+    }
+}
