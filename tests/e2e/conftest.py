@@ -4,11 +4,14 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+
+from dnszone import dns_zone  # noqa: F401  (a fixture for every test)
 
 BIN = os.environ.get("SLUICE_BIN", "/var/tmp/sluice-target/debug/sluice")
 PLUGIN_DIR = Path(os.environ.get("SLUICE_PLUGIN_DIR", "/var/tmp/sluice-target/plugins/wasm32-wasip2/release"))
@@ -126,9 +129,20 @@ def sluice(tmp_path):
 
 
 class Recorder:
-    def __init__(self):
+    def __init__(self, rcpt_replies=None):
         self.messages = []
         self.peers = []
+        # address -> reply for RCPT; the test may change it while running.
+        self.rcpt_replies = rcpt_replies if rcpt_replies is not None else {}
+        self.rcpt_seen = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.rcpt_seen.append(address)
+        reply = self.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         self.peers.append(session.peer)
@@ -139,10 +153,19 @@ class Recorder:
 class Sink:
     """A real SMTP server (aiosmtpd) standing in for the next hop."""
 
-    def __init__(self, port):
+    def __init__(self, port, host="127.0.0.1", rcpt_replies=None):
         self.port = port
-        self.recorder = Recorder()
-        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=port)
+        self.host = host
+        self.recorder = Recorder(rcpt_replies)
+        self.controller = Controller(self.recorder, hostname=host, port=port)
+
+    @property
+    def rcpt_replies(self):
+        return self.recorder.rcpt_replies
+
+    @property
+    def rcpt_seen(self):
+        return self.recorder.rcpt_seen
 
     @property
     def peers(self):
@@ -164,6 +187,43 @@ class Sink:
         while time.time() < deadline and len(self.messages) < count:
             time.sleep(0.1)
         return self.messages
+
+
+class Refuser:
+    """A server that greets every connection with 421 and hangs up: a
+    busy or misbehaving MX."""
+
+    def __init__(self, host, port):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                try:
+                    conn.sendall(b"421 4.3.2 too busy, try later\r\n")
+                except OSError:
+                    pass
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
 
 
 def strip_trace(data: bytes, names=(b"return-path", b"received")) -> bytes:

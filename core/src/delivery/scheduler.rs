@@ -261,7 +261,10 @@ impl Deliverer {
                     )
                     .await
                 }
-                Err(failure) => failed_group(&list, failure),
+                Err(failure) => {
+                    tracing::info!(queue_id = %entry.id, destination = destination.key(), failure = ?failure, "no route");
+                    failed_group(&list, failure)
+                }
             };
             results.extend(group);
         }
