@@ -25,6 +25,23 @@ struct RawConfig {
     #[serde(default)]
     pipeline: BTreeMap<String, RawPipeline>,
     log: Option<RawLog>,
+    tls: Option<RawTls>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    max_failures: Option<Spanned<u32>>,
+    lockout: Option<Spanned<String>>,
+    min_password_length: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -61,8 +78,11 @@ struct RawListener {
     name: Spanned<String>,
     address: Spanned<String>,
     pipeline: Spanned<String>,
-    tls: Option<TlsMode>,
-    auth: Option<AuthMode>,
+    tls: Option<Spanned<TlsMode>>,
+    auth: Option<Spanned<AuthMode>>,
+    certificate: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    auth_without_tls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +196,52 @@ struct Diagnostics<'a> {
 }
 
 impl Diagnostics<'_> {
+    /// A certificate and key pair given as two keys of one table: both or
+    /// neither, each a readable PEM file of the right kind. Relative paths
+    /// are relative to the working directory, like `server.data_dir`.
+    fn tls_files(
+        &mut self,
+        certificate: &Option<Spanned<String>>,
+        key: &Option<Spanned<String>>,
+        table: &str,
+    ) -> Option<TlsFiles> {
+        match (certificate, key) {
+            (None, None) => None,
+            (Some(c), None) => {
+                self.add(
+                    c.span(),
+                    format!("{table}.key"),
+                    "certificate is set but key is missing",
+                );
+                None
+            }
+            (None, Some(k)) => {
+                self.add(
+                    k.span(),
+                    format!("{table}.certificate"),
+                    "key is set but certificate is missing",
+                );
+                None
+            }
+            (Some(c), Some(k)) => {
+                let files = TlsFiles {
+                    certificate: c.get_ref().into(),
+                    key: k.get_ref().into(),
+                };
+                let mut ok = true;
+                if let Err(e) = crate::tls::read_certificates(&files.certificate) {
+                    self.add(c.span(), format!("{table}.certificate"), e.to_string());
+                    ok = false;
+                }
+                if let Err(e) = crate::tls::read_private_key(&files.key) {
+                    self.add(k.span(), format!("{table}.key"), e.to_string());
+                    ok = false;
+                }
+                ok.then_some(files)
+            }
+        }
+    }
+
     fn add(
         &mut self,
         span: std::ops::Range<usize>,
@@ -461,20 +527,43 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 ),
             );
         }
-        let tls = listener.tls.unwrap_or(TlsMode::None);
-        if tls != TlsMode::None {
-            d.add(
-                listener.name.span(),
-                format!("{key}.tls"),
-                "TLS listeners are not supported by this version",
-            );
+        let tls = listener
+            .tls
+            .as_ref()
+            .map_or(TlsMode::None, |t| *t.get_ref());
+        let auth = listener
+            .auth
+            .as_ref()
+            .map_or(AuthMode::None, |a| *a.get_ref());
+        let auth_without_tls = listener.auth_without_tls.unwrap_or(false);
+        let tls_files = d.tls_files(&listener.certificate, &listener.key, &key);
+        if tls == TlsMode::None {
+            if let Some(first) = listener.certificate.as_ref().or(listener.key.as_ref()) {
+                d.add(
+                    first.span(),
+                    format!("{key}.certificate"),
+                    "a certificate is only used by a listener with tls = \"starttls\" or \"implicit\"",
+                );
+            }
+            if let Some(a) = &listener.auth {
+                if auth != AuthMode::None && !auth_without_tls {
+                    d.add(
+                        a.span(),
+                        format!("{key}.auth"),
+                        "AUTH is only offered over TLS: set tls = \"starttls\" or \"implicit\" \
+                         (or auth_without_tls = true for loopback testing)",
+                    );
+                }
+            }
         }
         listeners.push(ListenerConfig {
             name: listener.name.get_ref().clone(),
             address,
             pipeline: listener.pipeline.get_ref().clone(),
             tls,
-            auth: listener.auth.unwrap_or(AuthMode::None),
+            auth,
+            tls_files,
+            auth_without_tls,
         });
     }
     if raw.listener.is_empty() {
@@ -569,6 +658,23 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         format: None,
     });
 
+    let tls = match &raw.tls {
+        Some(t) => d.tls_files(&t.certificate, &t.key, "tls"),
+        None => None,
+    };
+    if let Some(RawTls {
+        certificate: None,
+        key: None,
+    }) = &raw.tls
+    {
+        d.add(
+            0..0,
+            "tls",
+            "[tls] needs certificate and key (leave [tls] out to use a generated self-signed certificate)",
+        );
+    }
+    let auth = resolve_auth(&mut d, raw.auth.as_ref());
+
     if !d.list.is_empty() {
         return Err(d.list);
     }
@@ -588,7 +694,41 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             level: log.level.unwrap_or_else(|| "info".to_owned()),
             format: log.format.unwrap_or(LogFormat::Text),
         },
+        tls,
+        auth,
     })
+}
+
+fn resolve_auth(d: &mut Diagnostics<'_>, raw: Option<&RawAuth>) -> AuthConfig {
+    let mut auth = AuthConfig::default();
+    let Some(raw) = raw else {
+        return auth;
+    };
+    if let Some(n) = &raw.max_failures {
+        if *n.get_ref() == 0 {
+            d.add(n.span(), "auth.max_failures", "must be at least 1");
+        } else {
+            auth.max_failures = *n.get_ref();
+        }
+    }
+    auth.lockout = d.duration(&raw.lockout, "auth.lockout", auth.lockout);
+    if let Some(l) = &raw.lockout {
+        if auth.lockout.is_zero() {
+            d.add(l.span(), "auth.lockout", "must be more than 0");
+        }
+    }
+    if let Some(n) = &raw.min_password_length {
+        if !(8..=1024).contains(n.get_ref()) {
+            d.add(
+                n.span(),
+                "auth.min_password_length",
+                "must be between 8 and 1024",
+            );
+        } else {
+            auth.min_password_length = *n.get_ref();
+        }
+    }
+    auth
 }
 
 /// RFC 1035 host name syntax (letters, digits, hyphens; labels of 1–63).
