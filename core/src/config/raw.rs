@@ -802,6 +802,95 @@ mod tests {
         );
     }
 
+    fn with_pem_files() -> (tempfile::TempDir, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::tls::self_signed(dir.path(), "mx.example.test").unwrap();
+        let cert = files.certificate.display().to_string();
+        let key = files.key.display().to_string();
+        (dir, cert, key)
+    }
+
+    #[test]
+    fn tls_listeners_certificates_and_auth() {
+        let (_dir, cert, key) = with_pem_files();
+        let text = format!(
+            "[tls]\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [auth]\nmax_failures = 3\nlockout = \"2m\"\nmin_password_length = 20\n\
+             [[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\npipeline = \"p\"\n\
+             tls = \"starttls\"\nauth = \"required\"\n\
+             [[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\n\
+             tls = \"implicit\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [[listener]]\nname = \"test\"\naddress = \"127.0.0.1:2526\"\npipeline = \"p\"\n\
+             auth = \"optional\"\nauth_without_tls = true\n\
+             [pipeline.p]\n"
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        assert_eq!(
+            config
+                .tls
+                .as_ref()
+                .unwrap()
+                .certificate
+                .display()
+                .to_string(),
+            cert
+        );
+        assert_eq!(config.auth.max_failures, 3);
+        assert_eq!(config.auth.lockout, Duration::from_secs(120));
+        assert_eq!(config.auth.min_password_length, 20);
+        let [sub, smtps, test] = &config.listeners[..] else {
+            panic!("three listeners")
+        };
+        assert_eq!((sub.tls, sub.auth), (TlsMode::Starttls, AuthMode::Required));
+        assert!(sub.tls_files.is_none() && !sub.auth_offered(false) && sub.auth_offered(true));
+        assert_eq!(smtps.tls, TlsMode::Implicit);
+        assert_eq!(smtps.auth, AuthMode::None);
+        assert!(smtps.tls_files.is_some() && !smtps.auth_offered(true));
+        assert!(test.auth_offered(false));
+    }
+
+    #[test]
+    fn tls_and_auth_errors_name_key_and_line() {
+        let (dir, cert, _key) = with_pem_files();
+        let missing = dir.path().join("nope.pem").display().to_string();
+        let text = format!(
+            "[tls]\ncertificate = \"{cert}\"\n\
+             [auth]\nmax_failures = 0\nmin_password_length = 4\n\
+             [[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n\
+             tls = \"implicit\"\ncertificate = \"{missing}\"\nkey = \"{cert}\"\n\
+             [[listener]]\nname = \"b\"\naddress = \"127.0.0.1:26\"\npipeline = \"p\"\n\
+             auth = \"required\"\n\
+             [[listener]]\nname = \"c\"\naddress = \"127.0.0.1:27\"\npipeline = \"p\"\n\
+             certificate = \"{cert}\"\n\
+             [pipeline.p]\n"
+        );
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        let expect = [
+            (
+                "c.toml:2:",
+                "tls.key: certificate is set but key is missing",
+            ),
+            ("c.toml:4:", "auth.max_failures"),
+            ("c.toml:5:", "auth.min_password_length"),
+            ("c.toml:11:", "listener[0].certificate: cannot read"),
+            ("c.toml:12:", "listener[0].key"),
+            (
+                "c.toml:17:",
+                "listener[1].auth: AUTH is only offered over TLS",
+            ),
+            (
+                "c.toml:22:",
+                "listener[2].key: certificate is set but key is missing",
+            ),
+        ];
+        for (at, what) in expect {
+            assert!(
+                err.lines().any(|l| l.starts_with(at) && l.contains(what)),
+                "{at} {what}\n{err}"
+            );
+        }
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(super::parse_size("64MiB").unwrap(), 64 << 20);

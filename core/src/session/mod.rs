@@ -196,6 +196,8 @@ impl Session {
             while let Some(line) = self.input.next_line() {
                 let flow = match line {
                     Line::TooLong => {
+                        // An overlong AUTH response also ends its exchange.
+                        self.sasl = None;
                         self.error(Reply::line_too_long());
                         Flow::Continue
                     }
