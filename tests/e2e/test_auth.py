@@ -205,6 +205,23 @@ def test_auth_required_listener(env):
     assert raw.cmd(b"MAIL FROM:<alice@example.org>")[0] == 250
 
 
+def test_auth_required_on_starttls_listener(env):
+    e = env(submission_auth="required")
+    e.add_user(*ALICE)
+    raw = TlsRaw(e.submission)
+    raw.reply()
+    raw.cmd(b"EHLO client.test")
+    code, text = raw.cmd(b"MAIL FROM:<alice@example.org>")
+    assert (code, text[4:9]) == (530, b"5.7.0") and b"STARTTLS" in text, text
+    raw.cmd(b"STARTTLS")
+    raw.starttls()
+    raw.cmd(b"EHLO client.test")
+    code, text = raw.cmd(b"MAIL FROM:<alice@example.org>")
+    assert (code, text[4:9]) == (530, b"5.7.0") and b"Authentication required" in text, text
+    assert raw.cmd(b"AUTH PLAIN " + plain(*ALICE))[0] == 235
+    assert raw.cmd(b"MAIL FROM:<alice@example.org>")[0] == 250
+
+
 def test_auth_without_tls_for_loopback_testing(env):
     e = env(submission_extra="auth_without_tls = true")
     e.add_user(*ALICE)

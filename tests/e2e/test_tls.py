@@ -138,6 +138,22 @@ def test_failed_handshake_ends_only_that_session(env):
     ehlo_lines(other)
 
 
+def test_stalled_handshake_is_bounded_by_the_command_timeout(env):
+    e = env(server_extra='[server.timeouts]\ncommand = "1s"\n')
+    # Connected to the implicit listener, never sends a ClientHello.
+    stalled = Raw(e.smtps)
+    stalled.sock.settimeout(60)
+    assert stalled.sock.recv(4096) == b"", "the server must hang up"
+    e.wait_log("TLS handshake failed: TLS handshake timed out")
+    # The same after STARTTLS.
+    raw = Raw(e.submission)
+    raw.reply()
+    assert raw.cmd(b"STARTTLS")[0] == 220
+    raw.sock.settimeout(60)
+    assert raw.sock.recv(4096) == b""
+    e.wait_log("TLS handshake failed: TLS handshake timed out", count=2)
+
+
 @pytest.mark.parametrize("flag,version", [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
 def test_openssl_s_client_negotiates(env, flag, version):
     require_tool("openssl")

@@ -60,7 +60,8 @@ class TlsEnv:
     (STARTTLS, auth optional) and `smtps` (implicit TLS, auth required).
     Loopback clients are not trusted: only authenticated ones may relay."""
 
-    def __init__(self, tmp_path, extra="", sink_port=None, submission_extra="", trusted="[]"):
+    def __init__(self, tmp_path, extra="", sink_port=None, submission_extra="", trusted="[]", server_extra="",
+                 submission_auth="optional"):
         self.tmp = Path(tmp_path)
         self.mx, self.submission, self.smtps = free_port(), free_port(), free_port()
         route = ""
@@ -72,7 +73,7 @@ name = "submission"
 address = "127.0.0.1:{self.submission}"
 pipeline = "inbound"
 tls = "starttls"
-auth = "optional"
+auth = "{submission_auth}"
 {submission_extra}
 
 [[listener]]
@@ -82,7 +83,8 @@ pipeline = "inbound"
 tls = "implicit"
 auth = "required"
 """
-        text = config(self.mx, self.tmp / "data", trusted=trusted, extra=route + extra + listeners)
+        text = config(self.mx, self.tmp / "data", trusted=trusted, extra=route + extra + listeners,
+                      server_extra=server_extra)
         self.config_path = self.tmp / "sluice.toml"
         self.server = Server(self.tmp, text)
         # Server.start writes the same text to the same path.

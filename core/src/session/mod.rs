@@ -485,7 +485,13 @@ impl Session {
             return Ok(Flow::Continue);
         }
         if self.listener.auth == AuthMode::Required && self.info.authenticated_user.is_none() {
-            self.error(Reply::auth_required());
+            // Both 530 5.7.0; the text says which step is missing.
+            let reply = if self.listener.auth_offered(self.stream.is_tls()) {
+                Reply::auth_required()
+            } else {
+                Reply::must_starttls()
+            };
+            self.error(reply);
             return Ok(Flow::Continue);
         }
         if params
