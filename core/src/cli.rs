@@ -1,4 +1,4 @@
-//! The `sluice` command line: `serve`, `check-config`, `--version`. Errors
+//! The `sluice` command line: `serve`, `check-config`, `user`, `--version`. Errors
 //! reach the operator here, with `anyhow` context; the library below
 //! reports typed errors.
 
@@ -30,6 +30,37 @@ enum Command {
     },
     /// Check a configuration file; exit 0 when it is valid.
     CheckConfig { file: PathBuf },
+    /// Manage SMTP AUTH users (the users file in the data directory).
+    User {
+        /// Configuration whose data_dir and [auth] apply (default: the
+        /// embedded default).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (NAME is a plain name or local@domain).
+    Add {
+        name: String,
+        /// Read the password from the first line of standard input instead
+        /// of prompting twice on the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user.
+    Del { name: String },
+    /// List user names.
+    List,
 }
 
 fn version() -> &'static str {
@@ -41,6 +72,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, log_format } => serve(config, log_format),
         Command::CheckConfig { file } => check_config(&file),
+        Command::User { config, command } => user(config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,6 +102,80 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("{}: ok", file.display());
     Ok(())
+}
+
+fn user(path: Option<PathBuf>, command: UserCommand) -> anyhow::Result<()> {
+    use crate::users::{password, UserFile};
+    let config: Config = match &path {
+        Some(path) => config::load_file(path)?,
+        None => config::default_config()?,
+    };
+    let file = UserFile::in_data_dir(&config.server.data_dir);
+    let min_length = config.auth.min_password_length;
+    let new_hash = |name: &str, from_stdin: bool| -> anyhow::Result<String> {
+        let password = read_new_password(from_stdin)?;
+        password::check_policy(name, &password, min_length)
+            .with_context(|| format!("password refused for {name}"))?;
+        Ok(password::hash_password(&password)?)
+    };
+    match command {
+        UserCommand::Add {
+            name,
+            password_stdin,
+        } => {
+            // Refuse early, before asking for a password.
+            if file.contains(&name)? {
+                anyhow::bail!(crate::users::UserError::Exists(name.to_lowercase()));
+            }
+            let hash = new_hash(&name, password_stdin)?;
+            file.add(&name, &hash)?;
+            println!("user {} added", name.to_lowercase());
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            if !file.contains(&name)? {
+                anyhow::bail!(crate::users::UserError::NotFound(name.to_lowercase()));
+            }
+            let hash = new_hash(&name, password_stdin)?;
+            file.set_password(&name, &hash)?;
+            println!("password of {} changed", name.to_lowercase());
+        }
+        UserCommand::Del { name } => {
+            file.delete(&name)?;
+            println!("user {} deleted", name.to_lowercase());
+        }
+        UserCommand::List => {
+            for name in file.list()? {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A new password: one line of standard input, or typed twice on the
+/// terminal without echo.
+fn read_new_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let password = line.strip_suffix('\n').unwrap_or(&line);
+        let password = password.strip_suffix('\r').unwrap_or(password);
+        if password.is_empty() {
+            anyhow::bail!("no password on standard input");
+        }
+        return Ok(password.to_owned());
+    }
+    let first = rpassword::prompt_password("New password: ").context("reading the password")?;
+    let second = rpassword::prompt_password("Repeat password: ").context("reading the password")?;
+    if first != second {
+        anyhow::bail!("the passwords do not match");
+    }
+    Ok(first)
 }
 
 fn serve(path: Option<PathBuf>, log_format: Option<String>) -> anyhow::Result<()> {

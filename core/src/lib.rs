@@ -4,6 +4,8 @@
 //! Layout (data flows down this list):
 //! - [`server`]: listeners, connection limits, shutdown
 //! - [`session`]: one SMTP session, the async driver around `smtp`
+//! - [`tls`]: certificates and the rustls configuration of TLS listeners
+//! - [`users`]: SMTP AUTH users (the users file, argon2, lockout)
 //! - [`smtp`]: sans-IO protocol code: commands, addresses, replies, DATA
 //! - [`pipeline`]: the Wasm plugin chains that judge each stage
 //! - the spool (crate `sluice-spool`): where accepted mail is kept durably
@@ -20,3 +22,5 @@ pub mod pipeline;
 pub mod server;
 pub mod session;
 pub mod smtp;
+pub mod tls;
+pub mod users;

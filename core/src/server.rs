@@ -1,5 +1,6 @@
-//! The server: opens the spool, builds the plugin pipelines, binds the
-//! listeners, accepts connections under the global and per-client limits,
+//! The server: opens the spool, builds the plugin pipelines, loads the
+//! certificates of TLS listeners, binds the listeners, accepts connections
+//! under the global and per-client limits, reloads certificates on SIGHUP,
 //! and runs the shutdown sequence (stop accepting, let sessions finish or
 //! tempfail, stop delivery, flush the spool).
 
@@ -14,12 +15,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, TlsFiles, TlsMode};
 use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
 use crate::dns::Dns;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::session::{Session, SessionContext};
 use crate::smtp::reply::Reply;
+use crate::tls::{ReloadableTls, TlsError};
+use crate::users::{Authenticator, UserStore};
 use sluice_spool::Spool;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,8 @@ pub enum ServerError {
     Dns(#[from] crate::dns::ResolverSetupError),
     #[error("delivery.ca_file: {0}")]
     OutboundTls(#[from] delivery::TlsSetupError),
+    #[error("listener {name}: {source}")]
+    Tls { name: String, source: TlsError },
     #[error("listener {name}: cannot listen on {address}: {source}")]
     Bind {
         name: String,
@@ -57,7 +62,16 @@ pub struct Server {
     outbound_tls: OutboundTlsConfig,
     engine: PluginEngine,
     pipelines: Arc<ArcSwap<PipelineSet>>,
-    listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+    listeners: Vec<Listener>,
+    /// Every distinct certificate in use, for reloading on SIGHUP.
+    certificates: Vec<Arc<ReloadableTls>>,
+}
+
+/// A bound listener with what its sessions need from it.
+struct Listener {
+    config: Arc<ListenerConfig>,
+    socket: TcpListener,
+    tls: Option<Arc<ReloadableTls>>,
 }
 
 impl Server {
@@ -83,8 +97,23 @@ impl Server {
         let engine = PluginEngine::new(max_memory, Some(&data_dir.join("cache")))?;
         let pipelines = PipelineSet::build(&engine, &config, &spool).await?;
 
+        let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
         let mut listeners = Vec::new();
         for listener in &config.listeners {
+            let tls = if listener.tls == TlsMode::None {
+                None
+            } else {
+                let tls_error = |source| ServerError::Tls {
+                    name: listener.name.clone(),
+                    source,
+                };
+                let files = match listener.tls_files.as_ref().or(config.tls.as_ref()) {
+                    Some(files) => files.clone(),
+                    None => crate::tls::self_signed(&data_dir, &config.server.hostname)
+                        .map_err(tls_error)?,
+                };
+                Some(certificate(&mut certificates, files).map_err(tls_error)?)
+            };
             let socket = TcpListener::bind(listener.address)
                 .await
                 .map_err(|source| ServerError::Bind {
@@ -92,7 +121,11 @@ impl Server {
                     address: listener.address,
                     source,
                 })?;
-            listeners.push((Arc::new(listener.clone()), socket));
+            listeners.push(Listener {
+                config: Arc::new(listener.clone()),
+                socket,
+                tls,
+            });
         }
         Ok(Server {
             config: Arc::new(config),
@@ -102,6 +135,7 @@ impl Server {
             engine,
             pipelines: Arc::new(ArcSwap::from_pointee(pipelines)),
             listeners,
+            certificates,
         })
     }
 
@@ -114,7 +148,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(_, l)| l.local_addr().ok())
+            .filter_map(|l| l.socket.local_addr().ok())
             .collect()
     }
 
@@ -135,6 +169,11 @@ impl Server {
             spool: self.spool.clone(),
             delivery,
             shutdown: shutdown_rx.clone(),
+            authenticator: Arc::new(Authenticator::new(
+                Arc::new(UserStore::new(&config.server.data_dir)),
+                config.auth.max_failures,
+                config.auth.lockout,
+            )),
         });
         let limits = Arc::new(ConnectionLimits::new(
             config.server.max_connections,
@@ -143,17 +182,17 @@ impl Server {
         let mut sessions = JoinSet::new();
         let mut accept_loops = JoinSet::new();
         let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel();
-        for (listener_config, socket) in self.listeners {
-            tracing::info!(listener = %listener_config.name, address = ?socket.local_addr().ok(), "listening");
+        for listener in self.listeners {
+            tracing::info!(listener = %listener.config.name, address = ?listener.socket.local_addr().ok(), tls = ?listener.config.tls, "listening");
             accept_loops.spawn(accept_loop(
-                socket,
-                listener_config,
+                listener,
                 ctx.clone(),
                 limits.clone(),
                 session_tx.clone(),
             ));
         }
         drop(session_tx);
+        let reloader = tokio::spawn(reload_certificates_on_sighup(self.certificates.clone()));
 
         tokio::pin!(stop);
         loop {
@@ -166,6 +205,7 @@ impl Server {
 
         tracing::info!("shutting down: no new connections, finishing sessions");
         accept_loops.abort_all();
+        reloader.abort();
         let _ = shutdown_tx.send(true);
         let grace = config.server.shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
@@ -195,14 +235,64 @@ impl Server {
 
 type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// The loaded certificate for `files`, shared by every listener that uses
+/// the same pair.
+fn certificate(
+    loaded: &mut Vec<Arc<ReloadableTls>>,
+    files: TlsFiles,
+) -> Result<Arc<ReloadableTls>, TlsError> {
+    if let Some(existing) = loaded.iter().find(|c| *c.files() == files) {
+        return Ok(existing.clone());
+    }
+    let tls = Arc::new(ReloadableTls::load(files)?);
+    loaded.push(tls.clone());
+    Ok(tls)
+}
+
+/// On SIGHUP, re-reads every certificate. New handshakes use the new one;
+/// sessions already in TLS are not touched; a file that does not load is
+/// reported and its previous certificate stays.
+async fn reload_certificates_on_sighup(certificates: Vec<Arc<ReloadableTls>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP: {e}");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading certificates");
+        for tls in &certificates {
+            let certificate = tls.files().certificate.display().to_string();
+            let reloaded = tokio::task::spawn_blocking({
+                let tls = tls.clone();
+                move || tls.reload()
+            })
+            .await;
+            match reloaded {
+                Ok(Ok(())) => tracing::info!(%certificate, "certificate reloaded"),
+                Ok(Err(e)) => {
+                    tracing::error!(%certificate, "certificate not reloaded, keeping the previous one: {e}")
+                }
+                Err(e) => tracing::error!(%certificate, "certificate reload failed: {e}"),
+            }
+        }
+    }
+}
+
 async fn accept_loop(
-    socket: TcpListener,
-    listener: Arc<ListenerConfig>,
+    listener: Listener,
     ctx: Arc<SessionContext>,
     limits: Arc<ConnectionLimits>,
     sessions: tokio::sync::mpsc::UnboundedSender<SessionFuture>,
 ) {
     static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
+    let Listener {
+        config: listener,
+        socket,
+        tls,
+    } = listener;
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -217,6 +307,10 @@ async fn accept_loop(
         let ip = peer.ip();
         let Some(permit) = limits.admit(ip) else {
             tracing::warn!(client = %peer, listener = %listener.name, "connection refused: limit reached");
+            if listener.tls == TlsMode::Implicit {
+                // A cleartext reply means nothing to a client expecting TLS.
+                continue;
+            }
             let reply = Reply::too_many_connections().to_bytes();
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
@@ -228,8 +322,14 @@ async fn accept_loop(
         };
         let n = SESSION_COUNTER.fetch_add(1, Ordering::Relaxed);
         let session_id = format!("{:x}{:04x}", std::process::id(), n);
-        let Some(session) = Session::new(stream, peer, session_id, listener.clone(), ctx.clone())
-        else {
+        let Some(session) = Session::new(
+            stream,
+            peer,
+            session_id,
+            listener.clone(),
+            tls.clone(),
+            ctx.clone(),
+        ) else {
             tracing::error!(listener = %listener.name, "listener's pipeline is missing");
             continue;
         };

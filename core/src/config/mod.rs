@@ -57,6 +57,38 @@ pub struct Config {
     pub pipelines: BTreeMap<String, PipelineConfig>,
     pub dns: DnsConfig,
     pub log: LogConfig,
+    /// `[tls]`: the certificate of TLS listeners without one of their own;
+    /// None makes the server generate a self-signed one under data_dir.
+    pub tls: Option<TlsFiles>,
+    pub auth: AuthConfig,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[auth]`: SMTP AUTH policy.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Failed attempts from one client IP, or for one user, before lockout.
+    pub max_failures: u32,
+    /// How long failures are remembered, and how long a lockout lasts.
+    pub lockout: Duration,
+    /// Shortest password `sluice user add|passwd` accepts, in characters.
+    pub min_password_length: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            max_failures: 5,
+            lockout: Duration::from_secs(15 * 60),
+            min_password_length: 12,
+        }
+    }
 }
 
 /// `[dns]`: the resolver every lookup goes through.
@@ -120,6 +152,17 @@ pub struct ListenerConfig {
     pub pipeline: String,
     pub tls: TlsMode,
     pub auth: AuthMode,
+    /// The listener's own certificate (overrides `[tls]`).
+    pub tls_files: Option<TlsFiles>,
+    /// Allow AUTH over a cleartext connection (for loopback testing only).
+    pub auth_without_tls: bool,
+}
+
+impl ListenerConfig {
+    /// Whether AUTH may be offered on a connection in this TLS state.
+    pub fn auth_offered(&self, tls_active: bool) -> bool {
+        self.auth != AuthMode::None && (tls_active || self.auth_without_tls)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

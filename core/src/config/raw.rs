@@ -27,6 +27,23 @@ struct RawConfig {
     #[serde(default)]
     pipeline: BTreeMap<String, RawPipeline>,
     log: Option<RawLog>,
+    tls: Option<RawTls>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    max_failures: Option<Spanned<u32>>,
+    lockout: Option<Spanned<String>>,
+    min_password_length: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -63,8 +80,11 @@ struct RawListener {
     name: Spanned<String>,
     address: Spanned<String>,
     pipeline: Spanned<String>,
-    tls: Option<TlsMode>,
-    auth: Option<AuthMode>,
+    tls: Option<Spanned<TlsMode>>,
+    auth: Option<Spanned<AuthMode>>,
+    certificate: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    auth_without_tls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +227,52 @@ struct Diagnostics<'a> {
 }
 
 impl Diagnostics<'_> {
+    /// A certificate and key pair given as two keys of one table: both or
+    /// neither, each a readable PEM file of the right kind. Relative paths
+    /// are relative to the working directory, like `server.data_dir`.
+    fn tls_files(
+        &mut self,
+        certificate: &Option<Spanned<String>>,
+        key: &Option<Spanned<String>>,
+        table: &str,
+    ) -> Option<TlsFiles> {
+        match (certificate, key) {
+            (None, None) => None,
+            (Some(c), None) => {
+                self.add(
+                    c.span(),
+                    format!("{table}.key"),
+                    "certificate is set but key is missing",
+                );
+                None
+            }
+            (None, Some(k)) => {
+                self.add(
+                    k.span(),
+                    format!("{table}.certificate"),
+                    "key is set but certificate is missing",
+                );
+                None
+            }
+            (Some(c), Some(k)) => {
+                let files = TlsFiles {
+                    certificate: c.get_ref().into(),
+                    key: k.get_ref().into(),
+                };
+                let mut ok = true;
+                if let Err(e) = crate::tls::read_certificates(&files.certificate) {
+                    self.add(c.span(), format!("{table}.certificate"), e.to_string());
+                    ok = false;
+                }
+                if let Err(e) = crate::tls::read_private_key(&files.key) {
+                    self.add(k.span(), format!("{table}.key"), e.to_string());
+                    ok = false;
+                }
+                ok.then_some(files)
+            }
+        }
+    }
+
     fn add(
         &mut self,
         span: std::ops::Range<usize>,
@@ -492,20 +558,43 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 ),
             );
         }
-        let tls = listener.tls.unwrap_or(TlsMode::None);
-        if tls != TlsMode::None {
-            d.add(
-                listener.name.span(),
-                format!("{key}.tls"),
-                "TLS listeners are not supported by this version",
-            );
+        let tls = listener
+            .tls
+            .as_ref()
+            .map_or(TlsMode::None, |t| *t.get_ref());
+        let auth = listener
+            .auth
+            .as_ref()
+            .map_or(AuthMode::None, |a| *a.get_ref());
+        let auth_without_tls = listener.auth_without_tls.unwrap_or(false);
+        let tls_files = d.tls_files(&listener.certificate, &listener.key, &key);
+        if tls == TlsMode::None {
+            if let Some(first) = listener.certificate.as_ref().or(listener.key.as_ref()) {
+                d.add(
+                    first.span(),
+                    format!("{key}.certificate"),
+                    "a certificate is only used by a listener with tls = \"starttls\" or \"implicit\"",
+                );
+            }
+            if let Some(a) = &listener.auth {
+                if auth != AuthMode::None && !auth_without_tls {
+                    d.add(
+                        a.span(),
+                        format!("{key}.auth"),
+                        "AUTH is only offered over TLS: set tls = \"starttls\" or \"implicit\" \
+                         (or auth_without_tls = true for loopback testing)",
+                    );
+                }
+            }
         }
         listeners.push(ListenerConfig {
             name: listener.name.get_ref().clone(),
             address,
             pipeline: listener.pipeline.get_ref().clone(),
             tls,
-            auth: listener.auth.unwrap_or(AuthMode::None),
+            auth,
+            tls_files,
+            auth_without_tls,
         });
     }
     if raw.listener.is_empty() {
@@ -669,6 +758,23 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         format: None,
     });
 
+    let tls = match &raw.tls {
+        Some(t) => d.tls_files(&t.certificate, &t.key, "tls"),
+        None => None,
+    };
+    if let Some(RawTls {
+        certificate: None,
+        key: None,
+    }) = &raw.tls
+    {
+        d.add(
+            0..0,
+            "tls",
+            "[tls] needs certificate and key (leave [tls] out to use a generated self-signed certificate)",
+        );
+    }
+    let auth = resolve_auth(&mut d, raw.auth.as_ref());
+
     if !d.list.is_empty() {
         return Err(d.list);
     }
@@ -697,6 +803,8 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             level: log.level.unwrap_or_else(|| "info".to_owned()),
             format: log.format.unwrap_or(LogFormat::Text),
         },
+        tls,
+        auth,
     })
 }
 
@@ -704,6 +812,38 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
 fn valid_host_port(text: &str) -> bool {
     text.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+fn resolve_auth(d: &mut Diagnostics<'_>, raw: Option<&RawAuth>) -> AuthConfig {
+    let mut auth = AuthConfig::default();
+    let Some(raw) = raw else {
+        return auth;
+    };
+    if let Some(n) = &raw.max_failures {
+        if *n.get_ref() == 0 {
+            d.add(n.span(), "auth.max_failures", "must be at least 1");
+        } else {
+            auth.max_failures = *n.get_ref();
+        }
+    }
+    auth.lockout = d.duration(&raw.lockout, "auth.lockout", auth.lockout);
+    if let Some(l) = &raw.lockout {
+        if auth.lockout.is_zero() {
+            d.add(l.span(), "auth.lockout", "must be more than 0");
+        }
+    }
+    if let Some(n) = &raw.min_password_length {
+        if !(8..=1024).contains(n.get_ref()) {
+            d.add(
+                n.span(),
+                "auth.min_password_length",
+                "must be between 8 and 1024",
+            );
+        } else {
+            auth.min_password_length = *n.get_ref();
+        }
+    }
+    auth
 }
 
 /// RFC 1035 host name syntax (letters, digits, hyphens; labels of 1–63).
@@ -775,6 +915,95 @@ mod tests {
             err.contains("c.toml:5:") && err.contains("listener[0].address"),
             "{err}"
         );
+    }
+
+    fn with_pem_files() -> (tempfile::TempDir, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::tls::self_signed(dir.path(), "mx.example.test").unwrap();
+        let cert = files.certificate.display().to_string();
+        let key = files.key.display().to_string();
+        (dir, cert, key)
+    }
+
+    #[test]
+    fn tls_listeners_certificates_and_auth() {
+        let (_dir, cert, key) = with_pem_files();
+        let text = format!(
+            "[tls]\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [auth]\nmax_failures = 3\nlockout = \"2m\"\nmin_password_length = 20\n\
+             [[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\npipeline = \"p\"\n\
+             tls = \"starttls\"\nauth = \"required\"\n\
+             [[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\n\
+             tls = \"implicit\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [[listener]]\nname = \"test\"\naddress = \"127.0.0.1:2526\"\npipeline = \"p\"\n\
+             auth = \"optional\"\nauth_without_tls = true\n\
+             [pipeline.p]\n"
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        assert_eq!(
+            config
+                .tls
+                .as_ref()
+                .unwrap()
+                .certificate
+                .display()
+                .to_string(),
+            cert
+        );
+        assert_eq!(config.auth.max_failures, 3);
+        assert_eq!(config.auth.lockout, Duration::from_secs(120));
+        assert_eq!(config.auth.min_password_length, 20);
+        let [sub, smtps, test] = &config.listeners[..] else {
+            panic!("three listeners")
+        };
+        assert_eq!((sub.tls, sub.auth), (TlsMode::Starttls, AuthMode::Required));
+        assert!(sub.tls_files.is_none() && !sub.auth_offered(false) && sub.auth_offered(true));
+        assert_eq!(smtps.tls, TlsMode::Implicit);
+        assert_eq!(smtps.auth, AuthMode::None);
+        assert!(smtps.tls_files.is_some() && !smtps.auth_offered(true));
+        assert!(test.auth_offered(false));
+    }
+
+    #[test]
+    fn tls_and_auth_errors_name_key_and_line() {
+        let (dir, cert, _key) = with_pem_files();
+        let missing = dir.path().join("nope.pem").display().to_string();
+        let text = format!(
+            "[tls]\ncertificate = \"{cert}\"\n\
+             [auth]\nmax_failures = 0\nmin_password_length = 4\n\
+             [[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n\
+             tls = \"implicit\"\ncertificate = \"{missing}\"\nkey = \"{cert}\"\n\
+             [[listener]]\nname = \"b\"\naddress = \"127.0.0.1:26\"\npipeline = \"p\"\n\
+             auth = \"required\"\n\
+             [[listener]]\nname = \"c\"\naddress = \"127.0.0.1:27\"\npipeline = \"p\"\n\
+             certificate = \"{cert}\"\n\
+             [pipeline.p]\n"
+        );
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        let expect = [
+            (
+                "c.toml:2:",
+                "tls.key: certificate is set but key is missing",
+            ),
+            ("c.toml:4:", "auth.max_failures"),
+            ("c.toml:5:", "auth.min_password_length"),
+            ("c.toml:11:", "listener[0].certificate: cannot read"),
+            ("c.toml:12:", "listener[0].key"),
+            (
+                "c.toml:17:",
+                "listener[1].auth: AUTH is only offered over TLS",
+            ),
+            (
+                "c.toml:22:",
+                "listener[2].key: certificate is set but key is missing",
+            ),
+        ];
+        for (at, what) in expect {
+            assert!(
+                err.lines().any(|l| l.starts_with(at) && l.contains(what)),
+                "{at} {what}\n{err}"
+            );
+        }
     }
 
     #[test]

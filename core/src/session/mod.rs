@@ -5,8 +5,15 @@
 //!
 //! Replies to pipelined commands (RFC 2920) are collected and written in one
 //! go when the client has no more complete commands waiting.
+//!
+//! The connection is plain TCP or TLS ([`stream::Stream`]): implicit TLS
+//! shakes hands before the greeting, STARTTLS (RFC 3207) upgrades the same
+//! session and forgets everything said before it. AUTH (RFC 4954) runs the
+//! SASL exchange of `smtp::auth` and checks credentials with
+//! [`Authenticator`].
 
 mod message;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,21 +23,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{AuthMode, Config, ListenerConfig, TlsMode};
 use crate::delivery::DeliveryHandle;
 use crate::pipeline::{
     HookArg, MailboxArg, Modification, PipelineSet, SessionFilters, SessionInfo, StageOutcome,
 };
 use crate::smtp::address::{Domain, ForwardPath, Mailbox, ReversePath};
+use crate::smtp::auth::{self, Credentials, Exchange, Step};
 use crate::smtp::command::{parse_command_with, Command, MailParams};
 use crate::smtp::data::{DataError, DataLimits, DataProgress, DataReceiver};
 use crate::smtp::line::{Line, LineBuffer};
 use crate::smtp::received::{count_received, received_header, rfc5322_date};
 use crate::smtp::reply::Reply;
+use crate::tls::ReloadableTls;
+use crate::users::{AuthOutcome, Authenticator, Locked};
 use sluice_spool::{NewMessage, Spool};
+use stream::Stream;
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 const MAX_COMMAND_LINE: usize = 512;
+/// RFC 4954 §4: AUTH lines (the command with an initial response, and the
+/// responses to challenges) may be up to 12288 octets.
+const MAX_AUTH_LINE: usize = 12288;
 /// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF.
 const MAX_TEXT_LINE: usize = 1000;
 /// Errors a client may make before it is disconnected (like Postfix's
@@ -46,6 +60,7 @@ pub struct SessionContext {
     pub spool: Spool,
     pub delivery: DeliveryHandle,
     pub shutdown: watch::Receiver<bool>,
+    pub authenticator: Arc<Authenticator>,
 }
 
 /// How a command leaves the session.
@@ -63,9 +78,13 @@ struct Transaction {
 }
 
 pub struct Session {
-    stream: TcpStream,
+    stream: Stream,
     ctx: Arc<SessionContext>,
     listener: Arc<ListenerConfig>,
+    /// The listener's certificate; None on a listener without TLS.
+    tls: Option<Arc<ReloadableTls>>,
+    /// An AUTH exchange waiting for the client's next line.
+    sasl: Option<Exchange>,
     filters: SessionFilters,
     info: SessionInfo,
     input: LineBuffer,
@@ -85,6 +104,7 @@ impl Session {
         peer: SocketAddr,
         session_id: String,
         listener: Arc<ListenerConfig>,
+        tls: Option<Arc<ReloadableTls>>,
         ctx: Arc<SessionContext>,
     ) -> Option<Session> {
         let pipelines = ctx.pipelines.load();
@@ -102,12 +122,15 @@ impl Session {
             recipients: Vec::new(),
         };
         Some(Session {
-            stream,
+            stream: Stream::Plain(stream),
+            tls,
+            sasl: None,
             filters: SessionFilters::new(pipeline, session_id),
             ctx,
             listener,
             info,
-            input: LineBuffer::new(MAX_COMMAND_LINE),
+            // Sized for AUTH; other commands are held to 512 in `serve`.
+            input: LineBuffer::new(MAX_AUTH_LINE),
             output: Vec::with_capacity(1024),
             read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             esmtp: false,
@@ -125,10 +148,24 @@ impl Session {
     pub async fn run(mut self) {
         let peer = format!("{}:{}", self.info.client_ip, self.info.client_port);
         tracing::info!(session = %self.info.id, client = %peer, listener = %self.listener.name, "connect");
-        if let Err(e) = self.serve().await {
-            tracing::debug!(session = %self.info.id, "connection ended: {e}");
+        let implicit = self.listener.tls == TlsMode::Implicit;
+        let ready = if implicit {
+            self.handshake().await
+        } else {
+            Ok(())
+        };
+        match ready {
+            Ok(()) => {
+                if let Err(e) = self.serve().await {
+                    tracing::debug!(session = %self.info.id, "connection ended: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::info!(session = %self.info.id, client = %peer, "TLS handshake failed: {e}");
+            }
         }
-        let _ = self.stream.shutdown().await;
+        // Bounded: a TLS close_notify must not wait on a client that stopped reading.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
         tracing::info!(session = %self.info.id, client = %peer, "disconnect");
     }
 
@@ -159,12 +196,22 @@ impl Session {
             while let Some(line) = self.input.next_line() {
                 let flow = match line {
                     Line::TooLong => {
+                        // An overlong AUTH response also ends its exchange.
+                        self.sasl = None;
                         self.error(Reply::line_too_long());
                         Flow::Continue
                     }
                     Line::Complete(bytes) => {
                         let bytes = bytes.to_vec();
-                        self.command(&bytes).await?
+                        if let Some(exchange) = self.sasl.take() {
+                            let step = exchange.respond(&bytes);
+                            self.sasl_step(step).await
+                        } else if bytes.len() + 2 > MAX_COMMAND_LINE && !is_auth_command(&bytes) {
+                            self.error(Reply::line_too_long());
+                            Flow::Continue
+                        } else {
+                            self.command(&bytes).await?
+                        }
                     }
                 };
                 if matches!(flow, Flow::Close) || self.errors >= MAX_ERRORS {
@@ -227,6 +274,8 @@ impl Session {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.output.is_empty() {
             self.stream.write_all(&self.output).await?;
+            // TLS buffers records until flushed.
+            self.stream.flush().await?;
             self.output.clear();
         }
         Ok(())
@@ -273,10 +322,119 @@ impl Session {
                 self.reply(Reply::vrfy());
                 Ok(Flow::Continue)
             }
-            Command::StartTls | Command::Auth { .. } => {
-                self.error(Reply::not_implemented());
-                Ok(Flow::Continue)
+            Command::StartTls => self.starttls().await,
+            Command::Auth { mechanism, initial } => {
+                Ok(self.auth(&mechanism, initial.as_deref()).await)
             }
+        }
+    }
+
+    /// The TLS handshake, bounded by the command timeout. Records what was
+    /// negotiated for plugins and the Received header.
+    async fn handshake(&mut self) -> std::io::Result<()> {
+        let Some(tls) = &self.tls else {
+            return Err(std::io::Error::other("the listener has no certificate"));
+        };
+        let timeout = self.ctx.config.server.timeouts.command;
+        let info = self.stream.upgrade(tls.acceptor(), timeout).await?;
+        tracing::info!(session = %self.info.id, version = %info.version, cipher = %info.cipher, "TLS established");
+        self.info.tls = Some(info);
+        Ok(())
+    }
+
+    async fn starttls(&mut self) -> std::io::Result<Flow> {
+        if self.stream.is_tls() {
+            self.error(Reply::tls_already_active());
+            return Ok(Flow::Continue);
+        }
+        if self.listener.tls != TlsMode::Starttls || self.tls.is_none() {
+            self.error(Reply::tls_not_available());
+            return Ok(Flow::Continue);
+        }
+        // RFC 3207 §4.2, CVE-2011-0411: whatever the client pipelined
+        // after STARTTLS was sent in cleartext and must never be read as a
+        // command of the protected session.
+        let injected = self.input.take_remaining();
+        if !injected.is_empty() {
+            tracing::info!(session = %self.info.id, bytes = injected.len(), "discarded cleartext sent after STARTTLS");
+        }
+        self.reply(Reply::starttls_ready());
+        self.flush().await?;
+        if let Err(e) = self.handshake().await {
+            tracing::info!(session = %self.info.id, "TLS handshake failed: {e}");
+            return Err(e);
+        }
+        // RFC 3207 §4.2: start over as if the connection had just opened.
+        self.esmtp = false;
+        self.info.helo = None;
+        self.info.authenticated_user = None;
+        self.sasl = None;
+        self.reset_transaction();
+        Ok(Flow::Continue)
+    }
+
+    async fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> Flow {
+        if self.listener.auth == AuthMode::None {
+            self.error(Reply::not_implemented());
+        } else if !self.listener.auth_offered(self.stream.is_tls()) {
+            self.error(Reply::encryption_required());
+        } else if self.info.helo.is_none() {
+            self.error(Reply::need_helo());
+        } else if self.info.authenticated_user.is_some() {
+            self.error(Reply::already_authenticated());
+        } else if self.transaction.is_some() {
+            self.error(Reply::bad_sequence());
+        } else {
+            let step = auth::start(mechanism, initial);
+            return self.sasl_step(step).await;
+        }
+        Flow::Continue
+    }
+
+    async fn sasl_step(&mut self, step: Step) -> Flow {
+        match step {
+            Step::Continue(exchange, challenge) => {
+                self.sasl = Some(exchange);
+                self.reply(challenge);
+            }
+            Step::Failed(reply) => self.error(reply),
+            Step::Done(credentials) => self.check_credentials(credentials).await,
+        }
+        Flow::Continue
+    }
+
+    async fn check_credentials(&mut self, credentials: Credentials) {
+        let outcome = self
+            .ctx
+            .authenticator
+            .authenticate(
+                self.info.client_ip,
+                &credentials.username,
+                &credentials.password,
+            )
+            .await;
+        let user = &credentials.username;
+        match outcome {
+            AuthOutcome::Success(user) => {
+                tracing::info!(session = %self.info.id, user = ?user, "authenticated");
+                self.info.authenticated_user = Some(user);
+                self.reply(Reply::auth_success());
+            }
+            AuthOutcome::BadCredentials => {
+                tracing::warn!(session = %self.info.id, client = %self.info.client_ip, user = ?user, "authentication failed");
+                self.error(Reply::auth_failed());
+            }
+            AuthOutcome::Locked(Locked::Client) => {
+                tracing::warn!(session = %self.info.id, client = %self.info.client_ip, user = ?user, "authentication refused: client locked out");
+                self.error(Reply::auth_locked_out());
+            }
+            AuthOutcome::Locked(Locked::User) => {
+                // Same reply as a wrong password: a lockout must not tell
+                // a guesser that the name exists.
+                tracing::warn!(session = %self.info.id, client = %self.info.client_ip, user = ?user, "authentication refused: user locked out");
+                self.error(Reply::auth_failed());
+            }
+            AuthOutcome::Unavailable => self.reply(Reply::auth_tempfail()),
         }
     }
 
@@ -290,15 +448,22 @@ impl Session {
         self.info.helo = Some(name.clone());
         let greeting = format!("{} greets {}", self.hostname(), name);
         if esmtp {
-            let lines = vec![
+            let mut lines = vec![
                 greeting,
                 "PIPELINING".to_owned(),
                 format!("SIZE {}", self.ctx.config.server.max_message_size),
                 "8BITMIME".to_owned(),
                 "ENHANCEDSTATUSCODES".to_owned(),
                 "SMTPUTF8".to_owned(),
-                "HELP".to_owned(),
             ];
+            let tls_active = self.stream.is_tls();
+            if self.listener.tls == TlsMode::Starttls && self.tls.is_some() && !tls_active {
+                lines.push("STARTTLS".to_owned());
+            }
+            if self.listener.auth_offered(tls_active) {
+                lines.push(format!("AUTH {}", auth::MECHANISMS));
+            }
+            lines.push("HELP".to_owned());
             self.reply(Reply::multiline(250, None, lines));
         } else {
             self.reply(Reply::new(250, None, greeting));
@@ -317,6 +482,16 @@ impl Session {
         }
         if self.transaction.is_some() {
             self.error(Reply::bad_sequence());
+            return Ok(Flow::Continue);
+        }
+        if self.listener.auth == AuthMode::Required && self.info.authenticated_user.is_none() {
+            // Both 530 5.7.0; the text says which step is missing.
+            let reply = if self.listener.auth_offered(self.stream.is_tls()) {
+                Reply::auth_required()
+            } else {
+                Reply::must_starttls()
+            };
+            self.error(reply);
             return Ok(Flow::Continue);
         }
         if params
@@ -511,11 +686,26 @@ impl Session {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let protocol = match (self.esmtp, transaction.smtputf8) {
+        // RFC 3848 / RFC 6531 §3.7.3: S for TLS, A for an authenticated client.
+        let mut protocol = match (self.esmtp, transaction.smtputf8) {
             (true, true) => "UTF8SMTP",
             (true, false) => "ESMTP",
             (false, _) => "SMTP",
-        };
+        }
+        .to_owned();
+        if self.esmtp {
+            if self.info.tls.is_some() {
+                protocol.push('S');
+            }
+            if self.info.authenticated_user.is_some() {
+                protocol.push('A');
+            }
+        }
+        let tls_comment = self
+            .info
+            .tls
+            .as_ref()
+            .map(|t| format!("{} with cipher {}", t.version, t.cipher));
         let single_recipient = match transaction.recipients.as_slice() {
             [only] => Some(only.as_str()),
             _ => None,
@@ -525,8 +715,8 @@ impl Session {
             self.info.reverse_name.as_deref(),
             self.info.client_ip,
             &config.server.hostname,
-            protocol,
-            None,
+            &protocol,
+            tls_comment.as_deref(),
             &queue_id.to_string(),
             single_recipient,
             &rfc5322_date(now as i64),
@@ -616,6 +806,11 @@ impl Session {
             domain,
         }
     }
+}
+
+/// Whether a command line is AUTH, whose line may exceed 512 octets.
+fn is_auth_command(line: &[u8]) -> bool {
+    line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH ")
 }
 
 /// An IPv4 client reached over an IPv6 socket is reported as IPv4.

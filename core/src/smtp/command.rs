@@ -112,6 +112,9 @@ pub enum ParseError {
         role: PathRole,
         source: AddressError,
     },
+    /// An AUTH initial response that is not base64 (501 5.5.2, RFC 4954 §4).
+    #[error("initial response must be base64")]
+    BadBase64,
     /// A MAIL/RCPT parameter sluice does not know (555 5.5.4).
     #[error("unknown parameter {0}")]
     UnknownParameter(String),
@@ -124,6 +127,7 @@ impl ParseError {
             ParseError::Unrecognized => Reply::syntax_error(),
             ParseError::InvalidCharacter => Reply::invalid_character(),
             ParseError::NotImplemented(_) => Reply::not_implemented(),
+            ParseError::BadBase64 => Reply::auth_bad_response(),
             ParseError::Syntax(detail) => Reply::param_error(detail),
             ParseError::BadAddress { role, source } => match (source, role) {
                 (AddressError::NonAscii, _) => Reply::non_ascii_address(),
@@ -412,7 +416,7 @@ fn parse_auth(rest: &str) -> Result<Command, ParseError> {
     }
     if let Some(initial) = initial {
         if initial != "=" && !is_base64(initial) {
-            return Err(ParseError::Syntax("initial response must be base64"));
+            return Err(ParseError::BadBase64);
         }
     }
     Ok(Command::Auth {
@@ -823,12 +827,12 @@ mod tests {
                 initial: Some("=".into())
             })
         );
+        for bad in ["AUTH PLAIN abc", "AUTH PLAIN ab=c", "AUTH PLAIN a==="] {
+            assert_eq!(code(parse(bad)), (501, "5.5.2".into()), "{bad}");
+        }
         for bad in [
             "AUTH",
             "AUTH PLAIN a b",
-            "AUTH PLAIN abc",
-            "AUTH PLAIN ab=c",
-            "AUTH PLAIN a===",
             "AUTH PL/AIN",
             "AUTH ABCDEFGHIJKLMNOPQRSTU",
         ] {

@@ -3,6 +3,7 @@
 //! [`LineBuffer`] and [`DataReceiver`], parses lines with
 //! [`parse_command`], and writes the [`Reply`] values it decides on.
 //!
+//! - [`auth`]: the SASL exchange of AUTH (PLAIN, LOGIN)
 //! - [`line`]: command-line framing (CRLF, tolerated bare LF, 512 limit)
 //! - [`command`]: one command line into a [`Command`]
 //! - [`address`]: RFC 5321 paths and mailboxes
@@ -12,6 +13,7 @@
 //! - [`received`]: trace headers and RFC 5322 dates
 
 pub mod address;
+pub mod auth;
 pub mod command;
 pub mod data;
 pub mod line;

@@ -78,7 +78,8 @@ impl Reply {
             let last = i + 1 == lines.len();
             out.extend_from_slice(code_text.as_bytes());
             let text = sanitize(line, room);
-            if last && enhanced.is_none() && text.is_empty() {
+            // "334 " keeps its space even when empty (RFC 4954 §4 grammar).
+            if last && enhanced.is_none() && text.is_empty() && code != 334 {
                 out.extend_from_slice(b"\r\n");
                 continue;
             }
@@ -501,6 +502,27 @@ impl Reply {
     /// 501 5.0.0: the client cancelled the exchange with `*` (RFC 4954 §4).
     pub fn auth_cancelled() -> Reply {
         Reply::new(501, Some("5.0.0"), "Authentication cancelled")
+    }
+
+    /// 503 5.5.1: STARTTLS on a connection already in TLS (RFC 3207 §4).
+    pub fn tls_already_active() -> Reply {
+        Reply::new(503, Some("5.5.1"), "TLS already active")
+    }
+
+    /// 501 5.5.2: an AUTH response that is not valid base64 or not a
+    /// well-formed SASL message (RFC 4954 §4).
+    pub fn auth_bad_response() -> Reply {
+        Reply::new(501, Some("5.5.2"), "Cannot decode response")
+    }
+
+    /// 454 4.7.0: AUTH refused for a while after too many failures from
+    /// this client.
+    pub fn auth_locked_out() -> Reply {
+        Reply::new(
+            454,
+            Some("4.7.0"),
+            "Too many failed authentication attempts, try again later",
+        )
     }
 
     /// 503 5.5.1: AUTH after a successful AUTH (RFC 4954 §4).

@@ -1,0 +1,271 @@
+//! Inbound TLS: reading PEM certificates and keys, building the rustls
+//! server configuration (TLS 1.2 and 1.3, ring provider), generating a
+//! self-signed certificate when none is configured, and keeping each
+//! certificate in an [`ArcSwap`] so SIGHUP can replace it while sessions
+//! run. Sessions take a [`TlsAcceptor`] from here for STARTTLS or
+//! implicit TLS; what they negotiated goes into the pipeline's `TlsInfo`
+//! and the Received header.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ServerConnection;
+use rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsFiles;
+use crate::pipeline::TlsInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file does not exist or cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not PEM, or its base64 is damaged.
+    #[error("{path}: not a valid PEM file: {detail}")]
+    Pem { path: PathBuf, detail: String },
+    /// The certificate file holds no `CERTIFICATE` section.
+    #[error("{path}: no certificate found (expected a PEM \"BEGIN CERTIFICATE\" section)")]
+    NoCertificate { path: PathBuf },
+    /// The key file holds no PKCS#8, RSA or EC private key.
+    #[error("{path}: no private key found (expected a PEM PKCS#8, RSA or EC private key)")]
+    NoKey { path: PathBuf },
+    /// rustls refused the pair: unsupported key type, or a key that does
+    /// not belong to the certificate.
+    #[error("certificate {certificate} with key {key}: {source}")]
+    Rejected {
+        certificate: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    /// Generating or storing the self-signed certificate failed.
+    #[error("cannot create the self-signed certificate in {path}: {detail}")]
+    SelfSigned { path: PathBuf, detail: String },
+}
+
+fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> TlsError {
+    match e {
+        rustls::pki_types::pem::Error::Io(source) => TlsError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        other => TlsError::Pem {
+            path: path.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Every certificate of a PEM chain, leaf first.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 RSA or SEC1 EC) of a PEM file.
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    match PrivateKeyDer::from_pem_file(path) {
+        Ok(key) => Ok(key),
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => Err(TlsError::NoKey {
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(pem_error(path, e)),
+    }
+}
+
+/// A server configuration for one certificate: TLS 1.2 and 1.3 only, no
+/// client certificates.
+pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let certs = read_certificates(&files.certificate)?;
+    let key = read_private_key(&files.key)?;
+    let rejected = |source| TlsError::Rejected {
+        certificate: files.certificate.clone(),
+        key: files.key.clone(),
+        source,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rejected)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(rejected)
+}
+
+/// One certificate in use: the files it came from and the configuration
+/// new handshakes read. Sessions already in TLS keep what they negotiated.
+pub struct ReloadableTls {
+    files: TlsFiles,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl ReloadableTls {
+    pub fn load(files: TlsFiles) -> Result<ReloadableTls, TlsError> {
+        let config = server_config(&files)?;
+        Ok(ReloadableTls {
+            files,
+            current: ArcSwap::from_pointee(config),
+        })
+    }
+
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// Re-reads the files; on error the previous certificate stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = server_config(&self.files)?;
+        self.current.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// An acceptor on the current certificate, for one handshake.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+}
+
+/// The certificate of TLS listeners when the configuration names none:
+/// `<data_dir>/tls/cert.pem` and `key.pem`, generated self-signed for
+/// `hostname` on first use and reused after (so clients that pinned it
+/// keep working across restarts).
+pub fn self_signed(data_dir: &Path, hostname: &str) -> Result<TlsFiles, TlsError> {
+    let dir = data_dir.join("tls");
+    let files = TlsFiles {
+        certificate: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    if files.certificate.exists() && files.key.exists() {
+        return Ok(files);
+    }
+    let fail = |detail: String| TlsError::SelfSigned {
+        path: dir.clone(),
+        detail,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_owned()])
+        .map_err(|e| fail(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
+    let key_pair = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
+    let cert = params
+        .self_signed(&key_pair)
+        .map_err(|e| fail(e.to_string()))?;
+    // The key first, so a crash in between leaves no certificate without
+    // its key (the pair is regenerated when either is missing).
+    write_private(&files.key, key_pair.serialize_pem().as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    write_private(&files.certificate, cert.pem().as_bytes()).map_err(|e| fail(e.to_string()))?;
+    tracing::info!(
+        certificate = %files.certificate.display(),
+        "generated a self-signed certificate for {hostname}"
+    );
+    Ok(files)
+}
+
+/// Writes a file readable by its owner only, atomically (temporary file
+/// and rename).
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// What a finished handshake negotiated, as plugins and the Received
+/// header report it ("TLSv1.3", "TLS13_AES_256_GCM_SHA384").
+pub fn negotiated(conn: &ServerConnection) -> TlsInfo {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        Some(other) => format!("{other:?}"),
+        None => "unknown".to_owned(),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .and_then(|suite| suite.suite().as_str())
+        .unwrap_or("unknown")
+        .to_owned();
+    TlsInfo { version, cipher }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_is_generated_once_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = self_signed(dir.path(), "mx.example.test").unwrap();
+        let first = std::fs::read(&files.certificate).unwrap();
+        let tls = ReloadableTls::load(files.clone()).unwrap();
+        let again = self_signed(dir.path(), "mx.example.test").unwrap();
+        assert_eq!(again, files);
+        assert_eq!(std::fs::read(&files.certificate).unwrap(), first);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "key must be private: {mode:o}");
+        tls.reload().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = read_certificates(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("missing.pem"),
+            "{err}"
+        );
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "hello\n").unwrap();
+        let err = read_certificates(&garbage).unwrap_err().to_string();
+        assert!(err.contains("no certificate found"), "{err}");
+        let err = read_private_key(&garbage).unwrap_err().to_string();
+        assert!(err.contains("no private key found"), "{err}");
+    }
+
+    #[test]
+    fn mismatched_key_is_refused_and_reload_keeps_the_old_one() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let first = self_signed(a.path(), "a.test").unwrap();
+        let second = self_signed(b.path(), "b.test").unwrap();
+        let mixed = TlsFiles {
+            certificate: first.certificate.clone(),
+            key: second.key.clone(),
+        };
+        let err = server_config(&mixed).unwrap_err().to_string();
+        assert!(err.contains("with key"), "{err}");
+
+        let tls = ReloadableTls::load(first.clone()).unwrap();
+        let before = tls.current.load_full();
+        std::fs::write(&first.certificate, "broken").unwrap();
+        assert!(tls.reload().is_err());
+        assert!(Arc::ptr_eq(&before, &tls.current.load_full()));
+    }
+}
