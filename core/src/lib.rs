@@ -9,8 +9,10 @@
 //! - the spool (crate `sluice-spool`): where accepted mail is kept durably
 //! - [`delivery`]: from the spool to Maildir or the next hop
 //! - [`config`]: the TOML file, parsed and validated
+//! - [`admin`]: the operator's HTTP endpoint (queue, health) and its client
 //! - [`cli`]: the `sluice` command line
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -1,7 +1,8 @@
 //! The server: opens the spool, builds the plugin pipelines, binds the
 //! listeners, accepts connections under the global and per-client limits,
 //! and runs the shutdown sequence (stop accepting, let sessions finish or
-//! tempfail, stop delivery, flush the spool).
+//! tempfail, stop delivery, flush the spool). It also runs the admin
+//! endpoint, which reports ready only while the SMTP listeners accept.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::admin::{AdminError, AdminListeners, AdminState};
 use crate::config::{Config, ListenerConfig};
 use crate::delivery::{self, DeliverySettings, RouteSetting};
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
@@ -41,6 +43,8 @@ pub enum ServerError {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// A server that has opened its spool, built its pipelines and bound its
@@ -51,6 +55,7 @@ pub struct Server {
     engine: PluginEngine,
     pipelines: Arc<ArcSwap<PipelineSet>>,
     listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+    admin: AdminListeners,
 }
 
 impl Server {
@@ -85,12 +90,18 @@ impl Server {
                 })?;
             listeners.push((Arc::new(listener.clone()), socket));
         }
+        // Bound after the spool (whose lock shows no other server uses this
+        // data_dir, so a leftover socket is stale) and after the SMTP
+        // listeners, so the socket appears only when the server is about to
+        // serve.
+        let admin = AdminListeners::bind(&data_dir, &config.admin).await?;
         Ok(Server {
             config: Arc::new(config),
             spool,
             engine,
             pipelines: Arc::new(ArcSwap::from_pointee(pipelines)),
             listeners,
+            admin,
         })
     }
 
@@ -111,6 +122,8 @@ impl Server {
             self.spool.clone(),
             shutdown_rx.clone(),
         );
+        let admin_state = Arc::new(AdminState::new(self.spool.clone(), delivery.clone()));
+        let admin = self.admin.spawn(admin_state.clone());
         let ctx = Arc::new(SessionContext {
             config: config.clone(),
             pipelines: self.pipelines.clone(),
@@ -136,6 +149,7 @@ impl Server {
             ));
         }
         drop(session_tx);
+        admin_state.set_ready(true);
 
         tokio::pin!(stop);
         loop {
@@ -147,6 +161,7 @@ impl Server {
         }
 
         tracing::info!("shutting down: no new connections, finishing sessions");
+        admin_state.set_ready(false);
         accept_loops.abort_all();
         let _ = shutdown_tx.send(true);
         let grace = config.server.shutdown_grace;
@@ -167,6 +182,8 @@ impl Server {
         if tokio::time::timeout(grace, delivery_task).await.is_err() {
             tracing::warn!("delivery did not stop within the grace period");
         }
+        // Answers (503 for readiness) until here, then the socket goes.
+        admin.stop().await;
         if let Err(e) = self.spool.flush().await {
             tracing::error!("final spool flush failed: {e}");
         }

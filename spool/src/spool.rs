@@ -15,8 +15,8 @@ use crate::id::IdSequence;
 use crate::kv::KvStore;
 use crate::space::FreeSpace;
 use crate::{
-    AttemptRecord, AttemptRecorded, NewMessage, QueueEntry, QueueId, Recipient, RecipientOutcome, RecipientStatus,
-    SpoolError,
+    AttemptRecord, AttemptRecorded, NewMessage, QueueEntry, QueueId, Recipient, RecipientOutcome,
+    RecipientStatus, SpoolError,
 };
 
 /// Tree holding `QueueId` (big-endian) → JSON `QueueEntry`.

@@ -56,6 +56,7 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     pub pipelines: BTreeMap<String, PipelineConfig>,
     pub log: LogConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +136,19 @@ pub struct Route {
 pub struct QueueConfig {
     pub retry: Vec<Duration>,
     pub max_age: Duration,
+    /// Below this many free bytes on the spool's filesystem, MAIL FROM is
+    /// answered 452 4.3.1 (0 turns the check off).
+    pub min_free_space: u64,
+}
+
+/// The admin endpoint. Its unix socket (`<data_dir>/admin.sock`) always
+/// exists; this adds an optional TCP listener for the same HTTP API.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// TCP address of the admin HTTP API; loopback unless `allow_remote`.
+    pub address: Option<SocketAddr>,
+    /// Allows a non-loopback `address` (the API has no authentication).
+    pub allow_remote: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
