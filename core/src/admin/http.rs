@@ -33,6 +33,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head accepted (hyper answers 431 beyond it).
 const MAX_HEAD: usize = 16 * 1024;
 
+/// Longest unix socket path Linux accepts (`sun_path` minus its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// The admin socket's file name inside the data directory.
 pub const SOCKET_NAME: &str = "admin.sock";
 
@@ -93,6 +96,17 @@ impl AdminListeners {
         // the socket never exists under its public name with wider access,
         // and the rename replaces a stale socket atomically.
         let temporary = data_dir.join(format!(".{SOCKET_NAME}.{}", std::process::id()));
+        // sockaddr_un holds 108 bytes with the terminating NUL; say so
+        // rather than let bind fail with a cryptic message.
+        if temporary.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(socket_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the path is too long for a unix socket (at most {MAX_SOCKET_PATH} \
+                     bytes); choose a shorter data_dir"
+                ),
+            )));
+        }
         match std::fs::remove_file(&temporary) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(socket_error(e)),
             _ => {}
@@ -364,6 +378,23 @@ mod tests {
         big.extend_from_slice(b"\r\n\r\n");
         let r = exchange(&state, &big).await;
         assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+    }
+
+    #[tokio::test]
+    async fn overlong_socket_path_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(120));
+        std::fs::create_dir_all(&deep).unwrap();
+        let config = AdminConfig {
+            address: None,
+            allow_remote: false,
+        };
+        let err = AdminListeners::bind(&deep, &config)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("too long for a unix socket"), "{err}");
     }
 
     #[tokio::test]
