@@ -258,7 +258,7 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
                 }
             }
         }
-        Route::List => match state.spool.entries() {
+        Route::List => match all_entries(&state.spool).await {
             Ok(entries) => {
                 let entries: Vec<EntryView> = entries.into_iter().map(EntryView::new).collect();
                 to_response(&ListView {
@@ -266,11 +266,11 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
                     entries,
                 })
             }
-            Err(e) => ApiResponse::spool_error(e),
+            Err(answer) => answer,
         },
         Route::Show(id) => show(state, id),
         Route::Flush(id) => flush(state, id).await,
-        Route::FlushAll => match state.spool.entries() {
+        Route::FlushAll => match all_entries(&state.spool).await {
             Ok(entries) => {
                 let (mut due, mut held) = (0usize, 0usize);
                 for entry in &entries {
@@ -285,7 +285,7 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
                 tracing::info!(due, held, "admin: queue flush");
                 ApiResponse::ok(json!({ "flushed": due, "skipped_held": held }))
             }
-            Err(e) => ApiResponse::spool_error(e),
+            Err(answer) => answer,
         },
         Route::Hold(id) => match state.spool.set_held(id, true).await {
             Ok(true) => {
@@ -312,6 +312,20 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
             Ok(false) => ApiResponse::no_entry(id),
             Err(e) => ApiResponse::spool_error(e),
         },
+    }
+}
+
+/// Every queue entry, read off the async workers: a long queue is a long
+/// walk through sled.
+async fn all_entries(spool: &Spool) -> Result<Vec<QueueEntry>, ApiResponse> {
+    let spool = spool.clone();
+    match tokio::task::spawn_blocking(move || spool.entries()).await {
+        Ok(result) => result.map_err(ApiResponse::spool_error),
+        // Only a panic inside sled gets here.
+        Err(e) => {
+            tracing::error!("reading the queue failed: {e}");
+            Err(ApiResponse::error(500, "reading the queue failed"))
+        }
     }
 }
 
