@@ -1,6 +1,9 @@
-//! The `sluice` command line: `serve`, `check-config`, `user`, `--version`. Errors
-//! reach the operator here, with `anyhow` context; the library below
-//! reports typed errors.
+//! The `sluice` command line: `serve`, `check-config`, `user …`,
+//! `queue …`, `--version`. Errors reach the operator here, with `anyhow`
+//! context; the library below reports typed errors.
+//!
+//! Exit status: 0 on success, 1 on an error (unknown queue id included), 2
+//! when a `queue` command finds no running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::admin::{self, AdminClient, ClientError};
 use crate::config::{self, Config, LogFormat};
 use crate::server::Server;
 
@@ -39,6 +43,15 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Inspect and act on the running server's queue.
+    Queue {
+        /// The server's configuration (the embedded default without it):
+        /// its data_dir holds the admin socket.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -63,6 +76,34 @@ enum UserCommand {
     List,
 }
 
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List queued messages: id, age, sender, recipients, state, next
+    /// attempt, last reply.
+    List {
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message: envelope, each recipient's status and attempt
+    /// history, and the message's headers.
+    Show {
+        id: String,
+        /// Print the admin API's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attempt a deferred message now (every deferred message without ID).
+    /// Held and quarantined messages are not delivered: release them.
+    Flush { id: Option<String> },
+    /// Remove a message from the queue without delivering it.
+    Delete { id: String },
+    /// Keep a message from being delivered until it is released.
+    Hold { id: String },
+    /// Release a held or quarantined message and attempt it now.
+    Release { id: String },
+}
+
 fn version() -> &'static str {
     concat!(env!("CARGO_PKG_VERSION"), " (wasmtime 48)")
 }
@@ -73,14 +114,81 @@ pub fn main() -> ExitCode {
         Command::Serve { config, log_format } => serve(config, log_format),
         Command::CheckConfig { file } => check_config(&file),
         Command::User { config, command } => user(config, command),
+        Command::Queue { config, action } => queue(config, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e:#}");
-            ExitCode::FAILURE
+            let unreachable = e
+                .downcast_ref::<ClientError>()
+                .is_some_and(ClientError::is_unreachable);
+            if unreachable {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// `sluice queue …`: one request to the running server's admin endpoint.
+fn queue(config_path: Option<PathBuf>, action: QueueAction) -> anyhow::Result<()> {
+    let config: Config = match &config_path {
+        Some(path) => config::load_file(path)?,
+        None => config::default_config()?,
+    };
+    let client = AdminClient::new(&admin::socket_path(&config.server.data_dir));
+    let (method, path) = match &action {
+        QueueAction::List { .. } => ("GET", "/queue".to_owned()),
+        QueueAction::Show { id, .. } => ("GET", format!("/queue/{}", queue_id(id)?)),
+        QueueAction::Flush { id: None } => ("POST", "/queue/flush".to_owned()),
+        QueueAction::Flush { id: Some(id) } => ("POST", format!("/queue/{}/flush", queue_id(id)?)),
+        QueueAction::Delete { id } => ("DELETE", format!("/queue/{}", queue_id(id)?)),
+        QueueAction::Hold { id } => ("POST", format!("/queue/{}/hold", queue_id(id)?)),
+        QueueAction::Release { id } => ("POST", format!("/queue/{}/release", queue_id(id)?)),
+    };
+    let reply = client.request(method, &path)?;
+    if !(200..300).contains(&reply.status) {
+        anyhow::bail!("{}", reply.error_text());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match action {
+        QueueAction::List { json: true } | QueueAction::Show { json: true, .. } => {
+            println!("{}", serde_json::to_string_pretty(&reply.body)?);
+        }
+        QueueAction::List { json: false } => {
+            let list: admin::ListView = serde_json::from_value(reply.body)
+                .context("the admin endpoint sent an unexpected queue listing")?;
+            print!("{}", admin::list_table(&list, now));
+        }
+        QueueAction::Show { json: false, .. } => {
+            let view: admin::ShowView = serde_json::from_value(reply.body)
+                .context("the admin endpoint sent an unexpected queue entry")?;
+            print!("{}", admin::show(&view, now));
+        }
+        QueueAction::Flush { id: None } => {
+            let count = |key: &str| reply.body[key].as_u64().unwrap_or(0);
+            println!(
+                "{} message(s) due now; {} held or quarantined left alone",
+                count("flushed"),
+                count("skipped_held")
+            );
+        }
+        QueueAction::Flush { id: Some(id) } => println!("{} is due now", id.to_lowercase()),
+        QueueAction::Delete { id } => println!("{} deleted", id.to_lowercase()),
+        QueueAction::Hold { id } => println!("{} held", id.to_lowercase()),
+        QueueAction::Release { id } => println!("{} released", id.to_lowercase()),
+    }
+    Ok(())
+}
+
+/// Checks an id's syntax before asking the server.
+fn queue_id(text: &str) -> anyhow::Result<sluice_spool::QueueId> {
+    Ok(text.parse()?)
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {

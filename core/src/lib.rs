@@ -12,8 +12,10 @@
 //! - [`delivery`]: from the spool to Maildir or the next hop
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
 //! - [`config`]: the TOML file, parsed and validated
+//! - [`admin`]: the operator's HTTP endpoint (queue, health) and its client
 //! - [`cli`]: the `sluice` command line
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;

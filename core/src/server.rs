@@ -2,7 +2,8 @@
 //! certificates of TLS listeners, binds the listeners, accepts connections
 //! under the global and per-client limits, reloads certificates on SIGHUP,
 //! and runs the shutdown sequence (stop accepting, let sessions finish or
-//! tempfail, stop delivery, flush the spool).
+//! tempfail, stop delivery, flush the spool). It also runs the admin
+//! endpoint, which reports ready only while the SMTP listeners accept.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::admin::{AdminError, AdminListeners, AdminState};
 use crate::config::{Config, ListenerConfig, TlsFiles, TlsMode};
 use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
 use crate::dns::Dns;
@@ -51,6 +53,8 @@ pub enum ServerError {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// A server that has opened its spool, built its pipelines and bound its
@@ -65,6 +69,7 @@ pub struct Server {
     listeners: Vec<Listener>,
     /// Every distinct certificate in use, for reloading on SIGHUP.
     certificates: Vec<Arc<ReloadableTls>>,
+    admin: AdminListeners,
 }
 
 /// A bound listener with what its sessions need from it.
@@ -127,6 +132,11 @@ impl Server {
                 tls,
             });
         }
+        // Bound after the spool (whose lock shows no other server uses this
+        // data_dir, so a leftover socket is stale) and after the SMTP
+        // listeners, so the socket appears only when the server is about to
+        // serve.
+        let admin = AdminListeners::bind(&data_dir, &config.admin).await?;
         Ok(Server {
             config: Arc::new(config),
             spool,
@@ -136,6 +146,7 @@ impl Server {
             pipelines: Arc::new(ArcSwap::from_pointee(pipelines)),
             listeners,
             certificates,
+            admin,
         })
     }
 
@@ -163,6 +174,8 @@ impl Server {
             self.outbound_tls.clone(),
             shutdown_rx.clone(),
         );
+        let admin_state = Arc::new(AdminState::new(self.spool.clone(), delivery.clone()));
+        let admin = self.admin.spawn(admin_state.clone());
         let ctx = Arc::new(SessionContext {
             config: config.clone(),
             pipelines: self.pipelines.clone(),
@@ -193,6 +206,7 @@ impl Server {
         }
         drop(session_tx);
         let reloader = tokio::spawn(reload_certificates_on_sighup(self.certificates.clone()));
+        admin_state.set_ready(true);
 
         tokio::pin!(stop);
         loop {
@@ -204,6 +218,7 @@ impl Server {
         }
 
         tracing::info!("shutting down: no new connections, finishing sessions");
+        admin_state.set_ready(false);
         accept_loops.abort_all();
         reloader.abort();
         let _ = shutdown_tx.send(true);
@@ -225,6 +240,8 @@ impl Server {
         if tokio::time::timeout(grace, delivery_task).await.is_err() {
             tracing::warn!("delivery did not stop within the grace period");
         }
+        // Answers (503 for readiness) until here, then the socket goes.
+        admin.stop().await;
         if let Err(e) = self.spool.flush().await {
             tracing::error!("final spool flush failed: {e}");
         }

@@ -69,6 +69,35 @@ pub struct Recipient {
     pub last_reply: Option<String>,
     /// Attempts made for this recipient.
     pub attempts: u32,
+    /// The last few attempts' replies, oldest first (at most
+    /// [`HISTORY_LIMIT`]), for the operator's `queue show`. Entries written
+    /// before the field existed load with an empty history.
+    #[serde(default)]
+    pub history: Vec<AttemptRecord>,
+}
+
+/// How many attempt records a recipient keeps; older ones are dropped.
+pub const HISTORY_LIMIT: usize = 10;
+
+/// One delivery attempt for one recipient, as the operator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// Unix seconds at which the attempt was recorded.
+    pub at: u64,
+    /// The reply that ended it (remote server's or local delivery's).
+    pub reply: String,
+}
+
+impl Recipient {
+    /// Appends an attempt to the history, dropping the oldest beyond
+    /// [`HISTORY_LIMIT`].
+    pub fn push_history(&mut self, record: AttemptRecord) {
+        if self.history.len() >= HISTORY_LIMIT {
+            let excess = self.history.len() + 1 - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+        self.history.push(record);
+    }
 }
 
 /// Delivery state of one recipient.
@@ -142,6 +171,10 @@ mod tests {
                 status: RecipientStatus::Quarantined,
                 last_reply: None,
                 attempts: 0,
+                history: vec![AttemptRecord {
+                    at: 5,
+                    reply: "451 4.4.1 try later".into(),
+                }],
             }],
             received_at: 1,
             client: "127.0.0.1:2525".into(),
@@ -158,5 +191,37 @@ mod tests {
         let back: QueueEntry = serde_json::from_value(json).unwrap();
         assert_eq!(back, entry);
         assert!(!back.is_finished());
+    }
+
+    #[test]
+    fn entry_without_history_still_loads() {
+        // An entry as stored before recipients had a history.
+        let old = r#"{"id":"0000000000000abc","reverse_path":"","recipients":[
+            {"address":"a@example.org","status":"deferred","last_reply":"451 x","attempts":2}],
+            "received_at":1,"client":"127.0.0.1:1","size":3,"attempts":2,
+            "next_attempt":9,"held":false,"quarantine":null}"#;
+        let entry: QueueEntry = serde_json::from_str(old).unwrap();
+        assert!(entry.recipients[0].history.is_empty());
+        assert_eq!(entry.recipients[0].attempts, 2);
+    }
+
+    #[test]
+    fn history_keeps_the_most_recent_records() {
+        let mut rcpt = Recipient {
+            address: "a@example.org".into(),
+            status: RecipientStatus::Deferred,
+            last_reply: None,
+            attempts: 0,
+            history: Vec::new(),
+        };
+        for at in 0..25 {
+            rcpt.push_history(AttemptRecord {
+                at,
+                reply: format!("451 attempt {at}"),
+            });
+        }
+        assert_eq!(rcpt.history.len(), HISTORY_LIMIT);
+        let times: Vec<u64> = rcpt.history.iter().map(|r| r.at).collect();
+        assert_eq!(times, (15..25).collect::<Vec<u64>>());
     }
 }

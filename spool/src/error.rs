@@ -57,6 +57,13 @@ pub enum SpoolError {
         index: usize,
         count: usize,
     },
+    /// The free space of the spool's filesystem cannot be measured.
+    #[error("cannot measure free space at {}: {source}", path.display())]
+    FreeSpace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Key-value namespaces must be named.
     #[error("key-value namespace must not be empty")]
     EmptyNamespace,

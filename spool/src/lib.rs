@@ -9,6 +9,7 @@
 //! - `entry.rs`: the records ([`NewMessage`], [`QueueEntry`], outcomes).
 //! - `id.rs`: [`QueueId`].
 //! - `kv.rs`: [`KvStore`], the plugins' key-value state.
+//! - `space.rs`: free space of the spool's filesystem, cached for a second.
 //! - `error.rs`: [`SpoolError`].
 //!
 //! # Storage
@@ -42,10 +43,12 @@ mod entry;
 mod error;
 mod id;
 mod kv;
+mod space;
 mod spool;
 
 pub use entry::{
-    AttemptRecorded, NewMessage, QueueEntry, Recipient, RecipientOutcome, RecipientStatus,
+    AttemptRecord, AttemptRecorded, NewMessage, QueueEntry, Recipient, RecipientOutcome,
+    RecipientStatus, HISTORY_LIMIT,
 };
 pub use error::SpoolError;
 pub use id::{ParseQueueIdError, QueueId};

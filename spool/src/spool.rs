@@ -5,7 +5,7 @@
 //! recipient is final. Every mutation of the queue is made durable through the
 //! committer (`commit.rs`) before it returns.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::commit::Committer;
 use crate::id::IdSequence;
 use crate::kv::KvStore;
+use crate::space::FreeSpace;
 use crate::{
-    AttemptRecorded, NewMessage, QueueEntry, QueueId, Recipient, RecipientOutcome, RecipientStatus,
-    SpoolError,
+    AttemptRecord, AttemptRecorded, NewMessage, QueueEntry, QueueId, Recipient, RecipientOutcome,
+    RecipientStatus, SpoolError,
 };
 
 /// Tree holding `QueueId` (big-endian) → JSON `QueueEntry`.
@@ -54,6 +55,9 @@ struct Inner {
     ids: IdSequence,
     /// Keys in `entries`, so `len()` does not walk the tree.
     count: AtomicUsize,
+    /// Free space of the filesystem holding the spool, measured at most
+    /// once a second (asked on every MAIL FROM).
+    space: FreeSpace,
 }
 
 /// How long `open` waits for sled's lock on the directory to be released.
@@ -144,6 +148,7 @@ impl Spool {
                 messages,
                 ids: IdSequence::new(highest),
                 count: AtomicUsize::new(count),
+                space: FreeSpace::new(PathBuf::from(dir)),
             }),
         })
     }
@@ -192,6 +197,7 @@ impl Spool {
                     status,
                     last_reply: None,
                     attempts: 0,
+                    history: Vec::new(),
                 })
                 .collect(),
             received_at: msg.received_at,
@@ -295,8 +301,9 @@ impl Spool {
         outcomes: Vec<RecipientOutcome>,
         next_attempt: Option<u64>,
     ) -> Result<AttemptRecorded, SpoolError> {
+        let at = unix_now();
         let changed = self.modify_entry(id, |entry| {
-            apply_outcomes(entry, &outcomes)?;
+            apply_outcomes(entry, &outcomes, at)?;
             entry.attempts = entry.attempts.saturating_add(1);
             entry.next_attempt = next_attempt.unwrap_or(0);
             Ok(entry.is_finished())
@@ -331,6 +338,27 @@ impl Spool {
             entry.next_attempt = 0;
             for rcpt in &mut entry.recipients {
                 if rcpt.status == RecipientStatus::Quarantined {
+                    rcpt.status = RecipientStatus::Pending;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Releases a message for delivery (the operator's "release"): clears
+    /// the hold and the quarantine, turns held and quarantined recipients
+    /// back into pending ones and makes the next attempt due at once, in one
+    /// durable change. `Ok(false)` if there is no such entry.
+    pub async fn release(&self, id: QueueId) -> Result<bool, SpoolError> {
+        self.update(id, |entry| {
+            entry.held = false;
+            entry.quarantine = None;
+            entry.next_attempt = 0;
+            for rcpt in &mut entry.recipients {
+                if matches!(
+                    rcpt.status,
+                    RecipientStatus::Held | RecipientStatus::Quarantined
+                ) {
                     rcpt.status = RecipientStatus::Pending;
                 }
             }
@@ -452,6 +480,13 @@ impl Spool {
         self.inner.committer.commit().await
     }
 
+    /// Bytes available to unprivileged writers on the filesystem holding the
+    /// spool. Measured at most once a second; the cached figure is returned
+    /// in between, so it is cheap enough to ask per SMTP transaction.
+    pub fn free_space(&self) -> Result<u64, SpoolError> {
+        self.inner.space.get()
+    }
+
     /// How many times the committer has flushed, to observe group commit.
     pub fn flush_count(&self) -> u64 {
         self.inner.committer.flush_count()
@@ -467,7 +502,12 @@ enum Change {
 }
 
 /// Applies one attempt's outcomes to an entry; rejects unknown indexes.
-fn apply_outcomes(entry: &mut QueueEntry, outcomes: &[RecipientOutcome]) -> Result<(), SpoolError> {
+/// `at` (unix seconds) dates the attempt in each recipient's history.
+fn apply_outcomes(
+    entry: &mut QueueEntry,
+    outcomes: &[RecipientOutcome],
+    at: u64,
+) -> Result<(), SpoolError> {
     let count = entry.recipients.len();
     for outcome in outcomes {
         let rcpt = entry
@@ -489,8 +529,12 @@ fn apply_outcomes(entry: &mut QueueEntry, outcomes: &[RecipientOutcome]) -> Resu
         }
         rcpt.status = outcome.status;
         rcpt.attempts = rcpt.attempts.saturating_add(1);
-        if outcome.reply.is_some() {
-            rcpt.last_reply.clone_from(&outcome.reply);
+        if let Some(reply) = &outcome.reply {
+            rcpt.last_reply = Some(reply.clone());
+            rcpt.push_history(AttemptRecord {
+                at,
+                reply: reply.clone(),
+            });
         }
     }
     Ok(())
@@ -569,6 +613,7 @@ impl Drop for AbortOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::HISTORY_LIMIT;
     use std::collections::HashSet;
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
@@ -874,6 +919,16 @@ mod tests {
                 (RecipientStatus::Deferred, Some("451 4.3.0 busy"), 1),
             ]
         );
+        let histories: Vec<Vec<&str>> = entry
+            .recipients
+            .iter()
+            .map(|r| r.history.iter().map(|h| h.reply.as_str()).collect())
+            .collect();
+        assert_eq!(
+            histories,
+            vec![vec!["250 2.0.0 ok"], vec![], vec!["451 4.3.0 busy"]]
+        );
+        assert!(entry.recipients[0].history[0].at >= 1_700_000_000);
 
         // An outcome for an unknown recipient changes nothing.
         let err = spool
@@ -935,9 +990,69 @@ mod tests {
 
         assert!(spool.remove(id).await.unwrap());
         assert!(!spool.remove(id).await.unwrap());
+        assert!(!spool.release(id).await.unwrap());
         assert!(!spool.set_held(id, true).await.unwrap());
         assert_eq!(spool.message(id).unwrap(), None);
         assert!(spool.is_empty());
+    }
+
+    #[tokio::test]
+    async fn history_is_bounded_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = spool.enqueue(new_message(1, 1)).await.unwrap();
+        for n in 0..(HISTORY_LIMIT + 3) {
+            let reply = format!("451 4.4.1 attempt {n}");
+            spool
+                .record_attempt(
+                    id,
+                    vec![outcome(0, RecipientStatus::Deferred, &reply)],
+                    Some(1),
+                )
+                .await
+                .unwrap();
+        }
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        let rcpt = &spool.entry(id).unwrap().unwrap().recipients[0];
+        assert_eq!(rcpt.attempts as usize, HISTORY_LIMIT + 3);
+        assert_eq!(rcpt.history.len(), HISTORY_LIMIT);
+        assert_eq!(rcpt.history[0].reply, "451 4.4.1 attempt 3");
+        assert_eq!(
+            rcpt.history.last().map(|h| h.reply.as_str()),
+            Some(format!("451 4.4.1 attempt {}", HISTORY_LIMIT + 2).as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn release_clears_hold_and_quarantine_and_makes_it_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut msg = new_message(1, 2);
+        msg.quarantine = Some("suspicious".into());
+        let id = spool.enqueue(msg).await.unwrap();
+        assert!(spool.set_held(id, true).await.unwrap());
+        assert!(spool.reschedule(id, 1_900_000_000).await.unwrap());
+
+        assert!(spool.release(id).await.unwrap());
+        let entry = spool.entry(id).unwrap().unwrap();
+        assert!(!entry.held);
+        assert_eq!(entry.quarantine, None);
+        assert_eq!(entry.next_attempt, 0);
+        assert!(entry
+            .recipients
+            .iter()
+            .all(|r| r.status == RecipientStatus::Pending));
+    }
+
+    #[test]
+    fn free_space_is_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let first = spool.free_space().unwrap();
+        assert!(first > 0);
+        // Within the cache period the same figure comes back.
+        assert_eq!(spool.free_space().unwrap(), first);
     }
 
     #[tokio::test]

@@ -61,6 +61,7 @@ pub struct Config {
     /// None makes the server generate a self-signed one under data_dir.
     pub tls: Option<TlsFiles>,
     pub auth: AuthConfig,
+    pub admin: AdminConfig,
 }
 
 /// A PEM certificate chain and its private key.
@@ -221,6 +222,19 @@ pub struct QueueConfig {
     pub max_age: Duration,
     /// Send a delayed-delivery DSN once a message is this old; None: never.
     pub warn_after: Option<Duration>,
+    /// Below this many free bytes on the spool's filesystem, MAIL FROM is
+    /// answered 452 4.3.1 (0 turns the check off).
+    pub min_free_space: u64,
+}
+
+/// The admin endpoint. Its unix socket (`<data_dir>/admin.sock`) always
+/// exists; this adds an optional TCP listener for the same HTTP API.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// TCP address of the admin HTTP API; loopback unless `allow_remote`.
+    pub address: Option<SocketAddr>,
+    /// Allows a non-loopback `address` (the API has no authentication).
+    pub allow_remote: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

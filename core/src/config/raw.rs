@@ -29,6 +29,7 @@ struct RawConfig {
     log: Option<RawLog>,
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +45,13 @@ struct RawAuth {
     max_failures: Option<Spanned<u32>>,
     lockout: Option<Spanned<String>>,
     min_password_length: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: Option<Spanned<String>>,
+    allow_remote: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +145,7 @@ struct RawQueue {
     retry: Option<Spanned<Vec<String>>>,
     max_age: Option<Spanned<String>>,
     warn_after: Option<Spanned<String>>,
+    min_free_space: Option<Spanned<Size>>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +214,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
         other => return Err(format!("unknown size unit {other:?} in {text:?}")),
     };
     number
@@ -681,6 +692,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         retry: None,
         max_age: None,
         warn_after: None,
+        min_free_space: None,
     });
     let default_retry: Vec<Duration> = [120, 300, 600, 900, 1800, 3600, 7200]
         .into_iter()
@@ -753,6 +765,52 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         attempts: dns.attempts.unwrap_or(2).max(1),
     };
 
+    const DEFAULT_MIN_FREE_SPACE: u64 = 256 << 20;
+    let min_free_space = match &queue.min_free_space {
+        None => DEFAULT_MIN_FREE_SPACE,
+        Some(size) => match size.get_ref().bytes() {
+            Ok(n) => n,
+            Err(e) => {
+                d.add(size.span(), "queue.min_free_space", e);
+                DEFAULT_MIN_FREE_SPACE
+            }
+        },
+    };
+
+    let admin = raw.admin.unwrap_or(RawAdmin {
+        address: None,
+        allow_remote: None,
+    });
+    let allow_remote = admin.allow_remote.unwrap_or(false);
+    let admin_address = match &admin.address {
+        None => None,
+        Some(text) => match text.get_ref().parse::<SocketAddr>() {
+            Ok(a) if !a.ip().is_loopback() && !allow_remote => {
+                d.add(
+                    text.span(),
+                    "admin.address",
+                    format!(
+                        "{a} is not a loopback address and the admin API has no \
+                         authentication; set admin.allow_remote = true to bind it anyway"
+                    ),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                d.add(
+                    text.span(),
+                    "admin.address",
+                    format!(
+                        "invalid address {:?} (expected IP:PORT, e.g. \"127.0.0.1:8025\")",
+                        text.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
+
     let log = raw.log.unwrap_or(RawLog {
         level: None,
         format: None,
@@ -795,6 +853,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             retry,
             max_age,
             warn_after,
+            min_free_space,
         },
         dns: dns_config,
         plugins,
@@ -805,6 +864,10 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         },
         tls,
         auth,
+        admin: AdminConfig {
+            address: admin_address,
+            allow_remote,
+        },
     })
 }
 
@@ -1041,10 +1104,47 @@ mod tests {
     }
 
     #[test]
+    fn admin_and_free_space_keys() {
+        let base = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+        let config = load_str(base, "c.toml").unwrap();
+        assert_eq!(config.admin.address, None);
+        assert_eq!(config.queue.min_free_space, 256 << 20);
+
+        let text = format!(
+            "{base}[admin]\naddress = \"127.0.0.1:8025\"\n[queue]\nmin_free_space = \"1000TB\"\n"
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        assert_eq!(
+            config.admin.address.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:8025")
+        );
+        assert_eq!(config.queue.min_free_space, 1_000_000_000_000_000);
+
+        let text = format!("{base}[admin]\naddress = \"0.0.0.0:8025\"\n");
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:7:")
+                && err.contains("admin.address")
+                && err.contains("allow_remote"),
+            "{err}"
+        );
+        let text = format!("{base}[admin]\naddress = \"0.0.0.0:8025\"\nallow_remote = true\n");
+        assert!(load_str(&text, "c.toml").unwrap().admin.allow_remote);
+
+        let text = format!("{base}[admin]\nadress = \"127.0.0.1:1\"\n");
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("c.toml:7:") && err.contains("adress"), "{err}");
+        let text = format!("{base}[queue]\nmin_free_space = \"lots\"\n");
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("queue.min_free_space"), "{err}");
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(super::parse_size("64MiB").unwrap(), 64 << 20);
         assert_eq!(super::parse_size("10MB").unwrap(), 10_000_000);
         assert_eq!(super::parse_size("512").unwrap(), 512);
+        assert_eq!(super::parse_size("2TiB").unwrap(), 2 << 40);
         assert!(super::parse_size("5 parsecs").is_err());
     }
 

@@ -97,10 +97,10 @@ fn split_address(address: &str) -> (&str, &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn settings(routes: &[(&str, &str)]) -> DeliverySettings {
+    pub(crate) fn settings(routes: &[(&str, &str)]) -> DeliverySettings {
         DeliverySettings {
             hostname: "mx.test".into(),
             local_domains: vec!["local.test".into()],

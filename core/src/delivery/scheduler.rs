@@ -33,11 +33,27 @@ impl DeliveryHandle {
     pub fn enqueued(&self, id: QueueId) {
         let _ = self.tx.send(Event::Due(id));
     }
+
+    /// The operator asked to attempt this message now (flush, release). A
+    /// message whose attempt is running is not attempted a second time.
+    pub fn retry_now(&self, id: QueueId) {
+        let _ = self.tx.send(Event::RetryNow(id));
+    }
+
+    /// The operator asked to attempt every queued message now (held and
+    /// quarantined ones excepted).
+    pub fn retry_all(&self) {
+        let _ = self.tx.send(Event::RetryAll);
+    }
 }
 
 enum Event {
     Due(QueueId),
     Finished(QueueId, Option<u64>),
+    /// Operator's flush or release of one message.
+    RetryNow(QueueId),
+    /// Operator's flush of the whole queue.
+    RetryAll,
 }
 
 /// What every delivery attempt shares.
@@ -138,6 +154,28 @@ async fn run(
                     let _ = tx.send(Event::Finished(id, next));
                 });
             }
+            Some(Event::RetryNow(id)) => {
+                tracing::info!(queue_id = %id, "attempt requested by the operator");
+                // Through `Due`, which skips a message already running.
+                let _ = tx.send(Event::Due(id));
+            }
+            Some(Event::RetryAll) => match deliverer.spool.entries() {
+                Ok(entries) => {
+                    let due: Vec<QueueId> = entries
+                        .iter()
+                        .filter(|e| attemptable(e))
+                        .map(|e| e.id)
+                        .collect();
+                    tracing::info!(
+                        messages = due.len(),
+                        "queue flush requested by the operator"
+                    );
+                    for id in due {
+                        let _ = tx.send(Event::Due(id));
+                    }
+                }
+                Err(e) => tracing::error!("cannot read the queue for a flush: {e}"),
+            },
             Some(Event::Finished(id, next)) => {
                 running.remove(&id);
                 if let Some(at) = next {

@@ -494,6 +494,28 @@ impl Session {
             self.error(reply);
             return Ok(Flow::Continue);
         }
+        // Backpressure: with the spool's disk nearly full, new transactions
+        // are refused (the client retries later); mail already accepted is
+        // unaffected. The measurement is cached by the spool for a second.
+        let min_free = self.ctx.config.queue.min_free_space;
+        if min_free > 0 {
+            match self.ctx.spool.free_space() {
+                Ok(free) if free < min_free => {
+                    tracing::warn!(
+                        session = %self.info.id,
+                        free_bytes = free,
+                        min_free_space = min_free,
+                        "MAIL refused: too little free space for the spool"
+                    );
+                    self.reply(Reply::storage());
+                    return Ok(Flow::Continue);
+                }
+                Ok(_) => {}
+                // Not knowing is no reason to refuse mail: a write that
+                // then fails is still answered with a 4xx.
+                Err(e) => tracing::warn!(session = %self.info.id, "{e}"),
+            }
+        }
         if params
             .size
             .is_some_and(|size| size > self.ctx.config.server.max_message_size)
