@@ -9,9 +9,11 @@
 //! - the spool (crate `sluice-spool`): where accepted mail is kept durably
 //! - [`delivery`]: from the spool to Maildir or the next hop
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
+//! - [`authn`]: SPF, DKIM, DMARC and ARC for the plugins' `auth` interface
 //! - [`config`]: the TOML file, parsed and validated
 //! - [`cli`]: the `sluice` command line
 
+pub mod authn;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -77,7 +77,7 @@ impl Server {
             .max()
             .unwrap_or(64 << 20);
         let engine = PluginEngine::new(max_memory, Some(&data_dir.join("cache")))?;
-        let pipelines = PipelineSet::build(&engine, &config, &spool).await?;
+        let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
 
         let mut listeners = Vec::new();
         for listener in &config.listeners {

@@ -10,6 +10,7 @@ use sluice_spool::KvStore;
 use wasmtime::component::Component;
 use wasmtime::Store;
 
+use super::auth::SessionAuth;
 use super::bindings::{Filter, FilterPre};
 use super::engine::PluginEngine;
 use super::host::{HostServices, HostState};
@@ -111,12 +112,14 @@ impl Plugin {
         &self,
         session_id: &str,
         services: &Arc<HostServices>,
+        auth: &Arc<SessionAuth>,
     ) -> Result<LiveInstance, String> {
         let state = HostState::new(
             self.name.clone(),
             session_id.to_owned(),
             services.clone(),
             self.kv.clone(),
+            auth.clone(),
             self.memory,
         );
         let mut store = Store::new(self.pre.engine(), state);
