@@ -211,3 +211,24 @@ class Raw:
 
     def close(self):
         self.sock.close()
+
+
+@pytest.fixture
+def dns_zone():
+    """Starts a local authoritative DNS server (tests/e2e/dns_server.py) on
+    the records given, returns its port, and stops it after the test:
+    `port = dns_zone({"example.org": {"TXT": ["v=spf1 -all"]}})`. Each call
+    starts another server; `dns_zone.servers[-1]` is the last one started."""
+    from dns_server import DnsServer
+
+    servers = []
+
+    def start(records, port=0):
+        server = DnsServer(records, port=port).start()
+        servers.append(server)
+        return server.port
+
+    start.servers = servers
+    yield start
+    for server in servers:
+        server.stop()

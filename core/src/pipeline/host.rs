@@ -45,6 +45,10 @@ pub struct HostState {
     /// When the hook running now must have returned; checked on every epoch
     /// tick by the store's deadline callback.
     pub(crate) deadline: Instant,
+    /// Until when host calls of the running hook may wait (DNS,
+    /// authentication): four fifths of the hook's time, so the plugin keeps
+    /// the rest to answer however many calls it makes.
+    pub(crate) host_cutoff: Instant,
 }
 
 impl HostState {
@@ -76,15 +80,14 @@ impl HostState {
             kv,
             auth,
             deadline: Instant::now(),
+            host_cutoff: Instant::now(),
         }
     }
 
-    /// How long a host call may wait (DNS, authentication) and still leave
-    /// the plugin a fifth of its remaining time to answer: a host call is not
-    /// interrupted by the epoch deadline, so it must bound itself.
+    /// How long a host call may still wait: the epoch deadline does not
+    /// interrupt host code, so a host call must bound itself.
     fn call_budget(&self) -> Duration {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        remaining - remaining / 5
+        self.host_cutoff.saturating_duration_since(Instant::now())
     }
 
 }

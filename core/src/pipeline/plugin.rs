@@ -150,7 +150,10 @@ impl Plugin {
 
     /// Starts the deadline for the next call into this store.
     pub(crate) fn arm_deadline(&self, store: &mut Store<HostState>) {
-        store.data_mut().deadline = Instant::now() + self.timeout;
+        let now = Instant::now();
+        let state = store.data_mut();
+        state.deadline = now + self.timeout;
+        state.host_cutoff = now + self.timeout - self.timeout / 5;
         store.set_epoch_deadline(1);
     }
 
