@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
 venv="${SLUICE_VENV:-/var/tmp/sluice-venv}"
 
-if ! "$venv/bin/python" -c "import pytest, aiosmtpd" 2>/dev/null; then
-  python3 -m venv "$venv"
+if ! "$venv/bin/python" -c "import pytest, aiosmtpd, dnslib, dkim, nacl" 2>/dev/null; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/requirements.txt
 fi
 

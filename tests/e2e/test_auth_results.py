@@ -303,3 +303,62 @@ def test_forged_results_with_our_id_are_removed_others_kept(auth_server):
     assert b"forged" not in raw, raw
     assert values[0].startswith(f"{HOST}; spf=fail smtp.mailfrom=alice@pass.test"), values
     assert values[1:] == ["other.example; dkim=pass header.d=other.example"], values
+
+
+# --- The dns interface, as a plugin sees it -----------------------------------
+
+
+def test_plugin_dns_lookups_and_timeout(tmp_path, dns_zone):
+    from conftest import Server, fixture, free_port
+
+    dns_port = dns_zone(
+        {
+            "example.test": {"TXT": ["hello world", "x" * 300], "MX": [(10, "mx1.example.test"), (20, "mx2.example.test")]},
+            "mx1.example.test": {"A": ["127.0.0.9"], "AAAA": ["::9"]},
+            "77.2.0.192.in-addr.arpa": {"PTR": ["client.example.test"]},
+            "broken.test": SERVFAIL,
+            "silent.test": NO_ANSWER,
+        }
+    )
+    lookups = [
+        ["txt", "example.test"],
+        ["mx", "example.test"],
+        ["a", "mx1.example.test"],
+        ["aaaa", "mx1.example.test"],
+        ["a", "example.test"],
+        ["ptr", "192.0.2.77"],  # TEST-NET: hickory answers loopback PTRs itself
+        ["a", "missing.example.test"],
+        ["txt", "broken.test"],
+        ["txt", "silent.test"],
+        ["ptr", "not-an-ip"],
+    ]
+    port = free_port()
+    config = auth_config(port, tmp_path / "data", dns_port, plugin_timeout="2s", dns_timeout="10s")
+    config = config.replace('data = ["auth"]', 'data = ["lookups"]').replace('mail = ["auth"]', "")
+    config += f"""
+[plugins.lookups]
+path = "{fixture('fixture_dns')}"
+timeout = "2s"
+
+[plugins.lookups.config]
+lookups = {lookups!r}
+""".replace("'", '"')
+    server = Server(tmp_path, config).start(port)
+    try:
+        send(server, "alice@pass.test", "bob@localhost", message("alice@pass.test", "bob@localhost"))
+        msg = email.message_from_bytes(delivered(server, "bob")[0])
+        assert msg.get_all("X-Dns-Lookup") == [
+            "txt example.test ok hello world," + "x" * 300,
+            "mx example.test ok 10:mx1.example.test,20:mx2.example.test",
+            "a mx1.example.test ok 127.0.0.9",
+            "aaaa mx1.example.test ok ::9",
+            "a example.test ok",
+            "ptr 192.0.2.77 ok client.example.test",
+            "a missing.example.test nxdomain",
+            "txt broken.test temporary",
+            # Cut at the plugin's time, well before the resolver's 10 s.
+            "txt silent.test temporary",
+            "ptr not-an-ip invalid",
+        ], msg.get_all("X-Dns-Lookup")
+    finally:
+        server.stop()
