@@ -401,7 +401,10 @@ mod tests {
     #[test]
     fn mail_auth_dns_errors_are_temperror_for_spf() {
         // mail-auth turns a lookup error into an SPF result this way.
-        assert_eq!(spf_outcome(SpfResult::from(dns_failure())), Outcome::TempError);
+        assert_eq!(
+            spf_outcome(SpfResult::from(dns_failure())),
+            Outcome::TempError
+        );
         assert_eq!(
             spf_outcome(SpfResult::from(Error::Dns(DnsError::InvalidRecordType))),
             Outcome::None
@@ -417,7 +420,9 @@ mod tests {
             Outcome::Fail
         );
         assert_eq!(
-            dkim_outcome(&DkimResult::Neutral(Error::Dkim(DkimError::SignatureExpired))),
+            dkim_outcome(&DkimResult::Neutral(Error::Dkim(
+                DkimError::SignatureExpired
+            ))),
             Outcome::Neutral
         );
         assert_eq!(
@@ -448,7 +453,9 @@ mod tests {
             Outcome::Fail
         );
         assert_eq!(
-            arc_outcome(&DkimResult::Neutral(Error::Arc(ArcError::FailedBodyHashMatch))),
+            arc_outcome(&DkimResult::Neutral(Error::Arc(
+                ArcError::FailedBodyHashMatch
+            ))),
             Outcome::Fail
         );
         assert_eq!(

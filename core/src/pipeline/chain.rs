@@ -57,9 +57,7 @@ pub struct SessionFilters {
 impl SessionFilters {
     pub fn new(pipeline: Arc<Pipeline>, session_id: String) -> Self {
         let instances = (0..pipeline.plugins.len()).map(|_| None).collect();
-        let auth = Arc::new(SessionAuth::new(
-            pipeline.services.authenticator.clone(),
-        ));
+        let auth = Arc::new(SessionAuth::new(pipeline.services.authenticator.clone()));
         SessionFilters {
             pipeline,
             session_id,

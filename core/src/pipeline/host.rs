@@ -89,7 +89,6 @@ impl HostState {
     fn call_budget(&self) -> Duration {
         self.host_cutoff.saturating_duration_since(Instant::now())
     }
-
 }
 
 /// Runs one lookup within a call budget; running out of it is a temporary
@@ -206,10 +205,7 @@ impl dns::Host for HostState {
         Ok(answer.map(|ips| ips.iter().map(ToString::to_string).collect()))
     }
 
-    async fn aaaa(
-        &mut self,
-        name: String,
-    ) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+    async fn aaaa(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
         let dns = self.services.dns.clone();
         let answer = bounded(self.call_budget(), &name, dns.aaaa(&name)).await;
         Ok(answer.map(|ips| ips.iter().map(ToString::to_string).collect()))

@@ -396,7 +396,10 @@ mod tests {
     #[test]
     fn spf_fail_is_refused_at_mail_only_when_asked() {
         let fail = spf(AuthResult::Fail, "example.org");
-        assert_eq!(Config::default().mail_verdict(&fail, "1.2.3.4"), Verdict::Next);
+        assert_eq!(
+            Config::default().mail_verdict(&fail, "1.2.3.4"),
+            Verdict::Next
+        );
         let strict = Config {
             reject_spf_fail: true,
             ..Config::default()
@@ -438,20 +441,29 @@ mod tests {
             strict.mail_verdict(&temp, "ip"),
             Verdict::Tempfail(Some(Reply { code: 451, .. }))
         ));
-        let r = results(AuthResult::Pass, dmarc(AuthResult::Temperror, DmarcPolicy::None));
+        let r = results(
+            AuthResult::Pass,
+            dmarc(AuthResult::Temperror, DmarcPolicy::None),
+        );
         assert_eq!(Config::default().data_verdict(&r, "ip"), Verdict::Next);
         assert!(matches!(
             strict.data_verdict(&r, "ip"),
             Verdict::Tempfail(Some(Reply { code: 451, .. }))
         ));
         // DMARC passed on DKIM: the SPF temperror no longer matters.
-        let r = results(AuthResult::Temperror, dmarc(AuthResult::Pass, DmarcPolicy::Reject));
+        let r = results(
+            AuthResult::Temperror,
+            dmarc(AuthResult::Pass, DmarcPolicy::Reject),
+        );
         assert_eq!(strict.data_verdict(&r, "ip"), Verdict::Next);
     }
 
     #[test]
     fn dmarc_policies_are_honored_when_enabled() {
-        let reject = results(AuthResult::Fail, dmarc(AuthResult::Fail, DmarcPolicy::Reject));
+        let reject = results(
+            AuthResult::Fail,
+            dmarc(AuthResult::Fail, DmarcPolicy::Reject),
+        );
         match Config::default().data_verdict(&reject, "ip") {
             Verdict::Reject(Some(r)) => {
                 assert_eq!((r.code, r.enhanced.as_deref()), (550, Some("5.7.1")))
@@ -468,7 +480,10 @@ mod tests {
         ));
         let none = results(AuthResult::Fail, dmarc(AuthResult::Fail, DmarcPolicy::None));
         assert_eq!(Config::default().data_verdict(&none, "ip"), Verdict::Next);
-        let pass = results(AuthResult::Fail, dmarc(AuthResult::Pass, DmarcPolicy::Reject));
+        let pass = results(
+            AuthResult::Fail,
+            dmarc(AuthResult::Pass, DmarcPolicy::Reject),
+        );
         assert_eq!(Config::default().data_verdict(&pass, "ip"), Verdict::Next);
         let off = Config {
             dmarc_policy: false,
@@ -548,10 +563,22 @@ mod tests {
 
     #[test]
     fn authserv_ids_are_read_past_comments_and_quotes() {
-        assert_eq!(authserv_id("mx.example.test; spf=pass").as_deref(), Some("mx.example.test"));
-        assert_eq!(authserv_id("  (c (nested)) mx 1; none").as_deref(), Some("mx"));
-        assert_eq!(authserv_id("\"mx.ex\\\"q\"; none").as_deref(), Some("mx.ex\"q"));
-        assert_eq!(authserv_id("mx.example.test(c); none").as_deref(), Some("mx.example.test"));
+        assert_eq!(
+            authserv_id("mx.example.test; spf=pass").as_deref(),
+            Some("mx.example.test")
+        );
+        assert_eq!(
+            authserv_id("  (c (nested)) mx 1; none").as_deref(),
+            Some("mx")
+        );
+        assert_eq!(
+            authserv_id("\"mx.ex\\\"q\"; none").as_deref(),
+            Some("mx.ex\"q")
+        );
+        assert_eq!(
+            authserv_id("mx.example.test(c); none").as_deref(),
+            Some("mx.example.test")
+        );
         assert_eq!(authserv_id(""), None);
         assert_eq!(authserv_id("(unterminated"), None);
     }
@@ -561,14 +588,20 @@ mod tests {
         let headers = vec![
             ("Received".to_owned(), "from x".to_owned()),
             (HEADER.to_owned(), "other.example; spf=pass".to_owned()),
-            ("authentication-results".to_owned(), "MX.example.test; dkim=pass".to_owned()),
+            (
+                "authentication-results".to_owned(),
+                "MX.example.test; dkim=pass".to_owned(),
+            ),
             (HEADER.to_owned(), "third.example; dmarc=pass".to_owned()),
         ];
         let (remove, prepend) = forged_header_changes("mx.example.test", &headers);
         assert_eq!(remove, vec![HEADER.to_owned()]);
         assert_eq!(
             prepend,
-            vec!["other.example; spf=pass".to_owned(), "third.example; dmarc=pass".to_owned()]
+            vec![
+                "other.example; spf=pass".to_owned(),
+                "third.example; dmarc=pass".to_owned()
+            ]
         );
         let clean = vec![(HEADER.to_owned(), "other.example; spf=pass".to_owned())];
         assert_eq!(
