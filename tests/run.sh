@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
 venv="${SLUICE_VENV:-/var/tmp/sluice-venv}"
 
-if ! "$venv/bin/python" -c "import pytest, aiosmtpd, dnslib, dkim, nacl" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import pytest, aiosmtpd, dnslib, dkim, nacl, authres" 2>/dev/null; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/requirements.txt
 fi

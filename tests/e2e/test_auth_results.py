@@ -362,3 +362,24 @@ lookups = {lookups!r}
         ], msg.get_all("X-Dns-Lookup")
     finally:
         server.stop()
+
+
+def test_arc_set_from_a_forwarder_is_validated(auth_server, keys):
+    # A forwarder (forwarder.test) recorded its results and sealed them with
+    # ARC (dkimpy); a body changed after the seal breaks the chain.
+    zone = dkim_zone(keys)
+    zone["rsa2048._domainkey.forwarder.test"] = {"TXT": [keys["rsa_record"]]}
+    server = auth_server(zone)
+    data = message("alice@quiet.test", "bob@localhost")
+    data = b"Authentication-Results: forwarder.test; spf=pass smtp.mailfrom=alice@quiet.test\r\n" + data
+    heads = [b"from", b"to", b"subject", b"date", b"message-id"]
+    seal = dkim.arc_sign(data, b"rsa2048", b"forwarder.test", keys["rsa_private"], b"forwarder.test", include_headers=heads)
+    sealed = b"".join(seal) + data
+    send(server, "alice@pass.test", "bob@localhost", sealed)
+    value = ours(delivered(server, "bob")[0])
+    assert value.endswith("; arc=pass"), value
+
+    broken = sealed.replace(b"Hello.", b"Hello, changed after sealing.")
+    send(server, "alice@pass.test", "carol@localhost", broken)
+    value = ours(delivered(server, "carol")[0])
+    assert value.endswith("; arc=fail"), value
