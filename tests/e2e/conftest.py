@@ -223,8 +223,8 @@ def dns_zone():
 
     servers = []
 
-    def start(records, port=0):
-        server = DnsServer(records, port=port).start()
+    def start(records, port=0, ttl=60):
+        server = DnsServer(records, port=port, ttl=ttl).start()
         servers.append(server)
         return server.port
 

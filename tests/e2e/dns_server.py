@@ -19,8 +19,9 @@ names below it); any other name is NXDOMAIN. A CNAME is answered for every
 type and followed inside the zone. TXT strings longer than 255 octets are
 split into several character-strings, as DKIM keys need.
 
-The pytest fixture `dns_zone(records) -> port` (see conftest.py) starts one
-server per test and stops it afterwards; `DnsServer.queries` lists what was
+Answers carry a TTL of 60 s (`ttl=0` makes the resolver ask every time).
+The pytest fixture `dns_zone(records, ttl=60) -> port` (see conftest.py)
+starts one server per call and stops it after the test; `DnsServer.queries` lists what was
 asked, as (name, type) pairs.
 """
 import socket
@@ -44,9 +45,10 @@ def _txt_chunks(text):
 
 
 class _ZoneResolver:
-    def __init__(self, records, queries):
+    def __init__(self, records, queries, ttl):
         self.records = {_label(name): value for name, value in records.items()}
         self.queries = queries
+        self.ttl = ttl
         self.lock = threading.Lock()
 
     def _rdatas(self, rtype, values):
@@ -90,13 +92,13 @@ class _ZoneResolver:
                 return reply
             target = entry.get("CNAME")
             if target and qtype != "CNAME":
-                reply.add_answer(RR(owner, QTYPE.CNAME, rdata=CNAME(target), ttl=TTL))
+                reply.add_answer(RR(owner, QTYPE.CNAME, rdata=CNAME(target), ttl=self.ttl))
                 name, owner = _label(target), target
                 continue
             for rtype, values in entry.items():
                 if qtype in (rtype, "ANY"):
                     for rdata in self._rdatas(rtype, values):
-                        reply.add_answer(RR(owner, getattr(QTYPE, rtype), rdata=rdata, ttl=TTL))
+                        reply.add_answer(RR(owner, getattr(QTYPE, rtype), rdata=rdata, ttl=self.ttl))
             return reply
         reply.header.rcode = RCODE.SERVFAIL
         return reply
@@ -105,9 +107,9 @@ class _ZoneResolver:
 class DnsServer:
     """One zone served on 127.0.0.1:port over UDP and TCP."""
 
-    def __init__(self, records, port=0):
+    def __init__(self, records, port=0, ttl=TTL):
         self.queries = []
-        self.resolver = _ZoneResolver(records, self.queries)
+        self.resolver = _ZoneResolver(records, self.queries, ttl)
         self.requested_port = port
         self.port = None
         self.servers = []

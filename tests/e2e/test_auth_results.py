@@ -78,10 +78,10 @@ def auth_server(tmp_path, dns_zone):
 
     servers = []
 
-    def start(records, **kw):
-        dns_port = dns_zone(records)
+    def start(records, ttl=60, more_config=lambda text: text, **kw):
+        dns_port = dns_zone(records, ttl=ttl)
         port = free_port()
-        server = Server(tmp_path, auth_config(port, tmp_path / "data", dns_port, **kw))
+        server = Server(tmp_path, more_config(auth_config(port, tmp_path / "data", dns_port, **kw)))
         servers.append(server)
         return server.start(port)
 
@@ -383,3 +383,43 @@ def test_arc_set_from_a_forwarder_is_validated(auth_server, keys):
     send(server, "alice@pass.test", "carol@localhost", broken)
     value = ours(delivered(server, "carol")[0])
     assert value.endswith("; arc=fail"), value
+
+
+def test_results_are_computed_once_per_transaction_and_shared(auth_server, dns_zone):
+    # TTL 0: the resolver caches nothing, so every computation shows up in
+    # the DNS server's query log. Two plugins ask for SPF at MAIL and for
+    # everything at DATA; each transaction computes each result once.
+    def two_plugins(text):
+        text = text.replace('mail = ["auth"]', 'mail = ["auth", "auth2"]')
+        text = text.replace('data = ["auth"]', 'data = ["auth", "auth2"]')
+        return text + """
+[plugins.auth2]
+path = "builtin:auth"
+timeout = "10s"
+
+[plugins.auth2.config]
+reject_spf_fail = true
+"""
+
+    zone = spf_zone()
+    zone["_dmarc.pass.test"] = {"TXT": ["v=DMARC1; p=none"]}
+    server = auth_server(zone, ttl=0, more_config=two_plugins)
+    dns = dns_zone.servers[-1]
+    with smtplib.SMTP("127.0.0.1", server.port, source_address=(GOOD, 0), timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        assert smtp.mail("alice@pass.test")[0] == 250
+        # SPF was computed at MAIL: its own lookup plus mail-auth's.
+        assert dns.asked("pass.test", "TXT") == 2
+        assert dns.asked("_dmarc.pass.test") == 0
+        assert smtp.rcpt("bob@localhost")[0] == 250
+        assert smtp.data(message("alice@pass.test", "bob@localhost"))[0] == 250
+        assert dns.asked("pass.test", "TXT") == 2
+        assert dns.asked("_dmarc.pass.test", "TXT") == 1
+        # A new transaction computes again.
+        smtp.rset()
+        assert smtp.mail("alice@pass.test")[0] == 250
+        assert dns.asked("pass.test", "TXT") == 4
+    raw = delivered(server, "bob")[0]
+    values = [v for v in auth_results(raw) if v.startswith(HOST)]
+    assert len(values) == 2 and values[0] == values[1], values
+    assert "spf=pass" in values[0] and "dmarc=pass (p=none)" in values[0], values
