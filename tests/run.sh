@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The test command: unit tests of every crate (the plugins' too), then the
 # end-to-end suite driving the real binary with real SMTP peers. Installs
-# what is missing (a Python venv with pytest and aiosmtpd) and nothing else.
+# what is missing (a Python venv with tests/requirements.txt) and nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
 venv="${SLUICE_VENV:-/var/tmp/sluice-venv}"
 
-if ! "$venv/bin/python" -c "import pytest, aiosmtpd" 2>/dev/null; then
-  python3 -m venv "$venv"
+# The venv is rebuilt whenever tests/requirements.txt changes.
+if ! cmp -s tests/requirements.txt "$venv/requirements.txt"; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/requirements.txt
+  cp tests/requirements.txt "$venv/requirements.txt"
 fi
 
 echo "== cargo test (workspace)"

@@ -100,7 +100,7 @@ impl Server {
             .max()
             .unwrap_or(64 << 20);
         let engine = PluginEngine::new(max_memory, Some(&data_dir.join("cache")))?;
-        let pipelines = PipelineSet::build(&engine, &config, &spool).await?;
+        let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
 
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
         let mut listeners = Vec::new();

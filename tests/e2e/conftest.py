@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from dnszone import dns_zone  # noqa: F401  (a fixture for every test)
 
 BIN = os.environ.get("SLUICE_BIN", "/var/tmp/sluice-target/debug/sluice")
 PLUGIN_DIR = Path(os.environ.get("SLUICE_PLUGIN_DIR", "/var/tmp/sluice-target/plugins/wasm32-wasip2/release"))
@@ -271,3 +270,24 @@ class Raw:
 
     def close(self):
         self.sock.close()
+
+
+@pytest.fixture
+def dns_zone():
+    """Starts a local authoritative DNS server (tests/e2e/dns_server.py) on
+    the records given, returns its port, and stops it after the test:
+    `port = dns_zone({"example.org": {"TXT": ["v=spf1 -all"]}})`. Each call
+    starts another server; `dns_zone.servers[-1]` is the last one started."""
+    from dns_server import DnsServer
+
+    servers = []
+
+    def start(records, port=0, ttl=60):
+        server = DnsServer(records, port=port, ttl=ttl).start()
+        servers.append(server)
+        return server.port
+
+    start.servers = servers
+    yield start
+    for server in servers:
+        server.stop()

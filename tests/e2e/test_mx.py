@@ -8,31 +8,32 @@ import time
 
 import pytest
 from conftest import Refuser, Server, Sink, config, free_port
+from dns_server import SERVFAIL
 
-ZONE = [
+ZONE = {
     # Two MX hosts; the less preferred one is reached through a CNAME.
-    "example.net. 60 IN MX 10 mx1.example.net.",
-    "example.net. 60 IN MX 20 mx2.example.net.",
-    "mx1.example.net. 60 IN A 127.0.0.10",
-    "mx2.example.net. 60 IN CNAME relay.example.net.",
-    "relay.example.net. 60 IN A 127.0.0.11",
+    "example.net": {"MX": [(10, "mx1.example.net"), (20, "mx2.example.net")]},
+    "mx1.example.net": {"A": ["127.0.0.10"]},
+    "mx2.example.net": {"CNAME": "relay.example.net"},
+    "relay.example.net": {"A": ["127.0.0.11"]},
     # No MX: the domain's own address is the mail host.
-    "implicit.test. 60 IN A 127.0.0.12",
+    "implicit.test": {"A": ["127.0.0.12"]},
     # RFC 7505 null MX.
-    "nullmx.test. 60 IN MX 0 .",
-    "nullmx.test. 60 IN A 127.0.0.13",
-]
+    "nullmx.test": {"MX": [(0, ".")], "A": ["127.0.0.13"]},
+}
 
 MESSAGE = b"From: alice@localhost\r\nTo: bob@example.net\r\nSubject: routed\r\nMessage-ID: <routed@localhost>\r\n\r\nhello\r\n"
 
 
 def start(sluice_factory, tmp_path, zone, smtp_port, queue_extra="", servfail=()):
-    dns = zone(ZONE, servfail=servfail)
+    records = dict(ZONE)
+    records.update({name: SERVFAIL for name in servfail})
+    dns_port = zone(records)
     port = free_port()
     text = config(
         port,
         tmp_path / "data",
-        extra=f"{queue_extra}\n[dns]\nnameservers = [\"{dns.address}\"]\ntimeout = \"2s\"\n"
+        extra=f"{queue_extra}\n[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\ntimeout = \"2s\"\n"
         f"[delivery]\nsmtp_port = {smtp_port}\n",
     )
     server = Server(tmp_path, text)
@@ -172,13 +173,13 @@ def test_unknown_domain_bounces_and_servfail_defers(servers, tmp_path, dns_zone)
 
 
 def test_mx_pointing_back_at_this_server_is_a_loop(servers, tmp_path, dns_zone):
-    dns = dns_zone(["loop.test. 60 IN MX 10 self.loop.test.", "self.loop.test. 60 IN A 127.0.0.1"])
+    dns_port = dns_zone({"loop.test": {"MX": [(10, "self.loop.test")]}, "self.loop.test": {"A": ["127.0.0.1"]}})
     port = free_port()
     # Its own listener is where MX delivery would go: a loop.
     text = config(
         port,
         tmp_path / "data",
-        extra=f"[dns]\nnameservers = [\"{dns.address}\"]\n[delivery]\nsmtp_port = {port}\n",
+        extra=f"[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n[delivery]\nsmtp_port = {port}\n",
     )
     server = Server(tmp_path, text)
     servers.append(server)

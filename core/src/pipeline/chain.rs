@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Resource;
 
+use super::auth::SessionAuth;
 use super::bindings::wit_types as wit;
 use super::message::MessageResource;
 use super::plugin::{describe_error, LiveInstance, Plugin};
@@ -48,15 +49,20 @@ pub struct SessionFilters {
     /// One slot per plugin of the pipeline; filled on first use, emptied
     /// after a fault (a trapped instance must not be entered again).
     instances: Vec<Option<LiveInstance>>,
+    /// SPF/DKIM/DMARC/ARC of the current transaction, shared by the
+    /// session's plugins.
+    auth: Arc<SessionAuth>,
 }
 
 impl SessionFilters {
     pub fn new(pipeline: Arc<Pipeline>, session_id: String) -> Self {
         let instances = (0..pipeline.plugins.len()).map(|_| None).collect();
+        let auth = Arc::new(SessionAuth::new(pipeline.services.authenticator.clone()));
         SessionFilters {
             pipeline,
             session_id,
             instances,
+            auth,
         }
     }
 
@@ -77,6 +83,7 @@ impl SessionFilters {
     async fn run_chain(&mut self, info: &SessionInfo, arg: HookArg<'_>) -> DataOutcome {
         let stage = arg.stage();
         let pipeline = self.pipeline.clone();
+        self.auth.enter(info, &arg).await;
         let mut allowed = false;
         let mut modifications = Vec::new();
         for &index in pipeline.stage(stage) {
@@ -170,7 +177,7 @@ impl SessionFilters {
             Some(live) => live,
             None => {
                 plugin
-                    .instantiate(&self.session_id, &self.pipeline.services)
+                    .instantiate(&self.session_id, &self.pipeline.services, &self.auth)
                     .await?
             }
         };

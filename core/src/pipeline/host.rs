@@ -4,23 +4,31 @@
 //! nothing here touches a socket or the SMTP session.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_spool::KvStore;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::auth::SessionAuth;
 use super::bindings::sluice::filter::{auth, dns, host, kv, mail, types};
 use super::message::MessageResource;
+use crate::authn::{self, Authenticator};
+use crate::dns::{Dns, LookupError};
 
 /// What every plugin instance of a server shares.
-#[derive(Debug)]
 pub struct HostServices {
     pub hostname: String,
     /// Lower-cased local domains.
     pub local_domains: HashSet<String>,
+    /// The server's resolver, for the `dns` interface.
+    pub dns: Dns,
+    /// SPF/DKIM/DMARC/ARC over that resolver, for the `auth` interface.
+    pub authenticator: Authenticator,
 }
 
 /// The data of one plugin instance's store.
@@ -32,9 +40,15 @@ pub struct HostState {
     pub(crate) session_id: String,
     pub(crate) services: Arc<HostServices>,
     pub(crate) kv: KvStore,
+    /// The session's authentication results, shared with its other plugins.
+    pub(crate) auth: Arc<SessionAuth>,
     /// When the hook running now must have returned; checked on every epoch
     /// tick by the store's deadline callback.
     pub(crate) deadline: Instant,
+    /// Until when host calls of the running hook may wait (DNS,
+    /// authentication): four fifths of the hook's time, so the plugin keeps
+    /// the rest to answer however many calls it makes.
+    pub(crate) host_cutoff: Instant,
 }
 
 impl HostState {
@@ -43,6 +57,7 @@ impl HostState {
         session_id: String,
         services: Arc<HostServices>,
         kv: KvStore,
+        auth: Arc<SessionAuth>,
         memory_limit: usize,
     ) -> Self {
         // No preopened directories, no environment, no arguments, no network:
@@ -63,8 +78,40 @@ impl HostState {
             session_id,
             services,
             kv,
+            auth,
             deadline: Instant::now(),
+            host_cutoff: Instant::now(),
         }
+    }
+
+    /// How long a host call may still wait: the epoch deadline does not
+    /// interrupt host code, so a host call must bound itself.
+    fn call_budget(&self) -> Duration {
+        self.host_cutoff.saturating_duration_since(Instant::now())
+    }
+}
+
+/// Runs one lookup within a call budget; running out of it is a temporary
+/// failure like any other timeout.
+async fn bounded<T>(
+    budget: Duration,
+    name: &str,
+    lookup: impl Future<Output = Result<T, LookupError>>,
+) -> Result<T, dns::DnsError> {
+    match tokio::time::timeout(budget, lookup).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(wit_dns_error(e)),
+        Err(_) => Err(dns::DnsError::Temporary(format!(
+            "{name}: no answer within the plugin's time"
+        ))),
+    }
+}
+
+fn wit_dns_error(error: LookupError) -> dns::DnsError {
+    match error {
+        LookupError::NxDomain(_) => dns::DnsError::Nxdomain,
+        e @ LookupError::Temporary { .. } => dns::DnsError::Temporary(e.to_string()),
+        e @ LookupError::InvalidName(_) => dns::DnsError::Invalid(e.to_string()),
     }
 }
 
@@ -146,64 +193,117 @@ impl kv::Host for HostState {
     }
 }
 
-/// DNS answers until the resolver is wired in: every lookup is a temporary
-/// failure, so a plugin can never mistake "not looked up" for "no record".
-fn dns_unavailable<T>() -> wasmtime::Result<Result<T, dns::DnsError>> {
-    Ok(Err(dns::DnsError::Temporary(
-        "DNS lookups are not configured on this server".to_owned(),
-    )))
-}
-
 impl dns::Host for HostState {
-    async fn txt(&mut self, _name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
-        dns_unavailable()
+    async fn txt(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        let dns = self.services.dns.clone();
+        Ok(bounded(self.call_budget(), &name, dns.txt(&name)).await)
     }
-    async fn a(&mut self, _name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
-        dns_unavailable()
+
+    async fn a(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        let dns = self.services.dns.clone();
+        let answer = bounded(self.call_budget(), &name, dns.a(&name)).await;
+        Ok(answer.map(|ips| ips.iter().map(ToString::to_string).collect()))
     }
-    async fn aaaa(
-        &mut self,
-        _name: String,
-    ) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
-        dns_unavailable()
+
+    async fn aaaa(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        let dns = self.services.dns.clone();
+        let answer = bounded(self.call_budget(), &name, dns.aaaa(&name)).await;
+        Ok(answer.map(|ips| ips.iter().map(ToString::to_string).collect()))
     }
+
     async fn mx(
         &mut self,
-        _name: String,
+        name: String,
     ) -> wasmtime::Result<Result<Vec<dns::MxRecord>, dns::DnsError>> {
-        dns_unavailable()
+        let dns = self.services.dns.clone();
+        let answer = bounded(self.call_budget(), &name, dns.mx(&name)).await;
+        Ok(answer.map(|records| {
+            records
+                .into_iter()
+                .map(|mx| dns::MxRecord {
+                    preference: mx.preference,
+                    exchange: mx.exchange,
+                })
+                .collect()
+        }))
     }
-    async fn ptr(&mut self, _ip: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
-        dns_unavailable()
+
+    async fn ptr(&mut self, ip: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        let Ok(address) = ip.trim().parse::<IpAddr>() else {
+            return Ok(Err(dns::DnsError::Invalid(format!(
+                "{ip:?} is not an IP address"
+            ))));
+        };
+        let dns = self.services.dns.clone();
+        Ok(bounded(self.call_budget(), &ip, dns.ptr(address)).await)
     }
 }
 
-/// Sender authentication is computed by the auth service; until a
-/// transaction has results, every check reports `temperror`, never a pass or
-/// fail it did not establish.
+/// Sender authentication, computed by the session's [`SessionAuth`] on the
+/// first ask and shared by every plugin of the transaction.
 impl auth::Host for HostState {
     async fn spf_mail_from(&mut self) -> wasmtime::Result<auth::SpfResult> {
-        Ok(auth::SpfResult {
-            outcome: auth::AuthResult::Temperror,
-            domain: String::new(),
-            explanation: Some("SPF is not evaluated on this server".to_owned()),
-        })
+        let budget = self.call_budget();
+        Ok(wit_spf(self.auth.spf_mail_from(budget).await))
     }
+
     async fn spf_helo(&mut self) -> wasmtime::Result<auth::SpfResult> {
-        self.spf_mail_from().await
+        let budget = self.call_budget();
+        Ok(wit_spf(self.auth.spf_helo(budget).await))
     }
+
     async fn dkim(&mut self) -> wasmtime::Result<Vec<auth::DkimResult>> {
-        Ok(Vec::new())
+        let budget = self.call_budget();
+        Ok(self
+            .auth
+            .dkim(budget)
+            .await
+            .into_iter()
+            .map(|d| auth::DkimResult {
+                outcome: wit_outcome(d.outcome),
+                domain: d.domain,
+                selector: d.selector,
+            })
+            .collect())
     }
+
     async fn dmarc(&mut self) -> wasmtime::Result<auth::DmarcResult> {
+        let budget = self.call_budget();
+        let dmarc = self.auth.dmarc(budget).await;
         Ok(auth::DmarcResult {
-            outcome: auth::AuthResult::Temperror,
-            header_from: String::new(),
-            policy: auth::DmarcPolicy::None,
+            outcome: wit_outcome(dmarc.outcome),
+            header_from: dmarc.header_from,
+            policy: match dmarc.policy {
+                authn::DmarcPolicy::None => auth::DmarcPolicy::None,
+                authn::DmarcPolicy::Quarantine => auth::DmarcPolicy::Quarantine,
+                authn::DmarcPolicy::Reject => auth::DmarcPolicy::Reject,
+            },
         })
     }
+
     async fn arc(&mut self) -> wasmtime::Result<auth::AuthResult> {
-        Ok(auth::AuthResult::Temperror)
+        let budget = self.call_budget();
+        Ok(wit_outcome(self.auth.arc(budget).await))
+    }
+}
+
+fn wit_outcome(outcome: authn::Outcome) -> auth::AuthResult {
+    match outcome {
+        authn::Outcome::None => auth::AuthResult::None,
+        authn::Outcome::Pass => auth::AuthResult::Pass,
+        authn::Outcome::Fail => auth::AuthResult::Fail,
+        authn::Outcome::SoftFail => auth::AuthResult::Softfail,
+        authn::Outcome::Neutral => auth::AuthResult::Neutral,
+        authn::Outcome::TempError => auth::AuthResult::Temperror,
+        authn::Outcome::PermError => auth::AuthResult::Permerror,
+    }
+}
+
+fn wit_spf(check: authn::SpfCheck) -> auth::SpfResult {
+    auth::SpfResult {
+        outcome: wit_outcome(check.outcome),
+        domain: check.domain,
+        explanation: check.explanation,
     }
 }
 

@@ -5,6 +5,7 @@
 //! - `plugin`: one configured plugin, compiled and pre-instantiated
 //! - `chain`: a session's lazily created instances and the verdict fold
 //! - `host`: the imports plugins call (log, kv, dns, auth, message)
+//! - `auth`: a session's SPF/DKIM/DMARC/ARC results, computed on first ask
 //! - `message`: the message resource of the data stage
 //! - `verdict`, `session`: the host-side types the rest of sluice uses
 //! - `bindings`: the one `bindgen!`; its types never leave this module
@@ -13,6 +14,7 @@
 //! each plugin once to validate its configuration) before it serves, so a
 //! bad plugin or plugin config fails the start or the reload, not a session.
 
+pub mod auth;
 mod bindings;
 pub mod chain;
 pub mod engine;
@@ -35,7 +37,9 @@ pub use plugin::{builtin_names, Plugin};
 pub use session::{MailboxArg, SessionInfo, TlsInfo};
 pub use verdict::{DataOutcome, Modification, Stage, StageOutcome};
 
+use crate::authn::Authenticator;
 use crate::config::Config;
+use crate::dns::Dns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -104,14 +108,18 @@ pub struct PipelineSet {
 impl PipelineSet {
     /// Compiles every plugin the config declares, validates each one's
     /// configuration through its `init`, and assembles the pipelines.
+    /// Plugins look names up and authenticate senders through `dns`.
     pub async fn build(
         engine: &PluginEngine,
         config: &Config,
         spool: &Spool,
+        dns: &Dns,
     ) -> Result<PipelineSet, PipelineError> {
         let services = Arc::new(HostServices {
             hostname: config.server.hostname.clone(),
             local_domains: config.domains.local.iter().cloned().collect(),
+            dns: dns.clone(),
+            authenticator: Authenticator::new(dns, &config.server.hostname),
         });
         let mut plugins: BTreeMap<&str, Arc<Plugin>> = BTreeMap::new();
         for (name, plugin_config) in &config.plugins {
@@ -119,8 +127,9 @@ impl PipelineSet {
             let plugin = Plugin::load(engine, plugin_config, kv)?;
             // One throwaway instance proves the component instantiates and
             // accepts its configuration before any session depends on it.
+            let auth = Arc::new(auth::SessionAuth::new(services.authenticator.clone()));
             plugin
-                .instantiate("validate", &services)
+                .instantiate("validate", &services, &auth)
                 .await
                 .map_err(|message| PipelineError::Init {
                     plugin: name.clone(),

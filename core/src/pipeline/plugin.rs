@@ -10,6 +10,7 @@ use sluice_spool::KvStore;
 use wasmtime::component::Component;
 use wasmtime::Store;
 
+use super::auth::SessionAuth;
 use super::bindings::{Filter, FilterPre};
 use super::engine::PluginEngine;
 use super::host::{HostServices, HostState};
@@ -111,12 +112,14 @@ impl Plugin {
         &self,
         session_id: &str,
         services: &Arc<HostServices>,
+        auth: &Arc<SessionAuth>,
     ) -> Result<LiveInstance, String> {
         let state = HostState::new(
             self.name.clone(),
             session_id.to_owned(),
             services.clone(),
             self.kv.clone(),
+            auth.clone(),
             self.memory,
         );
         let mut store = Store::new(self.pre.engine(), state);
@@ -147,7 +150,10 @@ impl Plugin {
 
     /// Starts the deadline for the next call into this store.
     pub(crate) fn arm_deadline(&self, store: &mut Store<HostState>) {
-        store.data_mut().deadline = Instant::now() + self.timeout;
+        let now = Instant::now();
+        let state = store.data_mut();
+        state.deadline = now + self.timeout;
+        state.host_cutoff = now + self.timeout - self.timeout / 5;
         store.set_epoch_deadline(1);
     }
 

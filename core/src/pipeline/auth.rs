@@ -1,0 +1,217 @@
+//! Sender authentication as one session's plugins see it: the identities of
+//! the current transaction (client IP, HELO, MAIL FROM, message), and the
+//! SPF, DKIM, DMARC and ARC results computed from them by [`crate::authn`]
+//! the first time a plugin asks, then shared by every plugin of the session
+//! until the transaction ends (HELO, MAIL or a new connection).
+//!
+//! The chain calls [`SessionAuth::enter`] before each stage; the host's
+//! `auth` imports call the getters, each bounded by the calling plugin's
+//! remaining time. A computation cut short by that bound is not cached: the
+//! next ask starts again, and finds the answers the resolver already cached.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::chain::HookArg;
+use super::session::SessionInfo;
+use crate::authn::{Authenticator, DkimCheck, DmarcCheck, MessageChecks, Outcome, SpfCheck};
+
+/// Why a check gave no result: it ran out of the caller's time.
+const UNFINISHED: &str = "DNS lookups did not finish within the plugin's time";
+
+/// One session's authentication state, shared by its plugin instances.
+pub struct SessionAuth {
+    authenticator: Authenticator,
+    transaction: Mutex<Transaction>,
+}
+
+/// The identities of the current transaction and what was computed so far.
+#[derive(Default)]
+struct Transaction {
+    client_ip: Option<IpAddr>,
+    helo: Option<String>,
+    /// `local@domain`; "" for the null reverse-path; None before MAIL.
+    reverse_path: Option<String>,
+    /// The received message, during the data stage.
+    message: Option<Arc<[u8]>>,
+    spf_helo: Option<SpfCheck>,
+    spf_mail_from: Option<SpfCheck>,
+    message_checks: Option<MessageChecks>,
+}
+
+impl SessionAuth {
+    pub fn new(authenticator: Authenticator) -> Self {
+        SessionAuth {
+            authenticator,
+            transaction: Mutex::new(Transaction::default()),
+        }
+    }
+
+    /// Takes the identities a stage knows; HELO, MAIL and a new message
+    /// start over what depends on them.
+    pub async fn enter(&self, info: &SessionInfo, arg: &HookArg<'_>) {
+        let mut tx = self.transaction.lock().await;
+        if tx.client_ip != Some(info.client_ip) {
+            *tx = Transaction {
+                client_ip: Some(info.client_ip),
+                ..Transaction::default()
+            };
+        }
+        match arg {
+            HookArg::Connect => {}
+            HookArg::Helo(helo) => {
+                *tx = Transaction {
+                    client_ip: Some(info.client_ip),
+                    helo: Some((*helo).to_owned()),
+                    ..Transaction::default()
+                };
+            }
+            HookArg::Mail(path) => {
+                sync_helo(&mut tx, info);
+                tx.reverse_path = Some(path.map_or_else(String::new, |m| {
+                    if m.domain.is_empty() {
+                        m.local_part.clone()
+                    } else {
+                        format!("{}@{}", m.local_part, m.domain)
+                    }
+                }));
+                tx.spf_mail_from = None;
+                tx.message = None;
+                tx.message_checks = None;
+            }
+            HookArg::Rcpt(_) => sync_helo(&mut tx, info),
+            HookArg::Data(bytes) => {
+                sync_helo(&mut tx, info);
+                let same = tx.message.as_ref().is_some_and(|m| Arc::ptr_eq(m, bytes));
+                if !same {
+                    tx.message = Some(Arc::clone(bytes));
+                    tx.message_checks = None;
+                }
+            }
+        }
+    }
+
+    /// SPF for the HELO identity; `none` before HELO.
+    pub async fn spf_helo(&self, budget: Duration) -> SpfCheck {
+        let mut tx = self.transaction.lock().await;
+        self.spf_helo_locked(&mut tx, budget).await
+    }
+
+    /// SPF for the MAIL FROM identity (the HELO identity for `<>`); `none`
+    /// before MAIL.
+    pub async fn spf_mail_from(&self, budget: Duration) -> SpfCheck {
+        let mut tx = self.transaction.lock().await;
+        self.spf_mail_from_locked(&mut tx, budget).await
+    }
+
+    /// One result per DKIM signature; empty outside the data stage.
+    pub async fn dkim(&self, budget: Duration) -> Vec<DkimCheck> {
+        self.message_checks(budget)
+            .await
+            .map(|c| c.dkim)
+            .unwrap_or_default()
+    }
+
+    /// DMARC for the RFC5322.From domain; `none` outside the data stage.
+    pub async fn dmarc(&self, budget: Duration) -> DmarcCheck {
+        self.message_checks(budget)
+            .await
+            .map(|c| c.dmarc)
+            .unwrap_or(DmarcCheck {
+                outcome: Outcome::None,
+                header_from: String::new(),
+                policy: crate::authn::DmarcPolicy::None,
+            })
+    }
+
+    /// ARC chain validation; `none` outside the data stage.
+    pub async fn arc(&self, budget: Duration) -> Outcome {
+        self.message_checks(budget)
+            .await
+            .map_or(Outcome::None, |c| c.arc)
+    }
+
+    async fn spf_helo_locked(&self, tx: &mut Transaction, budget: Duration) -> SpfCheck {
+        if let Some(done) = &tx.spf_helo {
+            return done.clone();
+        }
+        let (Some(ip), Some(helo)) = (tx.client_ip, tx.helo.clone()) else {
+            return SpfCheck::new(Outcome::None, "", Some("no HELO yet".to_owned()));
+        };
+        match tokio::time::timeout(budget, self.authenticator.spf_helo(ip, &helo)).await {
+            Ok(check) => {
+                tx.spf_helo = Some(check.clone());
+                check
+            }
+            Err(_) => SpfCheck::new(Outcome::TempError, &helo, Some(UNFINISHED.to_owned())),
+        }
+    }
+
+    async fn spf_mail_from_locked(&self, tx: &mut Transaction, budget: Duration) -> SpfCheck {
+        if let Some(done) = &tx.spf_mail_from {
+            return done.clone();
+        }
+        let Some(sender) = tx.reverse_path.clone() else {
+            return SpfCheck::new(Outcome::None, "", Some("no MAIL FROM yet".to_owned()));
+        };
+        // RFC 7208 §2.4: for the null reverse-path the MAIL FROM identity is
+        // postmaster@HELO, the very check of the HELO identity.
+        if sender.is_empty() {
+            let check = self.spf_helo_locked(tx, budget).await;
+            if tx.spf_helo.is_some() {
+                tx.spf_mail_from = Some(check.clone());
+            }
+            return check;
+        }
+        let (Some(ip), Some(helo)) = (tx.client_ip, tx.helo.clone()) else {
+            return SpfCheck::new(Outcome::None, "", Some("no HELO yet".to_owned()));
+        };
+        let domain = sender.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+        let check = self.authenticator.spf_mail_from(ip, &helo, &sender);
+        match tokio::time::timeout(budget, check).await {
+            Ok(check) => {
+                tx.spf_mail_from = Some(check.clone());
+                check
+            }
+            Err(_) => SpfCheck::new(Outcome::TempError, &domain, Some(UNFINISHED.to_owned())),
+        }
+    }
+
+    /// DKIM, DMARC and ARC, computed together on the first ask: DMARC needs
+    /// the DKIM results and the SPF one, and all of them one parse of the
+    /// message. None outside the data stage.
+    async fn message_checks(&self, budget: Duration) -> Option<MessageChecks> {
+        let started = tokio::time::Instant::now();
+        let mut tx = self.transaction.lock().await;
+        if let Some(done) = &tx.message_checks {
+            return Some(done.clone());
+        }
+        let message = tx.message.clone()?;
+        let spf = self.spf_mail_from_locked(&mut tx, budget).await;
+        let left = budget.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.authenticator.message(&message, &spf)).await {
+            Ok(checks) if tx.spf_mail_from.is_some() => {
+                tx.message_checks = Some(checks.clone());
+                Some(checks)
+            }
+            // DMARC ran on an SPF result cut short: right for this caller,
+            // not to be kept.
+            Ok(checks) => Some(checks),
+            Err(_) => Some(MessageChecks::unfinished(&message)),
+        }
+    }
+}
+
+/// Fills what the session record knows and no earlier hook of this
+/// transaction told us.
+fn sync_helo(tx: &mut Transaction, info: &SessionInfo) {
+    if tx.helo.is_none() {
+        tx.helo.clone_from(&info.helo);
+    }
+    if tx.reverse_path.is_none() {
+        tx.reverse_path.clone_from(&info.reverse_path);
+    }
+}

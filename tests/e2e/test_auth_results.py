@@ -1,0 +1,425 @@
+"""builtin:auth end to end: SPF, DKIM, DMARC through the real server, a local
+authoritative DNS server (dns_server.py) and messages signed with dkimpy;
+the results are read back from the Authentication-Results header of the
+delivered message."""
+import base64
+import email
+import shutil
+import smtplib
+import subprocess
+import time
+
+import dkim
+import nacl.signing
+import pytest
+
+from dns_server import NO_ANSWER, SERVFAIL
+
+HOST = "mx.example.test"
+
+# Client addresses: 127.0.0.2 is the designated sender, 127.0.0.3 is not.
+GOOD, BAD = "127.0.0.2", "127.0.0.3"
+
+
+def spf_zone():
+    return {
+        "pass.test": {"TXT": [f"v=spf1 ip4:{GOOD} -all"]},
+        "softfail.test": {"TXT": [f"v=spf1 ip4:{GOOD} ~all"]},
+        "nospf.test": {"A": [GOOD], "TXT": ["some-site-verification=1"]},
+        "broken.test": SERVFAIL,
+        "silent.test": NO_ANSWER,
+        "two.test": {"TXT": [f"v=spf1 ip4:{GOOD} -all", "v=spf1 -all"]},
+        "helo.test": {"TXT": [f"v=spf1 ip4:{GOOD} -all"]},
+    }
+
+
+def auth_config(port, data, dns_port, auth="", plugin_timeout="10s", dns_timeout="2s"):
+    return f"""
+[server]
+hostname = "{HOST}"
+data_dir = "{data}"
+
+[domains]
+local = ["localhost"]
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:{port}"
+pipeline = "inbound"
+
+[pipeline.inbound]
+mail = ["auth"]
+rcpt = ["relay"]
+data = ["auth"]
+
+[plugins.relay]
+path = "builtin:relay"
+
+[plugins.auth]
+path = "builtin:auth"
+timeout = "{plugin_timeout}"
+
+[plugins.auth.config]
+{auth}
+
+[dns]
+nameservers = ["127.0.0.1:{dns_port}"]
+timeout = "{dns_timeout}"
+attempts = 1
+
+[queue]
+retry = ["1s"]
+"""
+
+
+@pytest.fixture
+def auth_server(tmp_path, dns_zone):
+    from conftest import Server, free_port
+
+    servers = []
+
+    def start(records, ttl=60, more_config=lambda text: text, **kw):
+        dns_port = dns_zone(records, ttl=ttl)
+        port = free_port()
+        server = Server(tmp_path, more_config(auth_config(port, tmp_path / "data", dns_port, **kw)))
+        servers.append(server)
+        return server.start(port)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def message(sender, rcpt, extra_headers=b"", body=b"Hello.\r\n"):
+    return (
+        b"From: " + sender.encode() + b"\r\n"
+        b"To: " + rcpt.encode() + b"\r\n"
+        b"Subject: auth test\r\n"
+        b"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        b"Message-ID: <" + str(time.monotonic_ns()).encode() + b"@test>\r\n"
+        + extra_headers + b"\r\n" + body
+    )
+
+
+def send(server, sender, rcpt, data, source=GOOD, helo="client.test"):
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname=helo, source_address=(source, 0), timeout=30) as smtp:
+        smtp.sendmail(sender, [rcpt], data)
+
+
+def delivered(server, local, count=1, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        files = server.maildir(local)
+        if len(files) >= count:
+            return [f.read_bytes() for f in files]
+        time.sleep(0.1)
+    raise AssertionError(f"{count} message(s) for {local} not delivered; log:\n{server.log.read_text()}")
+
+
+def auth_results(raw):
+    """Every Authentication-Results value of a message, unfolded, in order."""
+    msg = email.message_from_bytes(raw)
+    return [" ".join(v.split()) for v in msg.get_all("Authentication-Results", [])]
+
+
+def ours(raw):
+    mine = [v for v in auth_results(raw) if v.split(";")[0].strip().lower() == HOST]
+    assert len(mine) == 1, auth_results(raw)
+    return mine[0]
+
+
+@pytest.mark.parametrize(
+    "sender, source, expected",
+    [
+        ("alice@pass.test", GOOD, "spf=pass smtp.mailfrom=alice@pass.test"),
+        ("alice@pass.test", BAD, "spf=fail smtp.mailfrom=alice@pass.test"),
+        ("alice@softfail.test", BAD, "spf=softfail smtp.mailfrom=alice@softfail.test"),
+        ("alice@nospf.test", GOOD, "spf=none smtp.mailfrom=alice@nospf.test"),
+        ("alice@nowhere.test", GOOD, "spf=none smtp.mailfrom=alice@nowhere.test"),
+        ("alice@broken.test", GOOD, "spf=temperror smtp.mailfrom=alice@broken.test"),
+        ("alice@two.test", GOOD, "spf=permerror smtp.mailfrom=alice@two.test"),
+    ],
+)
+def test_spf_result_is_in_the_header(auth_server, sender, source, expected):
+    server = auth_server(spf_zone())
+    send(server, sender, "bob@localhost", message(sender, "bob@localhost"), source=source)
+    value = ours(delivered(server, "bob")[0])
+    assert value.startswith(f"{HOST}; {expected}; dkim=none; dmarc=none"), value
+
+
+def test_null_sender_is_checked_as_postmaster_at_helo(auth_server):
+    server = auth_server(spf_zone())
+    send(server, "", "bob@localhost", message("mailer-daemon@helo.test", "bob@localhost"), helo="helo.test")
+    value = ours(delivered(server, "bob")[0])
+    assert "spf=pass smtp.mailfrom=postmaster@helo.test" in value, value
+
+
+def test_reject_spf_fail_refuses_mail_from(auth_server):
+    server = auth_server(spf_zone(), auth="reject_spf_fail = true")
+    with smtplib.SMTP("127.0.0.1", server.port, source_address=(BAD, 0), timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        code, text = smtp.mail("alice@pass.test")
+        assert code == 550 and text.startswith(b"5.7.23"), (code, text)
+        # The designated client of the same domain gets through.
+    with smtplib.SMTP("127.0.0.1", server.port, source_address=(GOOD, 0), timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        assert smtp.mail("alice@pass.test")[0] == 250
+        # softfail is not a fail.
+        smtp.rset()
+        assert smtp.mail("alice@softfail.test")[0] == 250
+
+
+def test_dns_timeout_is_temperror_never_a_pass(auth_server):
+    # The resolver waits longer than the plugin may: the host cuts the
+    # lookup at the plugin's budget and reports temperror.
+    server = auth_server(spf_zone(), plugin_timeout="1s", dns_timeout="5s")
+    send(server, "alice@silent.test", "bob@localhost", message("alice@silent.test", "bob@localhost"))
+    value = ours(delivered(server, "bob")[0])
+    assert "spf=temperror smtp.mailfrom=alice@silent.test" in value, value
+    assert "pass" not in value
+
+
+def test_tempfail_on_temperror_answers_451(auth_server):
+    server = auth_server(spf_zone(), auth="tempfail_on_temperror = true")
+    with smtplib.SMTP("127.0.0.1", server.port, source_address=(GOOD, 0), timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        code, text = smtp.mail("alice@broken.test")
+        assert code == 451 and text.startswith(b"4.7.0"), (code, text)
+        smtp.rset()
+        assert smtp.mail("alice@pass.test")[0] == 250
+
+
+# --- DKIM and DMARC ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """An RSA-2048 key (openssl) and an Ed25519 key (PyNaCl), with the
+    public halves as DKIM TXT records."""
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make the RSA test key (apt-get install openssl)"
+    tmp = tmp_path_factory.mktemp("dkim")
+    pem = tmp / "rsa.pem"
+    subprocess.run([openssl, "genrsa", "-out", str(pem), "2048"], check=True, capture_output=True)
+    der = subprocess.run(
+        [openssl, "rsa", "-in", str(pem), "-pubout", "-outform", "DER"], check=True, capture_output=True
+    ).stdout
+    ed = nacl.signing.SigningKey.generate()
+    return {
+        "rsa_private": pem.read_bytes(),
+        "rsa_record": "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode(),
+        "ed_private": base64.b64encode(bytes(ed)),
+        "ed_record": "v=DKIM1; k=ed25519; p=" + base64.b64encode(bytes(ed.verify_key)).decode(),
+    }
+
+
+def dkim_zone(keys):
+    zone = spf_zone()
+    for domain, policy in [("signed.test", "reject"), ("quiet.test", "none"), ("hold.test", "quarantine")]:
+        zone[domain] = {"TXT": ["v=spf1 -all"]}
+        zone[f"_dmarc.{domain}"] = {"TXT": [f"v=DMARC1; p={policy}"]}
+        zone[f"rsa2048._domainkey.{domain}"] = {"TXT": [keys["rsa_record"]]}
+        zone[f"ed._domainkey.{domain}"] = {"TXT": [keys["ed_record"]]}
+    return zone
+
+
+def signed(keys, domain, data):
+    heads = [b"from", b"to", b"subject", b"date", b"message-id"]
+    rsa = dkim.sign(data, b"rsa2048", domain.encode(), keys["rsa_private"], include_headers=heads)
+    ed = dkim.sign(
+        data, b"ed", domain.encode(), keys["ed_private"], signature_algorithm=b"ed25519-sha256", include_headers=heads
+    )
+    return ed + rsa + data
+
+
+def test_dkim_rsa_and_ed25519_pass_and_dmarc_passes_on_them(auth_server, keys):
+    server = auth_server(dkim_zone(keys))
+    data = signed(keys, "signed.test", message("alice@signed.test", "bob@localhost"))
+    # SPF fails (-all), so DMARC can only pass through the aligned signatures.
+    send(server, "alice@signed.test", "bob@localhost", data)
+    value = ours(delivered(server, "bob")[0])
+    assert "spf=fail smtp.mailfrom=alice@signed.test" in value, value
+    assert "dkim=pass header.d=signed.test header.s=rsa2048" in value, value
+    assert "dkim=pass header.d=signed.test header.s=ed" in value, value
+    assert "dmarc=pass (p=reject) header.from=signed.test" in value, value
+    assert "; arc=" not in value
+
+
+def test_body_changed_after_signing_fails_dkim(auth_server, keys):
+    server = auth_server(dkim_zone(keys))
+    data = signed(keys, "quiet.test", message("alice@quiet.test", "bob@localhost"))
+    data = data.replace(b"Hello.", b"Hello, changed.")
+    send(server, "alice@quiet.test", "bob@localhost", data)
+    value = ours(delivered(server, "bob")[0])
+    assert "dkim=fail header.d=quiet.test header.s=rsa2048" in value, value
+    assert "dkim=fail header.d=quiet.test header.s=ed" in value, value
+    assert "dmarc=fail (p=none) header.from=quiet.test" in value, value
+
+
+def test_dmarc_reject_policy_refuses_the_message(auth_server, keys):
+    server = auth_server(dkim_zone(keys))
+    data = signed(keys, "signed.test", message("alice@signed.test", "bob@localhost"))
+    data = data.replace(b"Hello.", b"Hello, changed.")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(server, "alice@signed.test", "bob@localhost", data)
+    assert refused.value.smtp_code == 550 and refused.value.smtp_error.startswith(b"5.7.1")
+    assert b"signed.test" in refused.value.smtp_error
+
+
+def test_dmarc_policy_off_only_reports(auth_server, keys):
+    server = auth_server(dkim_zone(keys), auth="dmarc_policy = false")
+    data = message("alice@signed.test", "bob@localhost")
+    send(server, "alice@signed.test", "bob@localhost", data)
+    value = ours(delivered(server, "bob")[0])
+    assert "dmarc=fail (p=reject) header.from=signed.test" in value, value
+
+
+def test_dmarc_quarantine_policy_holds_the_message(auth_server, keys):
+    server = auth_server(dkim_zone(keys))
+    send(server, "alice@hold.test", "bob@localhost", message("alice@hold.test", "bob@localhost"))
+    # A message sent after it is delivered; the quarantined one is not.
+    send(server, "alice@pass.test", "bob@localhost", message("alice@pass.test", "bob@localhost"))
+    messages = delivered(server, "bob")
+    assert len(messages) == 1 and b"alice@pass.test" in messages[0]
+    log = server.log.read_text()
+    queued = [line for line in log.splitlines() if "message queued" in line and "hold.test" in line]
+    assert queued, log
+
+
+# --- Forged headers ----------------------------------------------------------
+
+
+def test_forged_results_with_our_id_are_removed_others_kept(auth_server):
+    server = auth_server(spf_zone())
+    forged = (
+        b"Authentication-Results: other.example; dkim=pass header.d=other.example\r\n"
+        b"Authentication-Results: " + HOST.upper().encode() + b"; spf=pass smtp.mailfrom=forged@pass.test\r\n"
+        b"Authentication-Results: (comment) " + HOST.encode() + b" 1; dmarc=pass header.from=forged.test\r\n"
+    )
+    data = message("alice@pass.test", "bob@localhost", extra_headers=forged)
+    send(server, "alice@pass.test", "bob@localhost", data, source=BAD)
+    raw = delivered(server, "bob")[0]
+    values = auth_results(raw)
+    assert b"forged" not in raw, raw
+    assert values[0].startswith(f"{HOST}; spf=fail smtp.mailfrom=alice@pass.test"), values
+    assert values[1:] == ["other.example; dkim=pass header.d=other.example"], values
+
+
+# --- The dns interface, as a plugin sees it -----------------------------------
+
+
+def test_plugin_dns_lookups_and_timeout(tmp_path, dns_zone):
+    from conftest import Server, fixture, free_port
+
+    dns_port = dns_zone(
+        {
+            "example.test": {"TXT": ["hello world", "x" * 300], "MX": [(10, "mx1.example.test"), (20, "mx2.example.test")]},
+            "mx1.example.test": {"A": ["127.0.0.9"], "AAAA": ["::9"]},
+            "77.2.0.192.in-addr.arpa": {"PTR": ["client.example.test"]},
+            "broken.test": SERVFAIL,
+            "silent.test": NO_ANSWER,
+        }
+    )
+    lookups = [
+        ["txt", "example.test"],
+        ["mx", "example.test"],
+        ["a", "mx1.example.test"],
+        ["aaaa", "mx1.example.test"],
+        ["a", "example.test"],
+        ["ptr", "192.0.2.77"],  # TEST-NET: hickory answers loopback PTRs itself
+        ["a", "missing.example.test"],
+        ["txt", "broken.test"],
+        ["txt", "silent.test"],
+        ["ptr", "not-an-ip"],
+    ]
+    port = free_port()
+    config = auth_config(port, tmp_path / "data", dns_port, plugin_timeout="2s", dns_timeout="10s")
+    config = config.replace('data = ["auth"]', 'data = ["lookups"]').replace('mail = ["auth"]', "")
+    config += f"""
+[plugins.lookups]
+path = "{fixture('fixture_dns')}"
+timeout = "2s"
+
+[plugins.lookups.config]
+lookups = {lookups!r}
+""".replace("'", '"')
+    server = Server(tmp_path, config).start(port)
+    try:
+        send(server, "alice@pass.test", "bob@localhost", message("alice@pass.test", "bob@localhost"))
+        msg = email.message_from_bytes(delivered(server, "bob")[0])
+        assert msg.get_all("X-Dns-Lookup") == [
+            "txt example.test ok hello world," + "x" * 300,
+            "mx example.test ok 10:mx1.example.test,20:mx2.example.test",
+            "a mx1.example.test ok 127.0.0.9",
+            "aaaa mx1.example.test ok ::9",
+            "a example.test ok",
+            "ptr 192.0.2.77 ok client.example.test",
+            "a missing.example.test nxdomain",
+            "txt broken.test temporary",
+            # Cut at the plugin's time, well before the resolver's 10 s.
+            "txt silent.test temporary",
+            "ptr not-an-ip invalid",
+        ], msg.get_all("X-Dns-Lookup")
+    finally:
+        server.stop()
+
+
+def test_arc_set_from_a_forwarder_is_validated(auth_server, keys):
+    # A forwarder (forwarder.test) recorded its results and sealed them with
+    # ARC (dkimpy); a body changed after the seal breaks the chain.
+    zone = dkim_zone(keys)
+    zone["rsa2048._domainkey.forwarder.test"] = {"TXT": [keys["rsa_record"]]}
+    server = auth_server(zone)
+    data = message("alice@quiet.test", "bob@localhost")
+    data = b"Authentication-Results: forwarder.test; spf=pass smtp.mailfrom=alice@quiet.test\r\n" + data
+    heads = [b"from", b"to", b"subject", b"date", b"message-id"]
+    seal = dkim.arc_sign(data, b"rsa2048", b"forwarder.test", keys["rsa_private"], b"forwarder.test", include_headers=heads)
+    sealed = b"".join(seal) + data
+    send(server, "alice@pass.test", "bob@localhost", sealed)
+    value = ours(delivered(server, "bob")[0])
+    assert value.endswith("; arc=pass"), value
+
+    broken = sealed.replace(b"Hello.", b"Hello, changed after sealing.")
+    send(server, "alice@pass.test", "carol@localhost", broken)
+    value = ours(delivered(server, "carol")[0])
+    assert value.endswith("; arc=fail"), value
+
+
+def test_results_are_computed_once_per_transaction_and_shared(auth_server, dns_zone):
+    # TTL 0: the resolver caches nothing, so every computation shows up in
+    # the DNS server's query log. Two plugins ask for SPF at MAIL and for
+    # everything at DATA; each transaction computes each result once.
+    def two_plugins(text):
+        text = text.replace('mail = ["auth"]', 'mail = ["auth", "auth2"]')
+        text = text.replace('data = ["auth"]', 'data = ["auth", "auth2"]')
+        return text + """
+[plugins.auth2]
+path = "builtin:auth"
+timeout = "10s"
+
+[plugins.auth2.config]
+reject_spf_fail = true
+"""
+
+    zone = spf_zone()
+    zone["_dmarc.pass.test"] = {"TXT": ["v=DMARC1; p=none"]}
+    server = auth_server(zone, ttl=0, more_config=two_plugins)
+    dns = dns_zone.servers[-1]
+    with smtplib.SMTP("127.0.0.1", server.port, source_address=(GOOD, 0), timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        assert smtp.mail("alice@pass.test")[0] == 250
+        # SPF was computed at MAIL: its own lookup plus mail-auth's.
+        assert dns.asked("pass.test", "TXT") == 2
+        assert dns.asked("_dmarc.pass.test") == 0
+        assert smtp.rcpt("bob@localhost")[0] == 250
+        assert smtp.data(message("alice@pass.test", "bob@localhost"))[0] == 250
+        assert dns.asked("pass.test", "TXT") == 2
+        assert dns.asked("_dmarc.pass.test", "TXT") == 1
+        # A new transaction computes again.
+        smtp.rset()
+        assert smtp.mail("alice@pass.test")[0] == 250
+        assert dns.asked("pass.test", "TXT") == 4
+    raw = delivered(server, "bob")[0]
+    values = [v for v in auth_results(raw) if v.startswith(HOST)]
+    assert len(values) == 2 and values[0] == values[1], values
+    assert "spf=pass" in values[0] and "dmarc=pass (p=none)" in values[0], values
