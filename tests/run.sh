@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The test command: unit tests of every crate (the plugins' too), then the
 # end-to-end suite driving the real binary with real SMTP peers. Installs
-# what is missing (a Python venv with pytest and aiosmtpd) and nothing else.
+# what is missing (a Python venv with pytest and aiosmtpd; the Debian
+# packages of the peers: Postfix, Dovecot, swaks, openssl) and nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
 venv="${SLUICE_VENV:-/var/tmp/sluice-venv}"
+
+bash tests/install-peers.sh
 
 if ! "$venv/bin/python" -c "import pytest, aiosmtpd" 2>/dev/null; then
   python3 -m venv "$venv"

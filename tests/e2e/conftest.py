@@ -211,3 +211,8 @@ class Raw:
 
     def close(self):
         self.sock.close()
+
+
+# Real peers (Postfix, Dovecot LMTP, smtp-sink) as fixtures; imported last
+# because peers.py builds on Sink and free_port above.
+from peers import dovecot_lmtp, postfix_mx, smtp_sink_proc  # noqa: E402,F401
