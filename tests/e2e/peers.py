@@ -186,6 +186,8 @@ smtpd_tls_security_level = may
 smtpd_tls_cert_file = {cert}
 smtpd_tls_key_file = {key}
 smtpd_tls_loglevel = 1
+# the Received header names the TLS version and cipher of each message
+smtpd_tls_received_header = yes
 """
 
 POSTFIX_MASTER = """\
@@ -315,14 +317,15 @@ class PostfixMX:
 
 @pytest.fixture
 def postfix_mx(tmp_path):
-    """Factory: postfix_mx(port=None, domain="example.net", starttls=True)
-    starts a PostfixMX; every one started is stopped at teardown."""
+    """Factory: postfix_mx(port=None, domain="example.net", starttls=True,
+    run=True) makes a PostfixMX and starts it (unless run=False: the test
+    calls .start() itself); every one is stopped at teardown."""
     started = []
 
-    def start(**kw):
+    def start(run=True, **kw):
         mx = PostfixMX(tmp_path, **kw)
         started.append(mx)
-        return mx.start()
+        return mx.start() if run else mx
 
     yield start
     for mx in started:

@@ -21,6 +21,7 @@ def test_postfix_mx_takes_mail_over_starttls_and_relays_to_its_sink(postfix_mx):
     assert len(messages) == 1
     assert messages[0].rcpt_tos == ["b@example.net"]
     assert b"Message-ID: <tls-self-check@example.org>" in messages[0].original_content
+    assert b"(using TLSv1.3 with cipher" in messages[0].original_content
     lines = mx.wait_log(r"Anonymous TLS connection established from \S+: TLSv1\.3 with cipher")
     assert lines, mx.log()
 
