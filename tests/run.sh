@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The test command: unit tests of every crate (the plugins' too), then the
 # end-to-end suite driving the real binary with real SMTP peers. Installs
-# what is missing (a Python venv with tests/requirements.txt) and nothing else.
+# what is missing (a Python venv with tests/requirements.txt; the Debian
+# packages of the peers: Postfix, Dovecot, swaks, openssl) and nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
 venv="${SLUICE_VENV:-/var/tmp/sluice-venv}"
+
+bash tests/install-peers.sh
 
 # The venv is rebuilt whenever tests/requirements.txt changes.
 if ! cmp -s tests/requirements.txt "$venv/requirements.txt"; then

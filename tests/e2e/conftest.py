@@ -291,3 +291,8 @@ def dns_zone():
     yield start
     for server in servers:
         server.stop()
+
+
+# Real peers (Postfix, Dovecot LMTP, smtp-sink) as fixtures; imported last
+# because peers.py builds on Sink and free_port above.
+from peers import dovecot_lmtp, postfix_mx, smtp_sink_proc  # noqa: E402,F401
