@@ -14,6 +14,11 @@ toolchains="${SLUICE_TOOLCHAINS:-/var/tmp/sluice-toolchains}"
 out_dir="${SLUICE_EXAMPLES_OUT:-${CARGO_TARGET_DIR:-/var/tmp/sluice-target}/examples}"
 mkdir -p "$toolchains" "$out_dir"
 
+# Pinned tools shared by the C and Zig builds. The adapter's version follows
+# the wasmtime sluice embeds.
+WASM_TOOLS_VERSION=1.263.0
+ADAPTER_VERSION=48.0.1
+
 log() { echo "[$(basename "$(dirname "$0")")] $*" >&2; }
 
 # Debian packages, installed only when missing (apt-get needs root).
@@ -51,4 +56,41 @@ report() {
   ms=$(($(now_ms) - start_ms))
   log "built $wasm: $size bytes in $ms ms"
   printf '%s\t%s\t%s\n' "$lang" "$size" "$ms" >>"$out_dir/sizes.tsv"
+}
+
+# The WASI preview1 adapter (reactor flavour) that `wasm-tools component new`
+# needs to turn a wasm32-wasi core module into a component: the crates.io
+# crate wasi-preview1-component-adapter-provider ships it, so a throwaway
+# crate that depends on it lets cargo fetch it. Prints the adapter's path.
+need_adapter() {
+  local version="$1"
+  local dir="$toolchains/adapter-$version"
+  if [ ! -f "$dir/Cargo.toml" ]; then
+    mkdir -p "$dir/src"
+    : >"$dir/src/lib.rs"
+    cat >"$dir/Cargo.toml" <<TOML
+[package]
+name = "fetch-adapter"
+version = "0.0.0"
+edition = "2021"
+[dependencies]
+wasi-preview1-component-adapter-provider = "=$version"
+[workspace]
+TOML
+  fi
+  local manifest
+  manifest=$(cd "$dir" && cargo metadata --format-version 1 --quiet |
+    python3 -c 'import json, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "wasi-preview1-component-adapter-provider":
+        print(p["manifest_path"])')
+  echo "$(dirname "$manifest")/artefacts/wasi_snapshot_preview1.reactor.wasm"
+}
+
+# wit-bindgen's C bindings of the filter world, into $1.
+c_bindings() {
+  local wit_bindgen
+  wit_bindgen=$(need_crate_bin wit-bindgen-cli 0.63.0 wit-bindgen)
+  rm -rf "$1"
+  "$wit_bindgen" c "$wit_dir" --world filter --out-dir "$1" 2>&1 | { grep -v "^Generating" || true; } >&2
 }
