@@ -11,7 +11,7 @@ langs=("$@")
 for lang in "${langs[@]}"; do
   bash "$here/$lang/build.sh"
 done
-printf '%-12s %12s %10s\n' language bytes build_ms
+printf "%-12s %12s %12s\n" language bytes build_ms
 while IFS=$'\t' read -r lang size ms; do
-  printf '%-12s %12s %10s\n' "$lang" "$size" "$ms"
+  printf "%-12s %12s %12s\n" "$lang" "$size" "$ms"
 done <"$out_dir/sizes.tsv"

@@ -94,3 +94,16 @@ c_bindings() {
   rm -rf "$1"
   "$wit_bindgen" c "$wit_dir" --world filter --out-dir "$1" 2>&1 | { grep -v "^Generating" || true; } >&2
 }
+
+# Exits early (recording the existing component) when $1 is newer than
+# every other argument, files or directories, and than the WIT and this
+# file: tests/run.sh calls build-all.sh on every run.
+skip_if_fresh() {
+  local lang="$1" wasm="$2"
+  shift 2
+  [ -f "$wasm" ] || return 0
+  [ -z "$(find "$@" "$wit_dir" "$examples_dir/lib.sh" -newer "$wasm" -print -quit)" ] || return 0
+  log "$wasm is up to date"
+  printf '%s\t%s\t%s\n' "$lang" "$(stat -c %s "$wasm")" "up-to-date" >>"$out_dir/sizes.tsv"
+  exit 0
+}

@@ -5,6 +5,8 @@
 # Debian when missing. Every optional WASI feature is disabled, so the
 # component imports only what the StarlingMonkey runtime itself needs.
 source "$(dirname "$0")/../lib.sh"
+wasm="$out_dir/javascript-example.wasm"
+skip_if_fresh javascript "$wasm" "$examples_dir/javascript"
 jco_version=1.35.0
 componentize_version=0.23.0
 command -v npm >/dev/null || need_deb nodejs npm
@@ -17,7 +19,6 @@ if ! "$bin" --version 2>/dev/null | grep -qF "$componentize_version"; then
     "@bytecodealliance/componentize-js@$componentize_version" \
     "@bytecodealliance/jco@$jco_version" >&2
 fi
-wasm="$out_dir/javascript-example.wasm"
 start=$(now_ms)
 "$bin" "$examples_dir/javascript/filter.js" -w "$wit_dir" -n filter \
   -d stdio random clocks http fetch-event -o "$wasm" >&2

@@ -4,6 +4,8 @@
 # wasm32-wasi with Zig's bundled wasi-libc in the reactor model, then
 # `wasm-tools component new` with the WASI preview1 adapter, as for C.
 source "$(dirname "$0")/../lib.sh"
+wasm="$out_dir/zig-example.wasm"
+skip_if_fresh zig "$wasm" "$examples_dir/zig"
 version=0.17.1
 venv="$toolchains/zig"
 export ZIG_GLOBAL_CACHE_DIR="$toolchains/zig-cache" ZIG_LOCAL_CACHE_DIR="$toolchains/zig-cache"
@@ -16,7 +18,6 @@ fi
 wasm_tools=$(need_crate_bin wasm-tools "$WASM_TOOLS_VERSION" wasm-tools)
 adapter=$(need_adapter "$ADAPTER_VERSION")
 work="$out_dir/zig-build"
-wasm="$out_dir/zig-example.wasm"
 start=$(now_ms)
 c_bindings "$work"
 cp "$examples_dir/zig/filter.zig" "$work/"
