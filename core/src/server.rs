@@ -20,6 +20,7 @@ use crate::admin::{AdminError, AdminListeners, AdminState};
 use crate::config::{Config, ListenerConfig, TlsFiles, TlsMode};
 use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
 use crate::dns::Dns;
+use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::session::{Session, SessionContext};
 use crate::smtp::reply::Reply;
@@ -327,6 +328,7 @@ async fn accept_loop(
         let ip = peer.ip();
         let Some(permit) = limits.admit(ip) else {
             tracing::warn!(client = %peer, listener = %listener.name, "connection refused: limit reached");
+            METRICS.connections_refused.inc(&[&listener.name]);
             if listener.tls == TlsMode::Implicit {
                 // A cleartext reply means nothing to a client expecting TLS.
                 continue;

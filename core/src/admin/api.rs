@@ -12,6 +12,7 @@ use serde_json::json;
 use sluice_spool::{QueueEntry, QueueId, RecipientStatus, Spool};
 
 use crate::delivery::DeliveryHandle;
+use crate::metrics::{Gauge, METRICS};
 
 /// Longest header block `GET /queue/{id}` returns; the rest is cut.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -69,6 +70,8 @@ pub enum Route {
     Live,
     /// `GET /health/ready`: listeners bound, spool open, not shutting down.
     Ready,
+    /// `GET /metrics`: Prometheus text format (served by the HTTP layer).
+    Metrics,
     /// `GET /queue`.
     List,
     /// `POST /queue/flush`: every deferred message due now.
@@ -114,6 +117,7 @@ pub fn route(method: Method, path: &str) -> Result<Route, RouteError> {
     match segments.as_slice() {
         ["health", "live"] => only(Get, "GET", Route::Live),
         ["health", "ready"] => only(Get, "GET", Route::Ready),
+        ["metrics"] => only(Get, "GET", Route::Metrics),
         ["queue"] => only(Get, "GET", Route::List),
         ["queue", "flush"] => only(Post, "POST", Route::FlushAll),
         ["queue", text] => {
@@ -258,6 +262,7 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
                 }
             }
         }
+        Route::Metrics => ApiResponse::ok(json!({ "metrics": metrics_text(state).await })),
         Route::List => match all_entries(&state.spool).await {
             Ok(entries) => {
                 let entries: Vec<EntryView> = entries.into_iter().map(EntryView::new).collect();
@@ -313,6 +318,31 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
             Err(e) => ApiResponse::spool_error(e),
         },
     }
+}
+
+/// Every metric in the Prometheus text format, with the queue's size and
+/// its oldest message's age measured now.
+pub async fn metrics_text(state: &AdminState) -> String {
+    let mut queue = Vec::new();
+    // On a spool error, the other metrics are still worth a scrape.
+    if let Ok(entries) = all_entries(&state.spool).await {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let oldest = entries.iter().map(|e| e.received_at).min();
+        queue.push(Gauge {
+            name: "sluice_queue_messages",
+            help: "Messages in the queue (held and quarantined ones included).",
+            value: entries.len() as f64,
+        });
+        queue.push(Gauge {
+            name: "sluice_queue_oldest_age_seconds",
+            help: "Age of the oldest message in the queue (0 when it is empty).",
+            value: oldest.map_or(0, |t| now.saturating_sub(t)) as f64,
+        });
+    }
+    METRICS.render(&queue)
 }
 
 /// Every queue entry, read off the async workers: a long queue is a long

@@ -19,6 +19,7 @@ use super::transport::OutboundTlsConfig;
 use super::{maildir, split_address, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
 use crate::dns::Dns;
+use crate::metrics::METRICS;
 
 /// Attempts running at once, over all destinations.
 const MAX_PARALLEL_ATTEMPTS: usize = 100;
@@ -428,6 +429,11 @@ impl Deliverer {
                 ),
                 RecipientResult::Deferred(r) => (RecipientStatus::Deferred, r),
             };
+            METRICS.delivery_attempts.inc(&[match status {
+                RecipientStatus::Delivered => "delivered",
+                RecipientStatus::Failed => "failed",
+                _ => "deferred",
+            }]);
             let report = RecipientReport {
                 address,
                 reply: reply.clone(),
