@@ -97,6 +97,8 @@ pub struct Session {
     esmtp: bool,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Messages queued in this session, for the disconnect log line.
+    queued: u32,
 }
 
 impl Session {
@@ -137,6 +139,7 @@ impl Session {
             esmtp: false,
             transaction: None,
             errors: 0,
+            queued: 0,
         })
     }
 
@@ -148,6 +151,7 @@ impl Session {
     /// went away, and nothing it did not get a 250 for was kept.
     pub async fn run(mut self) {
         let peer = format!("{}:{}", self.info.client_ip, self.info.client_port);
+        let started = std::time::Instant::now();
         tracing::info!(session = %self.info.id, client = %peer, listener = %self.listener.name, "connect");
         METRICS.connections.inc(&[&self.listener.name]);
         METRICS.connections_open.inc(&[&self.listener.name]);
@@ -169,7 +173,17 @@ impl Session {
         }
         // Bounded: a TLS close_notify must not wait on a client that stopped reading.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
-        tracing::info!(session = %self.info.id, client = %peer, "disconnect");
+        tracing::info!(
+            session = %self.info.id,
+            client = %peer,
+            listener = %self.listener.name,
+            helo = self.info.helo.as_deref().unwrap_or(""),
+            tls = self.info.tls.as_ref().map_or("none", |t| t.version.as_str()),
+            user = self.info.authenticated_user.as_deref().unwrap_or(""),
+            queued = self.queued,
+            seconds = started.elapsed().as_secs_f64(),
+            "disconnect"
+        );
         METRICS.connections_open.dec(&[&self.listener.name]);
     }
 
@@ -786,15 +800,19 @@ impl Session {
             quarantine: quarantine.clone(),
         };
         let recipients = new_message.recipients.len();
+        let new_reverse_path = new_message.reverse_path.clone();
         match self.ctx.spool.enqueue_with_id(queue_id, new_message).await {
             Ok(id) => {
                 tracing::info!(
                     session = %self.info.id,
                     queue_id = %id,
+                    from = %new_reverse_path,
                     recipients,
+                    size = message.len(),
                     quarantine = quarantine.as_deref().unwrap_or(""),
                     "message queued"
                 );
+                self.queued += 1;
                 if quarantine.is_none() {
                     self.ctx.delivery.enqueued(id);
                 }
