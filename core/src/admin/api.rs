@@ -457,6 +457,7 @@ mod tests {
         use Method::*;
         assert_eq!(route(Get, "/health/live"), Ok(Route::Live));
         assert_eq!(route(Get, "/health/ready"), Ok(Route::Ready));
+        assert_eq!(route(Get, "/metrics"), Ok(Route::Metrics));
         assert_eq!(route(Get, "/queue"), Ok(Route::List));
         assert_eq!(route(Get, "/queue/"), Ok(Route::List));
         assert_eq!(route(Post, "/queue/flush"), Ok(Route::FlushAll));
@@ -489,7 +490,7 @@ mod tests {
             "/queue/0123456789abcdef/bounce",
             "/queue/0123456789abcdef/flush/now",
             "/health",
-            "/metrics",
+            "/metrics/x",
             "//queue",
         ] {
             assert_eq!(route(Get, path), Err(RouteError::NotFound), "{path}");
