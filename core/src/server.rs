@@ -120,13 +120,11 @@ impl Server {
                 };
                 Some(certificate(&mut certificates, files).map_err(tls_error)?)
             };
-            let socket = TcpListener::bind(listener.address)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    name: listener.name.clone(),
-                    address: listener.address,
-                    source,
-                })?;
+            let socket = bind(listener.address).map_err(|source| ServerError::Bind {
+                name: listener.name.clone(),
+                address: listener.address,
+                source,
+            })?;
             listeners.push(Listener {
                 config: Arc::new(listener.clone()),
                 socket,
@@ -243,6 +241,24 @@ impl Server {
         drop(self.engine);
         tracing::info!("stopped");
     }
+}
+
+/// Pending connections the kernel may queue for accept (capped by
+/// net.core.somaxconn). A burst of clients beyond the backlog has its SYNs
+/// dropped and waits out TCP's retransmission backoff, seconds per client.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket with SO_REUSEADDR (restarts do not wait for
+/// TIME_WAIT) and a backlog sized for bursts.
+fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Every running session, for the shutdown's grace period and abort.
