@@ -70,6 +70,8 @@ pub enum Route {
     Live,
     /// `GET /health/ready`: listeners bound, spool open, not shutting down.
     Ready,
+    /// `GET /health`: both, 200 when ready and 503 when not.
+    Health,
     /// `GET /metrics`: Prometheus text format (served by the HTTP layer).
     Metrics,
     /// `GET /queue`.
@@ -117,6 +119,7 @@ pub fn route(method: Method, path: &str) -> Result<Route, RouteError> {
     match segments.as_slice() {
         ["health", "live"] => only(Get, "GET", Route::Live),
         ["health", "ready"] => only(Get, "GET", Route::Ready),
+        ["health"] => only(Get, "GET", Route::Health),
         ["metrics"] => only(Get, "GET", Route::Metrics),
         ["queue"] => only(Get, "GET", Route::List),
         ["queue", "flush"] => only(Post, "POST", Route::FlushAll),
@@ -251,6 +254,14 @@ pub fn entry_state(entry: &QueueEntry) -> &'static str {
 pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
     match route {
         Route::Live => ApiResponse::ok(json!({ "status": "live" })),
+        Route::Health => {
+            let ready = state.ready.load(Ordering::Relaxed);
+            ApiResponse {
+                status: if ready { 200 } else { 503 },
+                body: json!({ "live": true, "ready": ready }),
+                allow: None,
+            }
+        }
         Route::Ready => {
             if state.ready.load(Ordering::Relaxed) {
                 ApiResponse::ok(json!({ "status": "ready" }))
@@ -458,6 +469,7 @@ mod tests {
         assert_eq!(route(Get, "/health/live"), Ok(Route::Live));
         assert_eq!(route(Get, "/health/ready"), Ok(Route::Ready));
         assert_eq!(route(Get, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(route(Get, "/health"), Ok(Route::Health));
         assert_eq!(route(Get, "/queue"), Ok(Route::List));
         assert_eq!(route(Get, "/queue/"), Ok(Route::List));
         assert_eq!(route(Post, "/queue/flush"), Ok(Route::FlushAll));
@@ -486,10 +498,11 @@ mod tests {
         for path in [
             "/",
             "",
+            "/healthz",
             "/queue/xyz",
             "/queue/0123456789abcdef/bounce",
             "/queue/0123456789abcdef/flush/now",
-            "/health",
+            "/health/x",
             "/metrics/x",
             "//queue",
         ] {
