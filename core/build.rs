@@ -32,6 +32,7 @@ enum BuildError {
     /// The nested cargo (or rustup) failed; its output is already on stderr.
     Failed(String),
     NoPackageName(PathBuf),
+    NotLocked(&'static str, PathBuf),
     MissingComponent {
         name: String,
         path: PathBuf,
@@ -45,6 +46,9 @@ impl fmt::Display for BuildError {
             BuildError::Io(what, e) => write!(f, "{what}: {e}"),
             BuildError::Spawn(what, e) => write!(f, "cannot run {what}: {e}"),
             BuildError::Failed(what) => write!(f, "{what} failed (its output is above)"),
+            BuildError::NotLocked(package, lock) => {
+                write!(f, "{} does not pin a version of {package}", lock.display())
+            }
             BuildError::NoPackageName(path) => {
                 write!(f, "{}: no [package] name found", path.display())
             }
@@ -85,7 +89,31 @@ fn run() -> Result<(), BuildError> {
     let bundled = bundled_plugins(&plugins, &plugin_dir)?;
     write_builtins(&out_dir.join("builtins.rs"), &bundled)?;
     println!("cargo:rustc-env=SLUICE_PLUGIN_DIR={}", plugin_dir.display());
+    let lock = repo.join("Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let version = locked_version(&lock, "wasmtime")?;
+    println!("cargo:rustc-env=SLUICE_WASMTIME_VERSION={version}");
     Ok(())
+}
+
+/// The version of `package` that Cargo.lock pins, for `sluice --version`.
+fn locked_version(lock: &Path, package: &'static str) -> Result<String, BuildError> {
+    let text = fs::read_to_string(lock)
+        .map_err(|e| BuildError::Io(format!("reading {}", lock.display()), e))?;
+    let name_line = format!("name = \"{package}\"");
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line == name_line {
+            if let Some(version) = lines
+                .next()
+                .and_then(|l| l.strip_prefix("version = \""))
+                .and_then(|l| l.strip_suffix('"'))
+            {
+                return Ok(version.to_owned());
+            }
+        }
+    }
+    Err(BuildError::NotLocked(package, lock.to_owned()))
 }
 
 fn env_path(var: &'static str) -> Result<PathBuf, BuildError> {

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the end-to-end suite's real peers come from
-# (Postfix with smtp-source/smtp-sink, Dovecot LMTP, swaks with Net::SSLeay
-# for its TLS modes, openssl), each
+# (Postfix with smtp-source/smtp-sink, Dovecot LMTP, Prometheus with promtool,
+# swaks with Net::SSLeay for its TLS modes, openssl, systemd-analyze), each
 # only when missing. The tests run their own instances; no system MTA or
 # mailbox server is left running on the standard ports.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(postfix dovecot-core dovecot-lmtpd dovecot-imapd swaks libnet-ssleay-perl openssl)
+packages=(postfix dovecot-core dovecot-lmtpd dovecot-imapd swaks libnet-ssleay-perl openssl prometheus systemd)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -36,7 +36,7 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 
 # Should a service have started anyway (an init that ignores policy-rc.d),
 # stop and disable it: the tests start their own instances.
-for svc in postfix dovecot; do
+for svc in postfix dovecot prometheus; do
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   elif [ -x "/etc/init.d/$svc" ]; then

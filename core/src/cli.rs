@@ -105,7 +105,12 @@ enum QueueAction {
 }
 
 fn version() -> &'static str {
-    concat!(env!("CARGO_PKG_VERSION"), " (wasmtime 48)")
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (wasmtime ",
+        env!("SLUICE_WASMTIME_VERSION"),
+        ")"
+    )
 }
 
 pub fn main() -> ExitCode {

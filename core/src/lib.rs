@@ -13,6 +13,7 @@
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
 //! - [`authn`]: SPF, DKIM, DMARC and ARC for the plugins' `auth` interface
 //! - [`config`]: the TOML file, parsed and validated
+//! - [`metrics`]: counters, gauges and histograms for Prometheus
 //! - [`admin`]: the operator's HTTP endpoint (queue, health) and its client
 //! - [`cli`]: the `sluice` command line
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod session;

@@ -20,6 +20,7 @@ use crate::admin::{AdminError, AdminListeners, AdminState};
 use crate::config::{Config, ListenerConfig, TlsFiles, TlsMode};
 use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
 use crate::dns::Dns;
+use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::session::{Session, SessionContext};
 use crate::smtp::reply::Reply;
@@ -119,13 +120,11 @@ impl Server {
                 };
                 Some(certificate(&mut certificates, files).map_err(tls_error)?)
             };
-            let socket = TcpListener::bind(listener.address)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    name: listener.name.clone(),
-                    address: listener.address,
-                    source,
-                })?;
+            let socket = bind(listener.address).map_err(|source| ServerError::Bind {
+                name: listener.name.clone(),
+                address: listener.address,
+                source,
+            })?;
             listeners.push(Listener {
                 config: Arc::new(listener.clone()),
                 socket,
@@ -192,41 +191,35 @@ impl Server {
             config.server.max_connections,
             config.server.max_connections_per_ip,
         ));
-        let mut sessions = JoinSet::new();
+        // Accept loops spawn sessions into this set themselves: handing each
+        // one to this (main-thread) task instead would cost a cross-thread
+        // wakeup per connection, and another per finished session.
+        let sessions: Sessions = Arc::new(Mutex::new(JoinSet::new()));
         let mut accept_loops = JoinSet::new();
-        let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel();
         for listener in self.listeners {
             tracing::info!(listener = %listener.config.name, address = ?listener.socket.local_addr().ok(), tls = ?listener.config.tls, "listening");
             accept_loops.spawn(accept_loop(
                 listener,
                 ctx.clone(),
                 limits.clone(),
-                session_tx.clone(),
+                sessions.clone(),
             ));
         }
-        drop(session_tx);
         let reloader = tokio::spawn(reload_certificates_on_sighup(self.certificates.clone()));
         admin_state.set_ready(true);
 
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                Some(session) = session_rx.recv() => { sessions.spawn(session); }
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            }
-        }
+        stop.await;
 
         tracing::info!("shutting down: no new connections, finishing sessions");
         admin_state.set_ready(false);
         accept_loops.abort_all();
+        while accept_loops.join_next().await.is_some() {}
         reloader.abort();
         let _ = shutdown_tx.send(true);
         let grace = config.server.shutdown_grace;
+        // No accept loop is left to spawn into the set.
+        let mut sessions = std::mem::take(&mut *lock_sessions(&sessions));
         let drained = tokio::time::timeout(grace, async {
-            while let Some(session) = session_rx.recv().await {
-                sessions.spawn(session);
-            }
             while sessions.join_next().await.is_some() {}
         })
         .await;
@@ -250,7 +243,34 @@ impl Server {
     }
 }
 
-type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// Pending connections the kernel may queue for accept (capped by
+/// net.core.somaxconn). A burst of clients beyond the backlog has its SYNs
+/// dropped and waits out TCP's retransmission backoff, seconds per client.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket with SO_REUSEADDR (restarts do not wait for
+/// TIME_WAIT) and a backlog sized for bursts.
+fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Every running session, for the shutdown's grace period and abort.
+type Sessions = Arc<Mutex<JoinSet<()>>>;
+
+/// The session set; a panic while it was held cannot leave it inconsistent
+/// (spawn and reap are single calls), so a poisoned lock is taken as is.
+fn lock_sessions(sessions: &Sessions) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+    sessions
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The loaded certificate for `files`, shared by every listener that uses
 /// the same pair.
@@ -302,7 +322,7 @@ async fn accept_loop(
     listener: Listener,
     ctx: Arc<SessionContext>,
     limits: Arc<ConnectionLimits>,
-    sessions: tokio::sync::mpsc::UnboundedSender<SessionFuture>,
+    sessions: Sessions,
 ) {
     static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
     let Listener {
@@ -324,6 +344,7 @@ async fn accept_loop(
         let ip = peer.ip();
         let Some(permit) = limits.admit(ip) else {
             tracing::warn!(client = %peer, listener = %listener.name, "connection refused: limit reached");
+            METRICS.connections_refused.inc(&[&listener.name]);
             if listener.tls == TlsMode::Implicit {
                 // A cleartext reply means nothing to a client expecting TLS.
                 continue;
@@ -350,13 +371,14 @@ async fn accept_loop(
             tracing::error!(listener = %listener.name, "listener's pipeline is missing");
             continue;
         };
-        let future: SessionFuture = Box::pin(async move {
+        let mut running = lock_sessions(&sessions);
+        // Reap finished sessions here, so the set stays as small as the
+        // number of open connections without anyone awaiting it.
+        while running.try_join_next().is_some() {}
+        running.spawn(async move {
             session.run().await;
             drop(permit);
         });
-        if sessions.send(future).is_err() {
-            return;
-        }
     }
 }
 

@@ -50,6 +50,8 @@ def test_health_and_errors_on_both_listeners(sluice):
             assert response.getheader("Content-Type") == "application/json"
             status, _, body = send("GET", "/health/ready")
             assert (status, body) == (200, {"status": "ready"})
+            status, _, body = send("GET", "/health")
+            assert (status, body) == (200, {"live": True, "ready": True})
 
             status, _, body = send("GET", "/queue")
             assert (status, body) == (200, {"count": 0, "entries": []})
@@ -127,6 +129,8 @@ def test_ready_turns_503_during_shutdown(tmp_path):
             time.sleep(0.05)
         assert status == 503 and body == {"status": "not ready"}
         assert over_unix(server, "GET", "/health/live")[0] == 200
+        status, _, body = over_unix(server, "GET", "/health")
+        assert (status, body) == (503, {"live": True, "ready": False})
     finally:
         for conn in conns:
             conn.close()

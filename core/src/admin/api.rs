@@ -12,6 +12,7 @@ use serde_json::json;
 use sluice_spool::{QueueEntry, QueueId, RecipientStatus, Spool};
 
 use crate::delivery::DeliveryHandle;
+use crate::metrics::{Gauge, METRICS};
 
 /// Longest header block `GET /queue/{id}` returns; the rest is cut.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -69,6 +70,10 @@ pub enum Route {
     Live,
     /// `GET /health/ready`: listeners bound, spool open, not shutting down.
     Ready,
+    /// `GET /health`: both, 200 when ready and 503 when not.
+    Health,
+    /// `GET /metrics`: Prometheus text format (served by the HTTP layer).
+    Metrics,
     /// `GET /queue`.
     List,
     /// `POST /queue/flush`: every deferred message due now.
@@ -114,6 +119,8 @@ pub fn route(method: Method, path: &str) -> Result<Route, RouteError> {
     match segments.as_slice() {
         ["health", "live"] => only(Get, "GET", Route::Live),
         ["health", "ready"] => only(Get, "GET", Route::Ready),
+        ["health"] => only(Get, "GET", Route::Health),
+        ["metrics"] => only(Get, "GET", Route::Metrics),
         ["queue"] => only(Get, "GET", Route::List),
         ["queue", "flush"] => only(Post, "POST", Route::FlushAll),
         ["queue", text] => {
@@ -247,6 +254,14 @@ pub fn entry_state(entry: &QueueEntry) -> &'static str {
 pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
     match route {
         Route::Live => ApiResponse::ok(json!({ "status": "live" })),
+        Route::Health => {
+            let ready = state.ready.load(Ordering::Relaxed);
+            ApiResponse {
+                status: if ready { 200 } else { 503 },
+                body: json!({ "live": true, "ready": ready }),
+                allow: None,
+            }
+        }
         Route::Ready => {
             if state.ready.load(Ordering::Relaxed) {
                 ApiResponse::ok(json!({ "status": "ready" }))
@@ -258,6 +273,7 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
                 }
             }
         }
+        Route::Metrics => ApiResponse::ok(json!({ "metrics": metrics_text(state).await })),
         Route::List => match all_entries(&state.spool).await {
             Ok(entries) => {
                 let entries: Vec<EntryView> = entries.into_iter().map(EntryView::new).collect();
@@ -313,6 +329,31 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
             Err(e) => ApiResponse::spool_error(e),
         },
     }
+}
+
+/// Every metric in the Prometheus text format, with the queue's size and
+/// its oldest message's age measured now.
+pub async fn metrics_text(state: &AdminState) -> String {
+    let mut queue = Vec::new();
+    // On a spool error, the other metrics are still worth a scrape.
+    if let Ok(entries) = all_entries(&state.spool).await {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let oldest = entries.iter().map(|e| e.received_at).min();
+        queue.push(Gauge {
+            name: "sluice_queue_messages",
+            help: "Messages in the queue (held and quarantined ones included).",
+            value: entries.len() as f64,
+        });
+        queue.push(Gauge {
+            name: "sluice_queue_oldest_age_seconds",
+            help: "Age of the oldest message in the queue (0 when it is empty).",
+            value: oldest.map_or(0, |t| now.saturating_sub(t)) as f64,
+        });
+    }
+    METRICS.render(&queue)
 }
 
 /// Every queue entry, read off the async workers: a long queue is a long
@@ -427,6 +468,8 @@ mod tests {
         use Method::*;
         assert_eq!(route(Get, "/health/live"), Ok(Route::Live));
         assert_eq!(route(Get, "/health/ready"), Ok(Route::Ready));
+        assert_eq!(route(Get, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(route(Get, "/health"), Ok(Route::Health));
         assert_eq!(route(Get, "/queue"), Ok(Route::List));
         assert_eq!(route(Get, "/queue/"), Ok(Route::List));
         assert_eq!(route(Post, "/queue/flush"), Ok(Route::FlushAll));
@@ -455,11 +498,12 @@ mod tests {
         for path in [
             "/",
             "",
+            "/healthz",
             "/queue/xyz",
             "/queue/0123456789abcdef/bounce",
             "/queue/0123456789abcdef/flush/now",
-            "/health",
-            "/metrics",
+            "/health/x",
+            "/metrics/x",
             "//queue",
         ] {
             assert_eq!(route(Get, path), Err(RouteError::NotFound), "{path}");

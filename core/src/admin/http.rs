@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::api::{respond, route, AdminState, ApiResponse, Method};
+use super::api::{metrics_text, respond, route, AdminState, ApiResponse, Method, Route};
 use crate::config::AdminConfig;
 
 /// Admin connections served at once; more are closed at accept.
@@ -256,6 +256,14 @@ async fn handle<B>(state: &AdminState, request: &Request<B>) -> Response<Full<By
     let path = request.uri().path();
     let method = Method::parse(request.method().as_str());
     let answer = match route(method, path) {
+        Ok(Route::Metrics) => {
+            let mut response = Response::new(Full::new(Bytes::from(metrics_text(state).await)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return response;
+        }
         Ok(route) => respond(state, route).await,
         Err(e) => ApiResponse::for_route_error(&e, path),
     };

@@ -4,7 +4,7 @@
 //! spool holds is rescheduled at start.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +19,7 @@ use super::transport::OutboundTlsConfig;
 use super::{maildir, split_address, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
 use crate::dns::Dns;
+use crate::metrics::METRICS;
 
 /// Attempts running at once, over all destinations.
 const MAX_PARALLEL_ATTEMPTS: usize = 100;
@@ -110,12 +111,16 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut timers: BinaryHeap<Reverse<(u64, QueueId)>> = BinaryHeap::new();
+    // The latest retry time per message: an older timer still in the heap
+    // (the operator flushed the message meanwhile) is stale and ignored.
+    let mut scheduled: HashMap<QueueId, u64> = HashMap::new();
     let mut running: HashSet<QueueId> = HashSet::new();
     let permits = Arc::new(Semaphore::new(MAX_PARALLEL_ATTEMPTS));
     match deliverer.spool.entries() {
         Ok(entries) => {
             for entry in entries.iter().filter(|e| attemptable(e)) {
                 timers.push(Reverse((entry.next_attempt, entry.id)));
+                scheduled.insert(entry.id, entry.next_attempt);
             }
             tracing::info!(queued = timers.len(), "delivery started");
         }
@@ -134,7 +139,10 @@ async fn run(
                 while let Some(Reverse((at, id))) = timers.peek().copied() {
                     if at > now() { break; }
                     timers.pop();
-                    ready.push(id);
+                    if scheduled.get(&id) == Some(&at) {
+                        scheduled.remove(&id);
+                        ready.push(id);
+                    }
                 }
                 for id in ready { let _ = tx.send(Event::Due(id)); }
                 continue;
@@ -178,8 +186,14 @@ async fn run(
             },
             Some(Event::Finished(id, next)) => {
                 running.remove(&id);
-                if let Some(at) = next {
-                    timers.push(Reverse((at, id)));
+                match next {
+                    Some(at) => {
+                        timers.push(Reverse((at, id)));
+                        scheduled.insert(id, at);
+                    }
+                    None => {
+                        scheduled.remove(&id);
+                    }
                 }
             }
         }
@@ -415,6 +429,11 @@ impl Deliverer {
                 ),
                 RecipientResult::Deferred(r) => (RecipientStatus::Deferred, r),
             };
+            METRICS.delivery_attempts.inc(&[match status {
+                RecipientStatus::Delivered => "delivered",
+                RecipientStatus::Failed => "failed",
+                _ => "deferred",
+            }]);
             let report = RecipientReport {
                 address,
                 reply: reply.clone(),

@@ -18,6 +18,7 @@ use super::session::{MailboxArg, SessionInfo};
 use super::verdict::{default_reply, DataOutcome, Modification, Stage, StageOutcome};
 use super::Pipeline;
 use crate::config::OnError;
+use crate::metrics::METRICS;
 use crate::smtp::reply::Reply;
 
 /// The argument of a hook call.
@@ -88,13 +89,21 @@ impl SessionFilters {
         let mut modifications = Vec::new();
         for &index in pipeline.stage(stage) {
             let plugin = &pipeline.plugins[index];
-            let verdict = match self.call(index, info, &arg).await {
+            let started = std::time::Instant::now();
+            let called = self.call(index, info, &arg).await;
+            METRICS
+                .hook_seconds
+                .observe(&[stage.name(), &plugin.name], started.elapsed());
+            let verdict = match called {
                 Ok(answer) => {
                     modifications.extend(answer.modifications);
                     answer.verdict
                 }
                 Err(error) => {
                     plugin.record_fault();
+                    METRICS
+                        .plugin_faults
+                        .inc(&[&plugin.name, fault_kind(&error)]);
                     tracing::warn!(
                         plugin = &*plugin.name,
                         hook = stage.name(),
@@ -114,6 +123,9 @@ impl SessionFilters {
                 }
             };
             tracing::debug!(plugin = &*plugin.name, hook = stage.name(), session = %self.session_id, ?verdict, "verdict");
+            METRICS
+                .verdicts
+                .inc(&[stage.name(), &plugin.name, verdict_name(&verdict)]);
             let decided = match verdict {
                 wit::Verdict::Next => None,
                 wit::Verdict::Allow => {
@@ -185,6 +197,34 @@ impl SessionFilters {
         // Only an instance that answered cleanly is kept for the next hook.
         self.instances[index] = Some(live);
         Ok(answer)
+    }
+}
+
+/// The metrics label of a verdict.
+fn verdict_name(verdict: &wit::Verdict) -> &'static str {
+    match verdict {
+        wit::Verdict::Next => "next",
+        wit::Verdict::Allow => "allow",
+        wit::Verdict::Accept => "accept",
+        wit::Verdict::Reject(_) => "reject",
+        wit::Verdict::Tempfail(_) => "tempfail",
+        wit::Verdict::Disconnect(_) => "disconnect",
+        wit::Verdict::Discard => "discard",
+        wit::Verdict::Quarantine(_) => "quarantine",
+    }
+}
+
+/// The metrics label of a failed call, from its description (see
+/// `plugin::describe_error`).
+fn fault_kind(error: &str) -> &'static str {
+    if error.starts_with("deadline exceeded") {
+        "timeout"
+    } else if error.contains("memory") {
+        "memory"
+    } else if error.starts_with("trap:") {
+        "trap"
+    } else {
+        "error"
     }
 }
 

@@ -30,6 +30,10 @@ const POOL_CORE_INSTANCES: u32 = 40_000;
 const POOL_MEMORIES: u32 = 20_000;
 const POOL_TABLES: u32 = 20_000;
 const POOL_STACKS: u32 = 10_000;
+/// Bytes of a freed table reset in place rather than decommitted.
+const KEEP_RESIDENT_TABLE: usize = 64 << 10;
+/// Freed slots decommitted together, per CPU shard.
+const DECOMMIT_BATCH: usize = 32;
 
 pub struct PluginEngine {
     pub(crate) engine: Engine,
@@ -47,7 +51,13 @@ impl PluginEngine {
             .total_memories(POOL_MEMORIES)
             .total_tables(POOL_TABLES)
             .total_stacks(POOL_STACKS)
-            .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+            .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+            // Every session ends an instance. Returning freed slots to the OS
+            // in batches spares a madvise (and the TLB-shootdown IPIs it
+            // costs on every core) per session; resetting memory by memset
+            // instead (keep_resident) measured slower: 1 MiB per session.
+            .table_keep_resident(KEEP_RESIDENT_TABLE)
+            .decommit_batch_size(DECOMMIT_BATCH);
 
         let mut config = Config::new();
         config

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::{AuthMode, Config, ListenerConfig, TlsMode};
 use crate::delivery::DeliveryHandle;
+use crate::metrics::METRICS;
 use crate::pipeline::{
     HookArg, MailboxArg, Modification, PipelineSet, SessionFilters, SessionInfo, StageOutcome,
 };
@@ -96,6 +97,8 @@ pub struct Session {
     esmtp: bool,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Messages queued in this session, for the disconnect log line.
+    queued: u32,
 }
 
 impl Session {
@@ -136,6 +139,7 @@ impl Session {
             esmtp: false,
             transaction: None,
             errors: 0,
+            queued: 0,
         })
     }
 
@@ -147,7 +151,10 @@ impl Session {
     /// went away, and nothing it did not get a 250 for was kept.
     pub async fn run(mut self) {
         let peer = format!("{}:{}", self.info.client_ip, self.info.client_port);
+        let started = std::time::Instant::now();
         tracing::info!(session = %self.info.id, client = %peer, listener = %self.listener.name, "connect");
+        METRICS.connections.inc(&[&self.listener.name]);
+        METRICS.connections_open.inc(&[&self.listener.name]);
         let implicit = self.listener.tls == TlsMode::Implicit;
         let ready = if implicit {
             self.handshake().await
@@ -166,7 +173,18 @@ impl Session {
         }
         // Bounded: a TLS close_notify must not wait on a client that stopped reading.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
-        tracing::info!(session = %self.info.id, client = %peer, "disconnect");
+        tracing::info!(
+            session = %self.info.id,
+            client = %peer,
+            listener = %self.listener.name,
+            helo = self.info.helo.as_deref().unwrap_or(""),
+            tls = self.info.tls.as_ref().map_or("none", |t| t.version.as_str()),
+            user = self.info.authenticated_user.as_deref().unwrap_or(""),
+            queued = self.queued,
+            seconds = started.elapsed().as_secs_f64(),
+            "disconnect"
+        );
+        METRICS.connections_open.dec(&[&self.listener.name]);
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
@@ -336,7 +354,14 @@ impl Session {
             return Err(std::io::Error::other("the listener has no certificate"));
         };
         let timeout = self.ctx.config.server.timeouts.command;
-        let info = self.stream.upgrade(tls.acceptor(), timeout).await?;
+        let info = match self.stream.upgrade(tls.acceptor(), timeout).await {
+            Ok(info) => info,
+            Err(e) => {
+                METRICS.tls_handshakes.inc(&["failed", ""]);
+                return Err(e);
+            }
+        };
+        METRICS.tls_handshakes.inc(&["ok", &info.version]);
         tracing::info!(session = %self.info.id, version = %info.version, cipher = %info.cipher, "TLS established");
         self.info.tls = Some(info);
         Ok(())
@@ -417,21 +442,25 @@ impl Session {
         match outcome {
             AuthOutcome::Success(user) => {
                 tracing::info!(session = %self.info.id, user = ?user, "authenticated");
+                METRICS.auth_attempts.inc(&["success"]);
                 self.info.authenticated_user = Some(user);
                 self.reply(Reply::auth_success());
             }
             AuthOutcome::BadCredentials => {
                 tracing::warn!(session = %self.info.id, client = %self.info.client_ip, user = ?user, "authentication failed");
+                METRICS.auth_attempts.inc(&["failure"]);
                 self.error(Reply::auth_failed());
             }
             AuthOutcome::Locked(Locked::Client) => {
                 tracing::warn!(session = %self.info.id, client = %self.info.client_ip, user = ?user, "authentication refused: client locked out");
+                METRICS.auth_attempts.inc(&["locked_out"]);
                 self.error(Reply::auth_locked_out());
             }
             AuthOutcome::Locked(Locked::User) => {
                 // Same reply as a wrong password: a lockout must not tell
                 // a guesser that the name exists.
                 tracing::warn!(session = %self.info.id, client = %self.info.client_ip, user = ?user, "authentication refused: user locked out");
+                METRICS.auth_attempts.inc(&["locked_out"]);
                 self.error(Reply::auth_failed());
             }
             AuthOutcome::Unavailable => self.reply(Reply::auth_tempfail()),
@@ -660,10 +689,16 @@ impl Session {
             StageOutcome::Quarantine(reason) => Some(reason),
             StageOutcome::Discard => {
                 tracing::info!(session = %self.info.id, "message discarded by the data stage");
+                count_message("discarded", message.len());
                 self.reply(Reply::ok());
                 return Ok(Flow::Continue);
             }
             refused => {
+                let outcome = match refused {
+                    StageOutcome::Reject(_) => "rejected",
+                    _ => "tempfailed",
+                };
+                count_message(outcome, message.len());
                 return Ok(self.refused(refused).unwrap_or(Flow::Continue));
             }
         };
@@ -743,14 +778,15 @@ impl Session {
             single_recipient,
             &rfc5322_date(now as i64),
         );
-        let body = if prepend.is_empty() && append.is_empty() && remove.is_empty() {
-            message.to_vec()
-        } else {
-            message::apply_header_changes(&message, &remove, &prepend, &append)
-        };
-        let mut stored = Vec::with_capacity(trace.len() + body.len());
+        let mut stored = Vec::with_capacity(trace.len() + message.len());
         stored.extend_from_slice(trace.as_bytes());
-        stored.extend_from_slice(&body);
+        if prepend.is_empty() && append.is_empty() && remove.is_empty() {
+            stored.extend_from_slice(&message);
+        } else {
+            stored.extend_from_slice(&message::apply_header_changes(
+                &message, &remove, &prepend, &append,
+            ));
+        }
 
         let new_message = NewMessage {
             reverse_path: match &transaction.reverse_path {
@@ -764,22 +800,32 @@ impl Session {
             quarantine: quarantine.clone(),
         };
         let recipients = new_message.recipients.len();
+        let new_reverse_path = new_message.reverse_path.clone();
         match self.ctx.spool.enqueue_with_id(queue_id, new_message).await {
             Ok(id) => {
                 tracing::info!(
                     session = %self.info.id,
                     queue_id = %id,
+                    from = %new_reverse_path,
                     recipients,
+                    size = message.len(),
                     quarantine = quarantine.as_deref().unwrap_or(""),
                     "message queued"
                 );
+                self.queued += 1;
                 if quarantine.is_none() {
                     self.ctx.delivery.enqueued(id);
                 }
+                let outcome = match quarantine {
+                    None => "accepted",
+                    Some(_) => "quarantined",
+                };
+                count_message(outcome, message.len());
                 self.reply(Reply::queued(&id.to_string()));
             }
             Err(e) => {
                 tracing::error!(session = %self.info.id, "spool write failed: {e}");
+                count_message("tempfailed", message.len());
                 self.reply(Reply::local_error());
             }
         }
@@ -869,4 +915,12 @@ fn quote_local_part(local: &str) -> String {
         quoted.push('"');
         quoted
     }
+}
+
+/// Counts one message received at DATA by its outcome.
+fn count_message(outcome: &str, size: usize) {
+    METRICS.messages.inc(&[outcome]);
+    METRICS
+        .message_bytes
+        .add(&[outcome], u64::try_from(size).unwrap_or(u64::MAX));
 }

@@ -1,0 +1,354 @@
+//! Process-wide metrics, rendered in the Prometheus text exposition format
+//! (version 0.0.4) by the admin endpoint's `GET /metrics`.
+//!
+//! Every metric is a static in [`METRICS`]; instrumented code calls one
+//! method (`METRICS.messages.inc(&["accepted"])`). Label values come from
+//! configuration (listener and plugin names) or from small fixed sets, never
+//! from clients, so the number of series stays bounded.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the hook latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+
+/// Every metric sluice exports.
+pub struct Metrics {
+    pub connections_open: GaugeVec,
+    pub connections: CounterVec,
+    pub connections_refused: CounterVec,
+    pub messages: CounterVec,
+    pub message_bytes: CounterVec,
+    pub verdicts: CounterVec,
+    pub hook_seconds: HistogramVec,
+    pub plugin_faults: CounterVec,
+    pub delivery_attempts: CounterVec,
+    pub tls_handshakes: CounterVec,
+    pub auth_attempts: CounterVec,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    Metrics {
+    connections_open: GaugeVec::new(
+        "sluice_connections_open",
+        "SMTP connections open now.",
+        &["listener"],
+    ),
+    connections: CounterVec::new(
+        "sluice_connections_total",
+        "SMTP connections accepted.",
+        &["listener"],
+    ),
+    connections_refused: CounterVec::new(
+        "sluice_connections_refused_total",
+        "SMTP connections refused by the global or per-IP cap.",
+        &["listener"],
+    ),
+    messages: CounterVec::new(
+        "sluice_messages_total",
+        "Messages received at DATA, by outcome: accepted, rejected, tempfailed, discarded, quarantined.",
+        &["outcome"],
+    ),
+    message_bytes: CounterVec::new(
+        "sluice_message_bytes_total",
+        "Octets of messages received at DATA, by outcome.",
+        &["outcome"],
+    ),
+    verdicts: CounterVec::new(
+        "sluice_plugin_verdicts_total",
+        "Verdicts returned by plugins.",
+        &["stage", "plugin", "verdict"],
+    ),
+    hook_seconds: HistogramVec::new(
+        "sluice_plugin_hook_duration_seconds",
+        "Time a plugin's hook took, host calls included.",
+        &["stage", "plugin"],
+    ),
+    plugin_faults: CounterVec::new(
+        "sluice_plugin_faults_total",
+        "Plugin hooks that failed (trap, timeout, memory, init) and got their on_error policy.",
+        &["plugin", "kind"],
+    ),
+    delivery_attempts: CounterVec::new(
+        "sluice_delivery_attempts_total",
+        "Per-recipient delivery attempts by result: delivered, deferred, failed (final, DSN sent when there is a reverse-path).",
+        &["result"],
+    ),
+    tls_handshakes: CounterVec::new(
+        "sluice_tls_handshakes_total",
+        "Inbound TLS handshakes by result and protocol version.",
+        &["result", "version"],
+    ),
+    auth_attempts: CounterVec::new(
+        "sluice_auth_attempts_total",
+        "SMTP AUTH attempts by outcome: success, failure, locked_out.",
+        &["outcome"],
+    ),
+}
+});
+
+impl Metrics {
+    /// Every metric in the text exposition format, followed by `extra`
+    /// (gauges computed at scrape time, already rendered).
+    pub fn render(&self, extra: &[Gauge]) -> String {
+        let mut out = String::new();
+        self.connections_open.render(&mut out);
+        for counter in [
+            &self.connections,
+            &self.connections_refused,
+            &self.messages,
+            &self.message_bytes,
+            &self.verdicts,
+            &self.plugin_faults,
+            &self.delivery_attempts,
+            &self.tls_handshakes,
+            &self.auth_attempts,
+        ] {
+            counter.render(&mut out);
+        }
+        self.hook_seconds.render(&mut out);
+        for gauge in extra {
+            gauge.render(&mut out);
+        }
+        out
+    }
+}
+
+/// A metric family's locked series; a panic elsewhere cannot leave a map
+/// of numbers inconsistent, so a poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn key(labels: &[&str]) -> Vec<String> {
+    labels.iter().map(|l| (*l).to_owned()).collect()
+}
+
+/// `{a="x",b="y"}` with values escaped as the format requires.
+fn label_set(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
+    let mut pairs: Vec<String> = names
+        .iter()
+        .zip(values)
+        .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
+        .collect();
+    if let Some((name, value)) = extra {
+        pairs.push(format!("{name}=\"{value}\""));
+    }
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", pairs.join(","))
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A counter family with labels.
+pub struct CounterVec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    series: Mutex<BTreeMap<Vec<String>, u64>>,
+}
+
+impl CounterVec {
+    fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        CounterVec {
+            name,
+            help,
+            labels,
+            series: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn inc(&self, labels: &[&str]) {
+        self.add(labels, 1);
+    }
+
+    pub fn add(&self, labels: &[&str], n: u64) {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
+        *lock(&self.series).entry(key(labels)).or_default() += n;
+    }
+
+    /// The current value of one series (0 when it was never incremented).
+    pub fn get(&self, labels: &[&str]) -> u64 {
+        lock(&self.series).get(&key(labels)).copied().unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "counter");
+        for (values, n) in lock(&self.series).iter() {
+            let labels = label_set(self.labels, values, None);
+            let _ = writeln!(out, "{}{labels} {n}", self.name);
+        }
+    }
+}
+
+/// A gauge family with labels, moved up and down by the code it measures.
+pub struct GaugeVec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    series: Mutex<BTreeMap<Vec<String>, i64>>,
+}
+
+impl GaugeVec {
+    fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        GaugeVec {
+            name,
+            help,
+            labels,
+            series: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn inc(&self, labels: &[&str]) {
+        *lock(&self.series).entry(key(labels)).or_default() += 1;
+    }
+
+    pub fn dec(&self, labels: &[&str]) {
+        *lock(&self.series).entry(key(labels)).or_default() -= 1;
+    }
+
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "gauge");
+        for (values, n) in lock(&self.series).iter() {
+            let labels = label_set(self.labels, values, None);
+            let _ = writeln!(out, "{}{labels} {n}", self.name);
+        }
+    }
+}
+
+/// A gauge without labels whose value is computed at scrape time.
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: f64,
+}
+
+impl Gauge {
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "gauge");
+        let _ = writeln!(out, "{} {}", self.name, self.value);
+    }
+}
+
+#[derive(Default)]
+struct Histogram {
+    /// Per bucket (not cumulative; summed when rendered).
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// A histogram family with labels and the fixed latency buckets.
+pub struct HistogramVec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    series: Mutex<BTreeMap<Vec<String>, Histogram>>,
+}
+
+impl HistogramVec {
+    fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        HistogramVec {
+            name,
+            help,
+            labels,
+            series: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn observe(&self, labels: &[&str], elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let mut series = lock(&self.series);
+        let histogram = series.entry(key(labels)).or_default();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            histogram.buckets[i] += 1;
+        }
+        histogram.count += 1;
+        histogram.sum += seconds;
+    }
+
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "histogram");
+        for (values, h) in lock(&self.series).iter() {
+            let mut cumulative = 0;
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                cumulative += n;
+                let labels = label_set(self.labels, values, Some(("le", &bound.to_string())));
+                let _ = writeln!(out, "{}_bucket{labels} {cumulative}", self.name);
+            }
+            let labels = label_set(self.labels, values, Some(("le", "+Inf")));
+            let _ = writeln!(out, "{}_bucket{labels} {}", self.name, h.count);
+            let labels = label_set(self.labels, values, None);
+            let _ = writeln!(out, "{}_sum{labels} {}", self.name, h.sum);
+            let _ = writeln!(out, "{}_count{labels} {}", self.name, h.count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_with_escaped_labels() {
+        let c = CounterVec::new("t_total", "Test.", &["plugin"]);
+        c.inc(&["a\"b"]);
+        c.add(&["a\"b"], 2);
+        c.inc(&["z"]);
+        let mut out = String::new();
+        c.render(&mut out);
+        assert_eq!(
+            out,
+            "# HELP t_total Test.\n# TYPE t_total counter\nt_total{plugin=\"a\\\"b\"} 3\nt_total{plugin=\"z\"} 1\n"
+        );
+        assert_eq!(c.get(&["z"]), 1);
+        assert_eq!(c.get(&["none"]), 0);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = HistogramVec::new("t_seconds", "Test.", &["stage"]);
+        h.observe(&["rcpt"], Duration::from_micros(40));
+        h.observe(&["rcpt"], Duration::from_millis(3));
+        h.observe(&["rcpt"], Duration::from_secs(5));
+        let mut out = String::new();
+        h.render(&mut out);
+        assert!(
+            out.contains("t_seconds_bucket{stage=\"rcpt\",le=\"0.00005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{stage=\"rcpt\",le=\"0.005\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{stage=\"rcpt\",le=\"1\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{stage=\"rcpt\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("t_seconds_count{stage=\"rcpt\"} 3\n"), "{out}");
+    }
+}
