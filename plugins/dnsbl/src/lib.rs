@@ -20,8 +20,8 @@ mod policy;
 mod component {
     use std::cell::RefCell;
 
-    use sluice_plugin_net::parse_client_ip;
     use sluice_sdk::dns::{self, DnsError};
+    use sluice_sdk::net::parse_client_ip;
     use sluice_sdk::{host, log, Address, Filter, Session, Verdict};
 
     use crate::policy::{

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Deserialize;
-use sluice_plugin_net::{Network, NetworkError, Networks};
+use sluice_sdk::net::{Networks, ParseError};
 
 /// Why the plugin's configuration was refused; shown to the operator when
 /// the pipeline is built.
@@ -21,9 +21,9 @@ pub enum ConfigError {
     #[error("dnsbl: invalid config: {0}")]
     Json(String),
     #[error("dnsbl: allow: {0}")]
-    Allow(NetworkError),
+    Allow(ParseError),
     #[error("dnsbl: zones[{index}].answers: {error}")]
-    Answers { index: usize, error: NetworkError },
+    Answers { index: usize, error: ParseError },
     #[error("dnsbl: zones[{index}].zone: {zone:?} is not a DNS zone name")]
     ZoneName { index: usize, zone: String },
     #[error("dnsbl: zones[{index}].zone: {zone:?} is listed twice with the same type")]
@@ -172,8 +172,9 @@ impl Config {
             }
             let answers = match zone.answers {
                 None => default_answers(),
-                Some(list) => Networks::parse(&list)
-                    .map_err(|error| ConfigError::Answers { index, error })?,
+                Some(list) => {
+                    Networks::parse(&list).map_err(|error| ConfigError::Answers { index, error })?
+                }
             };
             zones.push(Zone {
                 zone: name,
@@ -216,7 +217,7 @@ fn valid_zone_name(name: &str) -> bool {
 /// The name to query for a client address (RFC 5782 §2.1, §2.4): IPv4
 /// octets reversed, IPv6 as 32 reversed nibbles.
 pub fn ip_query(ip: IpAddr, zone: &str) -> String {
-    match sluice_plugin_net::unmap(ip) {
+    match sluice_sdk::net::unmap(ip) {
         IpAddr::V4(v4) => {
             let [a, b, c, d] = v4.octets();
             format!("{d}.{c}.{b}.{a}.{zone}")
@@ -468,8 +469,10 @@ mod tests {
             "dnsbl: zones[0].zone: \"a..example\" is not a DNS zone name"
         );
         assert!(err(r#"{"zones": [{"zone": "example"}]}"#).contains("zones[0].zone"));
-        assert!(err(r#"{"zones": [{"zone": "a.example"}, {"zone": "A.example"}]}"#)
-            .contains("zones[1].zone: \"A.example\" is listed twice"));
+        assert!(
+            err(r#"{"zones": [{"zone": "a.example"}, {"zone": "A.example"}]}"#)
+                .contains("zones[1].zone: \"A.example\" is listed twice")
+        );
         assert!(
             err(r#"{"zones": [{"zone": "a.example", "answers": ["127.0.0.x"]}]}"#)
                 .starts_with("dnsbl: zones[0].answers: \"127.0.0.x\"")
@@ -495,7 +498,10 @@ mod tests {
     fn ipv6_query_reverses_nibbles() {
         // The example of RFC 5782 §2.4.
         assert_eq!(
-            ip_query("2001:db8:1:2:3:4:567:89ab".parse().unwrap(), "ugly.example.com"),
+            ip_query(
+                "2001:db8:1:2:3:4:567:89ab".parse().unwrap(),
+                "ugly.example.com"
+            ),
             "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ugly.example.com"
         );
     }
@@ -507,7 +513,11 @@ mod tests {
             Some("spam.example.dbl.example")
         );
         for not_a_domain in ["", "[192.0.2.1]", "192.0.2.1", "a..b", "a b", "x@y"] {
-            assert_eq!(domain_query(not_a_domain, "dbl.example"), None, "{not_a_domain}");
+            assert_eq!(
+                domain_query(not_a_domain, "dbl.example"),
+                None,
+                "{not_a_domain}"
+            );
         }
         assert_eq!(domain_query(&"a.".repeat(130), "dbl.example"), None);
     }
@@ -613,7 +623,11 @@ mod tests {
         assert_eq!(found.listings.len(), 1);
         assert_eq!(found.listings[0].zone, "a.example");
         assert_eq!(found.skipped.len(), 1);
-        assert!(found.skipped[0].contains("b.example"), "{:?}", found.skipped);
+        assert!(
+            found.skipped[0].contains("b.example"),
+            "{:?}",
+            found.skipped
+        );
         assert!(!cfg.reached(score(&found.listings)));
         assert_eq!(
             reply_text(&found.listings),
