@@ -243,8 +243,9 @@ mod tests {
     fn bad_configs_name_the_key() {
         let err = |json: &str| Config::parse(json).unwrap_err().to_string();
         assert!(err(r#"{"check_from": true}"#).contains("unknown field `check_from`"));
-        assert!(err(r#"{"trusted_networks": ["x"]}"#)
-            .starts_with("antispoof: trusted_networks: \"x\""));
+        assert!(
+            err(r#"{"trusted_networks": ["x"]}"#).starts_with("antispoof: trusted_networks: \"x\"")
+        );
         for bad in ["@example.org", "a@", "a b@example.org", "", "a..b"] {
             assert_eq!(
                 err(&format!(r#"{{"allow_senders": ["{bad}"]}}"#)),
@@ -285,9 +286,15 @@ mod tests {
                 "alice@example.org (Alice <alice@evil.test>)",
                 &["alice@example.org"],
             ),
-            ("Friends: a@x.test, b@example.org;", &["a@x.test", "b@example.org"]),
+            (
+                "Friends: a@x.test, b@example.org;",
+                &["a@x.test", "b@example.org"],
+            ),
             ("Undisclosed:;", &[]),
-            ("=?utf-8?q?B=C3=A9a?= <bea@example.org>", &["bea@example.org"]),
+            (
+                "=?utf-8?q?B=C3=A9a?= <bea@example.org>",
+                &["bea@example.org"],
+            ),
             ("Alice\r\n <alice@example.org>", &["alice@example.org"]),
             ("<@relay.test:alice@example.org>", &["alice@example.org"]),
             ("\"odd@local\"@example.org", &["\"odd@local\"@example.org"]),

@@ -61,15 +61,17 @@ mod component {
     impl State {
         fn check(&mut self, session: &Session, helo: Option<&str>) -> Verdict {
             if session.is_authenticated()
-                || self.config.trusted_networks.contains_client(&session.client_ip)
+                || self
+                    .config
+                    .trusted_networks
+                    .contains_client(&session.client_ip)
             {
                 return Verdict::Next;
             }
             if let Some(helo) = helo {
-                let refusal =
-                    policy::check_name(&self.config, helo, &host::hostname(), |domain| {
-                        host::is_local_domain(domain)
-                    });
+                let refusal = policy::check_name(&self.config, helo, &host::hostname(), |domain| {
+                    host::is_local_domain(domain)
+                });
                 if let Some(refusal) = refusal {
                     return verdict(refusal);
                 }
@@ -110,12 +112,7 @@ mod component {
     impl Filter for Helo {
         fn init(config: &str) -> Result<(), String> {
             let config = Config::parse(config).map_err(|e| e.to_string())?;
-            STATE.with_borrow_mut(|state| {
-                *state = State {
-                    config,
-                    rdns: None,
-                }
-            });
+            STATE.with_borrow_mut(|state| *state = State { config, rdns: None });
             Ok(())
         }
 

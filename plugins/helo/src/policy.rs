@@ -179,7 +179,10 @@ pub fn parse_helo(helo: &str) -> Result<HeloName, SyntaxError> {
         if label.is_empty() {
             return Err(SyntaxError::EmptyLabel);
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(SyntaxError::BadCharacter);
         }
         if label.len() > 63 {
@@ -493,10 +496,7 @@ mod tests {
             parse_helo(&format!("{}.example", "a".repeat(64))),
             Err(SyntaxError::LongLabel)
         );
-        assert_eq!(
-            parse_helo(&"abc.".repeat(64)),
-            Err(SyntaxError::LongName)
-        );
+        assert_eq!(parse_helo(&"abc.".repeat(64)), Err(SyntaxError::LongName));
     }
 
     fn local(domain: &str) -> bool {
@@ -580,10 +580,7 @@ mod tests {
         ));
         let none = |_: &str| Err(LookupError::NxDomain);
         assert_eq!(reverse_dns(ip, true, none, forward), Rdns::NoPtr);
-        assert_eq!(
-            reverse_dns(ip, true, |_| names(&[]), forward),
-            Rdns::NoPtr
-        );
+        assert_eq!(reverse_dns(ip, true, |_| names(&[]), forward), Rdns::NoPtr);
         assert_eq!(
             reverse_dns(ip, true, |_| temporary(), forward),
             Rdns::Temporary("SERVFAIL".into())
@@ -630,9 +627,8 @@ mod tests {
         let off = config("{}");
         let unconfirmed = Rdns::Unconfirmed(vec!["a.example".into()]);
         let temp = Rdns::Temporary("x".into());
-        let code = |cfg: &Config, rdns: &Rdns| {
-            check_rdns(cfg, ip, rdns).map(|r| (r.code, r.enhanced))
-        };
+        let code =
+            |cfg: &Config, rdns: &Rdns| check_rdns(cfg, ip, rdns).map(|r| (r.code, r.enhanced));
         assert_eq!(code(&fcrdns, &Rdns::Confirmed("a".into())), None);
         assert_eq!(code(&fcrdns, &unconfirmed), Some((550, "5.7.25")));
         assert_eq!(code(&fcrdns, &Rdns::NoPtr), Some((550, "5.7.25")));
