@@ -36,12 +36,17 @@ pub fn parse_client_ip(text: &str) -> Option<IpAddr> {
     if let Some((addr, _zone)) = text.split_once('%') {
         text = addr;
     }
-    match IpAddr::from_str(text).ok()? {
-        IpAddr::V6(v6) => Some(match v6.to_ipv4_mapped() {
+    Some(unmap(IpAddr::from_str(text).ok()?))
+}
+
+/// An IPv4-mapped IPv6 address as IPv4; anything else unchanged.
+pub fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(v6),
-        }),
-        v4 => Some(v4),
+        },
+        v4 => v4,
     }
 }
 
@@ -66,7 +71,7 @@ impl Network {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (*self, ip) {
+        match (*self, unmap(ip)) {
             (Network::V4 { addr, prefix }, IpAddr::V4(ip)) => {
                 u32::from(ip) & mask_v4(prefix) == addr
             }
@@ -153,6 +158,39 @@ impl FromStr for Network {
     }
 }
 
+/// A list of networks, as a config key holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Networks(Vec<Network>);
+
+impl Networks {
+    /// Parses every entry; the first bad one is the error.
+    pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Networks, ParseError> {
+        values
+            .iter()
+            .map(|value| value.as_ref().parse())
+            .collect::<Result<_, _>>()
+            .map(Networks)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(ip))
+    }
+
+    /// Whether the client address (as the host reports it) is in the list;
+    /// an address that does not parse is in none.
+    pub fn contains_client(&self, client_ip: &str) -> bool {
+        parse_client_ip(client_ip).is_some_and(|ip| self.contains(ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Network> {
+        self.0.iter()
+    }
+}
+
 /// Parses a duration such as `"90s"`, `"5m"`, `"4h"`, `"36d"`, `"1w"` or a
 /// sum like `"1h30m"`, into seconds. A unit is required; zero is allowed
 /// (the caller decides whether it makes sense).
@@ -204,7 +242,10 @@ mod tests {
         let v4: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(parse_client_ip("192.0.2.7"), Some(v4));
         assert_eq!(parse_client_ip("::ffff:192.0.2.7"), Some(v4));
-        assert_eq!(parse_client_ip("[IPv6:2001:db8::1]"), "2001:db8::1".parse().ok());
+        assert_eq!(
+            parse_client_ip("[IPv6:2001:db8::1]"),
+            "2001:db8::1".parse().ok()
+        );
         assert_eq!(parse_client_ip("fe80::1%eth0"), "fe80::1".parse().ok());
         assert_eq!(parse_client_ip("nonsense"), None);
         assert_eq!(parse_client_ip("ipv6é"), None);
@@ -228,10 +269,99 @@ mod tests {
         assert!(net.contains("10.200.0.1".parse().unwrap()));
         let mapped: Network = "::ffff:10.0.0.0/104".parse().unwrap();
         assert_eq!(mapped, net);
-        for value in ["10.0.0.0/33", "::/129", "10.0.0/8", "x", "10.0.0.0/", "1.2.3.4/+8", ""] {
+        for value in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "x",
+            "10.0.0.0/",
+            "1.2.3.4/+8",
+            "",
+        ] {
             let err = value.parse::<Network>().unwrap_err();
             assert_eq!(err.value, value);
         }
+    }
+
+    #[test]
+    fn network_membership() {
+        let net: Network = "192.168.1.77/24".parse().unwrap();
+        assert_eq!(
+            net,
+            Network::V4 {
+                addr: 0xc0a8_0100,
+                prefix: 24
+            }
+        );
+        assert!(net.contains("192.168.1.1".parse().unwrap()));
+        assert!(net.contains("192.168.1.255".parse().unwrap()));
+        assert!(!net.contains("192.168.2.1".parse().unwrap()));
+        assert!(!net.contains("::1".parse().unwrap()));
+
+        let any: Network = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains("203.0.113.9".parse().unwrap()));
+        assert!(!any.contains("2001:db8::1".parse().unwrap()));
+
+        let host: Network = "10.1.2.3".parse().unwrap();
+        assert!(host.contains("10.1.2.3".parse().unwrap()));
+        assert!(!host.contains("10.1.2.4".parse().unwrap()));
+
+        let v6: Network = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        let all6: Network = "::/0".parse().unwrap();
+        assert!(all6.contains("2001:db9::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn mapped_networks_become_ipv4() {
+        let net: Network = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(
+            net,
+            Network::V4 {
+                addr: 0x0a00_0000,
+                prefix: 8
+            }
+        );
+    }
+
+    #[test]
+    fn client_ip_more_forms() {
+        let v4 = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(parse_client_ip("127.0.0.1"), v4);
+        assert_eq!(parse_client_ip(" 127.0.0.1\n"), v4);
+        assert_eq!(parse_client_ip("::ffff:127.0.0.1"), v4);
+        assert_eq!(parse_client_ip("[::ffff:127.0.0.1]"), v4);
+        assert_eq!(parse_client_ip("::FFFF:7f00:1"), v4);
+        assert_eq!(
+            parse_client_ip("::1"),
+            Some(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        );
+        // ::1 is not IPv4-compatible 0.0.0.1 for our purposes.
+        assert_eq!(
+            parse_client_ip("[IPv6:::1]"),
+            Some(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        );
+        assert_eq!(
+            parse_client_ip("fe80::1%eth0"),
+            Some("fe80::1".parse().unwrap())
+        );
+        assert_eq!(parse_client_ip(""), None);
+        assert_eq!(parse_client_ip("localhost"), None);
+        assert_eq!(parse_client_ip("127.0.0.1:25"), None);
+    }
+
+    #[test]
+    fn network_lists() {
+        let nets = Networks::parse(&["127.0.0.0/8", "::1"]).unwrap();
+        assert!(nets.contains_client("127.9.9.9"));
+        assert!(nets.contains_client("::ffff:127.0.0.2"));
+        assert!(nets.contains_client("::1"));
+        assert!(!nets.contains_client("10.0.0.1"));
+        assert!(!nets.contains_client("garbage"));
+        assert!(Networks::default().is_empty());
+        let err = Networks::parse(&["127.0.0.0/8", "nope"]).unwrap_err();
+        assert_eq!(err.to_string(), "\"nope\" is not valid (bad address)");
     }
 
     #[test]
@@ -243,7 +373,16 @@ mod tests {
         assert_eq!(parse_duration("1w"), Ok(604_800));
         assert_eq!(parse_duration(" 1h30m "), Ok(5_400));
         assert_eq!(parse_duration("0s"), Ok(0));
-        for bad in ["", "5", "m", "5x", "5 m", "-5s", "1.5h", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "5",
+            "m",
+            "5x",
+            "5 m",
+            "-5s",
+            "1.5h",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
