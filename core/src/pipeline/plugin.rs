@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_spool::KvStore;
 use wasmtime::component::Component;
 use wasmtime::Store;
 
+use crate::state::Kv;
 use super::auth::SessionAuth;
 use super::bindings::{Filter, FilterPre};
 use super::engine::PluginEngine;
@@ -40,7 +40,7 @@ pub struct Plugin {
     pub memory: usize,
     config_json: Arc<str>,
     pre: FilterPre<HostState>,
-    kv: KvStore,
+    kv: Kv,
     /// Traps, timeouts and cap breaches so far (for metrics and tests).
     faults: AtomicU64,
 }
@@ -57,7 +57,7 @@ impl Plugin {
     pub fn load(
         engine: &PluginEngine,
         config: &PluginConfig,
-        kv: KvStore,
+        kv: Kv,
     ) -> Result<Plugin, PipelineError> {
         let name = config.name.clone();
         let component = match &config.source {
