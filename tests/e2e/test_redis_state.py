@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Server, config, free_port
+from test_greylist import greylist, rcpt, until_accepted
 from test_ratelimit import ratelimit, send
 
 
@@ -94,18 +95,16 @@ def node(tmp_path):
     """A sluice server with its own data dir (several per test)."""
     servers = []
 
-    def start(state, limits, **kw):
+    def start(state, limits, greylist=None):
         port = free_port()
         tmp = tmp_path / f"node{len(servers)}"
         tmp.mkdir()
-        text = config(
-            port,
-            tmp / "data",
-            rcpt='["ratelimit", "relay"]',
-            pipeline_extra='data = ["ratelimit"]',
-            trusted='["127.0.0.0/8"]',
-            extra=ratelimit(limits) + state,
-        )
+        if greylist is None:
+            plugins = dict(rcpt='["ratelimit", "relay"]', pipeline_extra='data = ["ratelimit"]',
+                           extra=ratelimit(limits) + state)
+        else:
+            plugins = dict(rcpt='["greylist", "relay"]', extra=greylist + state)
+        text = config(port, tmp / "data", trusted='["127.0.0.0/8"]', **plugins)
         server = Server(tmp, text)
         servers.append(server)
         return server.start(port)
@@ -159,6 +158,26 @@ def test_redis_down_fails_open_and_recovers(redis, node):
         over = send(s.port)[0] == 451
         time.sleep(0.1)
     assert over, "limit never applied again after Redis came back"
+
+
+def test_greylist_triplet_seen_by_every_node(redis, node):
+    r = redis()
+    state = redis_state(r.url)
+    a = node(state, None, greylist=greylist(delay='"1s"'))
+    b = node(state, None, greylist=greylist(delay='"1s"'))
+    code, text = rcpt(a.port)
+    assert code == 451 and b"4.7.1" in text, (code, text)
+    # The retry reaches the other node, which knows the triplet.
+    until_accepted(b.port)
+    assert rcpt(a.port)[0] == 250
+    keys = r.keys("sluice-test:greylist:*")
+    assert any(b"triplet:127.0.0.0/24|alice@example.org|bob@localhost" in k for k in keys), keys
+
+
+def test_greylist_fails_open_without_redis(node):
+    s = node(redis_state(f"redis://127.0.0.1:{free_port()}"), None, greylist=greylist(delay='"1h"'))
+    assert rcpt(s.port)[0] == 250
+    assert "greylist state (fail open)" in s.log.read_text()
 
 
 def test_unreachable_redis_at_start_does_not_stop_mail(node):
