@@ -88,7 +88,11 @@ async fn incr_is_atomic_and_namespaced() {
     let other = backend(redis.url(), &spool).kv("ratelimit").unwrap();
     let mut tasks = Vec::new();
     for i in 0..16 {
-        let kv = if i % 2 == 0 { kv.clone() } else { other.clone() };
+        let kv = if i % 2 == 0 {
+            kv.clone()
+        } else {
+            other.clone()
+        };
         tasks.push(tokio::spawn(async move {
             for _ in 0..100 {
                 kv.incr("hits", 1, Some(3600)).await.unwrap();

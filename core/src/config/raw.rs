@@ -891,7 +891,10 @@ fn resolve_state(d: &mut Diagnostics<'_>, raw: Option<&RawState>) -> StateConfig
     let backend = raw.backend.as_ref().map(|b| b.get_ref().as_str());
     match backend {
         None | Some("sled") => {
-            for (value, key) in [(&raw.url, "state.url"), (&raw.key_prefix, "state.key_prefix")] {
+            for (value, key) in [
+                (&raw.url, "state.url"),
+                (&raw.key_prefix, "state.key_prefix"),
+            ] {
                 if let Some(v) = value {
                     d.add(v.span(), key, "only used with backend = \"redis\"");
                 }
@@ -1189,7 +1192,8 @@ mod tests {
         assert_eq!(load_str(base, "c.toml").unwrap().state, StateConfig::Sled);
         let text = format!("{base}[state]\nbackend = \"sled\"\n");
         assert_eq!(load_str(&text, "c.toml").unwrap().state, StateConfig::Sled);
-        let text = format!("{base}[state]\nbackend = \"redis\"\nurl = \"redis://:pw@127.0.0.1:6380/2\"\n");
+        let text =
+            format!("{base}[state]\nbackend = \"redis\"\nurl = \"redis://:pw@127.0.0.1:6380/2\"\n");
         let config = load_str(&text, "c.toml").unwrap();
         assert_eq!(
             config.state,
@@ -1200,13 +1204,28 @@ mod tests {
         );
         // The password never shows in logs.
         let debug = format!("{:?}", config.state);
-        assert!(!debug.contains("pw") && debug.contains(":***@127.0.0.1"), "{debug}");
+        assert!(
+            !debug.contains("pw") && debug.contains(":***@127.0.0.1"),
+            "{debug}"
+        );
 
         let cases = [
             ("[state]\nbackend = \"redis\"\n", "c.toml:7:", "state.url"),
-            ("[state]\nbackend = \"memcached\"\n", "c.toml:7:", "state.backend"),
-            ("[state]\nurl = \"redis://h\"\n", "c.toml:7:", "only used with backend"),
-            ("[state]\nbackend = \"redis\"\nurl = \"http://h\"\n", "c.toml:8:", "state.url"),
+            (
+                "[state]\nbackend = \"memcached\"\n",
+                "c.toml:7:",
+                "state.backend",
+            ),
+            (
+                "[state]\nurl = \"redis://h\"\n",
+                "c.toml:7:",
+                "only used with backend",
+            ),
+            (
+                "[state]\nbackend = \"redis\"\nurl = \"http://h\"\n",
+                "c.toml:8:",
+                "state.url",
+            ),
             ("[state]\nbakend = \"redis\"\n", "c.toml:7:", "bakend"),
         ];
         for (extra, line, needle) in cases {

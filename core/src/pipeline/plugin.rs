@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::Store;
 
-use crate::state::Kv;
 use super::auth::SessionAuth;
 use super::bindings::{Filter, FilterPre};
 use super::engine::PluginEngine;
 use super::host::{HostServices, HostState};
 use super::PipelineError;
 use crate::config::{OnError, PluginConfig, PluginSource};
+use crate::state::Kv;
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtins.rs"));

@@ -449,7 +449,11 @@ mod tests {
     fn keys_group_by_network_and_ignore_case() {
         let cfg = config("{}");
         let (t, n) = cfg
-            .keys(&attempt("::ffff:192.0.2.77", "Alice@Example.ORG", "Bob@Example.net"))
+            .keys(&attempt(
+                "::ffff:192.0.2.77",
+                "Alice@Example.ORG",
+                "Bob@Example.net",
+            ))
             .unwrap();
         assert_eq!(t, "triplet:192.0.2.0/24|alice@example.org|bob@example.net");
         assert_eq!(n, "passed:192.0.2.0/24");
@@ -460,27 +464,46 @@ mod tests {
 
     #[test]
     fn first_attempt_waits_then_passes_and_is_retained() {
-        let cfg = config(r#"{"delay": "5m", "expire": "4h", "retain": "36d", "allow_networks": []}"#);
+        let cfg =
+            config(r#"{"delay": "5m", "expire": "4h", "retain": "36d", "allow_networks": []}"#);
         let mut store = Mem {
             now: 1000,
             ..Mem::default()
         };
         let a = attempt("192.0.2.1", "a@example.org", "b@example.net");
-        assert_eq!(cfg.decide(&a, 1000, &mut store).0, Decision::Greylist { retry_in: 300 });
+        assert_eq!(
+            cfg.decide(&a, 1000, &mut store).0,
+            Decision::Greylist { retry_in: 300 }
+        );
         store.now = 1100;
         // Early retry: told the time left, first-seen kept.
-        assert_eq!(cfg.decide(&a, 1100, &mut store).0, Decision::Greylist { retry_in: 200 });
+        assert_eq!(
+            cfg.decide(&a, 1100, &mut store).0,
+            Decision::Greylist { retry_in: 200 }
+        );
         // Another host of the same /24 retries after the delay: passes.
         store.now = 1300;
         let b = attempt("192.0.2.200", "A@example.org", "b@example.net");
-        assert_eq!(cfg.decide(&b, 1300, &mut store).0, Decision::Pass("retried after the delay"));
+        assert_eq!(
+            cfg.decide(&b, 1300, &mut store).0,
+            Decision::Pass("retried after the delay")
+        );
         store.now = 1300 + 30 * 86400;
-        assert_eq!(cfg.decide(&a, store.now, &mut store).0, Decision::Pass("known triplet"));
+        assert_eq!(
+            cfg.decide(&a, store.now, &mut store).0,
+            Decision::Pass("known triplet")
+        );
         // Refreshed: still known 30 days later, forgotten after 36 idle days.
         store.now += 30 * 86400;
-        assert_eq!(cfg.decide(&a, store.now, &mut store).0, Decision::Pass("known triplet"));
+        assert_eq!(
+            cfg.decide(&a, store.now, &mut store).0,
+            Decision::Pass("known triplet")
+        );
         store.now += 37 * 86400;
-        assert!(matches!(cfg.decide(&a, store.now, &mut store).0, Decision::Greylist { .. }));
+        assert!(matches!(
+            cfg.decide(&a, store.now, &mut store).0,
+            Decision::Greylist { .. }
+        ));
     }
 
     #[test]
@@ -488,9 +511,15 @@ mod tests {
         let cfg = config(r#"{"delay": "1m", "expire": "10m", "allow_networks": []}"#);
         let mut store = Mem::default();
         let a = attempt("192.0.2.1", "a@example.org", "b@example.net");
-        assert!(matches!(cfg.decide(&a, 0, &mut store).0, Decision::Greylist { .. }));
+        assert!(matches!(
+            cfg.decide(&a, 0, &mut store).0,
+            Decision::Greylist { .. }
+        ));
         store.now = 600;
-        assert_eq!(cfg.decide(&a, 600, &mut store).0, Decision::Greylist { retry_in: 60 });
+        assert_eq!(
+            cfg.decide(&a, 600, &mut store).0,
+            Decision::Greylist { retry_in: 60 }
+        );
     }
 
     #[test]
@@ -499,19 +528,34 @@ mod tests {
         let mut store = Mem::default();
         for i in 0..2 {
             let a = attempt("192.0.2.1", "a@example.org", &format!("r{i}@example.net"));
-            assert!(matches!(cfg.decide(&a, 0, &mut store).0, Decision::Greylist { .. }));
+            assert!(matches!(
+                cfg.decide(&a, 0, &mut store).0,
+                Decision::Greylist { .. }
+            ));
             store.now = 5;
-            assert_eq!(cfg.decide(&a, 5, &mut store).0, Decision::Pass("retried after the delay"));
+            assert_eq!(
+                cfg.decide(&a, 5, &mut store).0,
+                Decision::Pass("retried after the delay")
+            );
             store.now = 0;
         }
         store.now = 5;
         let fresh = attempt("192.0.2.9", "new@example.com", "other@example.net");
-        assert_eq!(cfg.decide(&fresh, 5, &mut store).0, Decision::Pass("auto-allowed network"));
+        assert_eq!(
+            cfg.decide(&fresh, 5, &mut store).0,
+            Decision::Pass("auto-allowed network")
+        );
         // Other networks are still greylisted; 0 turns the feature off.
         let elsewhere = attempt("198.51.100.1", "new@example.com", "other@example.net");
-        assert!(matches!(cfg.decide(&elsewhere, 5, &mut store).0, Decision::Greylist { .. }));
+        assert!(matches!(
+            cfg.decide(&elsewhere, 5, &mut store).0,
+            Decision::Greylist { .. }
+        ));
         let off = config(r#"{"auto_allow_after": 0, "allow_networks": []}"#);
-        assert!(matches!(off.decide(&fresh, 5, &mut store).0, Decision::Greylist { .. }));
+        assert!(matches!(
+            off.decide(&fresh, 5, &mut store).0,
+            Decision::Greylist { .. }
+        ));
     }
 
     #[test]
@@ -522,18 +566,62 @@ mod tests {
         );
         let mut store = Mem::default();
         let pass = |a: &Attempt, store: &mut Mem| cfg.decide(a, 0, store).0;
-        assert_eq!(pass(&attempt("10.1.1.1", "x@y.test", "u@example.net"), &mut store), Decision::Pass("allowed network"));
-        assert_eq!(pass(&attempt("192.0.2.1", "x@Mail.Example.org", "u@example.net"), &mut store), Decision::Pass("allowed sender"));
-        assert_eq!(pass(&attempt("192.0.2.1", "BOB@friend.test", "u@example.net"), &mut store), Decision::Pass("allowed sender"));
-        assert!(matches!(pass(&attempt("192.0.2.1", "eve@friend.test", "u@example.net"), &mut store), Decision::Greylist { .. }));
-        assert!(matches!(pass(&attempt("192.0.2.1", "x@notexample.org", "u@example.net"), &mut store), Decision::Greylist { .. }));
-        assert_eq!(pass(&attempt("192.0.2.1", "", "Postmaster@example.net"), &mut store), Decision::Pass("allowed recipient"));
+        assert_eq!(
+            pass(
+                &attempt("10.1.1.1", "x@y.test", "u@example.net"),
+                &mut store
+            ),
+            Decision::Pass("allowed network")
+        );
+        assert_eq!(
+            pass(
+                &attempt("192.0.2.1", "x@Mail.Example.org", "u@example.net"),
+                &mut store
+            ),
+            Decision::Pass("allowed sender")
+        );
+        assert_eq!(
+            pass(
+                &attempt("192.0.2.1", "BOB@friend.test", "u@example.net"),
+                &mut store
+            ),
+            Decision::Pass("allowed sender")
+        );
+        assert!(matches!(
+            pass(
+                &attempt("192.0.2.1", "eve@friend.test", "u@example.net"),
+                &mut store
+            ),
+            Decision::Greylist { .. }
+        ));
+        assert!(matches!(
+            pass(
+                &attempt("192.0.2.1", "x@notexample.org", "u@example.net"),
+                &mut store
+            ),
+            Decision::Greylist { .. }
+        ));
+        assert_eq!(
+            pass(
+                &attempt("192.0.2.1", "", "Postmaster@example.net"),
+                &mut store
+            ),
+            Decision::Pass("allowed recipient")
+        );
         let mut authed = attempt("192.0.2.1", "x@y.test", "u@example.net");
         authed.authenticated = true;
-        assert_eq!(pass(&authed, &mut store), Decision::Pass("authenticated client"));
+        assert_eq!(
+            pass(&authed, &mut store),
+            Decision::Pass("authenticated client")
+        );
         // Loopback is allowed by default only.
         let default = config("{}");
-        assert_eq!(default.decide(&attempt("127.0.0.1", "a@b.c", "d@e.f"), 0, &mut store).0, Decision::Pass("allowed network"));
+        assert_eq!(
+            default
+                .decide(&attempt("127.0.0.1", "a@b.c", "d@e.f"), 0, &mut store)
+                .0,
+            Decision::Pass("allowed network")
+        );
     }
 
     #[test]
@@ -545,7 +633,10 @@ mod tests {
         };
         let (decision, errors) = cfg.decide(&attempt("192.0.2.1", "a@b.c", "d@e.f"), 0, &mut store);
         assert!(matches!(decision, Decision::Pass(_)));
-        assert!(errors.iter().any(|e| e.contains("connection refused")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("connection refused")),
+            "{errors:?}"
+        );
         assert_eq!(Decision::text(42), "Greylisted, try again in 42 seconds");
     }
 }

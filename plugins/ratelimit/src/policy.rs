@@ -225,9 +225,10 @@ impl Config {
     ) -> Checked {
         let mut checked = Checked::default();
         let Some(ip) = parse_client_ip(&client.ip) else {
-            checked
-                .errors
-                .push(format!("client address {:?} does not parse; not limited", client.ip));
+            checked.errors.push(format!(
+                "client address {:?} does not parse; not limited",
+                client.ip
+            ));
             return checked;
         };
         if self.exempt_networks.iter().any(|n| n.contains(ip))
@@ -433,13 +434,34 @@ mod tests {
     fn config_errors_name_the_problem() {
         let cases = [
             (r#"{"limits": []}"#, "limits"),
-            (r#"{"limit": [{"key": "ip", "what": "messages", "max": 1}]}"#, "window"),
-            (r#"{"limit": [{"key": "host", "what": "messages", "max": 1, "window": "1m"}]}"#, "host"),
-            (r#"{"limit": [{"key": "ip", "what": "bytes", "max": 1, "window": "1m"}]}"#, "bytes"),
-            (r#"{"limit": [{"key": "ip", "what": "messages", "max": 1, "window": "1x"}]}"#, "limit 1: window"),
-            (r#"{"limit": [{"key": "ip", "what": "messages", "max": 1, "window": "0s"}]}"#, "at least 1s"),
-            (r#"{"limit": [{"key": "ip", "what": "messages", "max": -1, "window": "1m"}]}"#, "-1"),
-            (r#"{"limit": [{"key": "ip", "what": "messages", "max": 1, "window": "1m"}, {"key": "sender", "what": "connections", "max": 1, "window": "1m"}]}"#, "limit 2"),
+            (
+                r#"{"limit": [{"key": "ip", "what": "messages", "max": 1}]}"#,
+                "window",
+            ),
+            (
+                r#"{"limit": [{"key": "host", "what": "messages", "max": 1, "window": "1m"}]}"#,
+                "host",
+            ),
+            (
+                r#"{"limit": [{"key": "ip", "what": "bytes", "max": 1, "window": "1m"}]}"#,
+                "bytes",
+            ),
+            (
+                r#"{"limit": [{"key": "ip", "what": "messages", "max": 1, "window": "1x"}]}"#,
+                "limit 1: window",
+            ),
+            (
+                r#"{"limit": [{"key": "ip", "what": "messages", "max": 1, "window": "0s"}]}"#,
+                "at least 1s",
+            ),
+            (
+                r#"{"limit": [{"key": "ip", "what": "messages", "max": -1, "window": "1m"}]}"#,
+                "-1",
+            ),
+            (
+                r#"{"limit": [{"key": "ip", "what": "messages", "max": 1, "window": "1m"}, {"key": "sender", "what": "connections", "max": 1, "window": "1m"}]}"#,
+                "limit 2",
+            ),
             (r#"{"exempt_networks": ["10.0.0.0/33"]}"#, "10.0.0.0/33"),
             (r#"{"ipv4_prefix": 33}"#, "ipv4_prefix"),
             (r#"{"ipv6_prefix": 129}"#, "ipv6_prefix"),
@@ -475,7 +497,10 @@ mod tests {
             vec![
                 ("recipients:ip:192.0.2.77:60:2".to_owned(), 60),
                 ("recipients:network:192.0.2.0/24:60:2".to_owned(), 60),
-                ("recipients:sender:alice@example.org:3600:0".to_owned(), 3600),
+                (
+                    "recipients:sender:alice@example.org:3600:0".to_owned(),
+                    3600
+                ),
                 ("recipients:user:bob:60:2".to_owned(), 60),
             ]
         );
@@ -542,11 +567,17 @@ mod tests {
         );
         let mut counters = Counters::default();
         let over = cfg
-            .check(What::Messages, &client("10.1.2.3"), 5, |k, t| counters.incr(k, t))
+            .check(What::Messages, &client("10.1.2.3"), 5, |k, t| {
+                counters.incr(k, t)
+            })
             .over
             .unwrap();
         assert_eq!(over.retry_in, 1);
-        assert!(over.text().contains("from network 10.1.2.0/24"), "{}", over.text());
+        assert!(
+            over.text().contains("from network 10.1.2.0/24"),
+            "{}",
+            over.text()
+        );
     }
 
     #[test]
@@ -560,18 +591,31 @@ mod tests {
             calls += 1;
             Ok(1)
         };
-        assert_eq!(cfg.check(What::Messages, &client("10.9.9.9"), 0, &mut incr), Checked::default());
+        assert_eq!(
+            cfg.check(What::Messages, &client("10.9.9.9"), 0, &mut incr),
+            Checked::default()
+        );
         let authed = Client {
             ip: "192.0.2.1".into(),
             sender: None,
             user: Some("u".into()),
         };
-        assert_eq!(cfg.check(What::Messages, &authed, 0, &mut incr), Checked::default());
-        assert!(cfg.check(What::Messages, &client("192.0.2.1"), 0, &mut incr).over.is_some());
+        assert_eq!(
+            cfg.check(What::Messages, &authed, 0, &mut incr),
+            Checked::default()
+        );
+        assert!(cfg
+            .check(What::Messages, &client("192.0.2.1"), 0, &mut incr)
+            .over
+            .is_some());
         assert_eq!(calls, 1);
         // Loopback is exempt by default, and only by default.
-        let default = config(r#"{"limit": [{"key": "ip", "what": "messages", "max": 0, "window": "1m"}]}"#);
-        assert!(default.check(What::Messages, &client("127.0.0.1"), 0, |_, _| Ok(1)).over.is_none());
+        let default =
+            config(r#"{"limit": [{"key": "ip", "what": "messages", "max": 0, "window": "1m"}]}"#);
+        assert!(default
+            .check(What::Messages, &client("127.0.0.1"), 0, |_, _| Ok(1))
+            .over
+            .is_none());
     }
 
     #[test]
@@ -601,9 +645,19 @@ mod tests {
         );
         let mut counters = Counters::default();
         let c = client("192.0.2.1");
-        assert_eq!(cfg.check(What::Messages, &c, 0, |k, t| counters.incr(k, t)).over, None);
-        let over = cfg.check(What::Messages, &c, 0, |k, t| counters.incr(k, t)).over.unwrap();
+        assert_eq!(
+            cfg.check(What::Messages, &c, 0, |k, t| counters.incr(k, t))
+                .over,
+            None
+        );
+        let over = cfg
+            .check(What::Messages, &c, 0, |k, t| counters.incr(k, t))
+            .over
+            .unwrap();
         assert_eq!(over.max, 1);
-        assert_eq!(counters.values.values().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            counters.values.values().copied().collect::<Vec<_>>(),
+            vec![2]
+        );
     }
 }
