@@ -23,7 +23,9 @@ allow_networks = {allow_networks}
 
 
 def start(sluice, **kw):
-    return sluice(rcpt='["greylist", "relay"]', extra=greylist(**kw))
+    # After relay, as Postfix puts its policy service after
+    # reject_unauth_destination: relay attempts are refused, not greylisted.
+    return sluice(rcpt='["relay", "greylist"]', extra=greylist(**kw))
 
 
 def rcpt(port, to="bob@localhost", sender="alice@example.org", source="127.0.0.1"):
@@ -72,6 +74,9 @@ def test_first_attempt_greylisted_then_accepted_after_delay(sluice):
     assert len(server.maildir("bob")) >= 2
     # Another recipient is another triplet.
     assert rcpt(server.port, to="carol@localhost")[0] == 451
+    # Relaying from an untrusted address is refused before greylisting.
+    code, text = rcpt(server.port, to="x@remote.test", source="127.0.0.2")
+    assert code == 554, (code, text)
 
 
 def test_session_goes_on_after_451(sluice):
@@ -132,7 +137,7 @@ def test_allow_lists(sluice):
 
 def test_loopback_allowed_by_default(sluice):
     server = sluice(
-        rcpt='["greylist", "relay"]',
+        rcpt='["relay", "greylist"]',
         extra='\n[plugins.greylist]\npath = "builtin:greylist"\n',
     )
     assert rcpt(server.port)[0] == 250
@@ -143,7 +148,47 @@ def test_bad_config_refuses_to_start(tmp_path):
     from conftest import BIN, config, free_port
 
     cfg = tmp_path / "bad.toml"
-    cfg.write_text(config(free_port(), tmp_path / "data", rcpt='["greylist", "relay"]') + greylist(delay='"5 minutes"'))
+    cfg.write_text(config(free_port(), tmp_path / "data", rcpt='["relay", "greylist"]') + greylist(delay='"5 minutes"'))
     out = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "greylist: delay" in out.stdout + out.stderr, out
+
+
+def test_authenticated_clients_are_not_greylisted(tmp_path):
+    import base64
+    import subprocess
+    from conftest import BIN, Server, config, free_port
+
+    port, submission = free_port(), free_port()
+    listener = f"""
+[[listener]]
+name = "submission"
+address = "127.0.0.1:{submission}"
+pipeline = "inbound"
+tls = "starttls"
+auth = "optional"
+auth_without_tls = true
+"""
+    text = config(port, tmp_path / "data", rcpt='["relay", "greylist"]', extra=greylist(delay='"1h"') + listener)
+    (tmp_path / "sluice.toml").write_text(text)
+    user, password = "carol@example.org", "quartz-lantern-meadow-19"
+    added = subprocess.run([BIN, "user", "add", user, "--config", str(tmp_path / "sluice.toml"), "--password-stdin"],
+                           input=password + "\n", capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    server = Server(tmp_path, text).start(port)
+    try:
+        raw = Raw(submission)
+        raw.reply()
+        raw.cmd(b"EHLO client.test")
+        token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
+        assert raw.cmd(b"AUTH PLAIN " + token)[0] == 235
+        assert raw.cmd(b"MAIL FROM:<carol@example.org>")[0] == 250
+        code, text = raw.cmd(b"RCPT TO:<bob@localhost>")
+        assert code == 250, text
+        raw.cmd(b"QUIT")
+        raw.close()
+        # The same triplet without AUTH is greylisted.
+        code, _ = rcpt(submission, sender="carol@example.org")
+        assert code == 451
+    finally:
+        server.stop()

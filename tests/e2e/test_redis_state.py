@@ -103,7 +103,7 @@ def node(tmp_path):
             plugins = dict(rcpt='["ratelimit", "relay"]', pipeline_extra='data = ["ratelimit"]',
                            extra=ratelimit(limits) + state)
         else:
-            plugins = dict(rcpt='["greylist", "relay"]', extra=greylist + state)
+            plugins = dict(rcpt='["relay", "greylist"]', extra=greylist + state)
         text = config(port, tmp / "data", trusted='["127.0.0.0/8"]', **plugins)
         server = Server(tmp, text)
         servers.append(server)
