@@ -208,3 +208,70 @@ def test_bad_config_refuses_to_start(tmp_path):
     out = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "ratelimit: limit 1" in out.stdout + out.stderr, out
+
+
+def authed_server(tmp_path, limits, extra=""):
+    """A server with an AUTH-without-TLS listener and one user; returns
+    (server, submission port, AUTH PLAIN token)."""
+    import base64
+    import subprocess
+    from conftest import BIN, Server, config, free_port
+
+    port, submission = free_port(), free_port()
+    listener = f"""
+[[listener]]
+name = "submission"
+address = "127.0.0.1:{submission}"
+pipeline = "inbound"
+tls = "starttls"
+auth = "optional"
+auth_without_tls = true
+"""
+    text = config(port, tmp_path / "data", rcpt='["ratelimit", "relay"]', extra=ratelimit(limits, extra=extra) + listener)
+    (tmp_path / "sluice.toml").write_text(text)
+    user, password = "dave@example.org", "copper-violet-harbor-83"
+    added = subprocess.run([BIN, "user", "add", user, "--config", str(tmp_path / "sluice.toml"), "--password-stdin"],
+                           input=password + "\n", capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
+    return Server(tmp_path, text).start(port), submission, token
+
+
+def authed_rcpts(port, token, n):
+    raw = Raw(port)
+    raw.reply()
+    raw.cmd(b"EHLO client.test")
+    assert raw.cmd(b"AUTH PLAIN " + token)[0] == 235
+    assert raw.cmd(b"MAIL FROM:<dave@example.org>")[0] == 250
+    replies = [raw.cmd(b"RCPT TO:<r%d@localhost>" % i) for i in range(n)]
+    raw.cmd(b"QUIT")
+    raw.close()
+    return replies
+
+
+def test_recipients_per_user(tmp_path):
+    server, submission, token = authed_server(tmp_path, [("user", "recipients", 2, "1h")])
+    try:
+        replies = authed_rcpts(submission, token, 3)
+        assert [c for c, _ in replies] == [250, 250, 451], replies
+        assert b"too many recipients from user dave@example.org" in replies[2][1]
+        # Unauthenticated sessions have no user: not counted.
+        assert send(submission, rcpts=("a@localhost", "b@localhost", "c@localhost"))[0] == 250
+    finally:
+        server.stop()
+
+
+def test_exempt_authenticated(tmp_path):
+    server, submission, token = authed_server(
+        tmp_path, [("ip", "recipients", 1, "1h")], extra="exempt_authenticated = true"
+    )
+    try:
+        assert [c for c, _ in authed_rcpts(submission, token, 3)] == [250, 250, 250]
+        # The same address without AUTH is limited.
+        with smtplib.SMTP("127.0.0.1", submission, timeout=10) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail("x@example.org")
+            assert smtp.rcpt("a@localhost")[0] == 250
+            assert smtp.rcpt("b@localhost")[0] == 451
+    finally:
+        server.stop()
