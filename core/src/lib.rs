@@ -13,6 +13,7 @@
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
 //! - [`authn`]: SPF, DKIM, DMARC and ARC for the plugins' `auth` interface
 //! - [`config`]: the TOML file, parsed and validated
+//! - [`state`]: the plugins' key-value state (sled, or Redis shared by nodes)
 //! - [`metrics`]: counters, gauges and histograms for Prometheus
 //! - [`admin`]: the operator's HTTP endpoint (queue, health) and its client
 //! - [`cli`]: the `sluice` command line
@@ -28,5 +29,6 @@ pub mod pipeline;
 pub mod server;
 pub mod session;
 pub mod smtp;
+pub mod state;
 pub mod tls;
 pub mod users;

@@ -206,6 +206,7 @@ impl Server {
             ));
         }
         let reloader = tokio::spawn(reload_certificates_on_sighup(self.certificates.clone()));
+        let sweeper = crate::state::spawn_sled_sweeper(self.spool.clone());
         admin_state.set_ready(true);
 
         stop.await;
@@ -215,6 +216,7 @@ impl Server {
         accept_loops.abort_all();
         while accept_loops.join_next().await.is_some() {}
         reloader.abort();
+        sweeper.abort();
         let _ = shutdown_tx.send(true);
         let grace = config.server.shutdown_grace;
         // No accept loop is left to spawn into the set.

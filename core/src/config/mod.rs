@@ -62,6 +62,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
+    /// `[state]`: where the plugins' kv state lives.
+    pub state: StateConfig,
 }
 
 /// A PEM certificate chain and its private key.
@@ -128,6 +130,44 @@ pub struct Timeouts {
 pub struct DomainsConfig {
     /// Lower-cased.
     pub local: Vec<String>,
+}
+
+/// `[state]`: the backend of the plugins' key-value state.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum StateConfig {
+    /// sled trees next to the queue under data_dir: one node.
+    #[default]
+    Sled,
+    /// A Redis server several nodes share (rate-limit counters, greylist
+    /// triplets); every key starts with `key_prefix`.
+    Redis { url: String, key_prefix: String },
+}
+
+impl StateConfig {
+    /// The Redis URL with any password replaced, for logs and `Debug`.
+    pub fn redacted_url(url: &str) -> String {
+        match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &url[scheme + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StateConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateConfig::Sled => f.write_str("Sled"),
+            StateConfig::Redis { url, key_prefix } => f
+                .debug_struct("Redis")
+                .field("url", &StateConfig::redacted_url(url))
+                .field("key_prefix", key_prefix)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -30,6 +30,15 @@ struct RawConfig {
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
     admin: Option<RawAdmin>,
+    state: Option<RawState>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    backend: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    key_prefix: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -832,6 +841,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         );
     }
     let auth = resolve_auth(&mut d, raw.auth.as_ref());
+    let state = resolve_state(&mut d, raw.state.as_ref());
 
     if !d.list.is_empty() {
         return Err(d.list);
@@ -868,7 +878,80 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             address: admin_address,
             allow_remote,
         },
+        state,
     })
+}
+
+/// `[state]`: sled unless `backend = "redis"`, which needs a `redis://` URL
+/// (checked for form here; connecting happens when the server runs).
+fn resolve_state(d: &mut Diagnostics<'_>, raw: Option<&RawState>) -> StateConfig {
+    let Some(raw) = raw else {
+        return StateConfig::Sled;
+    };
+    let backend = raw.backend.as_ref().map(|b| b.get_ref().as_str());
+    match backend {
+        None | Some("sled") => {
+            for (value, key) in [
+                (&raw.url, "state.url"),
+                (&raw.key_prefix, "state.key_prefix"),
+            ] {
+                if let Some(v) = value {
+                    d.add(v.span(), key, "only used with backend = \"redis\"");
+                }
+            }
+            StateConfig::Sled
+        }
+        Some("redis") => {
+            let key_prefix = raw
+                .key_prefix
+                .as_ref()
+                .map_or_else(|| "sluice:".to_owned(), |p| p.get_ref().clone());
+            let Some(url) = &raw.url else {
+                let span = raw.backend.as_ref().map_or(0..0, |b| b.span());
+                d.add(
+                    span,
+                    "state.url",
+                    "backend = \"redis\" needs url (e.g. \"redis://127.0.0.1:6379\")",
+                );
+                return StateConfig::Sled;
+            };
+            let text = url.get_ref();
+            let scheme_ok = text.starts_with("redis://") || text.starts_with("redis+unix://");
+            if let Err(e) = redis::Client::open(text.as_str()).map(drop).and_then(|()| {
+                if scheme_ok {
+                    Ok(())
+                } else {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "expected a redis:// URL",
+                    )))
+                }
+            }) {
+                d.add(
+                    url.span(),
+                    "state.url",
+                    format!(
+                        "invalid Redis URL {:?}: {e}",
+                        StateConfig::redacted_url(text)
+                    ),
+                );
+                return StateConfig::Sled;
+            }
+            StateConfig::Redis {
+                url: text.clone(),
+                key_prefix,
+            }
+        }
+        Some(other) => {
+            let span = raw.backend.as_ref().map_or(0..0, |b| b.span());
+            d.add(
+                span,
+                "state.backend",
+                format!("unknown backend {other:?} (expected \"sled\" or \"redis\")"),
+            );
+            StateConfig::Sled
+        }
+    }
 }
 
 /// "host:port" with a non-empty host and a numeric port.
@@ -1101,6 +1184,56 @@ mod tests {
             err.contains("c.toml:9:") && err.contains("delivery.local.lmtp"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn state_section() {
+        let base = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+        assert_eq!(load_str(base, "c.toml").unwrap().state, StateConfig::Sled);
+        let text = format!("{base}[state]\nbackend = \"sled\"\n");
+        assert_eq!(load_str(&text, "c.toml").unwrap().state, StateConfig::Sled);
+        let text =
+            format!("{base}[state]\nbackend = \"redis\"\nurl = \"redis://:pw@127.0.0.1:6380/2\"\n");
+        let config = load_str(&text, "c.toml").unwrap();
+        assert_eq!(
+            config.state,
+            StateConfig::Redis {
+                url: "redis://:pw@127.0.0.1:6380/2".into(),
+                key_prefix: "sluice:".into()
+            }
+        );
+        // The password never shows in logs.
+        let debug = format!("{:?}", config.state);
+        assert!(
+            !debug.contains("pw") && debug.contains(":***@127.0.0.1"),
+            "{debug}"
+        );
+
+        let cases = [
+            ("[state]\nbackend = \"redis\"\n", "c.toml:7:", "state.url"),
+            (
+                "[state]\nbackend = \"memcached\"\n",
+                "c.toml:7:",
+                "state.backend",
+            ),
+            (
+                "[state]\nurl = \"redis://h\"\n",
+                "c.toml:7:",
+                "only used with backend",
+            ),
+            (
+                "[state]\nbackend = \"redis\"\nurl = \"http://h\"\n",
+                "c.toml:8:",
+                "state.url",
+            ),
+            ("[state]\nbakend = \"redis\"\n", "c.toml:7:", "bakend"),
+        ];
+        for (extra, line, needle) in cases {
+            let err = load_str(&format!("{base}{extra}"), "c.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(line) && err.contains(needle), "{extra}: {err}");
+        }
     }
 
     #[test]

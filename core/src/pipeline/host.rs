@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_spool::KvStore;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -19,6 +18,7 @@ use super::bindings::sluice::filter::{auth, dns, host, kv, mail, types};
 use super::message::MessageResource;
 use crate::authn::{self, Authenticator};
 use crate::dns::{Dns, LookupError};
+use crate::state::{Kv, StateError};
 
 /// What every plugin instance of a server shares.
 pub struct HostServices {
@@ -39,7 +39,7 @@ pub struct HostState {
     pub(crate) plugin: Arc<str>,
     pub(crate) session_id: String,
     pub(crate) services: Arc<HostServices>,
-    pub(crate) kv: KvStore,
+    pub(crate) kv: Kv,
     /// The session's authentication results, shared with its other plugins.
     pub(crate) auth: Arc<SessionAuth>,
     /// When the hook running now must have returned; checked on every epoch
@@ -56,7 +56,7 @@ impl HostState {
         plugin: Arc<str>,
         session_id: String,
         services: Arc<HostServices>,
-        kv: KvStore,
+        kv: Kv,
         auth: Arc<SessionAuth>,
         memory_limit: usize,
     ) -> Self {
@@ -159,9 +159,21 @@ impl host::Host for HostState {
     }
 }
 
+/// Runs one kv call within a call budget, like DNS: a Redis that does not
+/// answer costs the plugin an error, not its deadline.
+async fn bounded_kv<T>(
+    budget: Duration,
+    call: impl Future<Output = Result<T, StateError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(budget, call).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("kv: no answer within the plugin's time".to_owned()),
+    }
+}
+
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
-        Ok(self.kv.get(&key).map_err(|e| e.to_string()))
+        Ok(bounded_kv(self.call_budget(), self.kv.get(&key)).await)
     }
 
     async fn set(
@@ -170,10 +182,7 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_seconds: Option<u32>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(self
-            .kv
-            .set(&key, &value, ttl_seconds)
-            .map_err(|e| e.to_string()))
+        Ok(bounded_kv(self.call_budget(), self.kv.set(&key, &value, ttl_seconds)).await)
     }
 
     async fn incr(
@@ -182,14 +191,11 @@ impl kv::Host for HostState {
         delta: i64,
         ttl_seconds: Option<u32>,
     ) -> wasmtime::Result<Result<i64, String>> {
-        Ok(self
-            .kv
-            .incr(&key, delta, ttl_seconds)
-            .map_err(|e| e.to_string()))
+        Ok(bounded_kv(self.call_budget(), self.kv.incr(&key, delta, ttl_seconds)).await)
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.kv.delete(&key).map_err(|e| e.to_string()))
+        Ok(bounded_kv(self.call_budget(), self.kv.delete(&key)).await)
     }
 }
 

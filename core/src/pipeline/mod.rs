@@ -69,7 +69,7 @@ pub enum PipelineError {
     #[error("plugins.{plugin}: {message}")]
     Init { plugin: String, message: String },
     #[error("plugin state: {0}")]
-    State(#[from] sluice_spool::SpoolError),
+    State(#[from] crate::state::StateError),
 }
 
 /// One `[pipeline.NAME]`: per stage, the plugins to run, in order.
@@ -121,9 +121,11 @@ impl PipelineSet {
             dns: dns.clone(),
             authenticator: Authenticator::new(dns, &config.server.hostname),
         });
+        let state = crate::state::StateBackend::open(&config.state, spool)?;
+        tracing::debug!(state = %state.describe(), "plugin state backend");
         let mut plugins: BTreeMap<&str, Arc<Plugin>> = BTreeMap::new();
         for (name, plugin_config) in &config.plugins {
-            let kv = spool.kv(name)?;
+            let kv = state.kv(name)?;
             let plugin = Plugin::load(engine, plugin_config, kv)?;
             // One throwaway instance proves the component instantiates and
             // accepts its configuration before any session depends on it.

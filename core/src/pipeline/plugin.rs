@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_spool::KvStore;
 use wasmtime::component::Component;
 use wasmtime::Store;
 
@@ -16,6 +15,7 @@ use super::engine::PluginEngine;
 use super::host::{HostServices, HostState};
 use super::PipelineError;
 use crate::config::{OnError, PluginConfig, PluginSource};
+use crate::state::Kv;
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
@@ -40,7 +40,7 @@ pub struct Plugin {
     pub memory: usize,
     config_json: Arc<str>,
     pre: FilterPre<HostState>,
-    kv: KvStore,
+    kv: Kv,
     /// Traps, timeouts and cap breaches so far (for metrics and tests).
     faults: AtomicU64,
 }
@@ -57,7 +57,7 @@ impl Plugin {
     pub fn load(
         engine: &PluginEngine,
         config: &PluginConfig,
-        kv: KvStore,
+        kv: Kv,
     ) -> Result<Plugin, PipelineError> {
         let name = config.name.clone();
         let component = match &config.source {
