@@ -152,6 +152,8 @@ struct RawQueue {
 #[serde(deny_unknown_fields)]
 struct RawPlugin {
     path: Spanned<String>,
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
+    mode: Option<PluginMode>,
     on_error: Option<OnError>,
     timeout: Option<Spanned<String>>,
     memory: Option<Spanned<Size>>,
@@ -487,11 +489,35 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
             None => "{}".to_owned(),
         };
+        let allow = match &plugin.allow {
+            None if matches!(source, PluginSource::Builtin(_)) => Capabilities::all(),
+            None => Capabilities::NONE,
+            Some(list) => {
+                let mut granted = Vec::new();
+                for entry in list.get_ref() {
+                    match Capability::parse(entry.get_ref()) {
+                        Some(capability) => granted.push(capability),
+                        None => d.add(
+                            entry.span(),
+                            format!("{key}.allow"),
+                            format!(
+                                "unknown capability {:?} (known: {})",
+                                entry.get_ref(),
+                                Capability::ALL.map(Capability::name).join(", ")
+                            ),
+                        ),
+                    }
+                }
+                Capabilities::from_iter(granted)
+            }
+        };
         plugins.insert(
             name.clone(),
             PluginConfig {
                 name: name.clone(),
                 source,
+                allow,
+                mode: plugin.mode.unwrap_or_default(),
                 on_error: plugin.on_error.unwrap_or(OnError::Tempfail),
                 timeout,
                 memory,
@@ -962,6 +988,24 @@ mod tests {
         let err = load_str(text, "c.toml").unwrap_err().to_string();
         assert!(
             err.contains("c.toml:6:") && err.contains("pipeline.p.rcpt") && err.contains("relya"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plugin_capabilities_and_mode() {
+        let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"builtin:relay\"\n[plugins.b]\npath = \"b.wasm\"\n[plugins.c]\npath = \"c.wasm\"\nallow = [\"dns\", \"message-body\"]\nmode = \"shadow\"\n";
+        let config = load_str(text, "c.toml").unwrap();
+        assert_eq!(config.plugins["a"].allow, Capabilities::all());
+        assert_eq!(config.plugins["b"].allow, Capabilities::NONE);
+        assert_eq!(config.plugins["b"].mode, PluginMode::Enforce);
+        assert_eq!(config.plugins["c"].allow.names(), ["dns", "message-body"]);
+        assert_eq!(config.plugins["c"].mode, PluginMode::Shadow);
+
+        let text = "[plugins.a]\npath = \"a.wasm\"\nallow = [\"dns\", \"sockets\"]\n";
+        let err = load_str(text, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:3:") && err.contains("plugins.a.allow") && err.contains("\"sockets\""),
             "{err}"
         );
     }

@@ -4,7 +4,9 @@
 //! - the first terminal verdict decides the stage;
 //! - a chain that ends without one accepts, except at rcpt, where only a
 //!   recipient some plugin allowed (or accepted) gets through; any other gets
-//!   554 5.7.1, so no pipeline is an open relay however it is configured.
+//!   554 5.7.1, so no pipeline is an open relay however it is configured;
+//! - a plugin in `shadow` mode runs, and its verdict is logged and counted
+//!   but never applied.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use super::plugin::{describe_error, LiveInstance, Plugin};
 use super::session::{MailboxArg, SessionInfo};
 use super::verdict::{default_reply, DataOutcome, Modification, Stage, StageOutcome};
 use super::Pipeline;
-use crate::config::OnError;
+use crate::config::{OnError, PluginMode};
 use crate::metrics::METRICS;
 use crate::smtp::reply::Reply;
 
@@ -94,6 +96,10 @@ impl SessionFilters {
             METRICS
                 .hook_seconds
                 .observe(&[stage.name(), &plugin.name], started.elapsed());
+            if plugin.mode == PluginMode::Shadow {
+                self.shadow(plugin, stage, called);
+                continue;
+            }
             let verdict = match called {
                 Ok(answer) => {
                     modifications.extend(answer.modifications);
@@ -174,6 +180,40 @@ impl SessionFilters {
         DataOutcome {
             outcome: end,
             modifications,
+        }
+    }
+
+    /// A shadow plugin's answer: logged and counted, never applied (its
+    /// header edits included); a fault gets no `on_error` policy.
+    fn shadow(&self, plugin: &Plugin, stage: Stage, called: Result<PluginAnswer, String>) {
+        match called {
+            Ok(answer) => {
+                let verdict = verdict_name(&answer.verdict);
+                METRICS
+                    .shadow_verdicts
+                    .inc(&[stage.name(), &plugin.name, verdict]);
+                tracing::info!(
+                    plugin = &*plugin.name,
+                    hook = stage.name(),
+                    session = %self.session_id,
+                    verdict,
+                    detail = ?answer.verdict,
+                    modifications = answer.modifications.len(),
+                    "shadow verdict (not applied)"
+                );
+            }
+            Err(error) => {
+                plugin.record_fault();
+                METRICS
+                    .plugin_faults
+                    .inc(&[&plugin.name, fault_kind(&error)]);
+                tracing::warn!(
+                    plugin = &*plugin.name,
+                    hook = stage.name(),
+                    session = %self.session_id,
+                    "shadow plugin failed (ignored): {error}"
+                );
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 //! - `plugin`: one configured plugin, compiled and pre-instantiated
 //! - `chain`: a session's lazily created instances and the verdict fold
 //! - `host`: the imports plugins call (log, kv, dns, auth, message)
+//! - `sandbox`: the imports a component may have, the capabilities checks
 //! - `auth`: a session's SPF/DKIM/DMARC/ARC results, computed on first ask
 //! - `message`: the message resource of the data stage
 //! - `verdict`, `session`: the host-side types the rest of sluice uses
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod host;
 pub mod message;
 pub mod plugin;
+pub mod sandbox;
 pub mod session;
 pub mod verdict;
 
@@ -64,6 +66,10 @@ pub enum PipelineError {
     },
     #[error("plugins.{plugin}: not a valid sluice:filter component: {message}")]
     Compile { plugin: String, message: String },
+    #[error(
+        "plugins.{plugin}: imports outside the sandbox (only sluice:filter and inert WASI are allowed): {imports}"
+    )]
+    ForbiddenImport { plugin: String, imports: String },
     #[error("plugins.{plugin}: does not fit the sluice:filter world: {message}")]
     Link { plugin: String, message: String },
     #[error("plugins.{plugin}: {message}")]

@@ -14,8 +14,8 @@ use super::auth::SessionAuth;
 use super::bindings::{Filter, FilterPre};
 use super::engine::PluginEngine;
 use super::host::{HostServices, HostState};
-use super::PipelineError;
-use crate::config::{OnError, PluginConfig, PluginSource};
+use super::{sandbox, PipelineError};
+use crate::config::{Capabilities, OnError, PluginConfig, PluginMode, PluginSource};
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
@@ -35,6 +35,8 @@ fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
 
 pub struct Plugin {
     pub name: Arc<str>,
+    pub allow: Capabilities,
+    pub mode: PluginMode,
     pub on_error: OnError,
     pub timeout: Duration,
     pub memory: usize,
@@ -83,6 +85,13 @@ impl Plugin {
             plugin: name.clone(),
             message: format!("{e:#}"),
         })?;
+        let forbidden = sandbox::forbidden_imports(&engine.engine, &component);
+        if !forbidden.is_empty() {
+            return Err(PipelineError::ForbiddenImport {
+                plugin: name,
+                imports: forbidden.join(", "),
+            });
+        }
         let pre = engine
             .linker
             .instantiate_pre(&component)
@@ -96,6 +105,8 @@ impl Plugin {
         })?;
         Ok(Plugin {
             name: Arc::from(name.as_str()),
+            allow: config.allow,
+            mode: config.mode,
             on_error: config.on_error,
             timeout: config.timeout,
             memory: usize::try_from(config.memory).unwrap_or(usize::MAX),
@@ -116,6 +127,7 @@ impl Plugin {
     ) -> Result<LiveInstance, String> {
         let state = HostState::new(
             self.name.clone(),
+            self.allow,
             session_id.to_owned(),
             services.clone(),
             self.kv.clone(),
@@ -188,4 +200,41 @@ pub(crate) fn describe_error(error: &wasmtime::Error) -> String {
         };
     }
     format!("{error:#}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::sandbox::forbidden_imports;
+
+    fn component(engine: &wasmtime::Engine, file: &str) -> Component {
+        let path = std::path::Path::new(env!("SLUICE_PLUGIN_DIR")).join(file);
+        Component::from_file(engine, &path).unwrap()
+    }
+
+    #[test]
+    fn bundled_plugins_and_fixtures_stay_inside_the_sandbox() {
+        // A plain engine: the import list does not depend on the allocator.
+        let engine = wasmtime::Engine::default();
+        for (name, bytes) in builtin::BUILTINS {
+            let component = Component::new(&engine, bytes).unwrap();
+            let forbidden = forbidden_imports(&engine, &component);
+            assert!(forbidden.is_empty(), "builtin:{name} imports {forbidden:?}");
+        }
+        for file in ["fixture_verdict.wasm", "fixture_caps.wasm", "fixture_dns.wasm"] {
+            let forbidden = forbidden_imports(&engine, &component(&engine, file));
+            assert!(forbidden.is_empty(), "{file} imports {forbidden:?}");
+        }
+    }
+
+    #[test]
+    fn a_component_that_opens_sockets_is_refused_by_name() {
+        // A plain engine: the import list does not depend on the allocator.
+        let engine = wasmtime::Engine::default();
+        let forbidden = forbidden_imports(&engine, &component(&engine, "fixture_sockets.wasm"));
+        assert!(
+            forbidden.iter().any(|i| i.starts_with("wasi:sockets/")),
+            "{forbidden:?}"
+        );
+    }
 }
