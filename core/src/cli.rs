@@ -1,9 +1,9 @@
-//! The `sluice` command line: `serve`, `check-config`, `user …`,
+//! The `sluice` command line: `serve`, `check-config`, `reload`, `user …`,
 //! `queue …`, `--version`. Errors reach the operator here, with `anyhow`
 //! context; the library below reports typed errors.
 //!
 //! Exit status: 0 on success, 1 on an error (unknown queue id included), 2
-//! when a `queue` command finds no running server.
+//! when a `queue` command or `reload` finds no running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,18 @@ enum Command {
     },
     /// Check a configuration file; exit 0 when it is valid.
     CheckConfig { file: PathBuf },
+    /// Rebuild the running server's plugins and pipelines from its config
+    /// file; exit 1 with the error when they do not build (the running ones
+    /// keep serving).
+    Reload {
+        /// The server's configuration (the embedded default without it):
+        /// its data_dir holds the admin socket.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the admin API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage SMTP AUTH users (the users file in the data directory).
     User {
         /// Configuration whose data_dir and [auth] apply (default: the
@@ -118,6 +130,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, log_format } => serve(config, log_format),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Reload { config, json } => reload(config, json),
         Command::User { config, command } => user(config, command),
         Command::Queue { config, action } => queue(config, action),
     };
@@ -187,6 +200,54 @@ fn queue(config_path: Option<PathBuf>, action: QueueAction) -> anyhow::Result<()
         QueueAction::Delete { id } => println!("{} deleted", id.to_lowercase()),
         QueueAction::Hold { id } => println!("{} held", id.to_lowercase()),
         QueueAction::Release { id } => println!("{} released", id.to_lowercase()),
+    }
+    Ok(())
+}
+
+/// How long `sluice reload` waits: the server compiles every changed
+/// component before it answers.
+const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `sluice reload`: `POST /reload` on the running server's admin endpoint.
+fn reload(config_path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let config: Config = match &config_path {
+        Some(path) => config::load_file(path)?,
+        None => config::default_config()?,
+    };
+    let client = AdminClient::new(&admin::socket_path(&config.server.data_dir))
+        .with_timeout(RELOAD_TIMEOUT);
+    let reply = client.request("POST", "/reload")?;
+    if !(200..300).contains(&reply.status) {
+        anyhow::bail!(
+            "reload failed, the previous pipelines keep serving: {}",
+            reply.error_text()
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply.body)?);
+        return Ok(());
+    }
+    let list = |key: &str| -> String {
+        reply.body[key]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "reloaded in {} ms: pipelines {}; plugins {}",
+        reply.body["build_ms"].as_u64().unwrap_or(0),
+        list("pipelines"),
+        list("plugins")
+    );
+    let restart = list("restart_needed");
+    if !restart.is_empty() {
+        println!("changed but not applied (restart to apply): {restart}");
     }
     Ok(())
 }
@@ -308,7 +369,10 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>) -> anyhow::Result<()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::start(config).await?;
+        let mut server = Server::start(config).await?;
+        if let Some(path) = path {
+            server = server.with_config_path(path);
+        }
         server.run(shutdown_signal()).await;
         Ok(())
     })

@@ -62,6 +62,26 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
+    pub reload: ReloadConfig,
+}
+
+/// `[reload]`: reloading plugins and pipelines when their files change.
+#[derive(Debug, Clone)]
+pub struct ReloadConfig {
+    /// Watch the config file and every plugin file; a change reloads.
+    pub watch: bool,
+    /// How long the files must stay quiet before the reload starts (a
+    /// copy or an editor's save is several events).
+    pub debounce: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            debounce: Duration::from_millis(300),
+        }
+    }
 }
 
 /// A PEM certificate chain and its private key.

@@ -30,6 +30,14 @@ struct RawConfig {
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
     admin: Option<RawAdmin>,
+    reload: Option<RawReload>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    watch: Option<bool>,
+    debounce: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -858,6 +866,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         );
     }
     let auth = resolve_auth(&mut d, raw.auth.as_ref());
+    let reload = resolve_reload(&mut d, raw.reload.as_ref());
 
     if !d.list.is_empty() {
         return Err(d.list);
@@ -894,7 +903,23 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             address: admin_address,
             allow_remote,
         },
+        reload,
     })
+}
+
+fn resolve_reload(d: &mut Diagnostics<'_>, raw: Option<&RawReload>) -> ReloadConfig {
+    let mut reload = ReloadConfig::default();
+    let Some(raw) = raw else {
+        return reload;
+    };
+    reload.watch = raw.watch.unwrap_or(reload.watch);
+    reload.debounce = d.duration(&raw.debounce, "reload.debounce", reload.debounce);
+    if let Some(text) = &raw.debounce {
+        if reload.debounce > Duration::from_secs(60) {
+            d.add(text.span(), "reload.debounce", "must be at most 60s");
+        }
+    }
+    reload
 }
 
 /// "host:port" with a non-empty host and a numeric port.
