@@ -210,12 +210,11 @@ const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `sluice reload`: `POST /reload` on the running server's admin endpoint.
 fn reload(config_path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
-    let config: Config = match &config_path {
-        Some(path) => config::load_file(path)?,
-        None => config::default_config()?,
+    let data_dir = match &config_path {
+        Some(path) => reload_data_dir(path)?,
+        None => config::default_config()?.server.data_dir,
     };
-    let client = AdminClient::new(&admin::socket_path(&config.server.data_dir))
-        .with_timeout(RELOAD_TIMEOUT);
+    let client = AdminClient::new(&admin::socket_path(&data_dir)).with_timeout(RELOAD_TIMEOUT);
     let reply = client.request("POST", "/reload")?;
     if !(200..300).contains(&reply.status) {
         anyhow::bail!(
@@ -250,6 +249,26 @@ fn reload(config_path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         println!("changed but not applied (restart to apply): {restart}");
     }
     Ok(())
+}
+
+/// The data directory named by a config file that may not be valid: a
+/// broken file is exactly what the server must be asked to reload (it
+/// reports the errors and keeps its pipelines), so only `[server] data_dir`
+/// is read here when the whole file does not load.
+fn reload_data_dir(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if let Ok(config) = config::load_file(path) {
+        return Ok(config.server.data_dir);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("{}: not TOML, cannot find server.data_dir", path.display()))?;
+    let data_dir = table
+        .get("server")
+        .and_then(|server| server.get("data_dir"))
+        .and_then(|dir| dir.as_str())
+        .unwrap_or("./data");
+    Ok(PathBuf::from(data_dir))
 }
 
 /// Checks an id's syntax before asking the server.

@@ -84,6 +84,9 @@ pub struct Reloader {
     startup: Arc<Config>,
     /// The plugin and pipeline sections now serving.
     current: std::sync::Mutex<Arc<Config>>,
+    /// The plugin files of the last configuration read, built or not: a
+    /// fixed file must trigger the next reload.
+    wanted_files: std::sync::Mutex<BTreeSet<PathBuf>>,
     engine: Arc<PluginEngine>,
     /// The largest plugin memory the engine's instance pool was sized for.
     memory_limit: u64,
@@ -108,6 +111,7 @@ impl Reloader {
         Reloader {
             config_path,
             current: std::sync::Mutex::new(startup.clone()),
+            wanted_files: std::sync::Mutex::new(plugin_files(&startup)),
             startup,
             engine,
             memory_limit,
@@ -125,15 +129,14 @@ impl Reloader {
     /// The files whose change triggers a reload: the config file and every
     /// plugin loaded from a file.
     pub fn watched_files(&self) -> BTreeSet<PathBuf> {
-        let current = self.current_config();
-        let mut files: BTreeSet<PathBuf> = current
-            .plugins
-            .values()
-            .filter_map(|p| match &p.source {
-                PluginSource::File(path) => Some(path.clone()),
-                PluginSource::Builtin(_) => None,
-            })
-            .collect();
+        let mut files = plugin_files(&self.current_config());
+        files.extend(
+            self.wanted_files
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .iter()
+                .cloned(),
+        );
         files.extend(self.config_path.clone());
         files
     }
@@ -186,6 +189,10 @@ impl Reloader {
             Some(path) => config::load_file(path)?,
             None => config::default_config()?,
         };
+        *self
+            .wanted_files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = plugin_files(&new);
         let restart_needed = restart_needed(&self.startup, &new);
         // The running sections with the new plugins and pipelines.
         let mut effective = (*self.startup).clone();
@@ -305,11 +312,34 @@ pub async fn watch_files(reloader: Arc<Reloader>, debounce: Duration) {
                 break;
             }
         }
-        // ...then for the writes to settle.
-        while let Ok(Some(_)) = tokio::time::timeout(debounce, rx.recv()).await {}
+        // ...then for its writes to settle. Other files of the directories
+        // (a log file next to the config) do not delay the reload.
+        let mut quiet_until = tokio::time::Instant::now() + debounce;
+        loop {
+            match tokio::time::timeout_at(quiet_until, rx.recv()).await {
+                Ok(Some(path)) if names.contains(&absolute(&path)) => {
+                    quiet_until = tokio::time::Instant::now() + debounce;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(_elapsed) => break,
+            }
+        }
         // The outcome is logged and counted by reload().
         let _ = reloader.reload(Trigger::FileChange).await;
     }
+}
+
+/// The plugins of `config` loaded from a file.
+fn plugin_files(config: &Config) -> BTreeSet<PathBuf> {
+    config
+        .plugins
+        .values()
+        .filter_map(|p| match &p.source {
+            PluginSource::File(path) => Some(path.clone()),
+            PluginSource::Builtin(_) => None,
+        })
+        .collect()
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -332,8 +362,10 @@ mod tests {
     #[test]
     fn plugin_and_pipeline_changes_need_no_restart() {
         let running = config::load_str(BASE, "a").unwrap();
-        let text = BASE.replace("rcpt = [\"relay\"]", "rcpt = [\"relay\"]\nmail = [\"relay\"]")
-            + "[plugins.relay.config]\ntrusted_networks = [\"10.0.0.0/8\"]\n";
+        let text = BASE.replace(
+            "rcpt = [\"relay\"]",
+            "rcpt = [\"relay\"]\nmail = [\"relay\"]",
+        ) + "[plugins.relay.config]\ntrusted_networks = [\"10.0.0.0/8\"]\n";
         let new = config::load_str(&text, "b").unwrap();
         assert!(restart_needed(&running, &new).is_empty());
     }

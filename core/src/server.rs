@@ -234,8 +234,12 @@ impl Server {
             self.certificates.clone(),
             reloader.clone(),
         ));
-        let watcher = (config.reload.watch && reloader.config_path().is_some())
-            .then(|| tokio::spawn(reload::watch_files(reloader.clone(), config.reload.debounce)));
+        let watcher = (config.reload.watch && reloader.config_path().is_some()).then(|| {
+            tokio::spawn(reload::watch_files(
+                reloader.clone(),
+                config.reload.debounce,
+            ))
+        });
         admin_state.set_ready(true);
 
         stop.await;

@@ -1030,7 +1030,9 @@ mod tests {
         let text = "[plugins.a]\npath = \"a.wasm\"\nallow = [\"dns\", \"sockets\"]\n";
         let err = load_str(text, "c.toml").unwrap_err().to_string();
         assert!(
-            err.contains("c.toml:3:") && err.contains("plugins.a.allow") && err.contains("\"sockets\""),
+            err.contains("c.toml:3:")
+                && err.contains("plugins.a.allow")
+                && err.contains("\"sockets\""),
             "{err}"
         );
     }

@@ -1,7 +1,8 @@
 //! The plugin pipeline: the configured chains of WebAssembly plugins that
 //! judge every SMTP stage.
 //!
-//! - `engine`: the wasmtime engine (async, epochs, pooling, compile cache)
+//! - `engine`: the wasmtime engine (async, epochs, pooling)
+//! - `cache`: compiled components on disk, keyed by content and engine
 //! - `plugin`: one configured plugin, compiled and pre-instantiated
 //! - `chain`: a session's lazily created instances and the verdict fold
 //! - `host`: the imports plugins call (log, kv, dns, auth, message)
@@ -17,6 +18,7 @@
 
 pub mod auth;
 mod bindings;
+pub mod cache;
 pub mod chain;
 pub mod engine;
 pub mod host;
@@ -47,11 +49,8 @@ use crate::dns::Dns;
 pub enum PipelineError {
     #[error("plugin engine: {0}")]
     Engine(String),
-    #[error("plugin cache directory {path}: {source}")]
-    CacheDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Cache(#[from] cache::CacheError),
     #[error("plugins.{plugin}: unknown bundled plugin \"builtin:{builtin}\" (bundled: {known})")]
     UnknownBuiltin {
         plugin: String,
@@ -130,7 +129,7 @@ impl PipelineSet {
         let mut plugins: BTreeMap<&str, Arc<Plugin>> = BTreeMap::new();
         for (name, plugin_config) in &config.plugins {
             let kv = spool.kv(name)?;
-            let plugin = Plugin::load(engine, plugin_config, kv)?;
+            let plugin = Plugin::load(engine, plugin_config, kv).await?;
             // One throwaway instance proves the component instantiates and
             // accepts its configuration before any session depends on it.
             let auth = Arc::new(auth::SessionAuth::new(services.authenticator.clone()));

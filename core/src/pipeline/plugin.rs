@@ -2,6 +2,7 @@
 //! instantiates lazily per session. Bundled plugins come from the binary
 //! (`builtin:NAME`), others from a `.wasm` component file.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use wasmtime::Store;
 
 use super::auth::SessionAuth;
 use super::bindings::{Filter, FilterPre};
+use super::cache::CacheOutcome;
 use super::engine::PluginEngine;
 use super::host::{HostServices, HostState};
 use super::{sandbox, PipelineError};
@@ -56,35 +58,53 @@ pub struct LiveInstance {
 impl Plugin {
     /// Reads (or finds the bundled bytes of) the component, compiles it
     /// (through the engine's cache) and links it against the host.
-    pub fn load(
+    pub async fn load(
         engine: &PluginEngine,
         config: &PluginConfig,
         kv: KvStore,
     ) -> Result<Plugin, PipelineError> {
         let name = config.name.clone();
-        let component = match &config.source {
+        let bytes: Cow<'static, [u8]> = match &config.source {
             PluginSource::Builtin(builtin) => {
-                let bytes =
-                    builtin_bytes(builtin).ok_or_else(|| PipelineError::UnknownBuiltin {
+                Cow::Borrowed(builtin_bytes(builtin).ok_or_else(|| {
+                    PipelineError::UnknownBuiltin {
                         plugin: name.clone(),
                         builtin: builtin.clone(),
                         known: builtin_names().collect::<Vec<_>>().join(", "),
-                    })?;
-                Component::new(&engine.engine, bytes)
+                    }
+                })?)
             }
-            PluginSource::File(path) => {
-                let bytes = std::fs::read(path).map_err(|source| PipelineError::Read {
+            PluginSource::File(path) => Cow::Owned(tokio::fs::read(path).await.map_err(
+                |source| PipelineError::Read {
                     plugin: name.clone(),
                     path: path.clone(),
                     source,
-                })?;
-                Component::new(&engine.engine, bytes)
-            }
-        }
+                },
+            )?),
+        };
+        // Compiling takes whole seconds for a big guest: off the runtime's
+        // workers, which keep serving sessions meanwhile (a reload).
+        let (wasm_engine, cache) = (engine.engine.clone(), engine.cache.clone());
+        let started = Instant::now();
+        let compiled = tokio::task::spawn_blocking(move || match &cache {
+            Some(cache) => cache.load(&wasm_engine, &bytes),
+            None => Component::new(&wasm_engine, &bytes).map(|c| (c, CacheOutcome::Compiled)),
+        })
+        .await
         .map_err(|e| PipelineError::Compile {
+            plugin: name.clone(),
+            message: format!("compilation did not finish: {e}"),
+        })?;
+        let (component, outcome) = compiled.map_err(|e| PipelineError::Compile {
             plugin: name.clone(),
             message: format!("{e:#}"),
         })?;
+        tracing::info!(
+            plugin = &*name,
+            cache = ?outcome,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "plugin component loaded"
+        );
         let forbidden = sandbox::forbidden_imports(&engine.engine, &component);
         if !forbidden.is_empty() {
             return Err(PipelineError::ForbiddenImport {
@@ -221,7 +241,11 @@ mod tests {
             let forbidden = forbidden_imports(&engine, &component);
             assert!(forbidden.is_empty(), "builtin:{name} imports {forbidden:?}");
         }
-        for file in ["fixture_verdict.wasm", "fixture_caps.wasm", "fixture_dns.wasm"] {
+        for file in [
+            "fixture_verdict.wasm",
+            "fixture_caps.wasm",
+            "fixture_dns.wasm",
+        ] {
             let forbidden = forbidden_imports(&engine, &component(&engine, file));
             assert!(forbidden.is_empty(), "{file} imports {forbidden:?}");
         }

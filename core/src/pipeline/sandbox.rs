@@ -45,10 +45,12 @@ pub fn import_allowed(name: &str) -> bool {
         // sluice offers.
         return false;
     };
-    ALLOWED_IMPORTS.iter().any(|allowed| match allowed.strip_suffix("/*") {
-        Some(allowed_package) => package == allowed_package,
-        None => unversioned == *allowed,
-    })
+    ALLOWED_IMPORTS
+        .iter()
+        .any(|allowed| match allowed.strip_suffix("/*") {
+            Some(allowed_package) => package == allowed_package,
+            None => unversioned == *allowed,
+        })
 }
 
 /// The imports of `component` the sandbox refuses, in declaration order.
