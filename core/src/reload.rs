@@ -10,7 +10,7 @@
 //!
 //! Only `[plugins.*]` and `[pipeline.*]` are reloaded. Every other section
 //! (listeners, data_dir, domains, delivery, queue, dns, tls, auth, admin,
-//! log, reload) is what the server started with; a reload that finds one
+//! log, reload, plugin_cache) is what the server started with; a reload that finds one
 //! changed says so (`restart_needed`) and leaves it alone, so the pipelines
 //! never run against a half-applied configuration.
 
@@ -242,7 +242,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         format!("{a:?}") != format!("{b:?}")
     }
     let mut sections = Vec::new();
-    let checks: [(&'static str, bool); 11] = [
+    let checks: [(&'static str, bool); 12] = [
         ("server", differs(&running.server, &new.server)),
         ("domains", differs(&running.domains, &new.domains)),
         ("listener", differs(&running.listeners, &new.listeners)),
@@ -254,6 +254,10 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("auth", differs(&running.auth, &new.auth)),
         ("admin", differs(&running.admin, &new.admin)),
         ("reload", differs(&running.reload, &new.reload)),
+        (
+            "plugin_cache",
+            differs(&running.plugin_cache, &new.plugin_cache),
+        ),
     ];
     for (section, changed) in checks {
         if changed {

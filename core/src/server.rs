@@ -106,7 +106,8 @@ impl Server {
             .map(|p| p.memory)
             .max()
             .unwrap_or(64 << 20);
-        let engine = PluginEngine::new(max_memory, Some(&data_dir.join("cache")))?;
+        let cache_dir = config.plugin_cache.resolve(&data_dir);
+        let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
 
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();

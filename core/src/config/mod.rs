@@ -63,6 +63,32 @@ pub struct Config {
     pub auth: AuthConfig,
     pub admin: AdminConfig,
     pub reload: ReloadConfig,
+    pub plugin_cache: PluginCacheConfig,
+}
+
+/// `[plugin_cache]`: where compiled components are kept between starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginCacheConfig {
+    /// None: the cache is off (`enabled = false`), every start compiles.
+    /// Some(None): the default, `<data_dir>/cache`.
+    pub dir: Option<Option<PathBuf>>,
+}
+
+impl PluginCacheConfig {
+    /// The directory to use, or None when the cache is off.
+    pub fn resolve(&self, data_dir: &std::path::Path) -> Option<PathBuf> {
+        match &self.dir {
+            None => None,
+            Some(None) => Some(data_dir.join("cache")),
+            Some(Some(dir)) => Some(dir.clone()),
+        }
+    }
+}
+
+impl Default for PluginCacheConfig {
+    fn default() -> Self {
+        PluginCacheConfig { dir: Some(None) }
+    }
 }
 
 /// `[reload]`: reloading plugins and pipelines when their files change.

@@ -31,6 +31,14 @@ struct RawConfig {
     auth: Option<RawAuth>,
     admin: Option<RawAdmin>,
     reload: Option<RawReload>,
+    plugin_cache: Option<RawPluginCache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginCache {
+    enabled: Option<bool>,
+    dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -867,6 +875,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
     }
     let auth = resolve_auth(&mut d, raw.auth.as_ref());
     let reload = resolve_reload(&mut d, raw.reload.as_ref());
+    let plugin_cache = resolve_plugin_cache(&mut d, raw.plugin_cache.as_ref());
 
     if !d.list.is_empty() {
         return Err(d.list);
@@ -904,7 +913,29 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             allow_remote,
         },
         reload,
+        plugin_cache,
     })
+}
+
+fn resolve_plugin_cache(
+    d: &mut Diagnostics<'_>,
+    raw: Option<&RawPluginCache>,
+) -> PluginCacheConfig {
+    let Some(raw) = raw else {
+        return PluginCacheConfig::default();
+    };
+    if raw.enabled == Some(false) {
+        return PluginCacheConfig { dir: None };
+    }
+    let dir = match &raw.dir {
+        None => None,
+        Some(dir) if dir.get_ref().is_empty() => {
+            d.add(dir.span(), "plugin_cache.dir", "empty path");
+            None
+        }
+        Some(dir) => Some(PathBuf::from(dir.get_ref())),
+    };
+    PluginCacheConfig { dir: Some(dir) }
 }
 
 fn resolve_reload(d: &mut Diagnostics<'_>, raw: Option<&RawReload>) -> ReloadConfig {
@@ -1015,6 +1046,38 @@ mod tests {
             err.contains("c.toml:6:") && err.contains("pipeline.p.rcpt") && err.contains("relya"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn plugin_cache_section() {
+        const L: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+        let config = load_str(L, "c.toml").unwrap();
+        assert_eq!(
+            config.plugin_cache.resolve(Path::new("/d")),
+            Some(PathBuf::from("/d/cache"))
+        );
+        let config = load_str(
+            &(L.to_owned() + "[plugin_cache]\ndir = \"/var/cache/x\"\n"),
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.plugin_cache.resolve(Path::new("/d")),
+            Some(PathBuf::from("/var/cache/x"))
+        );
+        let config = load_str(
+            &(L.to_owned() + "[plugin_cache]\nenabled = false\n"),
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(config.plugin_cache.resolve(Path::new("/d")), None);
+        let err = load_str(
+            &(L.to_owned() + "[plugin_cache]\ndirectory = \"x\"\n"),
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("directory"), "{err}");
     }
 
     #[test]
