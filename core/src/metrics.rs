@@ -28,6 +28,7 @@ pub struct Metrics {
     pub hook_seconds: HistogramVec,
     pub plugin_faults: CounterVec,
     pub shadow_verdicts: CounterVec,
+    pub plugin_instances: CounterVec,
     pub reloads: CounterVec,
     pub delivery_attempts: CounterVec,
     pub tls_handshakes: CounterVec,
@@ -76,6 +77,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Plugin hooks that failed (trap, timeout, memory, init) and got their on_error policy.",
         &["plugin", "kind"],
     ),
+    plugin_instances: CounterVec::new(
+        "sluice_plugin_instances_total",
+        "Plugin instances created (instantiate + init): one per session per plugin, or per pool slot with instances = \"pooled\".",
+        &["plugin"],
+    ),
     shadow_verdicts: CounterVec::new(
         "sluice_plugin_shadow_verdicts_total",
         "Verdicts of plugins in shadow mode: logged and counted, not applied.",
@@ -118,6 +124,7 @@ impl Metrics {
             &self.verdicts,
             &self.plugin_faults,
             &self.shadow_verdicts,
+            &self.plugin_instances,
             &self.reloads,
             &self.delivery_attempts,
             &self.tls_handshakes,

@@ -376,6 +376,18 @@ pub enum PluginMode {
     Shadow,
 }
 
+/// How a plugin's instances relate to sessions (`[plugins.NAME]
+/// instances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstancePolicy {
+    /// A fresh instance (and `init`) for every session that calls it.
+    #[default]
+    PerSession,
+    /// At most `size` instances, each initialized once and lent to one
+    /// session at a time, then reused by the next.
+    Pooled { size: u32 },
+}
+
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
     pub name: String,
@@ -383,6 +395,7 @@ pub struct PluginConfig {
     /// The host interfaces it may call.
     pub allow: Capabilities,
     pub mode: PluginMode,
+    pub instances: InstancePolicy,
     pub on_error: OnError,
     pub timeout: Duration,
     pub memory: u64,

@@ -170,6 +170,8 @@ struct RawPlugin {
     path: Spanned<String>,
     allow: Option<Spanned<Vec<Spanned<String>>>>,
     mode: Option<PluginMode>,
+    instances: Option<Spanned<String>>,
+    pool_size: Option<Spanned<i64>>,
     on_error: Option<OnError>,
     timeout: Option<Spanned<String>>,
     memory: Option<Spanned<Size>>,
@@ -527,6 +529,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 Capabilities::from_iter(granted)
             }
         };
+        let instances = resolve_instances(&mut d, &key, &plugin.instances, &plugin.pool_size);
         plugins.insert(
             name.clone(),
             PluginConfig {
@@ -534,6 +537,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 source,
                 allow,
                 mode: plugin.mode.unwrap_or_default(),
+                instances,
                 on_error: plugin.on_error.unwrap_or(OnError::Tempfail),
                 timeout,
                 memory,
@@ -917,6 +921,57 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
     })
 }
 
+/// Largest `pool_size`: each pooled instance holds its memory for good.
+const MAX_POOL_SIZE: i64 = 1024;
+
+fn resolve_instances(
+    d: &mut Diagnostics<'_>,
+    key: &str,
+    policy: &Option<Spanned<String>>,
+    pool_size: &Option<Spanned<i64>>,
+) -> InstancePolicy {
+    let pooled = match policy {
+        None => false,
+        Some(text) => match text.get_ref().as_str() {
+            "per-session" => false,
+            "pooled" => true,
+            other => {
+                d.add(
+                    text.span(),
+                    format!("{key}.instances"),
+                    format!("{other:?} is not \"per-session\" or \"pooled\""),
+                );
+                false
+            }
+        },
+    };
+    match (pooled, pool_size) {
+        (false, None) => InstancePolicy::PerSession,
+        (false, Some(size)) => {
+            d.add(
+                size.span(),
+                format!("{key}.pool_size"),
+                "only applies with instances = \"pooled\"",
+            );
+            InstancePolicy::PerSession
+        }
+        (true, None) => InstancePolicy::Pooled { size: 4 },
+        (true, Some(size)) => match u32::try_from(*size.get_ref()) {
+            Ok(n) if (1..=MAX_POOL_SIZE).contains(size.get_ref()) => {
+                InstancePolicy::Pooled { size: n }
+            }
+            _ => {
+                d.add(
+                    size.span(),
+                    format!("{key}.pool_size"),
+                    format!("must be between 1 and {MAX_POOL_SIZE}"),
+                );
+                InstancePolicy::PerSession
+            }
+        },
+    }
+}
+
 fn resolve_plugin_cache(
     d: &mut Diagnostics<'_>,
     raw: Option<&RawPluginCache>,
@@ -1046,6 +1101,41 @@ mod tests {
             err.contains("c.toml:6:") && err.contains("pipeline.p.rcpt") && err.contains("relya"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn plugin_instance_policy() {
+        const L: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"a.wasm\"\n";
+        let config = load_str(L, "c.toml").unwrap();
+        assert_eq!(config.plugins["a"].instances, InstancePolicy::PerSession);
+        let config = load_str(&(L.to_owned() + "instances = \"pooled\"\n"), "c.toml").unwrap();
+        assert_eq!(
+            config.plugins["a"].instances,
+            InstancePolicy::Pooled { size: 4 }
+        );
+        let text = L.to_owned() + "instances = \"pooled\"\npool_size = 16\n";
+        let config = load_str(&text, "c.toml").unwrap();
+        assert_eq!(
+            config.plugins["a"].instances,
+            InstancePolicy::Pooled { size: 16 }
+        );
+        for (bad, key) in [
+            ("instances = \"shared\"\n", "plugins.a.instances"),
+            ("pool_size = 4\n", "plugins.a.pool_size"),
+            (
+                "instances = \"pooled\"\npool_size = 0\n",
+                "plugins.a.pool_size",
+            ),
+        ] {
+            let err = load_str(&(L.to_owned() + bad), "c.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("c.toml:8:") || err.contains("c.toml:9:"),
+                "{err}"
+            );
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl SessionFilters {
             Some(live) => live,
             None => {
                 plugin
-                    .instantiate(&self.session_id, &self.pipeline.services, &self.auth)
+                    .checkout(&self.session_id, &self.pipeline.services, &self.auth)
                     .await?
             }
         };
@@ -237,6 +237,17 @@ impl SessionFilters {
         // Only an instance that answered cleanly is kept for the next hook.
         self.instances[index] = Some(live);
         Ok(answer)
+    }
+}
+
+impl Drop for SessionFilters {
+    /// Pooled instances go back to their pool for the next session.
+    fn drop(&mut self) {
+        for (plugin, slot) in self.pipeline.plugins.iter().zip(&mut self.instances) {
+            if let Some(live) = slot.take() {
+                plugin.release(live);
+            }
+        }
     }
 }
 
@@ -288,7 +299,7 @@ async fn invoke(
 ) -> Result<PluginAnswer, String> {
     let session = wit_session(info);
     plugin.arm_deadline(&mut live.store);
-    let LiveInstance { store, filter } = live;
+    let LiveInstance { store, filter, .. } = live;
     let call = async {
         let verdict = match arg {
             HookArg::Connect => filter.call_on_connect(&mut *store, &session).await,

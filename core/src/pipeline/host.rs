@@ -90,6 +90,15 @@ impl HostState {
         }
     }
 
+    /// Lends a pooled instance's state to another session: the session's
+    /// id and authentication results replace the previous one's, and no
+    /// host resource survives (a message lives for one call only).
+    pub(crate) fn rebind(&mut self, session_id: &str, auth: Arc<SessionAuth>) {
+        session_id.clone_into(&mut self.session_id);
+        self.auth = auth;
+        self.table = ResourceTable::new();
+    }
+
     /// How long a host call may still wait: the epoch deadline does not
     /// interrupt host code, so a host call must bound itself.
     fn call_budget(&self) -> Duration {

@@ -133,13 +133,15 @@ impl PipelineSet {
             // One throwaway instance proves the component instantiates and
             // accepts its configuration before any session depends on it.
             let auth = Arc::new(auth::SessionAuth::new(services.authenticator.clone()));
-            plugin
+            let validated = plugin
                 .instantiate("validate", &services, &auth)
                 .await
                 .map_err(|message| PipelineError::Init {
                     plugin: name.clone(),
                     message,
                 })?;
+            // A pooled plugin keeps it as its first instance.
+            plugin.release(validated);
             plugins.insert(name.as_str(), Arc::new(plugin));
         }
 

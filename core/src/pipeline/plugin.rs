@@ -17,7 +17,10 @@ use super::cache::CacheOutcome;
 use super::engine::PluginEngine;
 use super::host::{HostServices, HostState};
 use super::{sandbox, PipelineError};
-use crate::config::{Capabilities, OnError, PluginConfig, PluginMode, PluginSource};
+use crate::config::{
+    Capabilities, InstancePolicy, OnError, PluginConfig, PluginMode, PluginSource,
+};
+use crate::metrics::METRICS;
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
@@ -47,12 +50,28 @@ pub struct Plugin {
     kv: KvStore,
     /// Traps, timeouts and cap breaches so far (for metrics and tests).
     faults: AtomicU64,
+    /// `instances = "pooled"`: the idle instances and the bound.
+    pool: Option<InstancePool>,
 }
 
 /// A live instance of a plugin, owned by one session.
 pub struct LiveInstance {
     pub(crate) store: Store<HostState>,
     pub(crate) filter: Filter,
+    /// For a pooled instance, its place in the pool's bound: released when
+    /// the instance goes back (or is dropped after a fault).
+    lease: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A bounded pool of initialized instances, lent to one session at a time.
+/// Wasmtime cannot rewind an instance, so "reset" between sessions is the
+/// host side only (`HostState::rebind`); the guest's memory carries over,
+/// which is why pooling is opt-in, for guests that keep no per-session
+/// state in globals. An instance that faulted is dropped, never returned.
+struct InstancePool {
+    size: u32,
+    idle: std::sync::Mutex<Vec<LiveInstance>>,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Plugin {
@@ -134,7 +153,70 @@ impl Plugin {
             pre,
             kv,
             faults: AtomicU64::new(0),
+            pool: match config.instances {
+                InstancePolicy::PerSession => None,
+                InstancePolicy::Pooled { size } => Some(InstancePool {
+                    size,
+                    idle: std::sync::Mutex::new(Vec::new()),
+                    permits: Arc::new(tokio::sync::Semaphore::new(
+                        usize::try_from(size).unwrap_or(1),
+                    )),
+                }),
+            },
         })
+    }
+
+    /// An instance for a session: a new one (per-session), or one from the
+    /// pool, created when the pool has none idle and is below its size. A
+    /// session that finds every pooled instance lent waits up to the
+    /// plugin's timeout.
+    pub async fn checkout(
+        &self,
+        session_id: &str,
+        services: &Arc<HostServices>,
+        auth: &Arc<SessionAuth>,
+    ) -> Result<LiveInstance, String> {
+        let Some(pool) = &self.pool else {
+            return self.instantiate(session_id, services, auth).await;
+        };
+        let lease =
+            match tokio::time::timeout(self.timeout, pool.permits.clone().acquire_owned()).await {
+                Ok(Ok(lease)) => lease,
+                Ok(Err(_)) | Err(_) => {
+                    return Err(format!(
+                        "instance pool exhausted: all {} instances busy for {:?}",
+                        pool.size, self.timeout
+                    ))
+                }
+            };
+        let idle = pool
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let mut live = match idle {
+            Some(mut live) => {
+                live.store.data_mut().rebind(session_id, auth.clone());
+                live
+            }
+            None => self.instantiate(session_id, services, auth).await?,
+        };
+        live.lease = Some(lease);
+        Ok(live)
+    }
+
+    /// Gives a session's instance back when the session ends: a pooled one
+    /// goes back to the pool, any other is dropped.
+    pub fn release(&self, mut live: LiveInstance) {
+        if let Some(pool) = &self.pool {
+            let lease = live.lease.take();
+            pool.idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(live);
+            // Only now may a waiting session take the slot.
+            drop(lease);
+        }
     }
 
     /// Creates an instance for a session and runs the plugin's `init` with
@@ -177,7 +259,12 @@ impl Plugin {
             }
         };
         let filter = self.with_backstop(call).await?;
-        Ok(LiveInstance { store, filter })
+        METRICS.plugin_instances.inc(&[&self.name]);
+        Ok(LiveInstance {
+            store,
+            filter,
+            lease: None,
+        })
     }
 
     /// Starts the deadline for the next call into this store.
