@@ -1,4 +1,5 @@
-//! The `sluice` command line: `serve`, `check-config`, `reload`, `user …`,
+//! The `sluice` command line: `serve`, `check-config`, `reload`,
+//! `pipeline test`, `user …`,
 //! `queue …`, `--version`. Errors reach the operator here, with `anyhow`
 //! context; the library below reports typed errors.
 //!
@@ -55,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Work with plugin pipelines offline.
+    Pipeline {
+        #[command(subcommand)]
+        action: PipelineAction,
+    },
     /// Inspect and act on the running server's queue.
     Queue {
         /// The server's configuration (the embedded default without it):
@@ -63,6 +69,38 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PipelineAction {
+    /// Replay a recorded message through a listener's pipeline (connect,
+    /// helo, mail, each rcpt, data) without a server, and print every
+    /// plugin's verdict, edits and time. Exit 0 whatever the verdict.
+    Test {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The listener whose pipeline runs (default: the first).
+        #[arg(long)]
+        listener: Option<String>,
+        /// The message file (RFC 5322; bare LF line ends are accepted).
+        #[arg(long)]
+        message: PathBuf,
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+        #[arg(long, default_value = "client.example")]
+        helo: String,
+        /// The reverse-path ("" for the null one; default: the address in
+        /// the message's From header).
+        #[arg(long)]
+        from: Option<String>,
+        /// A recipient (repeatable; default: the address in the message's
+        /// To header).
+        #[arg(long)]
+        to: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -133,6 +171,7 @@ pub fn main() -> ExitCode {
         Command::Reload { config, json } => reload(config, json),
         Command::User { config, command } => user(config, command),
         Command::Queue { config, action } => queue(config, action),
+        Command::Pipeline { action } => pipeline(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -269,6 +308,111 @@ fn reload_data_dir(path: &std::path::Path) -> anyhow::Result<PathBuf> {
         .and_then(|dir| dir.as_str())
         .unwrap_or("./data");
     Ok(PathBuf::from(data_dir))
+}
+
+/// `sluice pipeline test`.
+fn pipeline(action: PipelineAction) -> anyhow::Result<()> {
+    let PipelineAction::Test {
+        config: config_path,
+        listener,
+        message,
+        client_ip,
+        helo,
+        from,
+        to,
+        json,
+    } = action;
+    let config = config::load_file(&config_path)?;
+    let bytes = crate::replay::read_message(&message)
+        .with_context(|| format!("reading {}", message.display()))?;
+    let from = match from {
+        Some(from) => from,
+        None => header_address(&bytes, "from")
+            .with_context(|| format!("{}: no From address; pass --from", message.display()))?,
+    };
+    let to = if to.is_empty() {
+        vec![header_address(&bytes, "to")
+            .with_context(|| format!("{}: no To address; pass --to", message.display()))?]
+    } else {
+        to
+    };
+    let input = crate::replay::ReplayInput {
+        listener,
+        client_ip,
+        helo,
+        from,
+        to,
+        message: bytes,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(crate::replay::replay(&config, input))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "listener {} -> pipeline {}",
+        report.listener, report.pipeline
+    );
+    for stage in &report.stages {
+        let argument = stage
+            .argument
+            .as_deref()
+            .map(|a| format!(" <{a}>"))
+            .unwrap_or_default();
+        let reply = stage
+            .reply
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!("{}{argument}: {}{reply}", stage.stage, stage.outcome);
+        for step in &stage.plugins {
+            let detail = step
+                .detail
+                .as_deref()
+                .map(|d| format!(" {d}"))
+                .unwrap_or_default();
+            let shadow = if step.shadow {
+                " (shadow, not applied)"
+            } else {
+                ""
+            };
+            println!(
+                "  {:<16} {}{detail}{shadow} [{:.3} ms]",
+                step.plugin,
+                step.verdict,
+                step.micros as f64 / 1000.0
+            );
+            for modification in &step.modifications {
+                println!("  {:<16}   {modification}", "");
+            }
+        }
+    }
+    println!("result: {}", report.result);
+    for modification in &report.applied_modifications {
+        println!("  {modification}");
+    }
+    Ok(())
+}
+
+/// The address of a header (From, To) of a message: the first `<…>`, or
+/// the whole value when it has none.
+fn header_address(message: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(message);
+    let head = text.split("\r\n\r\n").next()?;
+    let line = head.split("\r\n").find(|line| {
+        line.split_once(':')
+            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+    })?;
+    let value = line.split_once(':')?.1.trim();
+    let address = match (value.find('<'), value.find('>')) {
+        (Some(start), Some(end)) if start < end => &value[start + 1..end],
+        _ => value.split(',').next()?.trim(),
+    };
+    (!address.is_empty()).then(|| address.to_owned())
 }
 
 /// Checks an id's syntax before asking the server.

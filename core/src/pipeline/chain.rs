@@ -9,6 +9,7 @@
 //!   but never applied.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::Resource;
 
@@ -17,6 +18,7 @@ use super::bindings::wit_types as wit;
 use super::message::MessageResource;
 use super::plugin::{describe_error, LiveInstance, Plugin};
 use super::session::{MailboxArg, SessionInfo};
+use super::trace::{self, PluginStep};
 use super::verdict::{default_reply, DataOutcome, Modification, Stage, StageOutcome};
 use super::Pipeline;
 use crate::config::{OnError, PluginMode};
@@ -55,6 +57,8 @@ pub struct SessionFilters {
     /// SPF/DKIM/DMARC/ARC of the current transaction, shared by the
     /// session's plugins.
     auth: Arc<SessionAuth>,
+    /// Every plugin's answer, when recorded (`sluice pipeline test`).
+    steps: Option<Vec<PluginStep>>,
 }
 
 impl SessionFilters {
@@ -66,7 +70,18 @@ impl SessionFilters {
             session_id,
             instances,
             auth,
+            steps: None,
         }
+    }
+
+    /// From now on, records every plugin's answer for [`Self::take_steps`].
+    pub fn record_steps(&mut self) {
+        self.steps.get_or_insert_with(Vec::new);
+    }
+
+    /// The answers recorded since the last call, in call order.
+    pub fn take_steps(&mut self) -> Vec<PluginStep> {
+        self.steps.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -91,11 +106,21 @@ impl SessionFilters {
         let mut modifications = Vec::new();
         for &index in pipeline.stage(stage) {
             let plugin = &pipeline.plugins[index];
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let called = self.call(index, info, &arg).await;
+            let elapsed = started.elapsed();
             METRICS
                 .hook_seconds
-                .observe(&[stage.name(), &plugin.name], started.elapsed());
+                .observe(&[stage.name(), &plugin.name], elapsed);
+            if let Some(steps) = &mut self.steps {
+                let answer = match &called {
+                    Ok(a) => Ok((&a.verdict, a.modifications.as_slice())),
+                    Err(e) => Err(e.as_str()),
+                };
+                let mut step = trace::step(&plugin.name, answer, plugin.on_error, elapsed);
+                step.shadow = plugin.mode == PluginMode::Shadow;
+                steps.push(step);
+            }
             if plugin.mode == PluginMode::Shadow {
                 self.shadow(plugin, stage, called);
                 continue;

@@ -10,6 +10,7 @@
 //! - `auth`: a session's SPF/DKIM/DMARC/ARC results, computed on first ask
 //! - `message`: the message resource of the data stage
 //! - `verdict`, `session`: the host-side types the rest of sluice uses
+//! - `trace`: each plugin's answer, recorded for `sluice pipeline test`
 //! - `bindings`: the one `bindgen!`; its types never leave this module
 //!
 //! A [`PipelineSet`] is built whole from the config (compile, link, `init`
@@ -26,6 +27,7 @@ pub mod message;
 pub mod plugin;
 pub mod sandbox;
 pub mod session;
+pub mod trace;
 pub mod verdict;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +41,7 @@ pub use engine::PluginEngine;
 pub use host::HostServices;
 pub use plugin::{builtin_names, Plugin};
 pub use session::{MailboxArg, SessionInfo, TlsInfo};
+pub use trace::{PluginStep, StepAnswer};
 pub use verdict::{DataOutcome, Modification, Stage, StageOutcome};
 
 use crate::authn::Authenticator;
