@@ -98,6 +98,10 @@ enum PipelineAction {
         /// To header).
         #[arg(long)]
         to: Vec<String>,
+        /// Answer DNS from this TOML file (names → record types → values)
+        /// instead of the configured resolver.
+        #[arg(long)]
+        dns_fixture: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -320,6 +324,7 @@ fn pipeline(action: PipelineAction) -> anyhow::Result<()> {
         helo,
         from,
         to,
+        dns_fixture,
         json,
     } = action;
     let config = config::load_file(&config_path)?;
@@ -343,6 +348,7 @@ fn pipeline(action: PipelineAction) -> anyhow::Result<()> {
         from,
         to,
         message: bytes,
+        dns_fixture,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,7 +6,10 @@
 //! The plugins run exactly as in the server (same engine settings,
 //! capabilities, timeouts, shadow mode) with two differences: their
 //! key-value state starts empty (a throwaway spool, so a running server's
-//! is never touched), and DNS goes to the resolver of `[dns]`.
+//! is never touched), and DNS goes to the resolver of `[dns]`, or to a
+//! fixture file served on 127.0.0.1 (`fixture_dns`).
+
+mod fixture_dns;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,8 @@ pub enum ReplayError {
     Dns(#[from] ResolverSetupError),
     #[error("scratch spool {path}: {message}")]
     Scratch { path: PathBuf, message: String },
+    #[error("{0}")]
+    DnsFixture(#[from] fixture_dns::FixtureError),
     #[error("{address:?} is not an address (local@domain)")]
     Address { address: String },
 }
@@ -51,6 +56,8 @@ pub struct ReplayInput {
     pub from: String,
     pub to: Vec<String>,
     pub message: Vec<u8>,
+    /// Answer DNS from this file instead of `[dns]`.
+    pub dns_fixture: Option<PathBuf>,
 }
 
 /// What one stage decided, and every plugin's answer on the way.
@@ -120,7 +127,18 @@ pub async fn replay(config: &Config, input: ReplayInput) -> Result<ReplayReport,
         path: scratch.0.clone(),
         message: e.to_string(),
     })?;
-    let dns = Dns::new(&config.dns)?;
+    // Kept alive until the replay ends.
+    let mut _fixture_server = None;
+    let dns = match &input.dns_fixture {
+        None => Dns::new(&config.dns)?,
+        Some(path) => {
+            let server = fixture_dns::serve(fixture_dns::load(path)?).await?;
+            let mut dns_config = config.dns.clone();
+            dns_config.nameservers = vec![server.address];
+            _fixture_server = Some(server);
+            Dns::new(&dns_config)?
+        }
+    };
     let max_memory = config
         .plugins
         .values()

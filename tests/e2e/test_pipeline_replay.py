@@ -98,3 +98,26 @@ def test_replay_recipient_refused(tmp_path):
     out = replay(tmp_path, cfg_text, "--client-ip", "192.0.2.1", "--to", "someone@elsewhere.test")
     assert "rcpt <someone@elsewhere.test>: reject" in out
     assert "result: no recipient accepted" in out
+
+
+def test_replay_answers_dns_from_a_fixture(tmp_path):
+    zone = tmp_path / "zone.toml"
+    zone.write_text('["example.org"]\nTXT = ["v=spf1 -all"]\nMX = ["10 mx.example.org"]\n["mx.example.org"]\nA = ["192.0.2.1"]\n')
+    extra = f"""
+[plugins.look]
+path = "{fixture('fixture_dns')}"
+allow = ["dns"]
+timeout = "5s"
+[plugins.look.config]
+lookups = [["txt", "example.org"], ["mx", "example.org"], ["a", "mx.example.org"], ["a", "missing.example.org"]]
+"""
+    cfg_text = config(free_port(), tmp_path / "d", pipeline_extra='data = ["look"]', extra=extra)
+    report = json.loads(replay(tmp_path, cfg_text, "--dns-fixture", str(zone), "--json"))
+    assert report["result"] == "accepted", report
+    edits = report["stages"][-1]["plugins"][0]["modifications"]
+    assert edits == [
+        "prepend-header X-Dns-Lookup: txt example.org ok v=spf1 -all",
+        "prepend-header X-Dns-Lookup: mx example.org ok 10:mx.example.org",
+        "prepend-header X-Dns-Lookup: a mx.example.org ok 192.0.2.1",
+        "prepend-header X-Dns-Lookup: a missing.example.org nxdomain",
+    ], edits

@@ -24,6 +24,13 @@ use wasmtime::Engine;
 /// Bumped when the file layout changes.
 const FORMAT: &str = "sluice-component-cache-1";
 
+/// An entry not loaded for this long is removed when the cache is opened
+/// (a load refreshes its modification time): old plugin versions and
+/// entries of earlier wasmtime versions do not pile up.
+const UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// A temporary file this old is the leftover of a crash mid-write.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("component cache {path}: {source}")]
@@ -86,7 +93,37 @@ impl ComponentCache {
             // close it again before trusting its contents.
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         }
-        Ok(ComponentCache { dir })
+        let cache = ComponentCache { dir };
+        cache.prune(UNUSED_FOR);
+        Ok(cache)
+    }
+
+    /// Removes entries not loaded for `unused_for` and stale temporaries;
+    /// best effort (a file another process just replaced is fine to miss).
+    fn prune(&self, unused_for: std::time::Duration) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let limit = if name.ends_with(".cwasm") {
+                unused_for
+            } else if name.starts_with(".tmp-") {
+                STALE_TEMPORARY
+            } else {
+                continue;
+            };
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| now.duration_since(modified).ok());
+            if age.is_some_and(|age| age > limit) && std::fs::remove_file(entry.path()).is_ok() {
+                tracing::info!(file = %entry.path().display(), "removed an unused compiled component");
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -131,7 +168,13 @@ impl ComponentCache {
         // component this engine compiled; deserialize_file still checks the
         // header, the wasmtime version and the engine configuration.
         match unsafe { Component::deserialize_file(engine, path) } {
-            Ok(component) => Some(component),
+            Ok(component) => {
+                // Marks the entry used, for `prune`.
+                if let Ok(file) = std::fs::File::options().write(true).open(path) {
+                    let _ = file.set_modified(std::time::SystemTime::now());
+                }
+                Some(component)
+            }
             Err(e) => {
                 tracing::warn!(file = %path.display(), "cache entry does not load, compiling again: {e:#}");
                 None
@@ -245,6 +288,37 @@ mod tests {
         assert_eq!(third, CacheOutcome::Stored);
         let (_, fourth) = cache.load(&engine, &wasm).unwrap();
         assert_eq!(fourth, CacheOutcome::Hit);
+    }
+
+    #[test]
+    fn unused_entries_and_stale_temporaries_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ComponentCache::open(dir.path()).unwrap();
+        let engine = Engine::default();
+        let wasm = wat_component();
+        cache.load(&engine, &wasm).unwrap();
+        let entry = cache.path_for(&engine, &wasm);
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        let tmp = dir.path().join(".tmp-1-1");
+        std::fs::write(&tmp, b"partial").unwrap();
+        let other = dir.path().join("keep.txt");
+        std::fs::write(&other, b"").unwrap();
+        for path in [&entry, &tmp, &other] {
+            let file = std::fs::File::options().write(true).open(path).unwrap();
+            file.set_modified(old).unwrap();
+        }
+        // Younger than the limit: kept; the temporary is stale.
+        cache.prune(std::time::Duration::from_secs(3 * 3600));
+        assert!(entry.exists() && other.exists() && !tmp.exists());
+        cache.prune(std::time::Duration::from_secs(3600));
+        assert!(!entry.exists() && other.exists());
+        // A hit refreshes the entry's time.
+        cache.load(&engine, &wasm).unwrap();
+        let file = std::fs::File::options().write(true).open(&entry).unwrap();
+        file.set_modified(old).unwrap();
+        assert_eq!(cache.load(&engine, &wasm).unwrap().1, CacheOutcome::Hit);
+        cache.prune(std::time::Duration::from_secs(3600));
+        assert!(entry.exists());
     }
 
     #[test]
