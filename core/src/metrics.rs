@@ -29,6 +29,7 @@ pub struct Metrics {
     pub plugin_faults: CounterVec,
     pub shadow_verdicts: CounterVec,
     pub plugin_instances: CounterVec,
+    pub plugin_loads: CounterVec,
     pub reloads: CounterVec,
     pub delivery_attempts: CounterVec,
     pub tls_handshakes: CounterVec,
@@ -82,6 +83,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Plugin instances created (instantiate + init): one per session per plugin, or per pool slot with instances = \"pooled\".",
         &["plugin"],
     ),
+    plugin_loads: CounterVec::new(
+        "sluice_plugin_loads_total",
+        "Plugin components loaded at start or reload, by where the machine code came from: hit (the compiled-component cache), stored (compiled, then cached), compiled (no cache).",
+        &["plugin", "cache"],
+    ),
     shadow_verdicts: CounterVec::new(
         "sluice_plugin_shadow_verdicts_total",
         "Verdicts of plugins in shadow mode: logged and counted, not applied.",
@@ -125,6 +131,7 @@ impl Metrics {
             &self.plugin_faults,
             &self.shadow_verdicts,
             &self.plugin_instances,
+            &self.plugin_loads,
             &self.reloads,
             &self.delivery_attempts,
             &self.tls_handshakes,

@@ -65,6 +65,10 @@ def test_per_session_creates_an_instance_per_session(sluice):
     assert codes == [250] * 30
     # 30 sessions plus the one that validated the configuration.
     assert instances(admin) == 31
+    # A first start: compiled and stored in the component cache.
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'sluice_plugin_loads_total{plugin="v",cache="stored"} 1' in text, text
 
 
 def test_pooled_reuses_at_most_pool_size_instances(sluice):

@@ -59,6 +59,17 @@ pub struct ComponentCache {
     dir: PathBuf,
 }
 
+impl CacheOutcome {
+    /// The metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Stored => "stored",
+            CacheOutcome::Compiled => "compiled",
+        }
+    }
+}
+
 impl ComponentCache {
     /// Opens (creating, 0700) the cache directory and checks nobody else
     /// can put files in it.

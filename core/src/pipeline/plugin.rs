@@ -118,6 +118,7 @@ impl Plugin {
             plugin: name.clone(),
             message: format!("{e:#}"),
         })?;
+        METRICS.plugin_loads.inc(&[&name, outcome.name()]);
         tracing::info!(
             plugin = &*name,
             cache = ?outcome,
