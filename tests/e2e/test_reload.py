@@ -11,6 +11,8 @@ import threading
 import time
 import urllib.request
 
+import pytest
+
 from conftest import BIN, Raw, Server, config, fixture, free_port
 
 VERSION_A = 'mail = "reject 550 5.7.1 refused by version A"'
@@ -103,8 +105,25 @@ def wait_for_version(port, want, limit=60.0):
     raise AssertionError(f"version {want} not seen within {limit} s")
 
 
-def test_swaps_under_load_drop_nothing(tmp_path):
-    server = ReloadServer(tmp_path).start()
+def swap_plugin_file(path, name):
+    """Version A is fixture-verdict (its config rejects at MAIL), version B
+    fixture-caps (no mail hook: accepts), replaced in one rename."""
+    source = fixture("fixture_verdict") if name == "A" else fixture("fixture_caps")
+    new = path.with_suffix(".new")
+    shutil.copy(source, new)
+    os.replace(new, path)
+
+
+@pytest.mark.parametrize("swap", ["config", "plugin-file"])
+def test_swaps_under_load_drop_nothing(tmp_path, swap):
+    if swap == "config":
+        server = ReloadServer(tmp_path).start()
+    else:
+        path = tmp_path / "v.wasm"
+        swap_plugin_file(path, "B")
+        server = ReloadServer(tmp_path, path=str(path))
+        server.server.config_text = server.text(VERSION_A)
+        server.start()
     stop = threading.Event()
     seen = {"A": 0, "B": 0}
     failures = []
@@ -129,7 +148,10 @@ def test_swaps_under_load_drop_nothing(tmp_path):
     try:
         for i in range(20):
             version, name = (VERSION_A, "A") if i % 2 == 0 else (VERSION_B, "B")
-            server.write(version)
+            if swap == "config":
+                server.write(version)
+            else:
+                swap_plugin_file(path, name)
             latencies.append(wait_for_version(server.port, name))
             time.sleep(0.2)
     finally:
@@ -137,7 +159,7 @@ def test_swaps_under_load_drop_nothing(tmp_path):
         for t in threads:
             t.join(120)
     print(
-        f"\nswap -> new verdict: median {statistics.median(latencies) * 1000:.0f} ms, "
+        f"\n{swap} swap -> new verdict: median {statistics.median(latencies) * 1000:.0f} ms, "
         f"max {max(latencies) * 1000:.0f} ms; sessions A={seen['A']} B={seen['B']}"
     )
     assert failures == [], failures[:5]
