@@ -5,10 +5,8 @@
 //! session and the host's local-domain answer and turns the [`Decision`] into
 //! a verdict for sluice's rcpt stage.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
-
 use serde::Deserialize;
+use sluice_sdk::net::{Networks, ParseError};
 
 /// Why the plugin's configuration was refused; shown to the operator when
 /// the pipeline is built.
@@ -25,7 +23,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Clients in these networks may relay to any domain.
-    pub trusted_networks: Vec<Network>,
+    pub trusted_networks: Networks,
     /// Whether an authenticated client may relay to any domain.
     pub allow_authenticated: bool,
 }
@@ -33,7 +31,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            trusted_networks: Vec::new(),
+            trusted_networks: Networks::default(),
             allow_authenticated: true,
         }
     }
@@ -60,11 +58,8 @@ impl Config {
         }
         let raw: RawConfig =
             serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
-        let trusted_networks = raw
-            .trusted_networks
-            .iter()
-            .map(|value| value.parse())
-            .collect::<Result<_, _>>()?;
+        let trusted_networks = Networks::parse(&raw.trusted_networks)
+            .map_err(|ParseError { value, reason }| ConfigError::Network { value, reason })?;
         Ok(Config {
             trusted_networks,
             allow_authenticated: raw.allow_authenticated,
@@ -78,10 +73,7 @@ impl Config {
         if authenticated && self.allow_authenticated {
             return true;
         }
-        match parse_client_ip(client_ip) {
-            Some(ip) => self.trusted_networks.iter().any(|net| net.contains(ip)),
-            None => false,
-        }
+        self.trusted_networks.contains_client(client_ip)
     }
 
     /// Decides one recipient. `is_local_domain` is asked (with a lower-cased
@@ -147,115 +139,6 @@ fn local_candidate(domain: &str) -> Option<String> {
     Some(domain.to_lowercase())
 }
 
-/// Parses the session's client address. Accepts brackets, an `IPv6:` tag
-/// and a zone id, and treats IPv4-mapped IPv6 (`::ffff:127.0.0.1`, as a
-/// dual-stack listener reports IPv4 clients) as the IPv4 address it is.
-pub fn parse_client_ip(text: &str) -> Option<IpAddr> {
-    let mut text = text.trim();
-    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-        text = inner;
-    }
-    if text.len() >= 5 && text[..5].eq_ignore_ascii_case("ipv6:") {
-        text = &text[5..];
-    }
-    if let Some((addr, _zone)) = text.split_once('%') {
-        text = addr;
-    }
-    match IpAddr::from_str(text).ok()? {
-        IpAddr::V6(v6) => Some(match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        }),
-        v4 => Some(v4),
-    }
-}
-
-/// A CIDR network, host bits cleared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Network {
-    V4 { addr: u32, prefix: u8 },
-    V6 { addr: u128, prefix: u8 },
-}
-
-impl Network {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (*self, ip) {
-            (Network::V4 { addr, prefix }, IpAddr::V4(ip)) => {
-                u32::from(ip) & mask_v4(prefix) == addr
-            }
-            (Network::V6 { addr, prefix }, IpAddr::V6(ip)) => {
-                u128::from(ip) & mask_v6(prefix) == addr
-            }
-            _ => false,
-        }
-    }
-
-    fn v4(ip: Ipv4Addr, prefix: u8) -> Network {
-        Network::V4 {
-            addr: u32::from(ip) & mask_v4(prefix),
-            prefix,
-        }
-    }
-
-    fn v6(ip: Ipv6Addr, prefix: u8) -> Network {
-        // Clients in IPv4-mapped form are matched as IPv4 (see
-        // parse_client_ip), so a mapped network must become IPv4 too.
-        if prefix >= 96 {
-            if let Some(v4) = ip.to_ipv4_mapped() {
-                return Network::v4(v4, prefix - 96);
-            }
-        }
-        Network::V6 {
-            addr: u128::from(ip) & mask_v6(prefix),
-            prefix,
-        }
-    }
-}
-
-fn mask_v4(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-}
-
-fn mask_v6(prefix: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
-}
-
-impl FromStr for Network {
-    type Err = ConfigError;
-
-    /// `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let bad = |reason| ConfigError::Network {
-            value: value.to_string(),
-            reason,
-        };
-        let (addr, prefix) = match value.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (value, None),
-        };
-        let ip = IpAddr::from_str(addr).map_err(|_| bad("bad address"))?;
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => {
-                // u8::from_str would take "+8"; only plain digits are a prefix.
-                if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(bad("bad prefix length"));
-                }
-                let p: u8 = p.parse().map_err(|_| bad("bad prefix length"))?;
-                if p > max {
-                    return Err(bad("prefix length too long"));
-                }
-                p
-            }
-        };
-        Ok(match ip {
-            IpAddr::V4(v4) => Network::v4(v4, prefix),
-            IpAddr::V6(v6) => Network::v6(v6, prefix),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,16 +172,7 @@ mod tests {
         );
         assert_eq!(
             cfg.trusted_networks,
-            vec![
-                Network::V4 {
-                    addr: 0x7f00_0000,
-                    prefix: 8
-                },
-                Network::V6 {
-                    addr: 1,
-                    prefix: 128
-                },
-            ]
+            Networks::parse(&["127.0.0.0/8", "::1/128"]).unwrap()
         );
         assert!(!cfg.allow_authenticated);
     }
@@ -345,73 +219,11 @@ mod tests {
     }
 
     #[test]
-    fn network_membership() {
-        let net: Network = "192.168.1.77/24".parse().unwrap();
-        assert_eq!(
-            net,
-            Network::V4 {
-                addr: 0xc0a8_0100,
-                prefix: 24
-            }
-        );
-        assert!(net.contains("192.168.1.1".parse().unwrap()));
-        assert!(net.contains("192.168.1.255".parse().unwrap()));
-        assert!(!net.contains("192.168.2.1".parse().unwrap()));
-        assert!(!net.contains("::1".parse().unwrap()));
-
-        let any: Network = "0.0.0.0/0".parse().unwrap();
-        assert!(any.contains("203.0.113.9".parse().unwrap()));
-        assert!(!any.contains("2001:db8::1".parse().unwrap()));
-
-        let host: Network = "10.1.2.3".parse().unwrap();
-        assert!(host.contains("10.1.2.3".parse().unwrap()));
-        assert!(!host.contains("10.1.2.4".parse().unwrap()));
-
-        let v6: Network = "2001:db8::/32".parse().unwrap();
-        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
-        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
-        let all6: Network = "::/0".parse().unwrap();
-        assert!(all6.contains("2001:db9::1".parse().unwrap()));
-    }
-
-    #[test]
     fn mapped_networks_become_ipv4() {
-        let net: Network = "::ffff:10.0.0.0/104".parse().unwrap();
-        assert_eq!(
-            net,
-            Network::V4 {
-                addr: 0x0a00_0000,
-                prefix: 8
-            }
-        );
         let cfg = config(r#"{"trusted_networks": ["::ffff:10.0.0.0/104"]}"#);
         assert!(cfg.client_trusted("10.9.9.9", false));
-    }
-
-    #[test]
-    fn client_ip_forms() {
-        let v4 = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
-        assert_eq!(parse_client_ip("127.0.0.1"), v4);
-        assert_eq!(parse_client_ip(" 127.0.0.1\n"), v4);
-        assert_eq!(parse_client_ip("::ffff:127.0.0.1"), v4);
-        assert_eq!(parse_client_ip("[::ffff:127.0.0.1]"), v4);
-        assert_eq!(parse_client_ip("::FFFF:7f00:1"), v4);
-        assert_eq!(
-            parse_client_ip("::1"),
-            Some(IpAddr::V6(Ipv6Addr::LOCALHOST))
-        );
-        // ::1 is not IPv4-compatible 0.0.0.1 for our purposes.
-        assert_eq!(
-            parse_client_ip("[IPv6:::1]"),
-            Some(IpAddr::V6(Ipv6Addr::LOCALHOST))
-        );
-        assert_eq!(
-            parse_client_ip("fe80::1%eth0"),
-            Some("fe80::1".parse().unwrap())
-        );
-        assert_eq!(parse_client_ip(""), None);
-        assert_eq!(parse_client_ip("localhost"), None);
-        assert_eq!(parse_client_ip("127.0.0.1:25"), None);
+        assert!(cfg.client_trusted("::ffff:10.9.9.9", false));
+        assert!(!cfg.client_trusted("11.0.0.1", false));
     }
 
     #[test]

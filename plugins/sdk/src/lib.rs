@@ -30,6 +30,8 @@
 
 use std::fmt;
 
+pub mod net;
+
 /// The raw bindings generated from `wit/filter.wit`. Plugins normally use the
 /// re-exports at the crate root and the modules below instead.
 #[doc(hidden)]
