@@ -67,27 +67,25 @@ pub struct Config {
 }
 
 /// `[plugin_cache]`: where compiled components are kept between starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginCacheConfig {
-    /// None: the cache is off (`enabled = false`), every start compiles.
-    /// Some(None): the default, `<data_dir>/cache`.
-    pub dir: Option<Option<PathBuf>>,
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PluginCacheConfig {
+    /// `<data_dir>/cache`.
+    #[default]
+    DataDir,
+    /// `dir = "..."`.
+    Dir(PathBuf),
+    /// `enabled = false`: every start compiles.
+    Off,
 }
 
 impl PluginCacheConfig {
     /// The directory to use, or None when the cache is off.
     pub fn resolve(&self, data_dir: &std::path::Path) -> Option<PathBuf> {
-        match &self.dir {
-            None => None,
-            Some(None) => Some(data_dir.join("cache")),
-            Some(Some(dir)) => Some(dir.clone()),
+        match self {
+            PluginCacheConfig::DataDir => Some(data_dir.join("cache")),
+            PluginCacheConfig::Dir(dir) => Some(dir.clone()),
+            PluginCacheConfig::Off => None,
         }
-    }
-}
-
-impl Default for PluginCacheConfig {
-    fn default() -> Self {
-        PluginCacheConfig { dir: Some(None) }
     }
 }
 

@@ -980,17 +980,16 @@ fn resolve_plugin_cache(
         return PluginCacheConfig::default();
     };
     if raw.enabled == Some(false) {
-        return PluginCacheConfig { dir: None };
+        return PluginCacheConfig::Off;
     }
-    let dir = match &raw.dir {
-        None => None,
+    match &raw.dir {
+        None => PluginCacheConfig::DataDir,
         Some(dir) if dir.get_ref().is_empty() => {
             d.add(dir.span(), "plugin_cache.dir", "empty path");
-            None
+            PluginCacheConfig::DataDir
         }
-        Some(dir) => Some(PathBuf::from(dir.get_ref())),
-    };
-    PluginCacheConfig { dir: Some(dir) }
+        Some(dir) => PluginCacheConfig::Dir(PathBuf::from(dir.get_ref())),
+    }
 }
 
 fn resolve_reload(d: &mut Diagnostics<'_>, raw: Option<&RawReload>) -> ReloadConfig {
