@@ -1,6 +1,8 @@
-//! One configured plugin, compiled and pre-instantiated: the unit the chain
-//! instantiates lazily per session. Bundled plugins come from the binary
-//! (`builtin:NAME`), others from a `.wasm` component file.
+//! One configured plugin, compiled (through the component cache, off the
+//! runtime's workers), checked against the import sandbox and
+//! pre-instantiated: the unit the chain instantiates lazily per session, or
+//! lends from its bounded pool (`instances = "pooled"`). Bundled plugins come
+//! from the binary (`builtin:NAME`), others from a `.wasm` component file.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
