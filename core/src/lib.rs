@@ -8,6 +8,8 @@
 //! - [`users`]: SMTP AUTH users (the users file, argon2, lockout)
 //! - [`smtp`]: sans-IO protocol code: commands, addresses, replies, DATA
 //! - [`pipeline`]: the Wasm plugin chains that judge each stage
+//! - [`reload`]: rebuilding and swapping the pipelines of a running server
+//! - [`replay`]: `sluice pipeline test`, a pipeline run on a recorded message
 //! - the spool (crate `sluice-spool`): where accepted mail is kept durably
 //! - [`delivery`]: from the spool to Maildir or the next hop
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
@@ -26,6 +28,8 @@ pub mod delivery;
 pub mod dns;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod smtp;

@@ -16,7 +16,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::auth::SessionAuth;
 use super::bindings::sluice::filter::{auth, dns, host, kv, mail, types};
 use super::message::MessageResource;
+use super::sandbox;
 use crate::authn::{self, Authenticator};
+use crate::config::{Capabilities, Capability};
 use crate::dns::{Dns, LookupError};
 use crate::state::{Kv, StateError};
 
@@ -37,6 +39,8 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     pub(crate) plugin: Arc<str>,
+    /// The host interfaces this plugin may call.
+    pub(crate) allow: Capabilities,
     pub(crate) session_id: String,
     pub(crate) services: Arc<HostServices>,
     pub(crate) kv: Kv,
@@ -54,6 +58,7 @@ pub struct HostState {
 impl HostState {
     pub fn new(
         plugin: Arc<str>,
+        allow: Capabilities,
         session_id: String,
         services: Arc<HostServices>,
         kv: Kv,
@@ -75,6 +80,7 @@ impl HostState {
             table: ResourceTable::new(),
             limits,
             plugin,
+            allow,
             session_id,
             services,
             kv,
@@ -84,10 +90,38 @@ impl HostState {
         }
     }
 
+    /// Lends a pooled instance's state to another session: the session's
+    /// id and authentication results replace the previous one's, and no
+    /// host resource survives (a message lives for one call only).
+    pub(crate) fn rebind(&mut self, session_id: &str, auth: Arc<SessionAuth>) {
+        session_id.clone_into(&mut self.session_id);
+        self.auth = auth;
+        self.table = ResourceTable::new();
+    }
+
     /// How long a host call may still wait: the epoch deadline does not
     /// interrupt host code, so a host call must bound itself.
     fn call_budget(&self) -> Duration {
         self.host_cutoff.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the plugin may call an interface; the error is what it is
+    /// told when it may not.
+    fn permit(&self, capability: Capability) -> Result<(), String> {
+        sandbox::check(&self.plugin, self.allow, capability).inspect_err(|denied| {
+            tracing::warn!(plugin = &*self.plugin, session = %self.session_id, "{denied}");
+        })
+    }
+
+    /// For interfaces whose WIT functions have no error result (auth, the
+    /// message body): a denied call traps, and the plugin's `on_error`
+    /// policy applies.
+    fn permit_or_trap(&self, capability: Capability) -> wasmtime::Result<()> {
+        self.permit(capability).map_err(wasmtime::Error::msg)
+    }
+
+    fn permit_dns(&self) -> Result<(), dns::DnsError> {
+        self.permit(Capability::Dns).map_err(dns::DnsError::Invalid)
     }
 }
 
@@ -173,6 +207,9 @@ async fn bounded_kv<T>(
 
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        if let Err(denied) = self.permit(Capability::Kv) {
+            return Ok(Err(denied));
+        }
         Ok(bounded_kv(self.call_budget(), self.kv.get(&key)).await)
     }
 
@@ -182,6 +219,9 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_seconds: Option<u32>,
     ) -> wasmtime::Result<Result<(), String>> {
+        if let Err(denied) = self.permit(Capability::Kv) {
+            return Ok(Err(denied));
+        }
         Ok(bounded_kv(self.call_budget(), self.kv.set(&key, &value, ttl_seconds)).await)
     }
 
@@ -191,27 +231,42 @@ impl kv::Host for HostState {
         delta: i64,
         ttl_seconds: Option<u32>,
     ) -> wasmtime::Result<Result<i64, String>> {
+        if let Err(denied) = self.permit(Capability::Kv) {
+            return Ok(Err(denied));
+        }
         Ok(bounded_kv(self.call_budget(), self.kv.incr(&key, delta, ttl_seconds)).await)
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
+        if let Err(denied) = self.permit(Capability::Kv) {
+            return Ok(Err(denied));
+        }
         Ok(bounded_kv(self.call_budget(), self.kv.delete(&key)).await)
     }
 }
 
 impl dns::Host for HostState {
     async fn txt(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let dns = self.services.dns.clone();
         Ok(bounded(self.call_budget(), &name, dns.txt(&name)).await)
     }
 
     async fn a(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let dns = self.services.dns.clone();
         let answer = bounded(self.call_budget(), &name, dns.a(&name)).await;
         Ok(answer.map(|ips| ips.iter().map(ToString::to_string).collect()))
     }
 
     async fn aaaa(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let dns = self.services.dns.clone();
         let answer = bounded(self.call_budget(), &name, dns.aaaa(&name)).await;
         Ok(answer.map(|ips| ips.iter().map(ToString::to_string).collect()))
@@ -221,6 +276,9 @@ impl dns::Host for HostState {
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<Vec<dns::MxRecord>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let dns = self.services.dns.clone();
         let answer = bounded(self.call_budget(), &name, dns.mx(&name)).await;
         Ok(answer.map(|records| {
@@ -235,6 +293,9 @@ impl dns::Host for HostState {
     }
 
     async fn ptr(&mut self, ip: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let Ok(address) = ip.trim().parse::<IpAddr>() else {
             return Ok(Err(dns::DnsError::Invalid(format!(
                 "{ip:?} is not an IP address"
@@ -249,16 +310,19 @@ impl dns::Host for HostState {
 /// first ask and shared by every plugin of the transaction.
 impl auth::Host for HostState {
     async fn spf_mail_from(&mut self) -> wasmtime::Result<auth::SpfResult> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         Ok(wit_spf(self.auth.spf_mail_from(budget).await))
     }
 
     async fn spf_helo(&mut self) -> wasmtime::Result<auth::SpfResult> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         Ok(wit_spf(self.auth.spf_helo(budget).await))
     }
 
     async fn dkim(&mut self) -> wasmtime::Result<Vec<auth::DkimResult>> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         Ok(self
             .auth
@@ -274,6 +338,7 @@ impl auth::Host for HostState {
     }
 
     async fn dmarc(&mut self) -> wasmtime::Result<auth::DmarcResult> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         let dmarc = self.auth.dmarc(budget).await;
         Ok(auth::DmarcResult {
@@ -288,6 +353,7 @@ impl auth::Host for HostState {
     }
 
     async fn arc(&mut self) -> wasmtime::Result<auth::AuthResult> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         Ok(wit_outcome(self.auth.arc(budget).await))
     }
@@ -350,6 +416,7 @@ impl mail::HostMessage for HostState {
         offset: u64,
         len: u32,
     ) -> wasmtime::Result<Vec<u8>> {
+        self.permit_or_trap(Capability::MessageBody)?;
         Ok(self.table.get(&this)?.read(offset, len).to_vec())
     }
 
@@ -357,6 +424,7 @@ impl mail::HostMessage for HostState {
         &mut self,
         this: Resource<MessageResource>,
     ) -> wasmtime::Result<Vec<String>> {
+        self.permit_or_trap(Capability::MessageBody)?;
         Ok(self.table.get(&this)?.body_text().to_vec())
     }
 
@@ -364,6 +432,7 @@ impl mail::HostMessage for HostState {
         &mut self,
         this: Resource<MessageResource>,
     ) -> wasmtime::Result<Vec<mail::Attachment>> {
+        self.permit_or_trap(Capability::MessageBody)?;
         Ok(self
             .table
             .get(&this)?
