@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use crate::admin::{AdminError, AdminListeners, AdminState};
 use crate::config::{Config, ListenerConfig, TlsFiles, TlsMode};
 use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
+use crate::dkim::DkimSigners;
 use crate::dns::Dns;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
@@ -56,6 +57,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("dkim.sign: {0}")]
+    DkimKey(#[from] crate::dkim::DkimKeyError),
 }
 
 /// A server that has opened its spool, built its pipelines and bound its
@@ -71,6 +74,7 @@ pub struct Server {
     /// Every distinct certificate in use, for reloading on SIGHUP.
     certificates: Vec<Arc<ReloadableTls>>,
     admin: AdminListeners,
+    dkim: DkimSigners,
 }
 
 /// A bound listener with what its sessions need from it.
@@ -102,6 +106,7 @@ impl Server {
             .unwrap_or(64 << 20);
         let engine = PluginEngine::new(max_memory, Some(&data_dir.join("cache")))?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
+        let dkim = DkimSigners::load(&config.dkim.sign)?;
 
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
         let mut listeners = Vec::new();
@@ -146,6 +151,7 @@ impl Server {
             listeners,
             certificates,
             admin,
+            dkim,
         })
     }
 
@@ -175,6 +181,10 @@ impl Server {
         );
         let admin_state = Arc::new(AdminState::new(self.spool.clone(), delivery.clone()));
         let admin = self.admin.spawn(admin_state.clone());
+        let limits = Arc::new(ConnectionLimits::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        ));
         let ctx = Arc::new(SessionContext {
             config: config.clone(),
             pipelines: self.pipelines.clone(),
@@ -186,11 +196,9 @@ impl Server {
                 config.auth.max_failures,
                 config.auth.lockout,
             )),
+            dkim: self.dkim.clone(),
+            limits: limits.clone(),
         });
-        let limits = Arc::new(ConnectionLimits::new(
-            config.server.max_connections,
-            config.server.max_connections_per_ip,
-        ));
         // Accept loops spawn sessions into this set themselves: handing each
         // one to this (main-thread) task instead would cost a cross-thread
         // wakeup per connection, and another per finished session.
@@ -383,7 +391,8 @@ async fn accept_loop(
 }
 
 /// The global connection cap and the per-client-IP cap.
-struct ConnectionLimits {
+pub struct ConnectionLimits {
+    max_total: usize,
     total: Arc<Semaphore>,
     per_ip_max: usize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -399,10 +408,20 @@ struct ConnectionPermit {
 impl ConnectionLimits {
     fn new(max_total: usize, per_ip_max: usize) -> Self {
         ConnectionLimits {
+            max_total,
             total: Arc::new(Semaphore::new(max_total)),
             per_ip_max,
             per_ip: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// True while open connections are at 80% of the global cap or more:
+    /// sessions then give idle clients a shorter timeout (Postfix's stress
+    /// mode), so a flood of idle connections cannot hold every slot for
+    /// the whole command timeout.
+    pub fn under_load(&self) -> bool {
+        let open = self.max_total - self.total.available_permits();
+        open * 5 >= self.max_total * 4
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
