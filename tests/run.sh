@@ -21,6 +21,11 @@ echo "== cargo test (workspace)"
 cargo test --workspace
 echo "== cargo test (plugins, native)"
 (cd plugins && cargo test --workspace --target-dir "$CARGO_TARGET_DIR/plugins-native")
+echo "== example plugins (every guest language)"
+# Installs the guest toolchains from the package registries when missing;
+# rebuilds only what changed.
+bash plugins/examples/build-all.sh
+export SLUICE_EXAMPLES_DIR="$CARGO_TARGET_DIR/examples"
 echo "== end-to-end"
 cargo build -p sluice
 export SLUICE_BIN="$CARGO_TARGET_DIR/debug/sluice"
