@@ -480,3 +480,22 @@ fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) ->
         idle_timeout: Duration::from_secs(5),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_starts_at_80_percent_of_the_global_cap() {
+        let limits = Arc::new(ConnectionLimits::new(10, 100));
+        let mut permits = Vec::new();
+        for i in 0..7u8 {
+            permits.push(limits.admit(IpAddr::from([127, 0, 0, i])).unwrap());
+        }
+        assert!(!limits.under_load());
+        permits.push(limits.admit(IpAddr::from([127, 0, 0, 8])).unwrap());
+        assert!(limits.under_load());
+        permits.pop();
+        assert!(!limits.under_load());
+    }
+}

@@ -195,3 +195,26 @@ def test_smuggled_second_transaction_never_becomes_a_message(sluice, fake_end):
         assert "victim@example.test" not in str([m.rcpt_tos for m in sink.messages])
     finally:
         sink.stop()
+
+
+def test_idle_sessions_are_let_go_sooner_under_load(tmp_path, servers):
+    # 9 of 10 slots taken is "under load" (80%): every idle session, also
+    # those already waiting, gets 421 after command_under_load instead of
+    # the 10 minutes of command.
+    server = start(tmp_path, servers, server_extra=(
+        'max_connections = 10\nmax_connections_per_ip = 100\n'
+        '[server.timeouts]\ncommand = "10m"\ncommand_under_load = "1s"'))
+    time.sleep(0.5)  # the readiness probe has left
+    idle = [session(server.port) for _ in range(9)]
+    for raw in idle:
+        code, text = raw.reply(timeout=60)
+        assert code == 421 and b"4.4.2" in text, text
+        raw.close()
+    # Without the load, an idle session keeps the full command timeout.
+    time.sleep(0.5)
+    calm = session(server.port)
+    calm.sock.settimeout(3)
+    with pytest.raises((socket.timeout, TimeoutError)):
+        calm.sock.recv(4096)
+    assert calm.cmd(b"NOOP")[0] == 250
+    calm.close()

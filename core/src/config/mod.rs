@@ -251,8 +251,8 @@ pub struct ListenerConfig {
     /// Defaults to `auth == required`.
     pub submission: bool,
     /// How long the greeting waits; a client that talks before it is
-    /// refused with 554 and dropped. Zero checks only what arrived before
-    /// the greeting is written.
+    /// refused with 554 and dropped (postscreen's pregreet test). Zero turns
+    /// the check off; clients in `server.greet_exempt` skip it.
     pub greet_delay: Duration,
 }
 

@@ -1224,6 +1224,86 @@ mod tests {
         );
     }
 
+    const LISTENERS: &str = "[pipeline.p]\n\
+[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n\
+[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\npipeline = \"p\"\ntls = \"starttls\"\nauth = \"required\"\n\
+[[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\ntls = \"implicit\"\nauth = \"required\"\n";
+
+    #[test]
+    fn submission_and_greet_delay_defaults() {
+        let config = load_str(LISTENERS, "c.toml").unwrap();
+        let by_name = |n: &str| config.listeners.iter().find(|l| l.name == n).unwrap();
+        assert!(!by_name("mx").submission);
+        assert_eq!(by_name("mx").greet_delay, Duration::from_secs(1));
+        assert!(by_name("sub").submission);
+        assert_eq!(by_name("sub").greet_delay, Duration::ZERO);
+        assert!(by_name("smtps").submission);
+        assert_eq!(by_name("smtps").greet_delay, Duration::ZERO);
+        let exempt = &config.server.greet_exempt;
+        assert!(exempt
+            .iter()
+            .any(|n| n.contains(&"127.0.0.9".parse::<std::net::IpAddr>().unwrap())));
+        assert_eq!(
+            config.server.timeouts.command_under_load,
+            Duration::from_secs(10)
+        );
+        // Nobody has an entry: only the own address.
+        assert!(config
+            .submission
+            .may_send_as("Alice@Example.org", "alice@EXAMPLE.org"));
+        assert!(!config
+            .submission
+            .may_send_as("alice@example.org", "bob@example.org"));
+        assert!(!config.submission.may_send_as("alice", "alice"));
+    }
+
+    #[test]
+    fn senders_map_patterns() {
+        let text = format!(
+            "{LISTENERS}[submission]\nsenders = {{ \"Alice@example.org\" = [\"@Example.org\", \"a@other.test\"], \"app\" = [\"*\"] }}\n"
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        let s = &config.submission;
+        assert!(s.may_send_as("alice@example.org", "bob@example.org"));
+        assert!(s.may_send_as("alice@example.org", "A@Other.Test"));
+        assert!(!s.may_send_as("alice@example.org", "alice@sub.example.org"));
+        assert!(!s.may_send_as("alice@example.org", "@example.org"));
+        assert!(s.may_send_as("app", "anyone@anywhere.test"));
+    }
+
+    #[test]
+    fn bad_submission_dkim_and_greet_values_name_key_and_line() {
+        let text = "[server]\ngreet_exempt = [\"10.0.0.0/33\"]\n\
+[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\nsubmission = true\ngreet_delay = \"1m\"\n\
+[[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\ntls = \"implicit\"\nauth = \"required\"\ngreet_delay = \"1s\"\n\
+[pipeline.p]\n\
+[submission]\nsenders = { \"alice\" = [\"nobody\"], \"bob\" = [] }\n\
+[dkim]\ntrusted_networks = [\"nonsense\"]\n\
+[[dkim.sign]]\ndomain = \"exa mple.org\"\nselector = \"s 1\"\nkey = \"/nonexistent/key.pem\"\nheaders = [\"DKIM-Signature\"]\n";
+        let err = load_str(text, "c.toml").unwrap_err().to_string();
+        for (line, key) in [
+            (2, "server.greet_exempt"),
+            (4, "listener[0].submission"),
+            (8, "listener[0].greet_delay"),
+            (15, "listener[1].greet_delay"),
+            (18, "submission.senders"),
+            (20, "dkim.trusted_networks"),
+            (22, "dkim.sign[0].domain"),
+            (23, "dkim.sign[0].selector"),
+            (24, "dkim.sign[0].key"),
+            (25, "dkim.sign[0].headers"),
+        ] {
+            assert!(
+                err.contains(&format!("c.toml:{line}:")) && err.contains(key),
+                "{line} {key}: {err}"
+            );
+        }
+        assert!(
+            err.contains("\"bob\"") && err.contains("empty list"),
+            "{err}"
+        );
+    }
+
     fn with_pem_files() -> (tempfile::TempDir, String, String) {
         let dir = tempfile::tempdir().unwrap();
         let files = crate::tls::self_signed(dir.path(), "mx.example.test").unwrap();

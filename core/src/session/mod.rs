@@ -71,6 +71,16 @@ pub struct SessionContext {
     pub limits: Arc<ConnectionLimits>,
 }
 
+/// What one read brought.
+enum Read {
+    /// Input arrived.
+    Data,
+    /// The client closed, or the server is shutting down (reply queued).
+    End,
+    /// Nothing within the timeout.
+    Idle,
+}
+
 /// How a command leaves the session.
 enum Flow {
     Continue,
@@ -272,14 +282,30 @@ impl Session {
                 }
             }
             self.flush().await?;
-            let timeouts = &self.ctx.config.server.timeouts;
-            let timeout = if self.ctx.limits.under_load() {
-                timeouts.command.min(timeouts.command_under_load)
-            } else {
-                timeouts.command
-            };
-            if !self.read_more(timeout).await? {
+            if !self.read_command().await? {
                 return self.flush().await;
+            }
+        }
+    }
+
+    /// Waits for more command input: up to `timeouts.command`, but an idle
+    /// client is let go after `timeouts.command_under_load` while the
+    /// server is under load, also when the load arrived while it was
+    /// already waiting (the wait is cut into slices of that length).
+    /// Returns false when the session must end, as [`Self::read_more`].
+    async fn read_command(&mut self) -> std::io::Result<bool> {
+        let timeouts = &self.ctx.config.server.timeouts;
+        let slice = timeouts.command_under_load.min(timeouts.command);
+        let deadline = tokio::time::Instant::now() + timeouts.command;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left <= slice || self.ctx.limits.under_load() {
+                return self.read_more(left.min(slice)).await;
+            }
+            match self.read_some(slice).await? {
+                Read::Data => return Ok(true),
+                Read::End => return Ok(false),
+                Read::Idle => {}
             }
         }
     }
@@ -288,27 +314,36 @@ impl Session {
     /// must end (client closed, timeout or server shutdown; the reply for
     /// the last two is already queued).
     async fn read_more(&mut self, timeout: Duration) -> std::io::Result<bool> {
+        match self.read_some(timeout).await? {
+            Read::Data => Ok(true),
+            Read::End => Ok(false),
+            Read::Idle => {
+                self.reply(Reply::timeout(self.hostname()));
+                Ok(false)
+            }
+        }
+    }
+
+    /// One read of at most `timeout`; a shutdown queues its reply and ends.
+    async fn read_some(&mut self, timeout: Duration) -> std::io::Result<Read> {
         let mut shutdown = self.ctx.shutdown.clone();
         if *shutdown.borrow() {
             self.reply(Reply::shutting_down(self.hostname()));
-            return Ok(false);
+            return Ok(Read::End);
         }
         tokio::select! {
             read = tokio::time::timeout(timeout, self.stream.read(&mut self.read_buf)) => match read {
-                Ok(Ok(0)) => Ok(false),
+                Ok(Ok(0)) => Ok(Read::End),
                 Ok(Ok(n)) => {
                     self.input.push(&self.read_buf[..n]);
-                    Ok(true)
+                    Ok(Read::Data)
                 }
                 Ok(Err(e)) => Err(e),
-                Err(_) => {
-                    self.reply(Reply::timeout(self.hostname()));
-                    Ok(false)
-                }
+                Err(_) => Ok(Read::Idle),
             },
             _ = shutdown.changed() => {
                 self.reply(Reply::shutting_down(self.hostname()));
-                Ok(false)
+                Ok(Read::End)
             }
         }
     }
