@@ -234,3 +234,32 @@ key = "{tmp_path / 'missing.pem'}"
     assert done.returncode != 0
     assert "submission.senders" in done.stderr and f":{line}:" in done.stderr, done.stderr
     assert "dkim.sign" in done.stderr and "missing.pem" in done.stderr, done.stderr
+
+
+def test_trusted_network_mail_is_signed_without_auth(tmp_path, env, sink, dns_zone):
+    key, txt = keygen(tmp_path / "keys", "example.org", "s2", "ed25519")
+    dns_port = dns_zone({"s2._domainkey.example.org": {"TXT": [txt]}})
+    extra = '[dkim]\ntrusted_networks = ["127.0.0.1"]\n' + dkim_config(("example.org", "s2", key, "ed25519-sha256"))
+    e = env(sink_port=sink.port, extra=extra, trusted='["127.0.0.1/32"]')
+    raw = Raw(e.mx)
+    assert raw.reply()[0] == 220
+    for line in (b"EHLO app.test", b"MAIL FROM:<app@example.org>", b"RCPT TO:<friend@example.test>"):
+        assert raw.cmd(line)[0] == 250, line
+    assert raw.cmd(b"DATA")[0] == 354
+    assert raw.cmd(b"From: app@example.org\r\nSubject: from the app\r\n\r\nx\r\n.")[0] == 250
+    raw.close()
+    [message] = sink.wait(1)
+    assert b"DKIM-Signature:" in message.content
+    assert dkim.verify(message.content, dnsfunc=dns_lookup(dns_port)), message.content
+
+
+def test_implicit_tls_submission_checks_the_sender_too(env, sink):
+    e = env(sink_port=sink.port)
+    with smtplib.SMTP_SSL("127.0.0.1", e.smtps, timeout=30, context=client_context()) as client:
+        client.ehlo("client.test")
+        client.login(*ALICE)
+        assert client.mail(BOB[0])[0] == 553
+        client.rset()
+        client.sendmail(ALICE[0], ["friend@example.test"], b"From: alice@example.org\r\nSubject: 465\r\n\r\nx\r\n")
+    [message] = sink.wait(1)
+    assert b"Message-ID: <" in message.content
