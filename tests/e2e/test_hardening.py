@@ -54,7 +54,9 @@ def test_client_talking_before_the_greeting_gets_554_and_is_dropped(tmp_path, se
     # Loopback is exempt by default; an empty greet_exempt tests it here.
     server = start(tmp_path, servers, server_extra="greet_exempt = []", listener_extra='greet_delay = "2s"')
     talker = Raw(server.port)
-    talker.send(b"EHLO bot.test\r\nMAIL FROM:<spam@bot.test>\r\n")
+    # A whole pipelined batch: the reply must not be lost to a reset when
+    # the server closes with the batch unread.
+    talker.send(b"EHLO bot.test\r\nMAIL FROM:<spam@bot.test>\r\n" + b"NOOP\r\n" * 3000)
     code, text = talker.reply(timeout=15)
     assert code == 554 and b"5.5.0" in text, text
     assert closed(talker)

@@ -222,7 +222,9 @@ impl Session {
                 Pregreet::Talked => {
                     tracing::warn!(session = %self.info.id, client = %self.info.client_ip, "client talked before the greeting: dropped");
                     self.reply(Reply::pregreet());
-                    return self.flush().await;
+                    self.flush().await?;
+                    self.drain().await;
+                    return Ok(());
                 }
             }
         }
@@ -306,6 +308,20 @@ impl Session {
                 Read::Data => return Ok(true),
                 Read::End => return Ok(false),
                 Read::Idle => {}
+            }
+        }
+    }
+
+    /// Reads and discards what the client already sent (at most 64 KiB,
+    /// for at most half a second): closing a socket with unread input
+    /// resets the connection, and the client could lose the last reply.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut self.read_buf)).await {
+                Ok(Ok(n)) if n > 0 => total += n,
+                _ => break,
             }
         }
     }
