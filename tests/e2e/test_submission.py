@@ -263,3 +263,41 @@ def test_implicit_tls_submission_checks_the_sender_too(env, sink):
         client.sendmail(ALICE[0], ["friend@example.test"], b"From: alice@example.org\r\nSubject: 465\r\n\r\nx\r\n")
     [message] = sink.wait(1)
     assert b"Message-ID: <" in message.content
+
+
+def test_signature_is_in_the_queue_and_survives_a_restart(tmp_path, env, dns_zone):
+    key, txt = keygen(tmp_path / "keys", "example.org", "s1", "rsa")
+    dns_port = dns_zone({"s1._domainkey.example.org": {"TXT": [txt]}})
+    signing = dkim_config(("example.org", "s1", key, "rsa-sha256"))
+    sink_port = free_port()  # nobody listens yet: the message waits in the queue
+    e = env(sink_port=sink_port, extra=signing)
+    submit(e, ALICE, ALICE[0], b"From: alice@example.org\r\nSubject: queued\r\n\r\nwait for it\r\n")
+    e.wait_log("DKIM-signed")
+    e.server.stop()
+    # Restarted without any signing key: what is delivered was signed
+    # before it was spooled.
+    e.server.config_text = e.server.config_text.replace(signing, "")
+    sink = Sink(sink_port).start()
+    try:
+        e.server.start(e.mx)
+        [message] = sink.wait(1, timeout=60)
+        assert message.content.count(b"DKIM-Signature:") == 1
+        assert dkim.verify(message.content, dnsfunc=dns_lookup(dns_port)), message.content
+    finally:
+        sink.stop()
+
+
+def test_authenticated_user_is_signed_only_for_its_own_from(tmp_path, env, sink):
+    # Not a submission listener: the From is not checked at DATA, so the
+    # signature must not vouch for another author.
+    key, _ = keygen(tmp_path / "keys", "example.org", "s1", "ed25519")
+    e = env(sink_port=sink.port, extra=dkim_config(("example.org", "s1", key, "ed25519-sha256")),
+            submission_extra="submission = false")
+    submit(e, ALICE, ALICE[0], b"From: bob@example.org\r\nSubject: not hers\r\n\r\nx\r\n")
+    submit(e, ALICE, ALICE[0], b"From: alice@example.org\r\nSubject: hers\r\n\r\nx\r\n")
+    messages = sink.wait(2)
+    by_subject = {headers_of(m.content)["Subject"]: m.content for m in messages}
+    assert b"DKIM-Signature" not in by_subject["not hers"]
+    assert b"DKIM-Signature" in by_subject["hers"]
+    # Not a submission listener: no Date or Message-ID added either.
+    assert b"\r\nMessage-ID:" not in by_subject["hers"]

@@ -998,9 +998,9 @@ impl Session {
         Ok(message::apply_header_changes(&message, &[], &[], &append))
     }
 
-    /// The DKIM-Signature fields for a message from an authenticated or
-    /// trusted client whose From domain has a `[[dkim.sign]]` key; none
-    /// otherwise.
+    /// The DKIM-Signature fields for a message whose From domain has a
+    /// `[[dkim.sign]]` key, from a client in `[dkim] trusted_networks` or an
+    /// authenticated user that may send as every author; none otherwise.
     fn dkim_signatures(
         ctx: &SessionContext,
         info: &SessionInfo,
@@ -1011,14 +1011,23 @@ impl Session {
             return Ok(Vec::new());
         }
         let ip = info.client_ip;
-        let entitled = info.authenticated_user.is_some()
-            || ctx
-                .config
-                .dkim
-                .trusted_networks
-                .iter()
-                .any(|net| net.contains(&ip));
-        if !entitled {
+        let trusted = ctx
+            .config
+            .dkim
+            .trusted_networks
+            .iter()
+            .any(|net| net.contains(&ip));
+        // An authenticated user gets a signature only for authors it owns:
+        // on a listener that is not a submission one nothing checked the
+        // From, and the domain's key must not vouch for someone else's.
+        let owned = info.authenticated_user.as_ref().is_some_and(|user| {
+            submission::author_addresses(message).is_ok_and(|authors| {
+                authors
+                    .iter()
+                    .all(|a| ctx.config.submission.may_send_as(user, a))
+            })
+        });
+        if !trusted && !owned {
             return Ok(Vec::new());
         }
         match submission::from_domain(message) {
