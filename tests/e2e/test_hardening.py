@@ -161,6 +161,27 @@ def test_control_characters_and_utf8_in_ehlo_never_reach_headers(sluice, helo):
         sink.stop()
 
 
+@pytest.mark.parametrize("command", [
+    b"MAIL FROM:<a\x01b@example.org>",
+    b"MAIL FROM:<\"a\x1b[31m\"@example.org>",
+    "MAIL FROM:<j\u00f6rg@example.org>".encode(),
+    b"RCPT TO:<user\x00@example.test>",
+    "RCPT TO:<user@b\u00fccher.test>".encode(),
+    b"RCPT TO:<user@example.test>\rX-Injected: yes",
+])
+def test_control_characters_and_utf8_in_addresses_are_refused(sluice, command):
+    # Without SMTPUTF8 no non-ASCII address is taken, and none with
+    # control characters at all: nothing of them can reach a header.
+    server = sluice()
+    raw = session(server.port)
+    assert raw.cmd(b"EHLO client.test")[0] == 250
+    if command.startswith(b"RCPT"):
+        assert raw.cmd(b"MAIL FROM:<a@example.org>")[0] == 250
+    code, text = raw.cmd(command)
+    assert 500 <= code < 600, text
+    assert raw.cmd(b"NOOP")[0] == 250
+
+
 SMUGGLING = [b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n\x00.\r\n"]
 
 
