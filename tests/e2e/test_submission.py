@@ -17,7 +17,7 @@ import dns.resolver
 import pytest
 
 from conftest import BIN, Raw, Sink, config, free_port
-from tlsenv import TlsEnv, client_context
+from tlsenv import TlsEnv, client_context, require_tool
 
 ALICE = ("alice@example.org", "plum-orbit-window-47")
 BOB = ("bob@example.org", "cedar-lamp-river-93")
@@ -301,3 +301,26 @@ def test_authenticated_user_is_signed_only_for_its_own_from(tmp_path, env, sink)
     assert b"DKIM-Signature" in by_subject["hers"]
     # Not a submission listener: no Date or Message-ID added either.
     assert b"\r\nMessage-ID:" not in by_subject["hers"]
+
+
+def test_swaks_submission_is_signed_and_foreign_sender_refused(tmp_path, env, sink, dns_zone):
+    require_tool("swaks", perl_module="Net::SSLeay")
+    key, txt = keygen(tmp_path / "keys", "example.org", "sw", "rsa")
+    dns_port = dns_zone({"sw._domainkey.example.org": {"TXT": [txt]}})
+    e = env(sink_port=sink.port, extra=dkim_config(("example.org", "sw", key, "rsa-sha256")))
+
+    def swaks(sender):
+        return subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{e.submission}", "--tls", "--auth", "PLAIN",
+             "--auth-user", ALICE[0], "--auth-password", ALICE[1],
+             "--from", sender, "--to", "friend@example.test", "--timeout", "30"],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    refused = swaks(BOB[0])
+    assert refused.returncode != 0
+    assert "553 5.7.1" in refused.stdout, refused.stdout
+    done = swaks(ALICE[0])
+    assert done.returncode == 0, done.stdout + done.stderr
+    [message] = sink.wait(1)
+    assert dkim.verify(message.content, dnsfunc=dns_lookup(dns_port)), message.content
