@@ -221,17 +221,28 @@ def test_smuggled_second_transaction_never_becomes_a_message(sluice, fake_end):
 
 
 def test_idle_sessions_are_let_go_sooner_under_load(tmp_path, servers):
-    # 9 of 10 slots taken is "under load" (80%): every idle session, also
-    # those already waiting, gets 421 after command_under_load instead of
-    # the 10 minutes of command.
+    # An idle session waits for its command; then 8 of 10 slots fill with
+    # sessions inside DATA (timed by data_block, not cut): "under load"
+    # (80%), so the idle session, already waiting, gets 421 after
+    # command_under_load instead of the 10 minutes of command.
     server = start(tmp_path, servers, server_extra=(
         'max_connections = 10\nmax_connections_per_ip = 100\n'
         '[server.timeouts]\ncommand = "10m"\ncommand_under_load = "1s"'))
     time.sleep(0.5)  # the readiness probe has left
-    idle = [session(server.port) for _ in range(9)]
-    for raw in idle:
-        code, text = raw.reply(timeout=60)
-        assert code == 421 and b"4.4.2" in text, text
+    idle = session(server.port)
+    busy = []
+    for _ in range(8):
+        raw = session(server.port)
+        for line in (b"EHLO client.test", b"MAIL FROM:<a@example.org>", b"RCPT TO:<postmaster@localhost>"):
+            assert raw.cmd(line)[0] == 250, line
+        assert raw.cmd(b"DATA")[0] == 354
+        busy.append(raw)
+    code, text = idle.reply(timeout=60)
+    assert code == 421 and b"4.4.2" in text, text
+    idle.close()
+    # The sessions in DATA are not cut: they finish their messages.
+    for raw in busy:
+        assert raw.cmd(b"Subject: x\r\n\r\nbody\r\n.")[0] == 250
         raw.close()
     # Without the load, an idle session keeps the full command timeout.
     time.sleep(0.5)
