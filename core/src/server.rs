@@ -17,6 +17,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::admin::{AdminError, AdminListeners, AdminState};
+use crate::config::DkimKeyConfig;
 use crate::config::{Config, ListenerConfig, TlsFiles, TlsMode};
 use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
 use crate::dkim::DkimSigners;
@@ -214,6 +215,10 @@ impl Server {
             ));
         }
         let reloader = tokio::spawn(reload_certificates_on_sighup(self.certificates.clone()));
+        let dkim_reloader = tokio::spawn(reload_dkim_keys_on_sighup(
+            self.dkim.clone(),
+            config.dkim.sign.clone(),
+        ));
         admin_state.set_ready(true);
 
         stop.await;
@@ -223,6 +228,7 @@ impl Server {
         accept_loops.abort_all();
         while accept_loops.join_next().await.is_some() {}
         reloader.abort();
+        dkim_reloader.abort();
         let _ = shutdown_tx.send(true);
         let grace = config.server.shutdown_grace;
         // No accept loop is left to spawn into the set.
@@ -322,6 +328,36 @@ async fn reload_certificates_on_sighup(certificates: Vec<Arc<ReloadableTls>>) {
                 }
                 Err(e) => tracing::error!(%certificate, "certificate reload failed: {e}"),
             }
+        }
+    }
+}
+
+/// On SIGHUP, re-reads the `[[dkim.sign]]` key files, so a key can be
+/// rotated under the same path (and selector) without a restart; when one
+/// does not load, the previous keys all stay.
+async fn reload_dkim_keys_on_sighup(signers: DkimSigners, entries: Vec<DkimKeyConfig>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    if entries.is_empty() {
+        return;
+    }
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP: {e}");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        let reloaded = tokio::task::spawn_blocking({
+            let signers = signers.clone();
+            let entries = entries.clone();
+            move || signers.reload(&entries)
+        })
+        .await;
+        match reloaded {
+            Ok(Ok(())) => tracing::info!(keys = entries.len(), "DKIM keys reloaded"),
+            Ok(Err(e)) => tracing::error!("DKIM keys not reloaded, keeping the previous ones: {e}"),
+            Err(e) => tracing::error!("DKIM key reload failed: {e}"),
         }
     }
 }

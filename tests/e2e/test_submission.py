@@ -7,6 +7,7 @@ server publishing the record that command printed."""
 import email
 import os
 import re
+import signal
 import smtplib
 import stat
 import subprocess
@@ -324,3 +325,29 @@ def test_swaks_submission_is_signed_and_foreign_sender_refused(tmp_path, env, si
     assert done.returncode == 0, done.stdout + done.stderr
     [message] = sink.wait(1)
     assert dkim.verify(message.content, dnsfunc=dns_lookup(dns_port)), message.content
+
+
+def test_sighup_rereads_a_rotated_key(tmp_path, env, sink, dns_zone):
+    old_key, old_txt = keygen(tmp_path / "old", "example.org", "s1", "ed25519")
+    new_key, new_txt = keygen(tmp_path / "new", "example.org", "s1", "ed25519")
+    old_dns = dns_lookup(dns_zone({"s1._domainkey.example.org": {"TXT": [old_txt]}}))
+    new_dns = dns_lookup(dns_zone({"s1._domainkey.example.org": {"TXT": [new_txt]}}))
+    live = tmp_path / "live.pem"
+    live.write_bytes(old_key.read_bytes())
+    e = env(sink_port=sink.port, extra=dkim_config(("example.org", "s1", live, "ed25519-sha256")))
+    submit(e, ALICE, ALICE[0], b"From: alice@example.org\r\nSubject: one\r\n\r\nx\r\n")
+    # A file that does not load keeps the previous key.
+    live.write_text("not a key")
+    e.server.proc.send_signal(signal.SIGHUP)
+    e.wait_log("DKIM keys not reloaded")
+    submit(e, ALICE, ALICE[0], b"From: alice@example.org\r\nSubject: two\r\n\r\nx\r\n")
+    live.write_bytes(new_key.read_bytes())
+    e.server.proc.send_signal(signal.SIGHUP)
+    e.wait_log("DKIM keys reloaded")
+    submit(e, ALICE, ALICE[0], b"From: alice@example.org\r\nSubject: three\r\n\r\nx\r\n")
+    messages = sink.wait(3)
+    by_subject = {headers_of(m.content)["Subject"]: m.content for m in messages}
+    assert dkim.verify(by_subject["one"], dnsfunc=old_dns)
+    assert dkim.verify(by_subject["two"], dnsfunc=old_dns)
+    assert dkim.verify(by_subject["three"], dnsfunc=new_dns)
+    assert not dkim.verify(by_subject["three"], dnsfunc=old_dns)

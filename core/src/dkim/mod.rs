@@ -1,12 +1,12 @@
 //! Outbound DKIM signing (RFC 6376, RFC 8463): the keys of `[[dkim.sign]]`
-//! loaded from PEM files, and the signatures sluice adds to mail from
-//! authenticated or trusted clients before it is spooled. Verification of
+//! loaded from PEM files (and re-read on SIGHUP), and the signatures sluice
+//! adds to mail from authenticated or trusted clients before it is spooled. Verification of
 //! incoming mail lives in `authn`; key generation in [`keygen`].
 
 pub mod keygen;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
@@ -118,17 +118,18 @@ struct DomainKey {
     headers: Vec<String>,
 }
 
-/// Every signing key, by From domain.
+/// Every signing key, by From domain. Clones share the keys, and see a
+/// [`DkimSigners::reload`].
 #[derive(Clone, Default)]
 pub struct DkimSigners {
-    keys: Arc<Vec<DomainKey>>,
+    keys: Arc<RwLock<Arc<Vec<DomainKey>>>>,
 }
 
 impl std::fmt::Debug for DkimSigners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
             .entries(
-                self.keys
+                self.current()
                     .iter()
                     .map(|k| format!("{}/{}", k.domain, k.selector)),
             )
@@ -149,27 +150,31 @@ pub enum SignError {
 impl DkimSigners {
     /// Loads every key of `[[dkim.sign]]`.
     pub fn load(entries: &[DkimKeyConfig]) -> Result<DkimSigners, DkimKeyError> {
-        let mut keys = Vec::with_capacity(entries.len());
-        for entry in entries {
-            keys.push(DomainKey {
-                domain: entry.domain.clone(),
-                selector: entry.selector.clone(),
-                key: load_key(&entry.key, entry.algorithm)?,
-                headers: signed_headers(&entry.headers),
-            });
-        }
         Ok(DkimSigners {
-            keys: Arc::new(keys),
+            keys: Arc::new(RwLock::new(Arc::new(load_all(entries)?))),
         })
     }
 
+    /// Re-reads every key file (a key replaced under the same path); when
+    /// one does not load, the error is returned and the previous keys stay.
+    pub fn reload(&self, entries: &[DkimKeyConfig]) -> Result<(), DkimKeyError> {
+        let keys = Arc::new(load_all(entries)?);
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(())
+    }
+
+    /// The keys in use; a reload does not disturb a signing in progress.
+    fn current(&self) -> Arc<Vec<DomainKey>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.current().is_empty()
     }
 
     /// Whether some key signs for `domain` (lower-case).
     pub fn has_domain(&self, domain: &str) -> bool {
-        self.keys.iter().any(|k| k.domain == domain)
+        self.current().iter().any(|k| k.domain == domain)
     }
 
     /// The `DKIM-Signature:` fields (CRLF-terminated, to prepend to the
@@ -177,7 +182,8 @@ impl DkimSigners {
     /// key signs for it.
     pub fn sign(&self, domain: &str, message: &[u8]) -> Result<Vec<String>, SignError> {
         let mut out = Vec::new();
-        for key in self.keys.iter().filter(|k| k.domain == domain) {
+        let keys = self.current();
+        for key in keys.iter().filter(|k| k.domain == domain) {
             let fail = |e: mail_auth::Error| SignError::Sign {
                 domain: key.domain.clone(),
                 selector: key.selector.clone(),
@@ -191,6 +197,19 @@ impl DkimSigners {
         }
         Ok(out)
     }
+}
+
+fn load_all(entries: &[DkimKeyConfig]) -> Result<Vec<DomainKey>, DkimKeyError> {
+    let mut keys = Vec::with_capacity(entries.len());
+    for entry in entries {
+        keys.push(DomainKey {
+            domain: entry.domain.clone(),
+            selector: entry.selector.clone(),
+            key: load_key(&entry.key, entry.algorithm)?,
+            headers: signed_headers(&entry.headers),
+        });
+    }
+    Ok(keys)
 }
 
 fn sign_with<T: SigningKey>(
