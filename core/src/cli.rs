@@ -1,6 +1,6 @@
 //! The `sluice` command line: `serve`, `check-config`, `reload`,
-//! `pipeline test`, `user …`,
-//! `queue …`, `--version`. Errors reach the operator here, with `anyhow`
+//! `pipeline test`, `user …`, `queue …`, `dkim keygen`, `--version`. Errors
+//! reach the operator here, with `anyhow`
 //! context; the library below reports typed errors.
 //!
 //! Exit status: 0 on success, 1 on an error (unknown queue id included), 2
@@ -69,6 +69,27 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: QueueAction,
+    },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Generate a signing key: writes DIR/DOMAIN.SELECTOR.pem (mode 0600)
+    /// and prints the DNS TXT record to publish.
+    Keygen {
+        domain: String,
+        selector: String,
+        /// rsa (RSA-2048, rsa-sha256) or ed25519 (ed25519-sha256).
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// Directory the key file is written to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
     },
 }
 
@@ -176,6 +197,7 @@ pub fn main() -> ExitCode {
         Command::User { config, command } => user(config, command),
         Command::Queue { config, action } => queue(config, action),
         Command::Pipeline { action } => pipeline(action),
+        Command::Dkim { command } => dkim(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -495,6 +517,44 @@ fn user(path: Option<PathBuf>, command: UserCommand) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn dkim(command: DkimCommand) -> anyhow::Result<()> {
+    use crate::dkim::keygen::{self, KeyType};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let DkimCommand::Keygen {
+        domain,
+        selector,
+        algorithm,
+        out,
+    } = command;
+    let (kind, config_name) = match algorithm.as_str() {
+        "rsa" | "rsa-sha256" => (KeyType::Rsa, "rsa-sha256"),
+        "ed25519" | "ed25519-sha256" => (KeyType::Ed25519, "ed25519-sha256"),
+        other => anyhow::bail!("unknown algorithm {other:?} (expected rsa or ed25519)"),
+    };
+    let key = keygen::generate(kind, &domain, &selector)?;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let path = out.join(format!("{domain}.{selector}.pem"));
+    // create_new: never overwrite a key that may already be published.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(key.private_pem.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("private key written to {}", path.display());
+    eprintln!(
+        "configure it with:\n  [[dkim.sign]]\n  domain = \"{domain}\"\n  selector = \"{selector}\"\n  key = \"{}\"\n  algorithm = \"{config_name}\"",
+        path.display()
+    );
+    eprintln!("and publish this DNS record:");
+    println!("{}", key.dns_record);
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 //! - the spool (crate `sluice-spool`): where accepted mail is kept durably
 //! - [`delivery`]: from the spool to Maildir or the next hop
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
+//! - [`dkim`]: outbound DKIM signing and `sluice dkim keygen`
 //! - [`authn`]: SPF, DKIM, DMARC and ARC for the plugins' `auth` interface
 //! - [`config`]: the TOML file, parsed and validated
 //! - [`state`]: the plugins' key-value state (sled, or Redis shared by nodes)
@@ -25,6 +26,7 @@ pub mod authn;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod metrics;
 pub mod pipeline;

@@ -18,8 +18,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::admin::{AdminError, AdminListeners, AdminState};
+use crate::config::DkimKeyConfig;
 use crate::config::{Config, ListenerConfig, TlsFiles, TlsMode};
 use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
+use crate::dkim::DkimSigners;
 use crate::dns::Dns;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
@@ -58,6 +60,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("dkim.sign: {0}")]
+    DkimKey(#[from] crate::dkim::DkimKeyError),
 }
 
 /// A server that has opened its spool, built its pipelines and bound its
@@ -77,6 +81,7 @@ pub struct Server {
     /// Every distinct certificate in use, for reloading on SIGHUP.
     certificates: Vec<Arc<ReloadableTls>>,
     admin: AdminListeners,
+    dkim: DkimSigners,
 }
 
 /// A bound listener with what its sessions need from it.
@@ -109,6 +114,7 @@ impl Server {
         let cache_dir = config.plugin_cache.resolve(&data_dir);
         let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
+        let dkim = DkimSigners::load(&config.dkim.sign)?;
 
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
         let mut listeners = Vec::new();
@@ -155,6 +161,7 @@ impl Server {
             listeners,
             certificates,
             admin,
+            dkim,
         })
     }
 
@@ -201,6 +208,10 @@ impl Server {
         let admin_state = Arc::new(AdminState::new(self.spool.clone(), delivery.clone()));
         admin_state.set_reloader(reloader.clone());
         let admin = self.admin.spawn(admin_state.clone());
+        let limits = Arc::new(ConnectionLimits::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        ));
         let ctx = Arc::new(SessionContext {
             config: config.clone(),
             pipelines: self.pipelines.clone(),
@@ -212,11 +223,9 @@ impl Server {
                 config.auth.max_failures,
                 config.auth.lockout,
             )),
+            dkim: self.dkim.clone(),
+            limits: limits.clone(),
         });
-        let limits = Arc::new(ConnectionLimits::new(
-            config.server.max_connections,
-            config.server.max_connections_per_ip,
-        ));
         // Accept loops spawn sessions into this set themselves: handing each
         // one to this (main-thread) task instead would cost a cross-thread
         // wakeup per connection, and another per finished session.
@@ -242,6 +251,10 @@ impl Server {
             ))
         });
         let sweeper = crate::state::spawn_sled_sweeper(self.spool.clone());
+        let dkim_reloader = tokio::spawn(reload_dkim_keys_on_sighup(
+            self.dkim.clone(),
+            config.dkim.sign.clone(),
+        ));
         admin_state.set_ready(true);
 
         stop.await;
@@ -255,6 +268,7 @@ impl Server {
             watcher.abort();
         }
         sweeper.abort();
+        dkim_reloader.abort();
         let _ = shutdown_tx.send(true);
         let grace = config.server.shutdown_grace;
         // No accept loop is left to spawn into the set.
@@ -363,6 +377,36 @@ async fn reload_on_sighup(certificates: Vec<Arc<ReloadableTls>>, reloader: Arc<R
     }
 }
 
+/// On SIGHUP, re-reads the `[[dkim.sign]]` key files, so a key can be
+/// rotated under the same path (and selector) without a restart; when one
+/// does not load, the previous keys all stay.
+async fn reload_dkim_keys_on_sighup(signers: DkimSigners, entries: Vec<DkimKeyConfig>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    if entries.is_empty() {
+        return;
+    }
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP: {e}");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        let reloaded = tokio::task::spawn_blocking({
+            let signers = signers.clone();
+            let entries = entries.clone();
+            move || signers.reload(&entries)
+        })
+        .await;
+        match reloaded {
+            Ok(Ok(())) => tracing::info!(keys = entries.len(), "DKIM keys reloaded"),
+            Ok(Err(e)) => tracing::error!("DKIM keys not reloaded, keeping the previous ones: {e}"),
+            Err(e) => tracing::error!("DKIM key reload failed: {e}"),
+        }
+    }
+}
+
 async fn accept_loop(
     listener: Listener,
     ctx: Arc<SessionContext>,
@@ -428,7 +472,8 @@ async fn accept_loop(
 }
 
 /// The global connection cap and the per-client-IP cap.
-struct ConnectionLimits {
+pub struct ConnectionLimits {
+    max_total: usize,
     total: Arc<Semaphore>,
     per_ip_max: usize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -444,10 +489,20 @@ struct ConnectionPermit {
 impl ConnectionLimits {
     fn new(max_total: usize, per_ip_max: usize) -> Self {
         ConnectionLimits {
+            max_total,
             total: Arc::new(Semaphore::new(max_total)),
             per_ip_max,
             per_ip: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// True while open connections are at 80% of the global cap or more:
+    /// sessions then give idle clients a shorter timeout (Postfix's stress
+    /// mode), so a flood of idle connections cannot hold every slot for
+    /// the whole command timeout.
+    pub fn under_load(&self) -> bool {
+        let open = self.max_total - self.total.available_permits();
+        open * 5 >= self.max_total * 4
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
@@ -504,5 +559,24 @@ fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) ->
         own_addresses: own_addresses.to_vec(),
         client_timeouts: Default::default(),
         idle_timeout: Duration::from_secs(5),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_starts_at_80_percent_of_the_global_cap() {
+        let limits = Arc::new(ConnectionLimits::new(10, 100));
+        let mut permits = Vec::new();
+        for i in 0..7u8 {
+            permits.push(limits.admit(IpAddr::from([127, 0, 0, i])).unwrap());
+        }
+        assert!(!limits.under_load());
+        permits.push(limits.admit(IpAddr::from([127, 0, 0, 8])).unwrap());
+        assert!(limits.under_load());
+        permits.pop();
+        assert!(!limits.under_load());
     }
 }

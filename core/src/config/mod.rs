@@ -66,6 +66,88 @@ pub struct Config {
     pub state: StateConfig,
     pub reload: ReloadConfig,
     pub plugin_cache: PluginCacheConfig,
+    pub submission: SubmissionConfig,
+    pub dkim: DkimConfig,
+}
+
+/// `[submission]`: which addresses an authenticated user may send as on a
+/// submission listener (RFC 6409 §6.1).
+#[derive(Debug, Clone, Default)]
+pub struct SubmissionConfig {
+    /// Lower-cased user name -> what it may use as reverse-path and From.
+    /// A user without an entry may use its own name when that is an
+    /// address.
+    pub senders: BTreeMap<String, Vec<SenderPattern>>,
+}
+
+/// One entry of a user's `senders` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderPattern {
+    /// `alice@example.org` (lower-cased; compared case-insensitively).
+    Address(String),
+    /// `@example.org`: any address of the domain.
+    Domain(String),
+    /// `*`: any address (an application sending for everyone).
+    Any,
+}
+
+impl SubmissionConfig {
+    /// Whether `user` may send as `address` (`local@domain`).
+    pub fn may_send_as(&self, user: &str, address: &str) -> bool {
+        let address = address.to_lowercase();
+        let user = user.to_lowercase();
+        match self.senders.get(&user) {
+            Some(patterns) => patterns.iter().any(|p| match p {
+                SenderPattern::Any => true,
+                SenderPattern::Address(a) => *a == address,
+                SenderPattern::Domain(d) => address
+                    .rsplit_once('@')
+                    .is_some_and(|(local, domain)| !local.is_empty() && domain == d),
+            }),
+            None => user.contains('@') && user == address,
+        }
+    }
+}
+
+/// `[dkim]`: outbound signing.
+#[derive(Debug, Clone, Default)]
+pub struct DkimConfig {
+    /// Clients whose mail is signed without AUTH (besides authenticated
+    /// ones).
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    /// `[[dkim.sign]]`, in file order.
+    pub sign: Vec<DkimKeyConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DkimAlgorithm {
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+impl DkimAlgorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            DkimAlgorithm::RsaSha256 => "rsa-sha256",
+            DkimAlgorithm::Ed25519Sha256 => "ed25519-sha256",
+        }
+    }
+}
+
+/// One `[[dkim.sign]]` key.
+#[derive(Debug, Clone)]
+pub struct DkimKeyConfig {
+    /// Lower-cased; mail whose From domain is this one is signed (d=).
+    pub domain: String,
+    pub selector: String,
+    /// PEM private key (PKCS#8; PKCS#1 also for RSA).
+    pub key: PathBuf,
+    pub algorithm: DkimAlgorithm,
+    /// Header fields to sign; empty: the default list. From is always
+    /// signed.
+    pub headers: Vec<String>,
 }
 
 /// `[plugin_cache]`: where compiled components are kept between starts.
@@ -157,6 +239,9 @@ pub struct ServerConfig {
     pub max_received_headers: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Clients never held for a listener's `greet_delay` (postscreen's
+    /// `permit_mynetworks`): loopback by default.
+    pub greet_exempt: Vec<ipnet::IpNet>,
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
 }
@@ -168,6 +253,10 @@ pub struct Timeouts {
     pub command: Duration,
     /// Waiting for the next chunk of DATA (3 minutes).
     pub data_block: Duration,
+    /// Waiting for the next command while the server is under load (open
+    /// connections at 80% of `max_connections` or more): idle clients are
+    /// let go sooner, like Postfix's stress mode (10 seconds).
+    pub command_under_load: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +330,14 @@ pub struct ListenerConfig {
     pub tls_files: Option<TlsFiles>,
     /// Allow AUTH over a cleartext connection (for loopback testing only).
     pub auth_without_tls: bool,
+    /// A message submission listener (RFC 6409): senders must be the
+    /// authenticated user's, Date and Message-ID are added when missing.
+    /// Defaults to `auth == required`.
+    pub submission: bool,
+    /// How long the greeting waits; a client that talks before it is
+    /// refused with 554 and dropped (postscreen's pregreet test). Zero turns
+    /// the check off; clients in `server.greet_exempt` skip it.
+    pub greet_delay: Duration,
 }
 
 impl ListenerConfig {

@@ -33,6 +33,8 @@ struct RawConfig {
     state: Option<RawState>,
     reload: Option<RawReload>,
     plugin_cache: Option<RawPluginCache>,
+    submission: Option<RawSubmission>,
+    dkim: Option<RawDkim>,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +47,13 @@ struct RawState {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSubmission {
+    #[serde(default)]
+    senders: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPluginCache {
     enabled: Option<bool>,
     dir: Option<Spanned<String>>,
@@ -52,9 +61,28 @@ struct RawPluginCache {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawDkim {
+    #[serde(default)]
+    trusted_networks: Vec<Spanned<String>>,
+    #[serde(default)]
+    sign: Vec<RawDkimSign>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawReload {
     watch: Option<bool>,
     debounce: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkimSign {
+    domain: Spanned<String>,
+    selector: Spanned<String>,
+    key: Spanned<String>,
+    algorithm: Option<DkimAlgorithm>,
+    headers: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +117,7 @@ struct RawServer {
     max_received_headers: Option<usize>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    greet_exempt: Option<Vec<Spanned<String>>>,
     timeouts: Option<RawTimeouts>,
     shutdown_grace: Option<Spanned<String>>,
 }
@@ -98,6 +127,7 @@ struct RawServer {
 struct RawTimeouts {
     command: Option<Spanned<String>>,
     data_block: Option<Spanned<String>>,
+    command_under_load: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +148,8 @@ struct RawListener {
     certificate: Option<Spanned<String>>,
     key: Option<Spanned<String>>,
     auth_without_tls: Option<bool>,
+    submission: Option<bool>,
+    greet_delay: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -375,6 +407,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         max_received_headers: None,
         max_connections: None,
         max_connections_per_ip: None,
+        greet_exempt: None,
         timeouts: None,
         shutdown_grace: None,
     });
@@ -408,7 +441,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             }
         },
     };
-    let (command_timeout, data_timeout) = match &server.timeouts {
+    let (command_timeout, data_timeout, stress_timeout) = match &server.timeouts {
         Some(t) => (
             d.duration(
                 &t.command,
@@ -420,8 +453,24 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 "server.timeouts.data_block",
                 Duration::from_secs(180),
             ),
+            d.duration(
+                &t.command_under_load,
+                "server.timeouts.command_under_load",
+                Duration::from_secs(10),
+            ),
         ),
-        None => (Duration::from_secs(300), Duration::from_secs(180)),
+        None => (
+            Duration::from_secs(300),
+            Duration::from_secs(180),
+            Duration::from_secs(10),
+        ),
+    };
+    let greet_exempt = match &server.greet_exempt {
+        None => vec![
+            "127.0.0.0/8".parse().expect("literal network"),
+            "::1/128".parse().expect("literal network"),
+        ],
+        Some(list) => networks(&mut d, list, "server.greet_exempt"),
     };
     let shutdown_grace = d.duration(
         &server.shutdown_grace,
@@ -439,9 +488,11 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         max_received_headers: server.max_received_headers.unwrap_or(50),
         max_connections: server.max_connections.unwrap_or(1000).max(1),
         max_connections_per_ip: server.max_connections_per_ip.unwrap_or(50).max(1),
+        greet_exempt,
         timeouts: Timeouts {
             command: command_timeout,
             data_block: data_timeout,
+            command_under_load: stress_timeout,
         },
         shutdown_grace,
     };
@@ -653,6 +704,41 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 }
             }
         }
+        let submission = listener.submission.unwrap_or(auth == AuthMode::Required);
+        if submission && auth == AuthMode::None {
+            d.add(
+                listener.name.span(),
+                format!("{key}.submission"),
+                "a submission listener needs auth = \"required\" (or \"optional\")",
+            );
+        }
+        // Port-25 style listeners wait a second before greeting (a short
+        // postscreen pregreet test); submission and implicit TLS do not.
+        let default_delay = if submission || tls == TlsMode::Implicit {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
+        let greet_delay = d.duration(
+            &listener.greet_delay,
+            &format!("{key}.greet_delay"),
+            default_delay,
+        );
+        if let Some(g) = &listener.greet_delay {
+            if tls == TlsMode::Implicit && !greet_delay.is_zero() {
+                d.add(
+                    g.span(),
+                    format!("{key}.greet_delay"),
+                    "with implicit TLS the client speaks first: greet_delay must be 0",
+                );
+            } else if greet_delay > Duration::from_secs(30) {
+                d.add(
+                    g.span(),
+                    format!("{key}.greet_delay"),
+                    "must be at most 30s",
+                );
+            }
+        }
         listeners.push(ListenerConfig {
             name: listener.name.get_ref().clone(),
             address,
@@ -661,6 +747,8 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             auth,
             tls_files,
             auth_without_tls,
+            submission,
+            greet_delay,
         });
     }
     if raw.listener.is_empty() {
@@ -890,6 +978,8 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
     let state = resolve_state(&mut d, raw.state.as_ref());
     let reload = resolve_reload(&mut d, raw.reload.as_ref());
     let plugin_cache = resolve_plugin_cache(&mut d, raw.plugin_cache.as_ref());
+    let submission = resolve_submission(&mut d, raw.submission.as_ref());
+    let dkim = resolve_dkim(&mut d, raw.dkim.as_ref());
 
     if !d.list.is_empty() {
         return Err(d.list);
@@ -929,7 +1019,161 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         state,
         reload,
         plugin_cache,
+        submission,
+        dkim,
     })
+}
+
+/// A list of networks (`10.0.0.0/8`, or a bare address for one host).
+fn networks(d: &mut Diagnostics<'_>, list: &[Spanned<String>], key: &str) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    for item in list {
+        let text = item.get_ref();
+        let parsed = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        });
+        match parsed {
+            Some(net) => out.push(net),
+            None => d.add(
+                item.span(),
+                key,
+                format!("invalid network {text:?} (expected e.g. \"192.0.2.0/24\" or an address)"),
+            ),
+        }
+    }
+    out
+}
+
+fn resolve_submission(d: &mut Diagnostics<'_>, raw: Option<&RawSubmission>) -> SubmissionConfig {
+    let mut senders = BTreeMap::new();
+    for (user, list) in raw.map(|r| &r.senders).into_iter().flatten() {
+        let key = format!("submission.senders.{user:?}");
+        let mut patterns = Vec::new();
+        if list.get_ref().is_empty() {
+            d.add(
+                list.span(),
+                &key,
+                "empty list (leave the user out to allow its own address)",
+            );
+        }
+        for item in list.get_ref() {
+            let text = item.get_ref().trim().to_lowercase();
+            let pattern = if text == "*" {
+                Some(SenderPattern::Any)
+            } else if let Some(domain) = text.strip_prefix('@') {
+                valid_domain(domain).then(|| SenderPattern::Domain(domain.to_owned()))
+            } else {
+                match text.rsplit_once('@') {
+                    Some((local, domain)) if !local.is_empty() && valid_domain(domain) => {
+                        Some(SenderPattern::Address(text.clone()))
+                    }
+                    _ => None,
+                }
+            };
+            match pattern {
+                Some(p) => patterns.push(p),
+                None => d.add(
+                    item.span(),
+                    &key,
+                    format!(
+                        "invalid sender {:?} (expected \"user@domain\", \"@domain\" or \"*\")",
+                        item.get_ref()
+                    ),
+                ),
+            }
+        }
+        senders.insert(user.to_lowercase(), patterns);
+    }
+    SubmissionConfig { senders }
+}
+
+fn resolve_dkim(d: &mut Diagnostics<'_>, raw: Option<&RawDkim>) -> DkimConfig {
+    let Some(raw) = raw else {
+        return DkimConfig::default();
+    };
+    let trusted_networks = networks(d, &raw.trusted_networks, "dkim.trusted_networks");
+    let mut sign: Vec<DkimKeyConfig> = Vec::new();
+    for (i, entry) in raw.sign.iter().enumerate() {
+        let key = format!("dkim.sign[{i}]");
+        let domain = entry
+            .domain
+            .get_ref()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if !valid_domain(&domain) {
+            d.add(
+                entry.domain.span(),
+                format!("{key}.domain"),
+                format!("invalid domain {:?}", entry.domain.get_ref()),
+            );
+        }
+        let selector = entry.selector.get_ref();
+        if !selector.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
+            d.add(
+                entry.selector.span(),
+                format!("{key}.selector"),
+                format!("invalid selector {selector:?}"),
+            );
+        }
+        if sign
+            .iter()
+            .any(|s| s.domain == domain && s.selector == *selector)
+        {
+            d.add(
+                entry.selector.span(),
+                format!("{key}.selector"),
+                format!("selector {selector:?} of {domain} is configured twice"),
+            );
+        }
+        let algorithm = entry.algorithm.unwrap_or(DkimAlgorithm::RsaSha256);
+        let path = PathBuf::from(entry.key.get_ref());
+        if let Err(e) = crate::dkim::check_key(&path, algorithm) {
+            d.add(entry.key.span(), format!("{key}.key"), e.to_string());
+        }
+        let headers = entry
+            .headers
+            .as_ref()
+            .map(|h| h.get_ref().clone())
+            .unwrap_or_default();
+        if let Some(h) = &entry.headers {
+            if let Some(bad) = h.get_ref().iter().find(|name| {
+                name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+            }) {
+                d.add(
+                    h.span(),
+                    format!("{key}.headers"),
+                    format!("invalid header field name {bad:?}"),
+                );
+            }
+            if h.get_ref()
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case("dkim-signature"))
+            {
+                d.add(
+                    h.span(),
+                    format!("{key}.headers"),
+                    "DKIM-Signature cannot be signed by itself",
+                );
+            }
+        }
+        sign.push(DkimKeyConfig {
+            domain,
+            selector: selector.clone(),
+            key: path,
+            algorithm,
+            headers,
+        });
+    }
+    DkimConfig {
+        trusted_networks,
+        sign,
+    }
 }
 
 /// Largest `pool_size`: each pooled instance holds its memory for good.
@@ -1282,6 +1526,86 @@ mod tests {
         );
         assert!(
             err.contains("c.toml:5:") && err.contains("listener[0].address"),
+            "{err}"
+        );
+    }
+
+    const LISTENERS: &str = "[pipeline.p]\n\
+[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n\
+[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\npipeline = \"p\"\ntls = \"starttls\"\nauth = \"required\"\n\
+[[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\ntls = \"implicit\"\nauth = \"required\"\n";
+
+    #[test]
+    fn submission_and_greet_delay_defaults() {
+        let config = load_str(LISTENERS, "c.toml").unwrap();
+        let by_name = |n: &str| config.listeners.iter().find(|l| l.name == n).unwrap();
+        assert!(!by_name("mx").submission);
+        assert_eq!(by_name("mx").greet_delay, Duration::from_secs(1));
+        assert!(by_name("sub").submission);
+        assert_eq!(by_name("sub").greet_delay, Duration::ZERO);
+        assert!(by_name("smtps").submission);
+        assert_eq!(by_name("smtps").greet_delay, Duration::ZERO);
+        let exempt = &config.server.greet_exempt;
+        assert!(exempt
+            .iter()
+            .any(|n| n.contains(&"127.0.0.9".parse::<std::net::IpAddr>().unwrap())));
+        assert_eq!(
+            config.server.timeouts.command_under_load,
+            Duration::from_secs(10)
+        );
+        // Nobody has an entry: only the own address.
+        assert!(config
+            .submission
+            .may_send_as("Alice@Example.org", "alice@EXAMPLE.org"));
+        assert!(!config
+            .submission
+            .may_send_as("alice@example.org", "bob@example.org"));
+        assert!(!config.submission.may_send_as("alice", "alice"));
+    }
+
+    #[test]
+    fn senders_map_patterns() {
+        let text = format!(
+            "{LISTENERS}[submission]\nsenders = {{ \"Alice@example.org\" = [\"@Example.org\", \"a@other.test\"], \"app\" = [\"*\"] }}\n"
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        let s = &config.submission;
+        assert!(s.may_send_as("alice@example.org", "bob@example.org"));
+        assert!(s.may_send_as("alice@example.org", "A@Other.Test"));
+        assert!(!s.may_send_as("alice@example.org", "alice@sub.example.org"));
+        assert!(!s.may_send_as("alice@example.org", "@example.org"));
+        assert!(s.may_send_as("app", "anyone@anywhere.test"));
+    }
+
+    #[test]
+    fn bad_submission_dkim_and_greet_values_name_key_and_line() {
+        let text = "[server]\ngreet_exempt = [\"10.0.0.0/33\"]\n\
+[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\nsubmission = true\ngreet_delay = \"1m\"\n\
+[[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\ntls = \"implicit\"\nauth = \"required\"\ngreet_delay = \"1s\"\n\
+[pipeline.p]\n\
+[submission]\nsenders = { \"alice\" = [\"nobody\"], \"bob\" = [] }\n\
+[dkim]\ntrusted_networks = [\"nonsense\"]\n\
+[[dkim.sign]]\ndomain = \"exa mple.org\"\nselector = \"s 1\"\nkey = \"/nonexistent/key.pem\"\nheaders = [\"DKIM-Signature\"]\n";
+        let err = load_str(text, "c.toml").unwrap_err().to_string();
+        for (line, key) in [
+            (2, "server.greet_exempt"),
+            (4, "listener[0].submission"),
+            (8, "listener[0].greet_delay"),
+            (15, "listener[1].greet_delay"),
+            (18, "submission.senders"),
+            (20, "dkim.trusted_networks"),
+            (22, "dkim.sign[0].domain"),
+            (23, "dkim.sign[0].selector"),
+            (24, "dkim.sign[0].key"),
+            (25, "dkim.sign[0].headers"),
+        ] {
+            assert!(
+                err.contains(&format!("c.toml:{line}:")) && err.contains(key),
+                "{line} {key}: {err}"
+            );
+        }
+        assert!(
+            err.contains("\"bob\"") && err.contains("empty list"),
             "{err}"
         );
     }

@@ -25,10 +25,12 @@ use tokio::sync::watch;
 
 use crate::config::{AuthMode, Config, ListenerConfig, TlsMode};
 use crate::delivery::DeliveryHandle;
+use crate::dkim::DkimSigners;
 use crate::metrics::METRICS;
 use crate::pipeline::{
     HookArg, MailboxArg, Modification, PipelineSet, SessionFilters, SessionInfo, StageOutcome,
 };
+use crate::server::ConnectionLimits;
 use crate::smtp::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::smtp::auth::{self, Credentials, Exchange, Step};
 use crate::smtp::command::{parse_command_with, Command, MailParams};
@@ -36,10 +38,11 @@ use crate::smtp::data::{DataError, DataLimits, DataProgress, DataReceiver};
 use crate::smtp::line::{Line, LineBuffer};
 use crate::smtp::received::{count_received, received_header, rfc5322_date};
 use crate::smtp::reply::Reply;
+use crate::smtp::submission;
 use crate::tls::ReloadableTls;
 use crate::users::{AuthOutcome, Authenticator, Locked};
 use sluice_spool::{NewMessage, Spool};
-use stream::Stream;
+use stream::{Pregreet, Stream};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 const MAX_COMMAND_LINE: usize = 512;
@@ -62,6 +65,20 @@ pub struct SessionContext {
     pub delivery: DeliveryHandle,
     pub shutdown: watch::Receiver<bool>,
     pub authenticator: Arc<Authenticator>,
+    /// `[[dkim.sign]]` keys for mail from authenticated or trusted clients.
+    pub dkim: DkimSigners,
+    /// The connection caps; sessions shorten idle timeouts under load.
+    pub limits: Arc<ConnectionLimits>,
+}
+
+/// What one read brought.
+enum Read {
+    /// Input arrived.
+    Data,
+    /// The client closed, or the server is shutting down (reply queued).
+    End,
+    /// Nothing within the timeout.
+    Idle,
 }
 
 /// How a command leaves the session.
@@ -188,6 +205,29 @@ impl Session {
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
+        // Before the plugins run: a bot that talks first costs no more than
+        // the wait.
+        let wait = self.listener.greet_delay;
+        let exempt = self
+            .ctx
+            .config
+            .server
+            .greet_exempt
+            .iter()
+            .any(|net| net.contains(&self.info.client_ip));
+        if !wait.is_zero() && !exempt {
+            match self.stream.pregreet(wait).await? {
+                Pregreet::Silent => {}
+                Pregreet::Closed => return Ok(()),
+                Pregreet::Talked => {
+                    tracing::warn!(session = %self.info.id, client = %self.info.client_ip, "client talked before the greeting: dropped");
+                    self.reply(Reply::pregreet());
+                    self.flush().await?;
+                    self.drain().await;
+                    return Ok(());
+                }
+            }
+        }
         let outcome = self.filters.run(&self.info, HookArg::Connect).await;
         match outcome {
             StageOutcome::Accept | StageOutcome::Discard | StageOutcome::Quarantine(_) => {
@@ -244,9 +284,44 @@ impl Session {
                 }
             }
             self.flush().await?;
-            let timeout = self.ctx.config.server.timeouts.command;
-            if !self.read_more(timeout).await? {
+            if !self.read_command().await? {
                 return self.flush().await;
+            }
+        }
+    }
+
+    /// Waits for more command input: up to `timeouts.command`, but an idle
+    /// client is let go after `timeouts.command_under_load` while the
+    /// server is under load, also when the load arrived while it was
+    /// already waiting (the wait is cut into slices of that length).
+    /// Returns false when the session must end, as [`Self::read_more`].
+    async fn read_command(&mut self) -> std::io::Result<bool> {
+        let timeouts = &self.ctx.config.server.timeouts;
+        let slice = timeouts.command_under_load.min(timeouts.command);
+        let deadline = tokio::time::Instant::now() + timeouts.command;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left <= slice || self.ctx.limits.under_load() {
+                return self.read_more(left.min(slice)).await;
+            }
+            match self.read_some(slice).await? {
+                Read::Data => return Ok(true),
+                Read::End => return Ok(false),
+                Read::Idle => {}
+            }
+        }
+    }
+
+    /// Reads and discards what the client already sent (at most 64 KiB,
+    /// for at most half a second): closing a socket with unread input
+    /// resets the connection, and the client could lose the last reply.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut self.read_buf)).await {
+                Ok(Ok(n)) if n > 0 => total += n,
+                _ => break,
             }
         }
     }
@@ -255,27 +330,36 @@ impl Session {
     /// must end (client closed, timeout or server shutdown; the reply for
     /// the last two is already queued).
     async fn read_more(&mut self, timeout: Duration) -> std::io::Result<bool> {
+        match self.read_some(timeout).await? {
+            Read::Data => Ok(true),
+            Read::End => Ok(false),
+            Read::Idle => {
+                self.reply(Reply::timeout(self.hostname()));
+                Ok(false)
+            }
+        }
+    }
+
+    /// One read of at most `timeout`; a shutdown queues its reply and ends.
+    async fn read_some(&mut self, timeout: Duration) -> std::io::Result<Read> {
         let mut shutdown = self.ctx.shutdown.clone();
         if *shutdown.borrow() {
             self.reply(Reply::shutting_down(self.hostname()));
-            return Ok(false);
+            return Ok(Read::End);
         }
         tokio::select! {
             read = tokio::time::timeout(timeout, self.stream.read(&mut self.read_buf)) => match read {
-                Ok(Ok(0)) => Ok(false),
+                Ok(Ok(0)) => Ok(Read::End),
                 Ok(Ok(n)) => {
                     self.input.push(&self.read_buf[..n]);
-                    Ok(true)
+                    Ok(Read::Data)
                 }
                 Ok(Err(e)) => Err(e),
-                Err(_) => {
-                    self.reply(Reply::timeout(self.hostname()));
-                    Ok(false)
-                }
+                Err(_) => Ok(Read::Idle),
             },
             _ = shutdown.changed() => {
                 self.reply(Reply::shutting_down(self.hostname()));
-                Ok(false)
+                Ok(Read::End)
             }
         }
     }
@@ -552,6 +636,25 @@ impl Session {
             self.reply(Reply::size_exceeds_limit());
             return Ok(Flow::Continue);
         }
+        // RFC 6409 §6.1: on a submission listener the envelope sender must
+        // be the user's own (<> stays allowed, e.g. for MDNs).
+        if self.listener.submission {
+            if let (Some(user), ReversePath::Mailbox(mailbox)) =
+                (&self.info.authenticated_user, &reverse_path)
+            {
+                if !self
+                    .ctx
+                    .config
+                    .submission
+                    .may_send_as(user, &mailbox.to_string())
+                {
+                    tracing::warn!(session = %self.info.id, user = ?user, sender = %mailbox, "sender refused: not owned by the user");
+                    let reply = Reply::sender_not_owned(user);
+                    self.reply(reply);
+                    return Ok(Flow::Continue);
+                }
+            }
+        }
         let argument = match &reverse_path {
             ReversePath::Null => None,
             ReversePath::Mailbox(mailbox) => Some(self.mailbox_arg(mailbox)),
@@ -682,6 +785,21 @@ impl Session {
             self.reply(Reply::loop_detected());
             return Ok(Flow::Continue);
         }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let message = if self.listener.submission {
+            match self.submission_checks(message, now) {
+                Ok(message) => message,
+                Err(reply) => {
+                    self.reply(reply);
+                    return Ok(Flow::Continue);
+                }
+            }
+        } else {
+            message
+        };
         let message: Arc<[u8]> = Arc::from(message);
         let decision = self.filters.run_data(&self.info, &message).await;
         let quarantine = match decision.outcome {
@@ -739,10 +857,6 @@ impl Session {
                 return Ok(Flow::Continue);
             }
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         // RFC 3848 / RFC 6531 §3.7.3: S for TLS, A for an authenticated client.
         let mut protocol = match (self.esmtp, transaction.smtputf8) {
             (true, true) => "UTF8SMTP",
@@ -778,15 +892,31 @@ impl Session {
             single_recipient,
             &rfc5322_date(now as i64),
         );
-        let mut stored = Vec::with_capacity(trace.len() + message.len());
+        let body: std::borrow::Cow<'_, [u8]> =
+            if prepend.is_empty() && append.is_empty() && remove.is_empty() {
+                std::borrow::Cow::Borrowed(&message[..])
+            } else {
+                std::borrow::Cow::Owned(message::apply_header_changes(
+                    &message, &remove, &prepend, &append,
+                ))
+            };
+        // Signed before spooling, so the signature is in the queue and
+        // survives a restart; the Received field goes above it, unsigned.
+        let signatures = match Self::dkim_signatures(&self.ctx, &self.info, &body) {
+            Ok(signatures) => signatures,
+            Err(e) => {
+                tracing::error!(session = %self.info.id, "{e}");
+                self.reply(Reply::local_error());
+                return Ok(Flow::Continue);
+            }
+        };
+        let signatures_len: usize = signatures.iter().map(String::len).sum();
+        let mut stored = Vec::with_capacity(trace.len() + signatures_len + body.len());
         stored.extend_from_slice(trace.as_bytes());
-        if prepend.is_empty() && append.is_empty() && remove.is_empty() {
-            stored.extend_from_slice(&message);
-        } else {
-            stored.extend_from_slice(&message::apply_header_changes(
-                &message, &remove, &prepend, &append,
-            ));
+        for signature in &signatures {
+            stored.extend_from_slice(signature.as_bytes());
         }
+        stored.extend_from_slice(&body);
 
         let new_message = NewMessage {
             reverse_path: match &transaction.reverse_path {
@@ -830,6 +960,84 @@ impl Session {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Submission (RFC 6409): every From and Sender address must be one
+    /// the authenticated user may send as; a missing Date or Message-ID is
+    /// added (§8.2, §8.3). Returns the message to go on with, or the reply
+    /// refusing it.
+    fn submission_checks(&self, message: Vec<u8>, now: u64) -> Result<Vec<u8>, Reply> {
+        if let Some(user) = &self.info.authenticated_user {
+            let authors = submission::author_addresses(&message).map_err(|e| {
+                tracing::warn!(session = %self.info.id, user = ?user, "message refused: {e}");
+                Reply::bad_author(&e.to_string())
+            })?;
+            let submission_config = &self.ctx.config.submission;
+            if let Some(foreign) = authors
+                .iter()
+                .find(|a| !submission_config.may_send_as(user, a))
+            {
+                tracing::warn!(session = %self.info.id, user = ?user, from = ?foreign, "message refused: From not owned by the user");
+                return Err(Reply::author_not_owned(foreign));
+            }
+        }
+        let (no_date, no_message_id) = submission::missing_fields(&message);
+        if !no_date && !no_message_id {
+            return Ok(message);
+        }
+        let mut append = Vec::new();
+        if no_date {
+            append.push(("Date".to_owned(), rfc5322_date(now as i64)));
+        }
+        if no_message_id {
+            append.push((
+                "Message-ID".to_owned(),
+                submission::new_message_id(now, self.hostname()),
+            ));
+        }
+        Ok(message::apply_header_changes(&message, &[], &[], &append))
+    }
+
+    /// The DKIM-Signature fields for a message whose From domain has a
+    /// `[[dkim.sign]]` key, from a client in `[dkim] trusted_networks` or an
+    /// authenticated user that may send as every author; none otherwise.
+    fn dkim_signatures(
+        ctx: &SessionContext,
+        info: &SessionInfo,
+        message: &[u8],
+    ) -> Result<Vec<String>, crate::dkim::SignError> {
+        let signers = &ctx.dkim;
+        if signers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ip = info.client_ip;
+        let trusted = ctx
+            .config
+            .dkim
+            .trusted_networks
+            .iter()
+            .any(|net| net.contains(&ip));
+        // An authenticated user gets a signature only for authors it owns:
+        // on a listener that is not a submission one nothing checked the
+        // From, and the domain's key must not vouch for someone else's.
+        let owned = info.authenticated_user.as_ref().is_some_and(|user| {
+            submission::author_addresses(message).is_ok_and(|authors| {
+                authors
+                    .iter()
+                    .all(|a| ctx.config.submission.may_send_as(user, a))
+            })
+        });
+        if !trusted && !owned {
+            return Ok(Vec::new());
+        }
+        match submission::from_domain(message) {
+            Some(domain) if signers.has_domain(&domain) => {
+                let signatures = signers.sign(&domain, message)?;
+                tracing::info!(session = %info.id, %domain, signatures = signatures.len(), "DKIM-signed");
+                Ok(signatures)
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// Writes the reply of a refusing outcome; None when the stage accepted.

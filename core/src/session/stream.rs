@@ -48,6 +48,35 @@ impl Stream {
     }
 }
 
+/// What a client did before the greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pregreet {
+    /// Nothing: a well-behaved client waits for the greeting.
+    Silent,
+    /// It sent bytes (which are left unread).
+    Talked,
+    /// It closed the connection.
+    Closed,
+}
+
+impl Stream {
+    /// Waits up to `wait` for the client to send something before the
+    /// greeting (postscreen's pregreet test), without consuming it. Only
+    /// plain TCP is checked: under implicit TLS the client speaks first.
+    pub async fn pregreet(&self, wait: Duration) -> io::Result<Pregreet> {
+        let Stream::Plain(tcp) = self else {
+            return Ok(Pregreet::Silent);
+        };
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(wait, tcp.peek(&mut byte)).await {
+            Err(_elapsed) => Ok(Pregreet::Silent),
+            Ok(Ok(0)) => Ok(Pregreet::Closed),
+            Ok(Ok(_)) => Ok(Pregreet::Talked),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+}
+
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "connection closed")
 }

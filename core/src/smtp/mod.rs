@@ -11,6 +11,7 @@
 //!   defense) and `dot_stuff` for the client side
 //! - [`reply`]: every reply sluice sends, with its codes
 //! - [`received`]: trace headers and RFC 5322 dates
+//! - [`submission`]: author addresses, Date and Message-ID for RFC 6409
 
 pub mod address;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod data;
 pub mod line;
 pub mod received;
 pub mod reply;
+pub mod submission;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 pub use command::{parse_command, parse_command_with, Body, Command, MailParams, ParseError};

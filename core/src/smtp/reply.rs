@@ -460,6 +460,44 @@ impl Reply {
         Reply::new(530, Some("5.7.0"), "Must issue a STARTTLS command first")
     }
 
+    /// 553 5.7.1 at MAIL on a submission listener: the reverse-path is not
+    /// one the authenticated user may use (RFC 6409 §6.1).
+    pub fn sender_not_owned(user: &str) -> Reply {
+        Reply::new(
+            553,
+            Some("5.7.1"),
+            format!("Sender address not owned by user {}", printable(user)),
+        )
+    }
+
+    /// 550 5.7.1 after DATA on a submission listener: a From (or Sender)
+    /// address is not the authenticated user's.
+    pub fn author_not_owned(address: &str) -> Reply {
+        Reply::new(
+            550,
+            Some("5.7.1"),
+            format!(
+                "From address {} not owned by the authenticated user",
+                printable(address)
+            ),
+        )
+    }
+
+    /// 550 5.6.0 after DATA on a submission listener: no single From.
+    pub fn bad_author(detail: &str) -> Reply {
+        Reply::new(550, Some("5.6.0"), format!("Invalid message: {detail}"))
+    }
+
+    /// 554 5.5.0: the client talked before the greeting (postscreen's
+    /// pregreet test); the connection is closed.
+    pub fn pregreet() -> Reply {
+        Reply::new(
+            554,
+            Some("5.5.0"),
+            "Protocol error: data sent before the greeting",
+        )
+    }
+
     /// 334 SASL challenge; `challenge` is base64 (RFC 4954 §4).
     pub fn auth_challenge(challenge: &str) -> Reply {
         Reply::new(334, None, challenge)
@@ -585,6 +623,15 @@ fn sanitize(text: &str, room: usize) -> String {
         out.push(c);
     }
     out
+}
+
+/// Client-supplied text quoted in a reply: printable ASCII only, at most
+/// 100 characters, so it can neither break the reply line nor bloat it.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(100)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
 }
 
 #[cfg(test)]
