@@ -156,6 +156,12 @@ struct RawPlugin {
     timeout: Option<Spanned<String>>,
     memory: Option<Spanned<Size>>,
     config: Option<toml::Table>,
+    /// Files the plugin may read through the `directory` interface.
+    #[serde(default)]
+    files: Vec<Spanned<String>>,
+    /// Mailbox servers it may ask, "lmtp:HOST:PORT" or "smtp:HOST:PORT".
+    #[serde(default)]
+    callouts: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -221,6 +227,26 @@ fn parse_size(text: &str) -> Result<u64, String> {
     number
         .checked_mul(factor)
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// A mailbox server a plugin may ask: `lmtp:HOST:PORT` or `smtp:HOST:PORT`.
+fn parse_callout(text: &str) -> Result<CalloutGrant, String> {
+    let usage = || format!("{text:?} is not \"lmtp:HOST:PORT\" or \"smtp:HOST:PORT\"");
+    let (protocol, target) = text.split_once(':').ok_or_else(usage)?;
+    let protocol = match protocol {
+        "lmtp" => CalloutProtocol::Lmtp,
+        "smtp" => CalloutProtocol::Smtp,
+        _ => return Err(usage()),
+    };
+    let (host, port) = target.rsplit_once(':').ok_or_else(usage)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(usage());
+    }
+    Ok(CalloutGrant {
+        protocol,
+        target: target.to_owned(),
+    })
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -487,6 +513,21 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
             None => "{}".to_owned(),
         };
+        let mut files = Vec::new();
+        for file in &plugin.files {
+            if file.get_ref().trim().is_empty() {
+                d.add(file.span(), format!("{key}.files"), "empty path");
+            } else {
+                files.push(PathBuf::from(file.get_ref()));
+            }
+        }
+        let mut callouts = Vec::new();
+        for callout in &plugin.callouts {
+            match parse_callout(callout.get_ref()) {
+                Ok(grant) => callouts.push(grant),
+                Err(e) => d.add(callout.span(), format!("{key}.callouts"), e),
+            }
+        }
         plugins.insert(
             name.clone(),
             PluginConfig {
@@ -496,6 +537,8 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 timeout,
                 memory,
                 config_json,
+                files,
+                callouts,
             },
         );
     }

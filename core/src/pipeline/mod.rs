@@ -7,6 +7,7 @@
 //! - `host`: the imports plugins call (log, kv, dns, auth, message)
 //! - `auth`: a session's SPF/DKIM/DMARC/ARC results, computed on first ask
 //! - `message`: the message resource of the data stage
+//! - `directory`: files and mailbox servers granted to plugins
 //! - `verdict`, `session`: the host-side types the rest of sluice uses
 //! - `bindings`: the one `bindgen!`; its types never leave this module
 //!
@@ -17,6 +18,7 @@
 pub mod auth;
 mod bindings;
 pub mod chain;
+pub mod directory;
 pub mod engine;
 pub mod host;
 pub mod message;
@@ -120,6 +122,7 @@ impl PipelineSet {
             local_domains: config.domains.local.iter().cloned().collect(),
             dns: dns.clone(),
             authenticator: Authenticator::new(dns, &config.server.hostname),
+            directory: Arc::new(directory::Directory::new(&config.plugins)),
         });
         let mut plugins: BTreeMap<&str, Arc<Plugin>> = BTreeMap::new();
         for (name, plugin_config) in &config.plugins {
