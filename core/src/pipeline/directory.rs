@@ -231,7 +231,9 @@ async fn expect_2xx<R: AsyncBufReadExt + Unpin>(
 }
 
 /// One (possibly multi-line) reply: its code and its lines joined.
-async fn read_reply<R: AsyncBufReadExt + Unpin>(read: &mut R) -> Result<(u16, String), CalloutError> {
+async fn read_reply<R: AsyncBufReadExt + Unpin>(
+    read: &mut R,
+) -> Result<(u16, String), CalloutError> {
     let mut text = String::new();
     for _ in 0..MAX_REPLY_LINES {
         let mut line = Vec::new();
@@ -397,7 +399,10 @@ mod tests {
             Duration::from_secs(5),
         )
         .await;
-        assert!(matches!(answer, CalloutAnswer::Unavailable(_)), "{answer:?}");
+        assert!(
+            matches!(answer, CalloutAnswer::Unavailable(_)),
+            "{answer:?}"
+        );
         let answer = callout(
             CalloutProtocol::Smtp,
             &target,
@@ -427,7 +432,10 @@ mod tests {
             files: Mutex::new(HashMap::new()),
         };
         let p = path.to_str().unwrap();
-        assert_eq!(&*directory.read_file("r", p).await.unwrap(), "alice@example.org\n");
+        assert_eq!(
+            &*directory.read_file("r", p).await.unwrap(),
+            "alice@example.org\n"
+        );
         assert!(matches!(
             directory.read_file("other", p).await,
             Err(DirectoryError::FileNotGranted { .. })

@@ -15,8 +15,8 @@ use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::auth::SessionAuth;
-use super::directory::Directory;
 use super::bindings::sluice::filter::{auth, dns, host, kv, mail, types};
+use super::directory::Directory;
 use super::message::MessageResource;
 use crate::authn::{self, Authenticator};
 use crate::dns::{Dns, LookupError};

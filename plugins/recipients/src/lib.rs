@@ -1,0 +1,138 @@
+//! `builtin:recipients`: the rcpt-stage check that a recipient of a local
+//! domain exists before sluice answers 250, so mail for unknown users is
+//! refused in the session (550 5.1.1) instead of bounced later
+//! (backscatter). Other domains get no opinion: the relay check decides.
+//!
+//! Recipients come from the `users` list, a recipients file the operator
+//! granted the plugin (read through the host's `directory` interface at
+//! every instance's `init`, so a changed file counts from the next
+//! session), and a callout to the mailbox server, whose answers are cached
+//! in the plugin's key-value store. The decisions live in [`policy`].
+
+// On the host only the policy's unit tests run; the component glue needs
+// the wasm host imports.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+mod policy;
+
+#[cfg(target_arch = "wasm32")]
+mod component {
+    use std::cell::RefCell;
+
+    use sluice_sdk::directory::{self, CalloutAnswer, CalloutProtocol};
+    use sluice_sdk::{host, kv, log, Address, Filter, Session, Verdict};
+
+    use crate::policy::{lookup, Callout, Config, Lookup, Recipients};
+
+    thread_local! {
+        // Set by init, once per instance (that is, per session).
+        static STATE: RefCell<Option<(Config, Option<Recipients>)>> = const { RefCell::new(None) };
+    }
+
+    fn no_such_user() -> Verdict {
+        Verdict::reject_with(550, "5.1.1", "no such user")
+    }
+
+    /// Asks the mailbox server, through the cache.
+    fn callout(config: &Config, callout: &Callout, recipient: &Address) -> Verdict {
+        let (protocol, target) = match callout {
+            Callout::Lmtp(t) => (CalloutProtocol::Lmtp, t),
+            Callout::Smtp(t) => (CalloutProtocol::Smtp, t),
+        };
+        let address = recipient.to_string();
+        let key = format!("callout:{target}:{}", address.to_lowercase());
+        match kv::get(&key) {
+            Ok(Some(v)) if v == b"1" => return Verdict::Allow,
+            Ok(Some(v)) if v == b"0" => return no_such_user(),
+            Ok(_) => {}
+            Err(e) => log::warn(&format!("callout cache: {e}")),
+        }
+        let remember = |value: &[u8], ttl: u32| {
+            if let Err(e) = kv::set(&key, value, Some(ttl)) {
+                log::warn(&format!("callout cache: {e}"));
+            }
+        };
+        match directory::verify_recipient(protocol, target, &address) {
+            CalloutAnswer::Exists => {
+                remember(b"1", config.positive_ttl);
+                Verdict::Allow
+            }
+            CalloutAnswer::Unknown(reply) => {
+                log::info(&format!("{address} unknown to {target}: {reply}"));
+                remember(b"0", config.negative_ttl);
+                no_such_user()
+            }
+            CalloutAnswer::Unavailable(reason) => {
+                log::warn(&format!("callout for {address}: {reason}"));
+                if config.callout_fail_open {
+                    Verdict::Next
+                } else {
+                    Verdict::tempfail_with(
+                        450,
+                        "4.1.1",
+                        "recipient cannot be verified now, try again later",
+                    )
+                }
+            }
+        }
+    }
+
+    struct RecipientCheck;
+
+    impl Filter for RecipientCheck {
+        fn init(config: &str) -> Result<(), String> {
+            let config = Config::parse(config).map_err(|e| e.to_string())?;
+            let file = match &config.file {
+                Some(path) => {
+                    let text =
+                        directory::read_file(path).map_err(|e| format!("recipients: file: {e}"))?;
+                    let recipients =
+                        Recipients::parse_file(path, &text).map_err(|e| e.to_string())?;
+                    if recipients.is_empty() {
+                        log::warn(&format!("{path} lists no recipients"));
+                    } else {
+                        log::trace(&format!("{} recipients in {path}", recipients.len()));
+                    }
+                    Some(recipients)
+                }
+                None => None,
+            };
+            STATE.with_borrow_mut(|slot| *slot = Some((config, file)));
+            Ok(())
+        }
+
+        fn on_rcpt(_session: &Session, recipient: &Address) -> Verdict {
+            STATE.with_borrow(|state| {
+                let Some((config, file)) = state else {
+                    // The host always calls init first.
+                    return Verdict::tempfail_with(451, "4.3.0", "recipient check not ready");
+                };
+                if recipient.domain.is_empty() {
+                    // `<postmaster>` alone (RFC 5321 4.5.1); others: not ours to judge.
+                    return if recipient.local_part.eq_ignore_ascii_case("postmaster") {
+                        Verdict::Allow
+                    } else {
+                        Verdict::Next
+                    };
+                }
+                if !host::is_local_domain(&recipient.domain) {
+                    return Verdict::Next;
+                }
+                let (local, domain) = config.mailbox(&recipient.local_part, &recipient.domain);
+                match lookup(config, file.as_ref(), &local, &domain) {
+                    Lookup::Known => Verdict::Allow,
+                    Lookup::Unknown => {
+                        log::debug(&format!("no such user: {recipient}"));
+                        no_such_user()
+                    }
+                    Lookup::AskCallout => match &config.callout {
+                        Some(target) => callout(config, target, recipient),
+                        None => no_such_user(),
+                    },
+                }
+            })
+        }
+    }
+
+    sluice_sdk::export!(RecipientCheck);
+}
