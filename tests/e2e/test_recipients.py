@@ -214,3 +214,24 @@ def test_callout_target_must_be_granted(tmp_path):
         assert "not in this plugin's [plugins.recipients] callouts" in log, log
     finally:
         server.stop()
+
+
+def test_aliases_are_delivered_to_their_targets_from_the_data_stage(tmp_path, servers):
+    path = tmp_path / "recipients"
+    path.write_text("alice@example.org\nbob@example.org\nsales@example.org: alice, team@example.org\n"
+                    "team@example.org: bob@example.org\n")
+    port = free_port()
+    text = config(port, tmp_path / "data", rcpt='["recipients", "relay"]', extra=file_plugin(path),
+                  pipeline_extra='data = ["recipients"]')
+    server = Server(tmp_path, text).start(port)
+    servers.append(server)
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as smtp:
+        assert smtp.sendmail("sender@example.test", ["Sales@example.org"], b"Subject: team\r\n\r\nhi\r\n") == {}
+    deadline = time.time() + 30
+    while time.time() < deadline and not (server.maildir("alice", "example.org")
+                                          and server.maildir("bob", "example.org")):
+        time.sleep(0.05)
+    assert len(server.maildir("alice", "example.org")) == 1
+    assert len(server.maildir("bob", "example.org")) == 1
+    assert server.maildir("sales", "example.org") == []
+    assert server.maildir("Sales", "example.org") == []

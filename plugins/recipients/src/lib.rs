@@ -20,7 +20,7 @@ mod component {
     use std::cell::RefCell;
 
     use sluice_sdk::directory::{self, CalloutAnswer, CalloutProtocol};
-    use sluice_sdk::{host, kv, log, Address, Filter, Session, Verdict};
+    use sluice_sdk::{host, kv, log, Address, DataResult, Filter, Message, Session, Verdict};
 
     use crate::policy::{lookup, Callout, Config, Lookup, Recipients};
 
@@ -130,6 +130,34 @@ mod component {
                         None => no_such_user(),
                     },
                 }
+            })
+        }
+
+        /// In the data stage too, aliases from the file are delivered to
+        /// their targets instead of to a mailbox of their own name.
+        fn on_data(session: &Session, _message: &Message) -> DataResult {
+            STATE.with_borrow(|state| {
+                let mut result = DataResult::next();
+                let Some((config, Some(file))) = state else {
+                    return result;
+                };
+                for recipient in &session.recipients {
+                    let Some((local, domain)) = recipient.rsplit_once('@') else {
+                        continue;
+                    };
+                    if !host::is_local_domain(domain) {
+                        continue;
+                    }
+                    let (local, domain) = config.mailbox(local, domain);
+                    if let Some(targets) = file.expand(&local, &domain) {
+                        log::info(&format!("alias {recipient} -> {}", targets.join(", ")));
+                        result = result.remove_recipient(recipient);
+                        for target in &targets {
+                            result = result.add_recipient(target);
+                        }
+                    }
+                }
+                result
             })
         }
     }

@@ -197,8 +197,8 @@ pub struct Recipients {
     addresses: HashSet<String>,
     local_parts: HashSet<String>,
     catchall: HashSet<String>,
-    /// Alias -> its targets (for the log and for `len`; an alias exists
-    /// whatever its targets are).
+    /// Alias (`name@domain` or a bare local part) -> its targets, as
+    /// written (a bare target is in the alias's domain).
     aliases: HashMap<String, Vec<String>>,
 }
 
@@ -226,6 +226,9 @@ impl Recipients {
                         .collect();
                     if targets.is_empty() {
                         return Err(error(format!("alias {alias:?} has no target")));
+                    }
+                    if let Some(bad) = targets.iter().find(|t| !valid_target(t)) {
+                        return Err(error(format!("alias target {bad:?} is not an address")));
                     }
                     let alias = alias.trim();
                     if alias.starts_with('@') {
@@ -275,6 +278,70 @@ impl Recipients {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+fn valid_target(target: &str) -> bool {
+    !target.contains(|c: char| c.is_whitespace() || c == '<' || c == '>')
+        && match target.rsplit_once('@') {
+            Some((local, domain)) => !local.is_empty() && valid_domain(domain),
+            None => !target.is_empty(),
+        }
+}
+
+/// How deep aliases of aliases are followed.
+const MAX_ALIAS_DEPTH: usize = 8;
+
+impl Recipients {
+    /// The addresses a (lower-cased) mailbox is delivered to when it is an
+    /// alias, aliases of aliases followed; `None` when it is not an alias.
+    /// A bare target (`alice`) is in the alias's domain.
+    pub fn expand(&self, local: &str, domain: &str) -> Option<Vec<String>> {
+        let full = format!("{local}@{domain}");
+        let targets = self.alias(local, domain)?;
+        let mut out = Vec::new();
+        let mut seen = HashSet::from([full]);
+        self.expand_into(targets, domain, &mut out, &mut seen, 0);
+        Some(out)
+    }
+
+    fn alias(&self, local: &str, domain: &str) -> Option<&Vec<String>> {
+        self.aliases
+            .get(&format!("{local}@{domain}"))
+            .or_else(|| self.aliases.get(local))
+    }
+
+    fn expand_into(
+        &self,
+        targets: &[String],
+        domain: &str,
+        out: &mut Vec<String>,
+        seen: &mut HashSet<String>,
+        depth: usize,
+    ) {
+        for target in targets {
+            let (local, target_domain) = match target.rsplit_once('@') {
+                Some((l, d)) => (l.to_owned(), d.to_owned()),
+                None => (target.clone(), domain.to_owned()),
+            };
+            let full = format!("{local}@{target_domain}");
+            if !seen.insert(full.clone()) {
+                continue;
+            }
+            // Bare aliases name local parts of the local domains only: the
+            // alias's own domain is one, another target's may not be.
+            let nested = if target_domain == domain {
+                self.alias(&local, &target_domain)
+            } else {
+                self.aliases.get(&full)
+            };
+            match nested {
+                Some(next) if depth < MAX_ALIAS_DEPTH => {
+                    self.expand_into(next, &target_domain, out, seen, depth + 1)
+                }
+                _ => out.push(full),
+            }
+        }
     }
 }
 
@@ -381,6 +448,25 @@ mod tests {
     }
 
     #[test]
+    fn aliases_expand_to_their_final_targets() {
+        let text = "sales@example.org: alice, team@example.org\nteam@example.org: bob@example.org, carol@other.example, sales@example.org\nhostmaster: root\nroot: admin@example.net\n";
+        let file = Recipients::parse_file("r", text).unwrap();
+        assert_eq!(
+            file.expand("sales", "example.org"),
+            Some(vec![
+                "alice@example.org".to_string(),
+                "bob@example.org".to_string(),
+                "carol@other.example".to_string(),
+            ])
+        );
+        assert_eq!(
+            file.expand("hostmaster", "localhost"),
+            Some(vec!["admin@example.net".to_string()])
+        );
+        assert_eq!(file.expand("alice", "example.org"), None);
+    }
+
+    #[test]
     fn bad_file_lines_name_the_line() {
         let err = Recipients::parse_file("/r", "ok@example.org\nnot an address\n").unwrap_err();
         assert_eq!(
@@ -389,6 +475,8 @@ mod tests {
         );
         let err = Recipients::parse_file("/r", "a@example.org:\n").unwrap_err();
         assert!(err.to_string().contains("line 1") && err.to_string().contains("no target"));
+        let err = Recipients::parse_file("/r", "a@example.org: b@\n").unwrap_err();
+        assert!(err.to_string().contains("alias target"), "{err}");
         let err = Recipients::parse_file("/r", "a@.example\n").unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");
     }
