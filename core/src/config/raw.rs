@@ -1023,6 +1023,59 @@ mod tests {
         );
     }
 
+    #[test]
+    fn plugin_file_and_callout_grants() {
+        let listener = "\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+        let text = "[plugins.r]\npath = \"builtin:recipients\"\nfiles = [\"/etc/sluice/recipients\"]\ncallouts = [\"lmtp:127.0.0.1:24\", \"smtp:[::1]:2525\"]\n";
+        let config = load_str(&format!("{text}{listener}"), "c.toml").unwrap();
+        let plugin = &config.plugins["r"];
+        assert_eq!(plugin.files, vec![PathBuf::from("/etc/sluice/recipients")]);
+        assert_eq!(
+            plugin.callouts,
+            vec![
+                CalloutGrant {
+                    protocol: CalloutProtocol::Lmtp,
+                    target: "127.0.0.1:24".into()
+                },
+                CalloutGrant {
+                    protocol: CalloutProtocol::Smtp,
+                    target: "[::1]:2525".into()
+                },
+            ]
+        );
+        let relay = load_str(
+            &format!("[plugins.x]\npath = \"builtin:relay\"\n{listener}"),
+            "c.toml",
+        )
+        .unwrap();
+        assert!(relay.plugins["x"].files.is_empty() && relay.plugins["x"].callouts.is_empty());
+        for bad in [
+            "ldap:127.0.0.1:389",
+            "lmtp:127.0.0.1",
+            "smtp::25",
+            "lmtp:host:0",
+        ] {
+            let text = format!(
+                "[plugins.r]\npath = \"builtin:recipients\"\n\ncallouts = [\"{bad}\"]\n{listener}"
+            );
+            let err = load_str(&text, "c.toml").unwrap_err().to_string();
+            assert!(
+                err.contains("c.toml:4:") && err.contains("plugins.r.callouts"),
+                "{bad}: {err}"
+            );
+        }
+        let err = load_str(
+            &format!("[plugins.r]\npath = \"builtin:recipients\"\nfiles = [\"\"]\n{listener}"),
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("c.toml:3:") && err.contains("plugins.r.files"),
+            "{err}"
+        );
+    }
+
     fn with_pem_files() -> (tempfile::TempDir, String, String) {
         let dir = tempfile::tempdir().unwrap();
         let files = crate::tls::self_signed(dir.path(), "mx.example.test").unwrap();
