@@ -203,17 +203,14 @@ def test_callout_unreachable_tempfails_or_fails_open(tmp_path, servers):
 
 
 def test_callout_target_must_be_granted(tmp_path):
-    plugin = callout_plugin("smtp", "127.0.0.1:2525").replace('callouts = ["smtp:127.0.0.1:2525"]\n', "")
-    port = free_port()
-    server = Server(tmp_path, config(port, tmp_path / "data", rcpt='["recipients", "relay"]', extra=plugin))
-    server.start(port)
-    try:
-        code, text = rcpt(server, "alice@example.org")[0]
-        assert code == 450, text
-        log = server.log.read_text()
-        assert "not in this plugin's [plugins.recipients] callouts" in log, log
-    finally:
-        server.stop()
+    # Granted for LMTP, configured for SMTP: not the same grant.
+    plugin = callout_plugin("smtp", "127.0.0.1:2525").replace('callouts = ["smtp:', 'callouts = ["lmtp:')
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text(config(free_port(), tmp_path / "data", rcpt='["recipients", "relay"]', extra=plugin))
+    result = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "callout smtp:127.0.0.1:2525 is not granted" in output and "callouts" in output, output
 
 
 def test_aliases_are_delivered_to_their_targets_from_the_data_stage(tmp_path, servers):

@@ -263,6 +263,13 @@ async fn read_reply<R: AsyncBufReadExt + Unpin>(
     Err(CalloutError::Garbled(text))
 }
 
+fn host_protocol(protocol: wit::CalloutProtocol) -> CalloutProtocol {
+    match protocol {
+        wit::CalloutProtocol::Lmtp => CalloutProtocol::Lmtp,
+        wit::CalloutProtocol::Smtp => CalloutProtocol::Smtp,
+    }
+}
+
 impl wit::Host for HostState {
     async fn read_file(&mut self, path: String) -> wasmtime::Result<Result<String, String>> {
         let directory = self.services.directory.clone();
@@ -273,16 +280,24 @@ impl wit::Host for HostState {
             .map_err(|e| e.to_string()))
     }
 
+    async fn callout_granted(
+        &mut self,
+        protocol: wit::CalloutProtocol,
+        target: String,
+    ) -> wasmtime::Result<bool> {
+        Ok(self
+            .services
+            .directory
+            .callout_granted(&self.plugin, host_protocol(protocol), &target))
+    }
+
     async fn verify_recipient(
         &mut self,
         protocol: wit::CalloutProtocol,
         target: String,
         address: String,
     ) -> wasmtime::Result<wit::CalloutAnswer> {
-        let protocol = match protocol {
-            wit::CalloutProtocol::Lmtp => CalloutProtocol::Lmtp,
-            wit::CalloutProtocol::Smtp => CalloutProtocol::Smtp,
-        };
+        let protocol = host_protocol(protocol);
         if !self
             .services
             .directory

@@ -97,6 +97,18 @@ mod component {
                 }
                 None => None,
             };
+            if let Some(callout) = &config.callout {
+                let (protocol, target, key) = match callout {
+                    Callout::Lmtp(t) => (CalloutProtocol::Lmtp, t, "lmtp"),
+                    Callout::Smtp(t) => (CalloutProtocol::Smtp, t, "smtp"),
+                };
+                if !directory::callout_granted(protocol, target) {
+                    return Err(format!(
+                        "recipients: callout {key}:{target} is not granted: add it to this \
+                         plugin's [plugins.NAME] callouts"
+                    ));
+                }
+            }
             STATE.with_borrow_mut(|slot| *slot = Some((config, file)));
             Ok(())
         }
