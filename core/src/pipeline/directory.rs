@@ -1,7 +1,7 @@
 //! The `directory` interface: the files and mailbox servers the operator
 //! granted a plugin (`[plugins.NAME] files` and `callouts`), and nothing
-//! else. Files are cached and re-read when their modification time or size
-//! changes; a callout is one short LMTP/SMTP conversation (greeting,
+//! else. A file is read as a table of `key` / `key: value` lines, parsed
+//! once and again only when its modification time or size changes; a callout is one short LMTP/SMTP conversation (greeting,
 //! LHLO/EHLO, `MAIL FROM:<>`, `RCPT TO`, `QUIT`) bounded by the plugin's
 //! deadline. Caching callout answers is the plugin's business (its `kv`).
 
@@ -35,6 +35,15 @@ pub enum DirectoryError {
     },
     #[error("{path}: larger than {MAX_FILE_SIZE} bytes")]
     TooLarge { path: String },
+    #[error("{path} line {line}: {reason}")]
+    Line {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    /// A cached parse failure (a `Line` error, as text).
+    #[error("{message}")]
+    Invalid { message: Arc<str> },
 }
 
 /// What a callout learned about one recipient.
@@ -53,10 +62,48 @@ struct Grants {
     callouts: Vec<CalloutGrant>,
 }
 
+/// A file read as a table: lower-cased key -> value ("" for a bare key).
+type Table = HashMap<String, String>;
+/// A parsed table, or why the file is not one (kept, so a broken file is
+/// not parsed again until it changes).
+type Parsed = Result<Arc<Table>, Arc<str>>;
+
 struct CachedFile {
     modified: Option<SystemTime>,
     len: u64,
-    text: Arc<str>,
+    parsed: Parsed,
+}
+
+/// Reads a table file: one entry per line, `key` or `key: value`, `#`
+/// comments and blank lines ignored, keys lower-cased and free of
+/// whitespace; a later line for the same key wins.
+pub fn parse_table(path: &str, text: &str) -> Result<Table, DirectoryError> {
+    let mut table = Table::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = match line.split_once(':') {
+            Some((key, value)) => (key.trim(), value.trim()),
+            None => (line, ""),
+        };
+        let bad = |reason: String| DirectoryError::Line {
+            path: path.to_owned(),
+            line: index + 1,
+            reason,
+        };
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return Err(bad(format!(
+                "{key:?} is not a key (one word before an optional \":\")"
+            )));
+        }
+        if line.contains(':') && value.is_empty() {
+            return Err(bad(format!("{key:?} has a \":\" but no value")));
+        }
+        table.insert(key.to_lowercase(), value.to_owned());
+    }
+    Ok(table)
 }
 
 /// Every plugin's grants, and the file cache they share.
@@ -86,9 +133,19 @@ impl Directory {
         }
     }
 
-    /// The text of a file granted to `plugin`, from the cache when the file
-    /// has not changed since it was read.
-    pub async fn read_file(&self, plugin: &str, path: &str) -> Result<Arc<str>, DirectoryError> {
+    /// Looks `key` up in a file granted to `plugin`, read as a table (see
+    /// [`parse_table`]); the file is parsed once per change and cached.
+    pub async fn lookup(
+        &self,
+        plugin: &str,
+        path: &str,
+        key: &str,
+    ) -> Result<Option<String>, DirectoryError> {
+        let table = self.table(plugin, path).await?;
+        Ok(table.get(&key.to_lowercase()).cloned())
+    }
+
+    async fn table(&self, plugin: &str, path: &str) -> Result<Arc<Table>, DirectoryError> {
         let granted = self
             .grants
             .get(plugin)
@@ -109,8 +166,8 @@ impl Directory {
             });
         }
         let modified = meta.modified().ok();
-        if let Some(text) = self.cached(&granted, modified, meta.len()) {
-            return Ok(text);
+        if let Some(parsed) = self.cached(&granted, modified, meta.len()) {
+            return parsed.map_err(|message| DirectoryError::Invalid { message });
         }
         let bytes = tokio::fs::read(&granted).await.map_err(read_error)?;
         if bytes.len() as u64 > MAX_FILE_SIZE {
@@ -118,7 +175,9 @@ impl Directory {
                 path: path.to_owned(),
             });
         }
-        let text: Arc<str> = Arc::from(String::from_utf8_lossy(&bytes).as_ref());
+        let parsed = parse_table(path, &String::from_utf8_lossy(&bytes))
+            .map(Arc::new)
+            .map_err(|e| Arc::<str>::from(e.to_string()));
         if let Ok(mut files) = self.files.lock() {
             files.insert(
                 granted,
@@ -127,18 +186,18 @@ impl Directory {
                     // The length read, so a file that changed between the
                     // stat and the read is read again next time.
                     len: bytes.len() as u64,
-                    text: text.clone(),
+                    parsed: parsed.clone(),
                 },
             );
         }
-        Ok(text)
+        parsed.map_err(|message| DirectoryError::Invalid { message })
     }
 
-    fn cached(&self, path: &Path, modified: Option<SystemTime>, len: u64) -> Option<Arc<str>> {
+    fn cached(&self, path: &Path, modified: Option<SystemTime>, len: u64) -> Option<Parsed> {
         let files = self.files.lock().ok()?;
         let cached = files.get(path)?;
         (modified.is_some() && cached.modified == modified && cached.len == len)
-            .then(|| cached.text.clone())
+            .then(|| cached.parsed.clone())
     }
 
     fn callout_granted(&self, plugin: &str, protocol: CalloutProtocol, target: &str) -> bool {
@@ -271,12 +330,15 @@ fn host_protocol(protocol: wit::CalloutProtocol) -> CalloutProtocol {
 }
 
 impl wit::Host for HostState {
-    async fn read_file(&mut self, path: String) -> wasmtime::Result<Result<String, String>> {
+    async fn lookup(
+        &mut self,
+        path: String,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<String>, String>> {
         let directory = self.services.directory.clone();
         Ok(directory
-            .read_file(&self.plugin, &path)
+            .lookup(&self.plugin, &path, &key)
             .await
-            .map(|text| text.to_string())
             .map_err(|e| e.to_string()))
     }
 
@@ -429,6 +491,28 @@ mod tests {
         assert!(matches!(answer, CalloutAnswer::Unknown(_)), "{answer:?}");
     }
 
+    #[test]
+    fn tables_parse_keys_values_and_comments() {
+        let table = parse_table(
+            "r",
+            "# head\nAlice@Example.org\n\nsales: alice, bob  # team\n@catchall.example\n",
+        )
+        .unwrap();
+        assert_eq!(table.get("alice@example.org").map(String::as_str), Some(""));
+        assert_eq!(table.get("sales").map(String::as_str), Some("alice, bob"));
+        assert_eq!(table.get("@catchall.example").map(String::as_str), Some(""));
+        assert_eq!(table.len(), 3);
+        let err = parse_table("/r", "ok\nnot a key\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/r line 2: \"not a key\" is not a key"),
+            "{err}"
+        );
+        let err = parse_table("/r", "alias:\n").unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("no value"), "{err}");
+    }
+
     #[tokio::test]
     async fn files_outside_the_grant_are_refused_and_changes_are_seen() {
         let dir = tempfile::tempdir().unwrap();
@@ -448,22 +532,37 @@ mod tests {
         };
         let p = path.to_str().unwrap();
         assert_eq!(
-            &*directory.read_file("r", p).await.unwrap(),
-            "alice@example.org\n"
+            directory.lookup("r", p, "ALICE@example.org").await.unwrap(),
+            Some(String::new())
+        );
+        assert_eq!(
+            directory.lookup("r", p, "bob@example.org").await.unwrap(),
+            None
         );
         assert!(matches!(
-            directory.read_file("other", p).await,
+            directory.lookup("other", p, "alice@example.org").await,
             Err(DirectoryError::FileNotGranted { .. })
         ));
         assert!(matches!(
-            directory.read_file("r", "/etc/passwd").await,
+            directory.lookup("r", "/etc/passwd", "root").await,
             Err(DirectoryError::FileNotGranted { .. })
         ));
-        std::fs::write(&path, "alice@example.org\nbob@example.org\n").unwrap();
-        assert!(directory
-            .read_file("r", p)
-            .await
-            .unwrap()
-            .contains("bob@example.org"));
+        std::fs::write(
+            &path,
+            "alice@example.org\nbob@example.org: alice@example.org\n",
+        )
+        .unwrap();
+        assert_eq!(
+            directory.lookup("r", p, "bob@example.org").await.unwrap(),
+            Some("alice@example.org".into())
+        );
+        std::fs::write(&path, "broken line\n").unwrap();
+        for _ in 0..2 {
+            let err = directory
+                .lookup("r", p, "bob@example.org")
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("line 1"), "{err}");
+        }
     }
 }

@@ -4,10 +4,10 @@
 //! (backscatter). Other domains get no opinion: the relay check decides.
 //!
 //! Recipients come from the `users` list, a recipients file the operator
-//! granted the plugin (read through the host's `directory` interface at
-//! every instance's `init`, so a changed file counts from the next
-//! session), and a callout to the mailbox server, whose answers are cached
-//! in the plugin's key-value store. The decisions live in [`policy`].
+//! granted the plugin (looked up through the host's `directory` interface,
+//! which parses it once per change, so an edit counts at once), and a
+//! callout to the mailbox server, whose answers are cached in the plugin's
+//! key-value store. The decisions live in [`policy`].
 
 // On the host only the policy's unit tests run; the component glue needs
 // the wasm host imports.
@@ -22,11 +22,20 @@ mod component {
     use sluice_sdk::directory::{self, CalloutAnswer, CalloutProtocol};
     use sluice_sdk::{host, kv, log, Address, DataResult, Filter, Message, Session, Verdict};
 
-    use crate::policy::{lookup, Callout, Config, Lookup, Recipients};
+    use crate::policy::{expand, lookup, Callout, Config, Lookup, Table};
 
     thread_local! {
         // Set by init, once per instance (that is, per session).
-        static STATE: RefCell<Option<(Config, Option<Recipients>)>> = const { RefCell::new(None) };
+        static STATE: RefCell<Option<Config>> = const { RefCell::new(None) };
+    }
+
+    /// The recipients file, looked up by the host.
+    struct HostFile<'a>(&'a str);
+
+    impl Table for HostFile<'_> {
+        fn get(&self, key: &str) -> Result<Option<String>, String> {
+            directory::lookup(self.0, key)
+        }
     }
 
     fn no_such_user() -> Verdict {
@@ -82,21 +91,13 @@ mod component {
     impl Filter for RecipientCheck {
         fn init(config: &str) -> Result<(), String> {
             let config = Config::parse(config).map_err(|e| e.to_string())?;
-            let file = match &config.file {
-                Some(path) => {
-                    let text =
-                        directory::read_file(path).map_err(|e| format!("recipients: file: {e}"))?;
-                    let recipients =
-                        Recipients::parse_file(path, &text).map_err(|e| e.to_string())?;
-                    if recipients.is_empty() {
-                        log::warn(&format!("{path} lists no recipients"));
-                    } else {
-                        log::trace(&format!("{} recipients in {path}", recipients.len()));
-                    }
-                    Some(recipients)
-                }
-                None => None,
-            };
+            if let Some(path) = &config.file {
+                // Proves the grant and the file's syntax now: a bad line
+                // fails the start, not the first recipient.
+                HostFile(path)
+                    .get("postmaster")
+                    .map_err(|e| format!("recipients: file: {e}"))?;
+            }
             if let Some(callout) = &config.callout {
                 let (protocol, target, key) = match callout {
                     Callout::Lmtp(t) => (CalloutProtocol::Lmtp, t, "lmtp"),
@@ -109,13 +110,13 @@ mod component {
                     ));
                 }
             }
-            STATE.with_borrow_mut(|slot| *slot = Some((config, file)));
+            STATE.with_borrow_mut(|slot| *slot = Some(config));
             Ok(())
         }
 
         fn on_rcpt(_session: &Session, recipient: &Address) -> Verdict {
             STATE.with_borrow(|state| {
-                let Some((config, file)) = state else {
+                let Some(config) = state else {
                     // The host always calls init first.
                     return Verdict::tempfail_with(451, "4.3.0", "recipient check not ready");
                 };
@@ -131,13 +132,23 @@ mod component {
                     return Verdict::Next;
                 }
                 let (local, domain) = config.mailbox(&recipient.local_part, &recipient.domain);
-                match lookup(config, file.as_ref(), &local, &domain) {
-                    Lookup::Known => Verdict::Allow,
-                    Lookup::Unknown => {
+                let file = config.file.as_deref().map(HostFile);
+                match lookup(
+                    config,
+                    file.as_ref().map(|f| f as &dyn Table),
+                    &local,
+                    &domain,
+                ) {
+                    Err(e) => {
+                        log::error(&format!("recipients file: {e}"));
+                        Verdict::tempfail_with(451, "4.3.0", "recipient directory unavailable")
+                    }
+                    Ok(Lookup::Known) => Verdict::Allow,
+                    Ok(Lookup::Unknown) => {
                         log::debug(&format!("no such user: {recipient}"));
                         no_such_user()
                     }
-                    Lookup::AskCallout => match &config.callout {
+                    Ok(Lookup::AskCallout) => match &config.callout {
                         Some(target) => callout(config, target, recipient),
                         None => no_such_user(),
                     },
@@ -150,9 +161,13 @@ mod component {
         fn on_data(session: &Session, _message: &Message) -> DataResult {
             STATE.with_borrow(|state| {
                 let mut result = DataResult::next();
-                let Some((config, Some(file))) = state else {
+                let Some(config) = state else {
                     return result;
                 };
+                let Some(path) = config.file.as_deref() else {
+                    return result;
+                };
+                let file = HostFile(path);
                 for recipient in &session.recipients {
                     let Some((local, domain)) = recipient.rsplit_once('@') else {
                         continue;
@@ -161,7 +176,18 @@ mod component {
                         continue;
                     }
                     let (local, domain) = config.mailbox(local, domain);
-                    if let Some(targets) = file.expand(&local, &domain) {
+                    let targets = match expand(&file, &local, &domain) {
+                        Ok(targets) => targets,
+                        Err(e) => {
+                            log::error(&format!("recipients file: {e}"));
+                            return DataResult::from(Verdict::tempfail_with(
+                                451,
+                                "4.3.0",
+                                "recipient directory unavailable",
+                            ));
+                        }
+                    };
+                    if let Some(targets) = targets {
                         log::info(&format!("alias {recipient} -> {}", targets.join(", ")));
                         result = result.remove_recipient(recipient);
                         for target in &targets {

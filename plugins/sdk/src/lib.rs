@@ -325,7 +325,7 @@ pub mod auth {
 /// (`[plugins.NAME] files` and `callouts`); anything else is refused.
 pub mod directory {
     pub use crate::bindings::sluice::filter::directory::{
-        callout_granted, read_file, verify_recipient, CalloutAnswer, CalloutProtocol,
+        callout_granted, lookup, verify_recipient, CalloutAnswer, CalloutProtocol,
     };
 }
 
