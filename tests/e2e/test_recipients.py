@@ -153,9 +153,11 @@ callout = {{ {protocol} = "{target}" }}
 """
 
 
-def test_callout_to_dovecot_lmtp(tmp_path, servers, dovecot_lmtp):
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_callout_to_dovecot_lmtp(tmp_path, servers, dovecot_lmtp, transport):
     dovecot = dovecot_lmtp(users=("alice@example.org", "bob@example.org"))
-    server = start(tmp_path, callout_plugin("lmtp", f"127.0.0.1:{dovecot.port}"))
+    target = f"127.0.0.1:{dovecot.port}" if transport == "tcp" else f"unix:{dovecot.socket_path}"
+    server = start(tmp_path, callout_plugin("lmtp", target))
     servers.append(server)
     replies = rcpt(server, "alice@example.org", "bob@example.org", "mallory@example.org",
                    "postmaster@example.org")

@@ -229,15 +229,26 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
-/// A mailbox server a plugin may ask: `lmtp:HOST:PORT` or `smtp:HOST:PORT`.
+/// A mailbox server a plugin may ask: `lmtp:HOST:PORT`, `smtp:HOST:PORT`,
+/// or `lmtp:unix:/path` (`smtp:unix:` too).
 fn parse_callout(text: &str) -> Result<CalloutGrant, String> {
-    let usage = || format!("{text:?} is not \"lmtp:HOST:PORT\" or \"smtp:HOST:PORT\"");
+    let usage =
+        || format!("{text:?} is not \"lmtp:HOST:PORT\", \"smtp:HOST:PORT\" or \"lmtp:unix:/PATH\"");
     let (protocol, target) = text.split_once(':').ok_or_else(usage)?;
     let protocol = match protocol {
         "lmtp" => CalloutProtocol::Lmtp,
         "smtp" => CalloutProtocol::Smtp,
         _ => return Err(usage()),
     };
+    if let Some(path) = target.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(usage());
+        }
+        return Ok(CalloutGrant {
+            protocol,
+            target: target.to_owned(),
+        });
+    }
     let (host, port) = target.rsplit_once(':').ok_or_else(usage)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
@@ -1026,7 +1037,7 @@ mod tests {
     #[test]
     fn plugin_file_and_callout_grants() {
         let listener = "\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
-        let text = "[plugins.r]\npath = \"builtin:recipients\"\nfiles = [\"/etc/sluice/recipients\"]\ncallouts = [\"lmtp:127.0.0.1:24\", \"smtp:[::1]:2525\"]\n";
+        let text = "[plugins.r]\npath = \"builtin:recipients\"\nfiles = [\"/etc/sluice/recipients\"]\ncallouts = [\"lmtp:127.0.0.1:24\", \"smtp:[::1]:2525\", \"lmtp:unix:/run/dovecot/lmtp\"]\n";
         let config = load_str(&format!("{text}{listener}"), "c.toml").unwrap();
         let plugin = &config.plugins["r"];
         assert_eq!(plugin.files, vec![PathBuf::from("/etc/sluice/recipients")]);
@@ -1040,6 +1051,10 @@ mod tests {
                 CalloutGrant {
                     protocol: CalloutProtocol::Smtp,
                     target: "[::1]:2525".into()
+                },
+                CalloutGrant {
+                    protocol: CalloutProtocol::Lmtp,
+                    target: "unix:/run/dovecot/lmtp".into()
                 },
             ]
         );

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::bindings::sluice::filter::directory as wit;
@@ -249,9 +249,24 @@ async fn conversation(
     address: &str,
     hostname: &str,
 ) -> Result<CalloutAnswer, CalloutError> {
+    // `unix:/path`: a mailbox server on this host, as Dovecot's LMTP
+    // socket usually is.
+    if let Some(path) = target.strip_prefix("unix:") {
+        let stream = tokio::net::UnixStream::connect(path).await?;
+        return talk(stream, protocol, address, hostname).await;
+    }
     let stream = TcpStream::connect(target).await?;
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+    talk(stream, protocol, address, hostname).await
+}
+
+async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    protocol: CalloutProtocol,
+    address: &str,
+    hostname: &str,
+) -> Result<CalloutAnswer, CalloutError> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
     expect_2xx(&mut read, "greeting").await?;
     let hello = match protocol {

@@ -156,13 +156,19 @@ impl Config {
 }
 
 fn target(key: &'static str, value: String) -> Result<String, ConfigError> {
+    if value
+        .strip_prefix("unix:")
+        .is_some_and(|p| p.starts_with('/'))
+    {
+        return Ok(value);
+    }
     match value.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
             Ok(value)
         }
         _ => Err(ConfigError::Value {
             key,
-            reason: format!("{value:?} is not HOST:PORT"),
+            reason: format!("{value:?} is not HOST:PORT or unix:/PATH"),
         }),
     }
 }
@@ -481,6 +487,11 @@ mod tests {
         assert!(err(r#"{"users":["a@.example"]}"#).contains("not an address"));
         assert!(err(r#"{"callout":{"lmtp":"a:1","smtp":"b:2"}}"#).contains("exactly one"));
         assert!(err(r#"{"callout":{"lmtp":"nohost"}}"#).contains("callout.lmtp"));
+        assert!(err(r#"{"callout":{"lmtp":"unix:rel"}}"#).contains("callout.lmtp"));
+        assert_eq!(
+            config(r#"{"callout":{"lmtp":"unix:/run/dovecot/lmtp"}}"#).callout,
+            Some(Callout::Lmtp("unix:/run/dovecot/lmtp".into()))
+        );
         assert!(err(r#"{"callout":{"ldap":"x:1"}}"#).contains("unknown field"));
         assert!(
             err(r#"{"users":["a"],"callout_negative_ttl":"0s"}"#).contains("callout_negative_ttl")
