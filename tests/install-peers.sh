@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the end-to-end suite's real peers come from
 # (Postfix with smtp-source/smtp-sink, Dovecot LMTP, Prometheus with promtool,
-# swaks with Net::SSLeay for its TLS modes, openssl, systemd-analyze), each
+# swaks with Net::SSLeay for its TLS modes, openssl, systemd-analyze, nmap
+# with its smtp-open-relay script, redis-server), each
 # only when missing. The tests run their own instances; no system MTA or
 # mailbox server is left running on the standard ports.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(postfix dovecot-core dovecot-lmtpd dovecot-imapd swaks libnet-ssleay-perl openssl prometheus systemd)
+# nmap: smtp-open-relay against the shipped configs.
+packages+=(nmap)
+# [state] backend = "redis" tests start their own redis-server.
+packages+=(redis-server)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

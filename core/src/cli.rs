@@ -1,9 +1,10 @@
-//! The `sluice` command line: `serve`, `check-config`, `user …`,
+//! The `sluice` command line: `serve`, `check-config`, `reload`,
+//! `pipeline test`, `user …`,
 //! `queue …`, `--version`. Errors reach the operator here, with `anyhow`
 //! context; the library below reports typed errors.
 //!
 //! Exit status: 0 on success, 1 on an error (unknown queue id included), 2
-//! when a `queue` command finds no running server.
+//! when a `queue` command or `reload` finds no running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,18 @@ enum Command {
     },
     /// Check a configuration file; exit 0 when it is valid.
     CheckConfig { file: PathBuf },
+    /// Rebuild the running server's plugins and pipelines from its config
+    /// file; exit 1 with the error when they do not build (the running ones
+    /// keep serving).
+    Reload {
+        /// The server's configuration (the embedded default without it):
+        /// its data_dir holds the admin socket.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the admin API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage SMTP AUTH users (the users file in the data directory).
     User {
         /// Configuration whose data_dir and [auth] apply (default: the
@@ -43,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Work with plugin pipelines offline.
+    Pipeline {
+        #[command(subcommand)]
+        action: PipelineAction,
+    },
     /// Inspect and act on the running server's queue.
     Queue {
         /// The server's configuration (the embedded default without it):
@@ -51,6 +69,42 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PipelineAction {
+    /// Replay a recorded message through a listener's pipeline (connect,
+    /// helo, mail, each rcpt, data) without a server, and print every
+    /// plugin's verdict, edits and time. Exit 0 whatever the verdict.
+    Test {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The listener whose pipeline runs (default: the first).
+        #[arg(long)]
+        listener: Option<String>,
+        /// The message file (RFC 5322; bare LF line ends are accepted).
+        #[arg(long)]
+        message: PathBuf,
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+        #[arg(long, default_value = "client.example")]
+        helo: String,
+        /// The reverse-path ("" for the null one; default: the address in
+        /// the message's From header).
+        #[arg(long)]
+        from: Option<String>,
+        /// A recipient (repeatable; default: the address in the message's
+        /// To header).
+        #[arg(long)]
+        to: Vec<String>,
+        /// Answer DNS from this TOML file (names → record types → values)
+        /// instead of the configured resolver.
+        #[arg(long)]
+        dns_fixture: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -118,8 +172,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, log_format } => serve(config, log_format),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Reload { config, json } => reload(config, json),
         Command::User { config, command } => user(config, command),
         Command::Queue { config, action } => queue(config, action),
+        Command::Pipeline { action } => pipeline(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -189,6 +245,180 @@ fn queue(config_path: Option<PathBuf>, action: QueueAction) -> anyhow::Result<()
         QueueAction::Release { id } => println!("{} released", id.to_lowercase()),
     }
     Ok(())
+}
+
+/// How long `sluice reload` waits: the server compiles every changed
+/// component before it answers.
+const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `sluice reload`: `POST /reload` on the running server's admin endpoint.
+fn reload(config_path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let data_dir = match &config_path {
+        Some(path) => reload_data_dir(path)?,
+        None => config::default_config()?.server.data_dir,
+    };
+    let client = AdminClient::new(&admin::socket_path(&data_dir)).with_timeout(RELOAD_TIMEOUT);
+    let reply = client.request("POST", "/reload")?;
+    if !(200..300).contains(&reply.status) {
+        anyhow::bail!(
+            "reload failed, the previous pipelines keep serving: {}",
+            reply.error_text()
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply.body)?);
+        return Ok(());
+    }
+    let list = |key: &str| -> String {
+        reply.body[key]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "reloaded in {} ms: pipelines {}; plugins {}",
+        reply.body["build_ms"].as_u64().unwrap_or(0),
+        list("pipelines"),
+        list("plugins")
+    );
+    let restart = list("restart_needed");
+    if !restart.is_empty() {
+        println!("changed but not applied (restart to apply): {restart}");
+    }
+    Ok(())
+}
+
+/// The data directory named by a config file that may not be valid: a
+/// broken file is exactly what the server must be asked to reload (it
+/// reports the errors and keeps its pipelines), so only `[server] data_dir`
+/// is read here when the whole file does not load.
+fn reload_data_dir(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if let Ok(config) = config::load_file(path) {
+        return Ok(config.server.data_dir);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("{}: not TOML, cannot find server.data_dir", path.display()))?;
+    let data_dir = table
+        .get("server")
+        .and_then(|server| server.get("data_dir"))
+        .and_then(|dir| dir.as_str())
+        .unwrap_or("./data");
+    Ok(PathBuf::from(data_dir))
+}
+
+/// `sluice pipeline test`.
+fn pipeline(action: PipelineAction) -> anyhow::Result<()> {
+    let PipelineAction::Test {
+        config: config_path,
+        listener,
+        message,
+        client_ip,
+        helo,
+        from,
+        to,
+        dns_fixture,
+        json,
+    } = action;
+    let config = config::load_file(&config_path)?;
+    let bytes = crate::replay::read_message(&message)
+        .with_context(|| format!("reading {}", message.display()))?;
+    let from = match from {
+        Some(from) => from,
+        None => header_address(&bytes, "from")
+            .with_context(|| format!("{}: no From address; pass --from", message.display()))?,
+    };
+    let to = if to.is_empty() {
+        vec![header_address(&bytes, "to")
+            .with_context(|| format!("{}: no To address; pass --to", message.display()))?]
+    } else {
+        to
+    };
+    let input = crate::replay::ReplayInput {
+        listener,
+        client_ip,
+        helo,
+        from,
+        to,
+        message: bytes,
+        dns_fixture,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(crate::replay::replay(&config, input))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "listener {} -> pipeline {}",
+        report.listener, report.pipeline
+    );
+    for stage in &report.stages {
+        let argument = stage
+            .argument
+            .as_deref()
+            .map(|a| format!(" <{a}>"))
+            .unwrap_or_default();
+        let reply = stage
+            .reply
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!("{}{argument}: {}{reply}", stage.stage, stage.outcome);
+        for step in &stage.plugins {
+            let detail = step
+                .detail
+                .as_deref()
+                .map(|d| format!(" {d}"))
+                .unwrap_or_default();
+            let shadow = if step.shadow {
+                " (shadow, not applied)"
+            } else {
+                ""
+            };
+            println!(
+                "  {:<16} {}{detail}{shadow} [{:.3} ms]",
+                step.plugin,
+                step.verdict,
+                step.micros as f64 / 1000.0
+            );
+            for modification in &step.modifications {
+                println!("  {:<16}   {modification}", "");
+            }
+        }
+    }
+    println!("result: {}", report.result);
+    for modification in &report.applied_modifications {
+        println!("  {modification}");
+    }
+    Ok(())
+}
+
+/// The address of a header (From, To) of a message: the first `<…>`, or
+/// the whole value when it has none.
+fn header_address(message: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(message);
+    let head = text.split("\r\n\r\n").next()?;
+    let line = head.split("\r\n").find(|line| {
+        line.split_once(':')
+            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+    })?;
+    let value = line.split_once(':')?.1.trim();
+    let address = match (value.find('<'), value.find('>')) {
+        (Some(start), Some(end)) if start < end => &value[start + 1..end],
+        _ => value.split(',').next()?.trim(),
+    };
+    (!address.is_empty()).then(|| address.to_owned())
 }
 
 /// Checks an id's syntax before asking the server.
@@ -308,7 +538,10 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>) -> anyhow::Result<()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::start(config).await?;
+        let mut server = Server::start(config).await?;
+        if let Some(path) = path {
+            server = server.with_config_path(path);
+        }
         server.run(shutdown_signal()).await;
         Ok(())
     })

@@ -10,13 +10,16 @@
 //! as a pass or a fail).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
 use hickory_resolver::net::NetError;
-use hickory_resolver::proto::rr::{Name, RData};
-use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::op::{DnsRequestOptions, Query};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig, TokioResolver};
 
 use crate::config::DnsConfig;
 
@@ -56,6 +59,12 @@ pub struct MxRecord {
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
+    /// The configured name servers without the resolver's cache, for the
+    /// reverse names of loopback addresses: the resolver answers those
+    /// itself ("localhost", RFC 6761 §6.3), so with `[dns] nameservers`
+    /// set they are asked of the servers, which lets a local test server
+    /// give 127.0.0.x clients their own names.
+    loopback_ptr: Option<Arc<NameServerPool<TokioRuntimeProvider>>>,
 }
 
 impl Dns {
@@ -75,10 +84,24 @@ impl Dns {
         options.attempts = config.attempts;
         // Mail names are absolute: never try them with the search list.
         options.ndots = 0;
+        let pool_options = options.clone();
         let resolver = builder
             .build()
             .map_err(|e| ResolverSetupError(e.to_string()))?;
-        Ok(Dns { resolver })
+        let loopback_ptr = if config.nameservers.is_empty() {
+            None
+        } else {
+            let tls = TlsConfig::new().map_err(|e| ResolverSetupError(e.to_string()))?;
+            Some(Arc::new(NameServerPool::from_config(
+                config.nameservers.iter().map(|s| name_server(*s)),
+                Arc::new(PoolContext::new(pool_options, tls)),
+                TokioRuntimeProvider::default(),
+            )))
+        };
+        Ok(Dns {
+            resolver,
+            loopback_ptr,
+        })
     }
 
     /// The underlying resolver, for libraries that take one (mail-auth).
@@ -152,6 +175,23 @@ impl Dns {
 
     /// Host names of `ip`'s PTR records.
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError> {
+        if let (true, Some(pool)) = (ip.is_loopback(), &self.loopback_ptr) {
+            let query = Query::query(Name::from(ip), RecordType::PTR);
+            let response = pool
+                .lookup(query, DnsRequestOptions::default())
+                .first_answer()
+                .await;
+            let records = match response {
+                Ok(response) => Ok(response.answers.clone().into_iter()),
+                Err(e) => answers(&ip.to_string(), Err(e)).map(|_| Vec::new().into_iter()),
+            }?;
+            return Ok(records
+                .filter_map(|record| match record.data {
+                    RData::PTR(ptr) => Some(host_name(&ptr.0)),
+                    _ => None,
+                })
+                .collect());
+        }
         let lookup = self.resolver.reverse_lookup(Name::from(ip)).await;
         Ok(answers(&ip.to_string(), lookup)?
             .filter_map(|data| match data {

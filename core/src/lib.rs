@@ -8,11 +8,14 @@
 //! - [`users`]: SMTP AUTH users (the users file, argon2, lockout)
 //! - [`smtp`]: sans-IO protocol code: commands, addresses, replies, DATA
 //! - [`pipeline`]: the Wasm plugin chains that judge each stage
+//! - [`reload`]: rebuilding and swapping the pipelines of a running server
+//! - [`replay`]: `sluice pipeline test`, a pipeline run on a recorded message
 //! - the spool (crate `sluice-spool`): where accepted mail is kept durably
 //! - [`delivery`]: from the spool to Maildir or the next hop
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
 //! - [`authn`]: SPF, DKIM, DMARC and ARC for the plugins' `auth` interface
 //! - [`config`]: the TOML file, parsed and validated
+//! - [`state`]: the plugins' key-value state (sled, or Redis shared by nodes)
 //! - [`metrics`]: counters, gauges and histograms for Prometheus
 //! - [`admin`]: the operator's HTTP endpoint (queue, health) and its client
 //! - [`cli`]: the `sluice` command line
@@ -25,8 +28,11 @@ pub mod delivery;
 pub mod dns;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod smtp;
+pub mod state;
 pub mod tls;
 pub mod users;

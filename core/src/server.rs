@@ -1,7 +1,8 @@
 //! The server: opens the spool, builds the plugin pipelines, loads the
 //! certificates of TLS listeners, binds the listeners, accepts connections
-//! under the global and per-client limits, reloads certificates on SIGHUP,
-//! and runs the shutdown sequence (stop accepting, let sessions finish or
+//! under the global and per-client limits, reloads certificates and
+//! pipelines on SIGHUP (pipelines also on `sluice reload` and file changes,
+//! see `reload`), and runs the shutdown sequence (stop accepting, let sessions finish or
 //! tempfail, stop delivery, flush the spool). It also runs the admin
 //! endpoint, which reports ready only while the SMTP listeners accept.
 
@@ -22,6 +23,7 @@ use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
 use crate::dns::Dns;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
+use crate::reload::{self, Reloader, Trigger};
 use crate::session::{Session, SessionContext};
 use crate::smtp::reply::Reply;
 use crate::tls::{ReloadableTls, TlsError};
@@ -65,8 +67,12 @@ pub struct Server {
     spool: Spool,
     dns: Dns,
     outbound_tls: OutboundTlsConfig,
-    engine: PluginEngine,
+    engine: Arc<PluginEngine>,
+    /// The largest plugin memory the engine's pool was sized for.
+    max_memory: u64,
     pipelines: Arc<ArcSwap<PipelineSet>>,
+    /// The file the config came from, read again on reload.
+    config_path: Option<std::path::PathBuf>,
     listeners: Vec<Listener>,
     /// Every distinct certificate in use, for reloading on SIGHUP.
     certificates: Vec<Arc<ReloadableTls>>,
@@ -100,7 +106,8 @@ impl Server {
             .map(|p| p.memory)
             .max()
             .unwrap_or(64 << 20);
-        let engine = PluginEngine::new(max_memory, Some(&data_dir.join("cache")))?;
+        let cache_dir = config.plugin_cache.resolve(&data_dir);
+        let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
 
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
@@ -141,12 +148,21 @@ impl Server {
             spool,
             dns,
             outbound_tls,
-            engine,
+            engine: Arc::new(engine),
+            max_memory,
             pipelines: Arc::new(ArcSwap::from_pointee(pipelines)),
+            config_path: None,
             listeners,
             certificates,
             admin,
         })
+    }
+
+    /// Names the file the configuration was loaded from: reloads read it
+    /// again, and changes to it are watched (`[reload] watch`).
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// The resolver the server delivers and checks mail with.
@@ -173,7 +189,17 @@ impl Server {
             self.outbound_tls.clone(),
             shutdown_rx.clone(),
         );
+        let reloader = Arc::new(Reloader::new(
+            self.config_path.clone(),
+            config.clone(),
+            self.engine.clone(),
+            self.max_memory,
+            self.spool.clone(),
+            self.dns.clone(),
+            self.pipelines.clone(),
+        ));
         let admin_state = Arc::new(AdminState::new(self.spool.clone(), delivery.clone()));
+        admin_state.set_reloader(reloader.clone());
         let admin = self.admin.spawn(admin_state.clone());
         let ctx = Arc::new(SessionContext {
             config: config.clone(),
@@ -205,7 +231,17 @@ impl Server {
                 sessions.clone(),
             ));
         }
-        let reloader = tokio::spawn(reload_certificates_on_sighup(self.certificates.clone()));
+        let on_sighup = tokio::spawn(reload_on_sighup(
+            self.certificates.clone(),
+            reloader.clone(),
+        ));
+        let watcher = (config.reload.watch && reloader.config_path().is_some()).then(|| {
+            tokio::spawn(reload::watch_files(
+                reloader.clone(),
+                config.reload.debounce,
+            ))
+        });
+        let sweeper = crate::state::spawn_sled_sweeper(self.spool.clone());
         admin_state.set_ready(true);
 
         stop.await;
@@ -214,7 +250,11 @@ impl Server {
         admin_state.set_ready(false);
         accept_loops.abort_all();
         while accept_loops.join_next().await.is_some() {}
-        reloader.abort();
+        on_sighup.abort();
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        sweeper.abort();
         let _ = shutdown_tx.send(true);
         let grace = config.server.shutdown_grace;
         // No accept loop is left to spawn into the set.
@@ -238,6 +278,7 @@ impl Server {
         if let Err(e) = self.spool.flush().await {
             tracing::error!("final spool flush failed: {e}");
         }
+        drop(reloader);
         drop(self.engine);
         tracing::info!("stopped");
     }
@@ -286,10 +327,12 @@ fn certificate(
     Ok(tls)
 }
 
-/// On SIGHUP, re-reads every certificate. New handshakes use the new one;
-/// sessions already in TLS are not touched; a file that does not load is
-/// reported and its previous certificate stays.
-async fn reload_certificates_on_sighup(certificates: Vec<Arc<ReloadableTls>>) {
+/// On SIGHUP, re-reads every certificate and rebuilds the pipelines. New
+/// handshakes use the new certificate, new sessions the new pipelines;
+/// sessions already running are not touched; a certificate that does not
+/// load, or pipelines that do not build, are reported and the previous ones
+/// stay.
+async fn reload_on_sighup(certificates: Vec<Arc<ReloadableTls>>, reloader: Arc<Reloader>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -299,7 +342,7 @@ async fn reload_certificates_on_sighup(certificates: Vec<Arc<ReloadableTls>>) {
         }
     };
     while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP received: reloading certificates");
+        tracing::info!("SIGHUP received: reloading certificates and pipelines");
         for tls in &certificates {
             let certificate = tls.files().certificate.display().to_string();
             let reloaded = tokio::task::spawn_blocking({
@@ -315,6 +358,8 @@ async fn reload_certificates_on_sighup(certificates: Vec<Arc<ReloadableTls>>) {
                 Err(e) => tracing::error!(%certificate, "certificate reload failed: {e}"),
             }
         }
+        // The outcome is logged and counted by reload().
+        let _ = reloader.reload(Trigger::Signal).await;
     }
 }
 

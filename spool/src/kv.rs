@@ -65,6 +65,13 @@ impl KvStore {
         self
     }
 
+    /// The namespace a sled tree holds, if it is a kv tree.
+    pub(crate) fn namespace_of_tree(tree_name: &[u8]) -> Option<String> {
+        let name = std::str::from_utf8(tree_name).ok()?;
+        let namespace = name.strip_prefix(TREE_PREFIX)?;
+        (!namespace.is_empty()).then(|| namespace.to_owned())
+    }
+
     /// The namespace this store belongs to.
     pub fn namespace(&self) -> &str {
         &self.namespace
@@ -289,6 +296,21 @@ mod tests {
         assert_eq!(kv.sweep_expired().unwrap(), 0);
         assert_eq!(kv.tree.len(), 2);
         assert!(kv.get("young").unwrap().is_some());
+    }
+
+    #[test]
+    fn spool_sweep_covers_every_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        for ns in ["a", "b"] {
+            let kv = spool.kv(ns).unwrap();
+            kv.set("gone", b"x", Some(0)).unwrap();
+            kv.set("kept", b"y", Some(3600)).unwrap();
+        }
+        assert_eq!(spool.sweep_kv().unwrap(), 2);
+        assert_eq!(spool.kv("a").unwrap().tree.len(), 1);
+        assert_eq!(spool.kv("b").unwrap().get("kept").unwrap().unwrap(), b"y");
+        assert_eq!(spool.sweep_kv().unwrap(), 0);
     }
 
     #[test]

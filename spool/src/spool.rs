@@ -465,6 +465,21 @@ impl Spool {
         KvStore::open(&self.inner.db, namespace)
     }
 
+    /// Removes the expired keys of every plugin's kv namespace, including
+    /// namespaces of plugins no longer configured; returns how many. Run
+    /// periodically so counters and triplets that are never read again do
+    /// not pile up.
+    pub fn sweep_kv(&self) -> Result<usize, SpoolError> {
+        let mut removed = 0;
+        for name in self.inner.db.tree_names() {
+            let Some(namespace) = KvStore::namespace_of_tree(&name) else {
+                continue;
+            };
+            removed += KvStore::open(&self.inner.db, &namespace)?.sweep_expired()?;
+        }
+        Ok(removed)
+    }
+
     /// Number of entries (damaged ones included).
     pub fn len(&self) -> usize {
         self.inner.count.load(Ordering::Relaxed)

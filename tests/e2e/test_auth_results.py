@@ -338,6 +338,7 @@ def test_plugin_dns_lookups_and_timeout(tmp_path, dns_zone):
     config += f"""
 [plugins.lookups]
 path = "{fixture('fixture_dns')}"
+allow = ["dns"]
 timeout = "2s"
 
 [plugins.lookups.config]

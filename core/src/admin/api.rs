@@ -6,6 +6,7 @@
 //! arm in `route` and one in `respond`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -13,6 +14,7 @@ use sluice_spool::{QueueEntry, QueueId, RecipientStatus, Spool};
 
 use crate::delivery::DeliveryHandle;
 use crate::metrics::{Gauge, METRICS};
+use crate::reload::{Reloader, Trigger};
 
 /// Longest header block `GET /queue/{id}` returns; the rest is cut.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -26,6 +28,8 @@ pub struct AdminState {
     /// True once the SMTP listeners accept connections, false again when
     /// shutdown starts: what `/health/ready` reports.
     pub ready: AtomicBool,
+    /// Rebuilds the pipelines for `POST /reload`; set once the server runs.
+    reloader: OnceLock<Arc<Reloader>>,
 }
 
 impl AdminState {
@@ -34,7 +38,12 @@ impl AdminState {
             spool,
             delivery,
             ready: AtomicBool::new(false),
+            reloader: OnceLock::new(),
         }
+    }
+
+    pub fn set_reloader(&self, reloader: Arc<Reloader>) {
+        let _ = self.reloader.set(reloader);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -74,6 +83,8 @@ pub enum Route {
     Health,
     /// `GET /metrics`: Prometheus text format (served by the HTTP layer).
     Metrics,
+    /// `POST /reload`: rebuild plugins and pipelines from the config file.
+    Reload,
     /// `GET /queue`.
     List,
     /// `POST /queue/flush`: every deferred message due now.
@@ -121,6 +132,7 @@ pub fn route(method: Method, path: &str) -> Result<Route, RouteError> {
         ["health", "ready"] => only(Get, "GET", Route::Ready),
         ["health"] => only(Get, "GET", Route::Health),
         ["metrics"] => only(Get, "GET", Route::Metrics),
+        ["reload"] => only(Post, "POST", Route::Reload),
         ["queue"] => only(Get, "GET", Route::List),
         ["queue", "flush"] => only(Post, "POST", Route::FlushAll),
         ["queue", text] => {
@@ -274,6 +286,15 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
             }
         }
         Route::Metrics => ApiResponse::ok(json!({ "metrics": metrics_text(state).await })),
+        Route::Reload => match state.reloader.get() {
+            None => ApiResponse::error(503, "the server is not running yet"),
+            Some(reloader) => match reloader.reload(Trigger::Command).await {
+                Ok(report) => ApiResponse::ok(json!(report)),
+                // The running pipelines are untouched: the request was
+                // understood, the new configuration is what failed.
+                Err(e) => ApiResponse::error(422, e.to_string()),
+            },
+        },
         Route::List => match all_entries(&state.spool).await {
             Ok(entries) => {
                 let entries: Vec<EntryView> = entries.into_iter().map(EntryView::new).collect();

@@ -67,13 +67,21 @@ impl ApiReply {
 
 pub struct AdminClient {
     socket: PathBuf,
+    timeout: Duration,
 }
 
 impl AdminClient {
     pub fn new(socket: &Path) -> Self {
         AdminClient {
             socket: socket.to_owned(),
+            timeout: TIMEOUT,
         }
+    }
+
+    /// How long to wait for the answer (a reload compiles components).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn socket(&self) -> &Path {
@@ -95,8 +103,8 @@ impl AdminClient {
             path: self.socket.clone(),
             error,
         };
-        stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-        stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+        stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: sluice\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );

@@ -62,6 +62,52 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
+    /// `[state]`: where the plugins' kv state lives.
+    pub state: StateConfig,
+    pub reload: ReloadConfig,
+    pub plugin_cache: PluginCacheConfig,
+}
+
+/// `[plugin_cache]`: where compiled components are kept between starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PluginCacheConfig {
+    /// `<data_dir>/cache`.
+    #[default]
+    DataDir,
+    /// `dir = "..."`.
+    Dir(PathBuf),
+    /// `enabled = false`: every start compiles.
+    Off,
+}
+
+impl PluginCacheConfig {
+    /// The directory to use, or None when the cache is off.
+    pub fn resolve(&self, data_dir: &std::path::Path) -> Option<PathBuf> {
+        match self {
+            PluginCacheConfig::DataDir => Some(data_dir.join("cache")),
+            PluginCacheConfig::Dir(dir) => Some(dir.clone()),
+            PluginCacheConfig::Off => None,
+        }
+    }
+}
+
+/// `[reload]`: reloading plugins and pipelines when their files change.
+#[derive(Debug, Clone)]
+pub struct ReloadConfig {
+    /// Watch the config file and every plugin file; a change reloads.
+    pub watch: bool,
+    /// How long the files must stay quiet before the reload starts (a
+    /// copy or an editor's save is several events).
+    pub debounce: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            debounce: Duration::from_millis(300),
+        }
+    }
 }
 
 /// A PEM certificate chain and its private key.
@@ -128,6 +174,44 @@ pub struct Timeouts {
 pub struct DomainsConfig {
     /// Lower-cased.
     pub local: Vec<String>,
+}
+
+/// `[state]`: the backend of the plugins' key-value state.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum StateConfig {
+    /// sled trees next to the queue under data_dir: one node.
+    #[default]
+    Sled,
+    /// A Redis server several nodes share (rate-limit counters, greylist
+    /// triplets); every key starts with `key_prefix`.
+    Redis { url: String, key_prefix: String },
+}
+
+impl StateConfig {
+    /// The Redis URL with any password replaced, for logs and `Debug`.
+    pub fn redacted_url(url: &str) -> String {
+        match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &url[scheme + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StateConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateConfig::Sled => f.write_str("Sled"),
+            StateConfig::Redis { url, key_prefix } => f
+                .debug_struct("Redis")
+                .field("url", &StateConfig::redacted_url(url))
+                .field("key_prefix", key_prefix)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -251,10 +335,105 @@ pub enum PluginSource {
     File(PathBuf),
 }
 
+/// A host interface a plugin may be allowed to call (`[plugins.NAME]
+/// allow`). `host` (log, clock, hostname, local domains) and the message's
+/// size and headers are always available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    /// `dns`: A, AAAA, MX, TXT and PTR lookups through the server's resolver.
+    Dns,
+    /// `kv`: the plugin's persistent key-value state.
+    Kv,
+    /// `auth`: SPF, DKIM, DMARC and ARC results (the host looks them up).
+    Auth,
+    /// `message-body`: the message's bytes, body text and attachment list.
+    MessageBody,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 4] = [
+        Capability::Dns,
+        Capability::Kv,
+        Capability::Auth,
+        Capability::MessageBody,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Dns => "dns",
+            Capability::Kv => "kv",
+            Capability::Auth => "auth",
+            Capability::MessageBody => "message-body",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// The capabilities a plugin holds. Bundled plugins (`builtin:`) hold all
+/// of them unless `allow` says otherwise: they are built from this source
+/// tree. Plugins loaded from a file hold none unless `allow` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities(u8);
+
+impl Capabilities {
+    pub const NONE: Capabilities = Capabilities(0);
+
+    pub fn all() -> Capabilities {
+        Capabilities::from_iter(Capability::ALL)
+    }
+
+    pub fn allows(self, capability: Capability) -> bool {
+        self.0 & (1 << capability as u8) != 0
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        Capability::ALL
+            .into_iter()
+            .filter(|c| self.allows(*c))
+            .map(Capability::name)
+            .collect()
+    }
+}
+
+impl FromIterator<Capability> for Capabilities {
+    fn from_iter<I: IntoIterator<Item = Capability>>(iter: I) -> Self {
+        Capabilities(iter.into_iter().fold(0, |bits, c| bits | 1 << c as u8))
+    }
+}
+
+/// Whether a plugin's verdicts apply (`enforce`) or are only logged and
+/// counted (`shadow`), to try a filter on live traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginMode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// How a plugin's instances relate to sessions (`[plugins.NAME]
+/// instances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstancePolicy {
+    /// A fresh instance (and `init`) for every session that calls it.
+    #[default]
+    PerSession,
+    /// At most `size` instances, each initialized once and lent to one
+    /// session at a time, then reused by the next.
+    Pooled { size: u32 },
+}
+
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
     pub name: String,
     pub source: PluginSource,
+    /// The host interfaces it may call.
+    pub allow: Capabilities,
+    pub mode: PluginMode,
+    pub instances: InstancePolicy,
     pub on_error: OnError,
     pub timeout: Duration,
     pub memory: u64,

@@ -30,6 +30,31 @@ struct RawConfig {
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
     admin: Option<RawAdmin>,
+    state: Option<RawState>,
+    reload: Option<RawReload>,
+    plugin_cache: Option<RawPluginCache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    backend: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    key_prefix: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginCache {
+    enabled: Option<bool>,
+    dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    watch: Option<bool>,
+    debounce: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +177,10 @@ struct RawQueue {
 #[serde(deny_unknown_fields)]
 struct RawPlugin {
     path: Spanned<String>,
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
+    mode: Option<PluginMode>,
+    instances: Option<Spanned<String>>,
+    pool_size: Option<Spanned<i64>>,
     on_error: Option<OnError>,
     timeout: Option<Spanned<String>>,
     memory: Option<Spanned<Size>>,
@@ -539,11 +568,37 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 Err(e) => d.add(callout.span(), format!("{key}.callouts"), e),
             }
         }
+        let allow = match &plugin.allow {
+            None if matches!(source, PluginSource::Builtin(_)) => Capabilities::all(),
+            None => Capabilities::NONE,
+            Some(list) => {
+                let mut granted = Vec::new();
+                for entry in list.get_ref() {
+                    match Capability::parse(entry.get_ref()) {
+                        Some(capability) => granted.push(capability),
+                        None => d.add(
+                            entry.span(),
+                            format!("{key}.allow"),
+                            format!(
+                                "unknown capability {:?} (known: {})",
+                                entry.get_ref(),
+                                Capability::ALL.map(Capability::name).join(", ")
+                            ),
+                        ),
+                    }
+                }
+                Capabilities::from_iter(granted)
+            }
+        };
+        let instances = resolve_instances(&mut d, &key, &plugin.instances, &plugin.pool_size);
         plugins.insert(
             name.clone(),
             PluginConfig {
                 name: name.clone(),
                 source,
+                allow,
+                mode: plugin.mode.unwrap_or_default(),
+                instances,
                 on_error: plugin.on_error.unwrap_or(OnError::Tempfail),
                 timeout,
                 memory,
@@ -886,6 +941,9 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         );
     }
     let auth = resolve_auth(&mut d, raw.auth.as_ref());
+    let state = resolve_state(&mut d, raw.state.as_ref());
+    let reload = resolve_reload(&mut d, raw.reload.as_ref());
+    let plugin_cache = resolve_plugin_cache(&mut d, raw.plugin_cache.as_ref());
 
     if !d.list.is_empty() {
         return Err(d.list);
@@ -922,7 +980,168 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             address: admin_address,
             allow_remote,
         },
+        state,
+        reload,
+        plugin_cache,
     })
+}
+
+/// Largest `pool_size`: each pooled instance holds its memory for good.
+const MAX_POOL_SIZE: i64 = 1024;
+
+fn resolve_instances(
+    d: &mut Diagnostics<'_>,
+    key: &str,
+    policy: &Option<Spanned<String>>,
+    pool_size: &Option<Spanned<i64>>,
+) -> InstancePolicy {
+    let pooled = match policy {
+        None => false,
+        Some(text) => match text.get_ref().as_str() {
+            "per-session" => false,
+            "pooled" => true,
+            other => {
+                d.add(
+                    text.span(),
+                    format!("{key}.instances"),
+                    format!("{other:?} is not \"per-session\" or \"pooled\""),
+                );
+                false
+            }
+        },
+    };
+    match (pooled, pool_size) {
+        (false, None) => InstancePolicy::PerSession,
+        (false, Some(size)) => {
+            d.add(
+                size.span(),
+                format!("{key}.pool_size"),
+                "only applies with instances = \"pooled\"",
+            );
+            InstancePolicy::PerSession
+        }
+        (true, None) => InstancePolicy::Pooled { size: 4 },
+        (true, Some(size)) => match u32::try_from(*size.get_ref()) {
+            Ok(n) if (1..=MAX_POOL_SIZE).contains(size.get_ref()) => {
+                InstancePolicy::Pooled { size: n }
+            }
+            _ => {
+                d.add(
+                    size.span(),
+                    format!("{key}.pool_size"),
+                    format!("must be between 1 and {MAX_POOL_SIZE}"),
+                );
+                InstancePolicy::PerSession
+            }
+        },
+    }
+}
+
+fn resolve_plugin_cache(
+    d: &mut Diagnostics<'_>,
+    raw: Option<&RawPluginCache>,
+) -> PluginCacheConfig {
+    let Some(raw) = raw else {
+        return PluginCacheConfig::default();
+    };
+    if raw.enabled == Some(false) {
+        return PluginCacheConfig::Off;
+    }
+    match &raw.dir {
+        None => PluginCacheConfig::DataDir,
+        Some(dir) if dir.get_ref().is_empty() => {
+            d.add(dir.span(), "plugin_cache.dir", "empty path");
+            PluginCacheConfig::DataDir
+        }
+        Some(dir) => PluginCacheConfig::Dir(PathBuf::from(dir.get_ref())),
+    }
+}
+
+fn resolve_reload(d: &mut Diagnostics<'_>, raw: Option<&RawReload>) -> ReloadConfig {
+    let mut reload = ReloadConfig::default();
+    let Some(raw) = raw else {
+        return reload;
+    };
+    reload.watch = raw.watch.unwrap_or(reload.watch);
+    reload.debounce = d.duration(&raw.debounce, "reload.debounce", reload.debounce);
+    if let Some(text) = &raw.debounce {
+        if reload.debounce > Duration::from_secs(60) {
+            d.add(text.span(), "reload.debounce", "must be at most 60s");
+        }
+    }
+    reload
+}
+
+/// `[state]`: sled unless `backend = "redis"`, which needs a `redis://` URL
+/// (checked for form here; connecting happens when the server runs).
+fn resolve_state(d: &mut Diagnostics<'_>, raw: Option<&RawState>) -> StateConfig {
+    let Some(raw) = raw else {
+        return StateConfig::Sled;
+    };
+    let backend = raw.backend.as_ref().map(|b| b.get_ref().as_str());
+    match backend {
+        None | Some("sled") => {
+            for (value, key) in [
+                (&raw.url, "state.url"),
+                (&raw.key_prefix, "state.key_prefix"),
+            ] {
+                if let Some(v) = value {
+                    d.add(v.span(), key, "only used with backend = \"redis\"");
+                }
+            }
+            StateConfig::Sled
+        }
+        Some("redis") => {
+            let key_prefix = raw
+                .key_prefix
+                .as_ref()
+                .map_or_else(|| "sluice:".to_owned(), |p| p.get_ref().clone());
+            let Some(url) = &raw.url else {
+                let span = raw.backend.as_ref().map_or(0..0, |b| b.span());
+                d.add(
+                    span,
+                    "state.url",
+                    "backend = \"redis\" needs url (e.g. \"redis://127.0.0.1:6379\")",
+                );
+                return StateConfig::Sled;
+            };
+            let text = url.get_ref();
+            let scheme_ok = text.starts_with("redis://") || text.starts_with("redis+unix://");
+            if let Err(e) = redis::Client::open(text.as_str()).map(drop).and_then(|()| {
+                if scheme_ok {
+                    Ok(())
+                } else {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "expected a redis:// URL",
+                    )))
+                }
+            }) {
+                d.add(
+                    url.span(),
+                    "state.url",
+                    format!(
+                        "invalid Redis URL {:?}: {e}",
+                        StateConfig::redacted_url(text)
+                    ),
+                );
+                return StateConfig::Sled;
+            }
+            StateConfig::Redis {
+                url: text.clone(),
+                key_prefix,
+            }
+        }
+        Some(other) => {
+            let span = raw.backend.as_ref().map_or(0..0, |b| b.span());
+            d.add(
+                span,
+                "state.backend",
+                format!("unknown backend {other:?} (expected \"sled\" or \"redis\")"),
+            );
+            StateConfig::Sled
+        }
+    }
 }
 
 /// "host:port" with a non-empty host and a numeric port.
@@ -1016,6 +1235,93 @@ mod tests {
         let err = load_str(text, "c.toml").unwrap_err().to_string();
         assert!(
             err.contains("c.toml:6:") && err.contains("pipeline.p.rcpt") && err.contains("relya"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plugin_instance_policy() {
+        const L: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"a.wasm\"\n";
+        let config = load_str(L, "c.toml").unwrap();
+        assert_eq!(config.plugins["a"].instances, InstancePolicy::PerSession);
+        let config = load_str(&(L.to_owned() + "instances = \"pooled\"\n"), "c.toml").unwrap();
+        assert_eq!(
+            config.plugins["a"].instances,
+            InstancePolicy::Pooled { size: 4 }
+        );
+        let text = L.to_owned() + "instances = \"pooled\"\npool_size = 16\n";
+        let config = load_str(&text, "c.toml").unwrap();
+        assert_eq!(
+            config.plugins["a"].instances,
+            InstancePolicy::Pooled { size: 16 }
+        );
+        for (bad, key) in [
+            ("instances = \"shared\"\n", "plugins.a.instances"),
+            ("pool_size = 4\n", "plugins.a.pool_size"),
+            (
+                "instances = \"pooled\"\npool_size = 0\n",
+                "plugins.a.pool_size",
+            ),
+        ] {
+            let err = load_str(&(L.to_owned() + bad), "c.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("c.toml:8:") || err.contains("c.toml:9:"),
+                "{err}"
+            );
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn plugin_cache_section() {
+        const L: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+        let config = load_str(L, "c.toml").unwrap();
+        assert_eq!(
+            config.plugin_cache.resolve(Path::new("/d")),
+            Some(PathBuf::from("/d/cache"))
+        );
+        let config = load_str(
+            &(L.to_owned() + "[plugin_cache]\ndir = \"/var/cache/x\"\n"),
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.plugin_cache.resolve(Path::new("/d")),
+            Some(PathBuf::from("/var/cache/x"))
+        );
+        let config = load_str(
+            &(L.to_owned() + "[plugin_cache]\nenabled = false\n"),
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(config.plugin_cache.resolve(Path::new("/d")), None);
+        let err = load_str(
+            &(L.to_owned() + "[plugin_cache]\ndirectory = \"x\"\n"),
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("directory"), "{err}");
+    }
+
+    #[test]
+    fn plugin_capabilities_and_mode() {
+        let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"builtin:relay\"\n[plugins.b]\npath = \"b.wasm\"\n[plugins.c]\npath = \"c.wasm\"\nallow = [\"dns\", \"message-body\"]\nmode = \"shadow\"\n";
+        let config = load_str(text, "c.toml").unwrap();
+        assert_eq!(config.plugins["a"].allow, Capabilities::all());
+        assert_eq!(config.plugins["b"].allow, Capabilities::NONE);
+        assert_eq!(config.plugins["b"].mode, PluginMode::Enforce);
+        assert_eq!(config.plugins["c"].allow.names(), ["dns", "message-body"]);
+        assert_eq!(config.plugins["c"].mode, PluginMode::Shadow);
+
+        let text = "[plugins.a]\npath = \"a.wasm\"\nallow = [\"dns\", \"sockets\"]\n";
+        let err = load_str(text, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:3:")
+                && err.contains("plugins.a.allow")
+                && err.contains("\"sockets\""),
             "{err}"
         );
     }
@@ -1212,6 +1518,56 @@ mod tests {
             err.contains("c.toml:9:") && err.contains("delivery.local.lmtp"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn state_section() {
+        let base = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+        assert_eq!(load_str(base, "c.toml").unwrap().state, StateConfig::Sled);
+        let text = format!("{base}[state]\nbackend = \"sled\"\n");
+        assert_eq!(load_str(&text, "c.toml").unwrap().state, StateConfig::Sled);
+        let text =
+            format!("{base}[state]\nbackend = \"redis\"\nurl = \"redis://:pw@127.0.0.1:6380/2\"\n");
+        let config = load_str(&text, "c.toml").unwrap();
+        assert_eq!(
+            config.state,
+            StateConfig::Redis {
+                url: "redis://:pw@127.0.0.1:6380/2".into(),
+                key_prefix: "sluice:".into()
+            }
+        );
+        // The password never shows in logs.
+        let debug = format!("{:?}", config.state);
+        assert!(
+            !debug.contains("pw") && debug.contains(":***@127.0.0.1"),
+            "{debug}"
+        );
+
+        let cases = [
+            ("[state]\nbackend = \"redis\"\n", "c.toml:7:", "state.url"),
+            (
+                "[state]\nbackend = \"memcached\"\n",
+                "c.toml:7:",
+                "state.backend",
+            ),
+            (
+                "[state]\nurl = \"redis://h\"\n",
+                "c.toml:7:",
+                "only used with backend",
+            ),
+            (
+                "[state]\nbackend = \"redis\"\nurl = \"http://h\"\n",
+                "c.toml:8:",
+                "state.url",
+            ),
+            ("[state]\nbakend = \"redis\"\n", "c.toml:7:", "bakend"),
+        ];
+        for (extra, line, needle) in cases {
+            let err = load_str(&format!("{base}{extra}"), "c.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(line) && err.contains(needle), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! - the first terminal verdict decides the stage;
 //! - a chain that ends without one accepts, except at rcpt, where only a
 //!   recipient some plugin allowed (or accepted) gets through; any other gets
-//!   554 5.7.1, so no pipeline is an open relay however it is configured.
+//!   554 5.7.1, so no pipeline is an open relay however it is configured;
+//! - a plugin in `shadow` mode runs, and its verdict is logged and counted
+//!   but never applied.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::Resource;
 
@@ -15,9 +18,10 @@ use super::bindings::wit_types as wit;
 use super::message::MessageResource;
 use super::plugin::{describe_error, LiveInstance, Plugin};
 use super::session::{MailboxArg, SessionInfo};
+use super::trace::{self, PluginStep};
 use super::verdict::{default_reply, DataOutcome, Modification, Stage, StageOutcome};
 use super::Pipeline;
-use crate::config::OnError;
+use crate::config::{OnError, PluginMode};
 use crate::metrics::METRICS;
 use crate::smtp::reply::Reply;
 
@@ -53,6 +57,8 @@ pub struct SessionFilters {
     /// SPF/DKIM/DMARC/ARC of the current transaction, shared by the
     /// session's plugins.
     auth: Arc<SessionAuth>,
+    /// Every plugin's answer, when recorded (`sluice pipeline test`).
+    steps: Option<Vec<PluginStep>>,
 }
 
 impl SessionFilters {
@@ -64,7 +70,18 @@ impl SessionFilters {
             session_id,
             instances,
             auth,
+            steps: None,
         }
+    }
+
+    /// From now on, records every plugin's answer for [`Self::take_steps`].
+    pub fn record_steps(&mut self) {
+        self.steps.get_or_insert_with(Vec::new);
+    }
+
+    /// The answers recorded since the last call, in call order.
+    pub fn take_steps(&mut self) -> Vec<PluginStep> {
+        self.steps.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -89,11 +106,25 @@ impl SessionFilters {
         let mut modifications = Vec::new();
         for &index in pipeline.stage(stage) {
             let plugin = &pipeline.plugins[index];
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let called = self.call(index, info, &arg).await;
+            let elapsed = started.elapsed();
             METRICS
                 .hook_seconds
-                .observe(&[stage.name(), &plugin.name], started.elapsed());
+                .observe(&[stage.name(), &plugin.name], elapsed);
+            if let Some(steps) = &mut self.steps {
+                let answer = match &called {
+                    Ok(a) => Ok((&a.verdict, a.modifications.as_slice())),
+                    Err(e) => Err(e.as_str()),
+                };
+                let mut step = trace::step(&plugin.name, answer, plugin.on_error, elapsed);
+                step.shadow = plugin.mode == PluginMode::Shadow;
+                steps.push(step);
+            }
+            if plugin.mode == PluginMode::Shadow {
+                self.shadow(plugin, stage, called);
+                continue;
+            }
             let verdict = match called {
                 Ok(answer) => {
                     modifications.extend(answer.modifications);
@@ -177,6 +208,40 @@ impl SessionFilters {
         }
     }
 
+    /// A shadow plugin's answer: logged and counted, never applied (its
+    /// header edits included); a fault gets no `on_error` policy.
+    fn shadow(&self, plugin: &Plugin, stage: Stage, called: Result<PluginAnswer, String>) {
+        match called {
+            Ok(answer) => {
+                let verdict = verdict_name(&answer.verdict);
+                METRICS
+                    .shadow_verdicts
+                    .inc(&[stage.name(), &plugin.name, verdict]);
+                tracing::info!(
+                    plugin = &*plugin.name,
+                    hook = stage.name(),
+                    session = %self.session_id,
+                    verdict,
+                    detail = ?answer.verdict,
+                    modifications = answer.modifications.len(),
+                    "shadow verdict (not applied)"
+                );
+            }
+            Err(error) => {
+                plugin.record_fault();
+                METRICS
+                    .plugin_faults
+                    .inc(&[&plugin.name, fault_kind(&error)]);
+                tracing::warn!(
+                    plugin = &*plugin.name,
+                    hook = stage.name(),
+                    session = %self.session_id,
+                    "shadow plugin failed (ignored): {error}"
+                );
+            }
+        }
+    }
+
     /// Calls one plugin's hook, creating its instance first if needed.
     async fn call(
         &mut self,
@@ -189,7 +254,7 @@ impl SessionFilters {
             Some(live) => live,
             None => {
                 plugin
-                    .instantiate(&self.session_id, &self.pipeline.services, &self.auth)
+                    .checkout(&self.session_id, &self.pipeline.services, &self.auth)
                     .await?
             }
         };
@@ -197,6 +262,17 @@ impl SessionFilters {
         // Only an instance that answered cleanly is kept for the next hook.
         self.instances[index] = Some(live);
         Ok(answer)
+    }
+}
+
+impl Drop for SessionFilters {
+    /// Pooled instances go back to their pool for the next session.
+    fn drop(&mut self) {
+        for (plugin, slot) in self.pipeline.plugins.iter().zip(&mut self.instances) {
+            if let Some(live) = slot.take() {
+                plugin.release(live);
+            }
+        }
     }
 }
 
@@ -248,7 +324,7 @@ async fn invoke(
 ) -> Result<PluginAnswer, String> {
     let session = wit_session(info);
     plugin.arm_deadline(&mut live.store);
-    let LiveInstance { store, filter } = live;
+    let LiveInstance { store, filter, .. } = live;
     let call = async {
         let verdict = match arg {
             HookArg::Connect => filter.call_on_connect(&mut *store, &session).await,

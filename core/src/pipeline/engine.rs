@@ -1,8 +1,9 @@
 //! The wasmtime engine sluice runs every plugin on: component model, async
 //! calls (a plugin that spins yields to the runtime instead of blocking a
 //! worker thread), epoch interruption for per-call deadlines, the pooling
-//! allocator for cheap instantiation, and wasmtime's on-disk compilation
-//! cache so a component is compiled once per content and engine version.
+//! allocator for cheap instantiation, and the on-disk compiled-component
+//! cache (`cache`) so a component is compiled once per content and engine
+//! version.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +12,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Filter;
+use super::cache::ComponentCache;
 use super::host::HostState;
 use super::PipelineError;
 
@@ -38,6 +38,8 @@ const DECOMMIT_BATCH: usize = 32;
 pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<HostState>,
+    /// Compiled components on disk; None compiles every load.
+    pub(crate) cache: Option<ComponentCache>,
     ticker: EpochTicker,
 }
 
@@ -64,23 +66,11 @@ impl PluginEngine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if let Some(dir) = cache_dir {
-            std::fs::create_dir_all(dir).map_err(|source| PipelineError::CacheDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-            // wasmtime wants an absolute cache path; data_dir may be relative.
-            let dir = std::path::absolute(dir).map_err(|source| PipelineError::CacheDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-            let mut cache_config = CacheConfig::new();
-            cache_config.with_directory(dir);
-            let cache =
-                Cache::new(cache_config).map_err(|e| PipelineError::Engine(e.to_string()))?;
-            config.cache(Some(cache));
-        }
         let engine = Engine::new(&config).map_err(|e| PipelineError::Engine(e.to_string()))?;
+        let cache = match cache_dir {
+            Some(dir) => Some(ComponentCache::open(dir)?),
+            None => None,
+        };
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -92,6 +82,7 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             linker,
+            cache,
             ticker,
         })
     }

@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_spool::KvStore;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -18,8 +17,11 @@ use super::auth::SessionAuth;
 use super::bindings::sluice::filter::{auth, dns, host, kv, mail, types};
 use super::directory::Directory;
 use super::message::MessageResource;
+use super::sandbox;
 use crate::authn::{self, Authenticator};
+use crate::config::{Capabilities, Capability};
 use crate::dns::{Dns, LookupError};
+use crate::state::{Kv, StateError};
 
 /// What every plugin instance of a server shares.
 pub struct HostServices {
@@ -40,9 +42,11 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     pub(crate) plugin: Arc<str>,
+    /// The host interfaces this plugin may call.
+    pub(crate) allow: Capabilities,
     pub(crate) session_id: String,
     pub(crate) services: Arc<HostServices>,
-    pub(crate) kv: KvStore,
+    pub(crate) kv: Kv,
     /// The session's authentication results, shared with its other plugins.
     pub(crate) auth: Arc<SessionAuth>,
     /// When the hook running now must have returned; checked on every epoch
@@ -57,9 +61,10 @@ pub struct HostState {
 impl HostState {
     pub fn new(
         plugin: Arc<str>,
+        allow: Capabilities,
         session_id: String,
         services: Arc<HostServices>,
-        kv: KvStore,
+        kv: Kv,
         auth: Arc<SessionAuth>,
         memory_limit: usize,
     ) -> Self {
@@ -78,6 +83,7 @@ impl HostState {
             table: ResourceTable::new(),
             limits,
             plugin,
+            allow,
             session_id,
             services,
             kv,
@@ -87,10 +93,38 @@ impl HostState {
         }
     }
 
+    /// Lends a pooled instance's state to another session: the session's
+    /// id and authentication results replace the previous one's, and no
+    /// host resource survives (a message lives for one call only).
+    pub(crate) fn rebind(&mut self, session_id: &str, auth: Arc<SessionAuth>) {
+        session_id.clone_into(&mut self.session_id);
+        self.auth = auth;
+        self.table = ResourceTable::new();
+    }
+
     /// How long a host call may still wait: the epoch deadline does not
     /// interrupt host code, so a host call must bound itself.
     pub(crate) fn call_budget(&self) -> Duration {
         self.host_cutoff.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the plugin may call an interface; the error is what it is
+    /// told when it may not.
+    fn permit(&self, capability: Capability) -> Result<(), String> {
+        sandbox::check(&self.plugin, self.allow, capability).inspect_err(|denied| {
+            tracing::warn!(plugin = &*self.plugin, session = %self.session_id, "{denied}");
+        })
+    }
+
+    /// For interfaces whose WIT functions have no error result (auth, the
+    /// message body): a denied call traps, and the plugin's `on_error`
+    /// policy applies.
+    fn permit_or_trap(&self, capability: Capability) -> wasmtime::Result<()> {
+        self.permit(capability).map_err(wasmtime::Error::msg)
+    }
+
+    fn permit_dns(&self) -> Result<(), dns::DnsError> {
+        self.permit(Capability::Dns).map_err(dns::DnsError::Invalid)
     }
 }
 
@@ -162,9 +196,24 @@ impl host::Host for HostState {
     }
 }
 
+/// Runs one kv call within a call budget, like DNS: a Redis that does not
+/// answer costs the plugin an error, not its deadline.
+async fn bounded_kv<T>(
+    budget: Duration,
+    call: impl Future<Output = Result<T, StateError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(budget, call).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("kv: no answer within the plugin's time".to_owned()),
+    }
+}
+
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
-        Ok(self.kv.get(&key).map_err(|e| e.to_string()))
+        if let Err(denied) = self.permit(Capability::Kv) {
+            return Ok(Err(denied));
+        }
+        Ok(bounded_kv(self.call_budget(), self.kv.get(&key)).await)
     }
 
     async fn set(
@@ -173,10 +222,10 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_seconds: Option<u32>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(self
-            .kv
-            .set(&key, &value, ttl_seconds)
-            .map_err(|e| e.to_string()))
+        if let Err(denied) = self.permit(Capability::Kv) {
+            return Ok(Err(denied));
+        }
+        Ok(bounded_kv(self.call_budget(), self.kv.set(&key, &value, ttl_seconds)).await)
     }
 
     async fn incr(
@@ -185,30 +234,42 @@ impl kv::Host for HostState {
         delta: i64,
         ttl_seconds: Option<u32>,
     ) -> wasmtime::Result<Result<i64, String>> {
-        Ok(self
-            .kv
-            .incr(&key, delta, ttl_seconds)
-            .map_err(|e| e.to_string()))
+        if let Err(denied) = self.permit(Capability::Kv) {
+            return Ok(Err(denied));
+        }
+        Ok(bounded_kv(self.call_budget(), self.kv.incr(&key, delta, ttl_seconds)).await)
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.kv.delete(&key).map_err(|e| e.to_string()))
+        if let Err(denied) = self.permit(Capability::Kv) {
+            return Ok(Err(denied));
+        }
+        Ok(bounded_kv(self.call_budget(), self.kv.delete(&key)).await)
     }
 }
 
 impl dns::Host for HostState {
     async fn txt(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let dns = self.services.dns.clone();
         Ok(bounded(self.call_budget(), &name, dns.txt(&name)).await)
     }
 
     async fn a(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let dns = self.services.dns.clone();
         let answer = bounded(self.call_budget(), &name, dns.a(&name)).await;
         Ok(answer.map(|ips| ips.iter().map(ToString::to_string).collect()))
     }
 
     async fn aaaa(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let dns = self.services.dns.clone();
         let answer = bounded(self.call_budget(), &name, dns.aaaa(&name)).await;
         Ok(answer.map(|ips| ips.iter().map(ToString::to_string).collect()))
@@ -218,6 +279,9 @@ impl dns::Host for HostState {
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<Vec<dns::MxRecord>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let dns = self.services.dns.clone();
         let answer = bounded(self.call_budget(), &name, dns.mx(&name)).await;
         Ok(answer.map(|records| {
@@ -232,6 +296,9 @@ impl dns::Host for HostState {
     }
 
     async fn ptr(&mut self, ip: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+        if let Err(denied) = self.permit_dns() {
+            return Ok(Err(denied));
+        }
         let Ok(address) = ip.trim().parse::<IpAddr>() else {
             return Ok(Err(dns::DnsError::Invalid(format!(
                 "{ip:?} is not an IP address"
@@ -246,16 +313,19 @@ impl dns::Host for HostState {
 /// first ask and shared by every plugin of the transaction.
 impl auth::Host for HostState {
     async fn spf_mail_from(&mut self) -> wasmtime::Result<auth::SpfResult> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         Ok(wit_spf(self.auth.spf_mail_from(budget).await))
     }
 
     async fn spf_helo(&mut self) -> wasmtime::Result<auth::SpfResult> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         Ok(wit_spf(self.auth.spf_helo(budget).await))
     }
 
     async fn dkim(&mut self) -> wasmtime::Result<Vec<auth::DkimResult>> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         Ok(self
             .auth
@@ -271,6 +341,7 @@ impl auth::Host for HostState {
     }
 
     async fn dmarc(&mut self) -> wasmtime::Result<auth::DmarcResult> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         let dmarc = self.auth.dmarc(budget).await;
         Ok(auth::DmarcResult {
@@ -285,6 +356,7 @@ impl auth::Host for HostState {
     }
 
     async fn arc(&mut self) -> wasmtime::Result<auth::AuthResult> {
+        self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         Ok(wit_outcome(self.auth.arc(budget).await))
     }
@@ -347,6 +419,7 @@ impl mail::HostMessage for HostState {
         offset: u64,
         len: u32,
     ) -> wasmtime::Result<Vec<u8>> {
+        self.permit_or_trap(Capability::MessageBody)?;
         Ok(self.table.get(&this)?.read(offset, len).to_vec())
     }
 
@@ -354,6 +427,7 @@ impl mail::HostMessage for HostState {
         &mut self,
         this: Resource<MessageResource>,
     ) -> wasmtime::Result<Vec<String>> {
+        self.permit_or_trap(Capability::MessageBody)?;
         Ok(self.table.get(&this)?.body_text().to_vec())
     }
 
@@ -361,6 +435,7 @@ impl mail::HostMessage for HostState {
         &mut self,
         this: Resource<MessageResource>,
     ) -> wasmtime::Result<Vec<mail::Attachment>> {
+        self.permit_or_trap(Capability::MessageBody)?;
         Ok(self
             .table
             .get(&this)?

@@ -1,14 +1,17 @@
 //! The plugin pipeline: the configured chains of WebAssembly plugins that
 //! judge every SMTP stage.
 //!
-//! - `engine`: the wasmtime engine (async, epochs, pooling, compile cache)
+//! - `engine`: the wasmtime engine (async, epochs, pooling)
+//! - `cache`: compiled components on disk, keyed by content and engine
 //! - `plugin`: one configured plugin, compiled and pre-instantiated
 //! - `chain`: a session's lazily created instances and the verdict fold
 //! - `host`: the imports plugins call (log, kv, dns, auth, message)
+//! - `sandbox`: the imports a component may have, the capabilities checks
 //! - `auth`: a session's SPF/DKIM/DMARC/ARC results, computed on first ask
 //! - `message`: the message resource of the data stage
 //! - `directory`: files and mailbox servers granted to plugins
 //! - `verdict`, `session`: the host-side types the rest of sluice uses
+//! - `trace`: each plugin's answer, recorded for `sluice pipeline test`
 //! - `bindings`: the one `bindgen!`; its types never leave this module
 //!
 //! A [`PipelineSet`] is built whole from the config (compile, link, `init`
@@ -17,13 +20,16 @@
 
 pub mod auth;
 mod bindings;
+pub mod cache;
 pub mod chain;
 pub mod directory;
 pub mod engine;
 pub mod host;
 pub mod message;
 pub mod plugin;
+pub mod sandbox;
 pub mod session;
+pub mod trace;
 pub mod verdict;
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +43,7 @@ pub use engine::PluginEngine;
 pub use host::HostServices;
 pub use plugin::{builtin_names, Plugin};
 pub use session::{MailboxArg, SessionInfo, TlsInfo};
+pub use trace::{PluginStep, StepAnswer};
 pub use verdict::{DataOutcome, Modification, Stage, StageOutcome};
 
 use crate::authn::Authenticator;
@@ -47,11 +54,8 @@ use crate::dns::Dns;
 pub enum PipelineError {
     #[error("plugin engine: {0}")]
     Engine(String),
-    #[error("plugin cache directory {path}: {source}")]
-    CacheDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Cache(#[from] cache::CacheError),
     #[error("plugins.{plugin}: unknown bundled plugin \"builtin:{builtin}\" (bundled: {known})")]
     UnknownBuiltin {
         plugin: String,
@@ -66,12 +70,16 @@ pub enum PipelineError {
     },
     #[error("plugins.{plugin}: not a valid sluice:filter component: {message}")]
     Compile { plugin: String, message: String },
+    #[error(
+        "plugins.{plugin}: imports outside the sandbox (only sluice:filter and inert WASI are allowed): {imports}"
+    )]
+    ForbiddenImport { plugin: String, imports: String },
     #[error("plugins.{plugin}: does not fit the sluice:filter world: {message}")]
     Link { plugin: String, message: String },
     #[error("plugins.{plugin}: {message}")]
     Init { plugin: String, message: String },
     #[error("plugin state: {0}")]
-    State(#[from] sluice_spool::SpoolError),
+    State(#[from] crate::state::StateError),
 }
 
 /// One `[pipeline.NAME]`: per stage, the plugins to run, in order.
@@ -124,20 +132,24 @@ impl PipelineSet {
             authenticator: Authenticator::new(dns, &config.server.hostname),
             directory: Arc::new(directory::Directory::new(&config.plugins)),
         });
+        let state = crate::state::StateBackend::open(&config.state, spool)?;
+        tracing::debug!(state = %state.describe(), "plugin state backend");
         let mut plugins: BTreeMap<&str, Arc<Plugin>> = BTreeMap::new();
         for (name, plugin_config) in &config.plugins {
-            let kv = spool.kv(name)?;
-            let plugin = Plugin::load(engine, plugin_config, kv)?;
+            let kv = state.kv(name)?;
+            let plugin = Plugin::load(engine, plugin_config, kv).await?;
             // One throwaway instance proves the component instantiates and
             // accepts its configuration before any session depends on it.
             let auth = Arc::new(auth::SessionAuth::new(services.authenticator.clone()));
-            plugin
+            let validated = plugin
                 .instantiate("validate", &services, &auth)
                 .await
                 .map_err(|message| PipelineError::Init {
                     plugin: name.clone(),
                     message,
                 })?;
+            // A pooled plugin keeps it as its first instance.
+            plugin.release(validated);
             plugins.insert(name.as_str(), Arc::new(plugin));
         }
 

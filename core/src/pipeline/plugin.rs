@@ -1,21 +1,28 @@
-//! One configured plugin, compiled and pre-instantiated: the unit the chain
-//! instantiates lazily per session. Bundled plugins come from the binary
-//! (`builtin:NAME`), others from a `.wasm` component file.
+//! One configured plugin, compiled (through the component cache, off the
+//! runtime's workers), checked against the import sandbox and
+//! pre-instantiated: the unit the chain instantiates lazily per session, or
+//! lends from its bounded pool (`instances = "pooled"`). Bundled plugins come
+//! from the binary (`builtin:NAME`), others from a `.wasm` component file.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_spool::KvStore;
 use wasmtime::component::Component;
 use wasmtime::Store;
 
 use super::auth::SessionAuth;
 use super::bindings::{Filter, FilterPre};
+use super::cache::CacheOutcome;
 use super::engine::PluginEngine;
 use super::host::{HostServices, HostState};
-use super::PipelineError;
-use crate::config::{OnError, PluginConfig, PluginSource};
+use super::{sandbox, PipelineError};
+use crate::config::{
+    Capabilities, InstancePolicy, OnError, PluginConfig, PluginMode, PluginSource,
+};
+use crate::metrics::METRICS;
+use crate::state::Kv;
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
@@ -35,54 +42,98 @@ fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
 
 pub struct Plugin {
     pub name: Arc<str>,
+    pub allow: Capabilities,
+    pub mode: PluginMode,
     pub on_error: OnError,
     pub timeout: Duration,
     pub memory: usize,
     config_json: Arc<str>,
     pre: FilterPre<HostState>,
-    kv: KvStore,
+    kv: Kv,
     /// Traps, timeouts and cap breaches so far (for metrics and tests).
     faults: AtomicU64,
+    /// `instances = "pooled"`: the idle instances and the bound.
+    pool: Option<InstancePool>,
 }
 
 /// A live instance of a plugin, owned by one session.
 pub struct LiveInstance {
     pub(crate) store: Store<HostState>,
     pub(crate) filter: Filter,
+    /// For a pooled instance, its place in the pool's bound: released when
+    /// the instance goes back (or is dropped after a fault).
+    lease: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A bounded pool of initialized instances, lent to one session at a time.
+/// Wasmtime cannot rewind an instance, so "reset" between sessions is the
+/// host side only (`HostState::rebind`); the guest's memory carries over,
+/// which is why pooling is opt-in, for guests that keep no per-session
+/// state in globals. An instance that faulted is dropped, never returned.
+struct InstancePool {
+    size: u32,
+    idle: std::sync::Mutex<Vec<LiveInstance>>,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Plugin {
     /// Reads (or finds the bundled bytes of) the component, compiles it
     /// (through the engine's cache) and links it against the host.
-    pub fn load(
+    pub async fn load(
         engine: &PluginEngine,
         config: &PluginConfig,
-        kv: KvStore,
+        kv: Kv,
     ) -> Result<Plugin, PipelineError> {
         let name = config.name.clone();
-        let component = match &config.source {
+        let bytes: Cow<'static, [u8]> = match &config.source {
             PluginSource::Builtin(builtin) => {
-                let bytes =
-                    builtin_bytes(builtin).ok_or_else(|| PipelineError::UnknownBuiltin {
+                Cow::Borrowed(builtin_bytes(builtin).ok_or_else(|| {
+                    PipelineError::UnknownBuiltin {
                         plugin: name.clone(),
                         builtin: builtin.clone(),
                         known: builtin_names().collect::<Vec<_>>().join(", "),
-                    })?;
-                Component::new(&engine.engine, bytes)
+                    }
+                })?)
             }
-            PluginSource::File(path) => {
-                let bytes = std::fs::read(path).map_err(|source| PipelineError::Read {
+            PluginSource::File(path) => Cow::Owned(tokio::fs::read(path).await.map_err(
+                |source| PipelineError::Read {
                     plugin: name.clone(),
                     path: path.clone(),
                     source,
-                })?;
-                Component::new(&engine.engine, bytes)
-            }
-        }
+                },
+            )?),
+        };
+        // Compiling takes whole seconds for a big guest: off the runtime's
+        // workers, which keep serving sessions meanwhile (a reload).
+        let (wasm_engine, cache) = (engine.engine.clone(), engine.cache.clone());
+        let started = Instant::now();
+        let compiled = tokio::task::spawn_blocking(move || match &cache {
+            Some(cache) => cache.load(&wasm_engine, &bytes),
+            None => Component::new(&wasm_engine, &bytes).map(|c| (c, CacheOutcome::Compiled)),
+        })
+        .await
         .map_err(|e| PipelineError::Compile {
+            plugin: name.clone(),
+            message: format!("compilation did not finish: {e}"),
+        })?;
+        let (component, outcome) = compiled.map_err(|e| PipelineError::Compile {
             plugin: name.clone(),
             message: format!("{e:#}"),
         })?;
+        METRICS.plugin_loads.inc(&[&name, outcome.name()]);
+        tracing::info!(
+            plugin = &*name,
+            cache = ?outcome,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "plugin component loaded"
+        );
+        let forbidden = sandbox::forbidden_imports(&engine.engine, &component);
+        if !forbidden.is_empty() {
+            return Err(PipelineError::ForbiddenImport {
+                plugin: name,
+                imports: forbidden.join(", "),
+            });
+        }
         let pre = engine
             .linker
             .instantiate_pre(&component)
@@ -96,6 +147,8 @@ impl Plugin {
         })?;
         Ok(Plugin {
             name: Arc::from(name.as_str()),
+            allow: config.allow,
+            mode: config.mode,
             on_error: config.on_error,
             timeout: config.timeout,
             memory: usize::try_from(config.memory).unwrap_or(usize::MAX),
@@ -103,7 +156,70 @@ impl Plugin {
             pre,
             kv,
             faults: AtomicU64::new(0),
+            pool: match config.instances {
+                InstancePolicy::PerSession => None,
+                InstancePolicy::Pooled { size } => Some(InstancePool {
+                    size,
+                    idle: std::sync::Mutex::new(Vec::new()),
+                    permits: Arc::new(tokio::sync::Semaphore::new(
+                        usize::try_from(size).unwrap_or(1),
+                    )),
+                }),
+            },
         })
+    }
+
+    /// An instance for a session: a new one (per-session), or one from the
+    /// pool, created when the pool has none idle and is below its size. A
+    /// session that finds every pooled instance lent waits up to the
+    /// plugin's timeout.
+    pub async fn checkout(
+        &self,
+        session_id: &str,
+        services: &Arc<HostServices>,
+        auth: &Arc<SessionAuth>,
+    ) -> Result<LiveInstance, String> {
+        let Some(pool) = &self.pool else {
+            return self.instantiate(session_id, services, auth).await;
+        };
+        let lease =
+            match tokio::time::timeout(self.timeout, pool.permits.clone().acquire_owned()).await {
+                Ok(Ok(lease)) => lease,
+                Ok(Err(_)) | Err(_) => {
+                    return Err(format!(
+                        "instance pool exhausted: all {} instances busy for {:?}",
+                        pool.size, self.timeout
+                    ))
+                }
+            };
+        let idle = pool
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let mut live = match idle {
+            Some(mut live) => {
+                live.store.data_mut().rebind(session_id, auth.clone());
+                live
+            }
+            None => self.instantiate(session_id, services, auth).await?,
+        };
+        live.lease = Some(lease);
+        Ok(live)
+    }
+
+    /// Gives a session's instance back when the session ends: a pooled one
+    /// goes back to the pool, any other is dropped.
+    pub fn release(&self, mut live: LiveInstance) {
+        if let Some(pool) = &self.pool {
+            let lease = live.lease.take();
+            pool.idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(live);
+            // Only now may a waiting session take the slot.
+            drop(lease);
+        }
     }
 
     /// Creates an instance for a session and runs the plugin's `init` with
@@ -116,6 +232,7 @@ impl Plugin {
     ) -> Result<LiveInstance, String> {
         let state = HostState::new(
             self.name.clone(),
+            self.allow,
             session_id.to_owned(),
             services.clone(),
             self.kv.clone(),
@@ -145,7 +262,12 @@ impl Plugin {
             }
         };
         let filter = self.with_backstop(call).await?;
-        Ok(LiveInstance { store, filter })
+        METRICS.plugin_instances.inc(&[&self.name]);
+        Ok(LiveInstance {
+            store,
+            filter,
+            lease: None,
+        })
     }
 
     /// Starts the deadline for the next call into this store.
@@ -188,4 +310,45 @@ pub(crate) fn describe_error(error: &wasmtime::Error) -> String {
         };
     }
     format!("{error:#}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::sandbox::forbidden_imports;
+
+    fn component(engine: &wasmtime::Engine, file: &str) -> Component {
+        let path = std::path::Path::new(env!("SLUICE_PLUGIN_DIR")).join(file);
+        Component::from_file(engine, &path).unwrap()
+    }
+
+    #[test]
+    fn bundled_plugins_and_fixtures_stay_inside_the_sandbox() {
+        // A plain engine: the import list does not depend on the allocator.
+        let engine = wasmtime::Engine::default();
+        for (name, bytes) in builtin::BUILTINS {
+            let component = Component::new(&engine, bytes).unwrap();
+            let forbidden = forbidden_imports(&engine, &component);
+            assert!(forbidden.is_empty(), "builtin:{name} imports {forbidden:?}");
+        }
+        for file in [
+            "fixture_verdict.wasm",
+            "fixture_caps.wasm",
+            "fixture_dns.wasm",
+        ] {
+            let forbidden = forbidden_imports(&engine, &component(&engine, file));
+            assert!(forbidden.is_empty(), "{file} imports {forbidden:?}");
+        }
+    }
+
+    #[test]
+    fn a_component_that_opens_sockets_is_refused_by_name() {
+        // A plain engine: the import list does not depend on the allocator.
+        let engine = wasmtime::Engine::default();
+        let forbidden = forbidden_imports(&engine, &component(&engine, "fixture_sockets.wasm"));
+        assert!(
+            forbidden.iter().any(|i| i.starts_with("wasi:sockets/")),
+            "{forbidden:?}"
+        );
+    }
 }

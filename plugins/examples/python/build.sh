@@ -13,5 +13,5 @@ if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -qF "$version"; th
 fi
 start=$(now_ms)
 "$venv/bin/componentize-py" -d "$wit_dir" -w filter \
-  componentize -p "$examples_dir/python" app -o "$wasm" >&2
+  componentize --stub-wasi -p "$examples_dir/python" app -o "$wasm" >&2
 report python "$wasm" "$start"

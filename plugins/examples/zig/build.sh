@@ -2,10 +2,11 @@
 # Builds zig-example.wasm: Zig (PyPI ziglang, in a venv of its own) over
 # wit-bindgen's C bindings (crates.io wit-bindgen-cli), compiled for
 # wasm32-wasi with Zig's bundled wasi-libc in the reactor model, then
-# `wasm-tools component new` with the WASI preview1 adapter, as for C.
+# `wasm-tools component new` with the WASI preview1 adapter, as for C, whose
+# helper layer (../c/sdk) it links too.
 source "$(dirname "$0")/../lib.sh"
 wasm="$out_dir/zig-example.wasm"
-skip_if_fresh zig "$wasm" "$examples_dir/zig"
+skip_if_fresh zig "$wasm" "$examples_dir/zig" "$examples_dir/c/sdk"
 version=0.17.1
 venv="$toolchains/zig"
 export ZIG_GLOBAL_CACHE_DIR="$toolchains/zig-cache" ZIG_LOCAL_CACHE_DIR="$toolchains/zig-cache"
@@ -20,11 +21,11 @@ adapter=$(need_adapter "$ADAPTER_VERSION")
 work="$out_dir/zig-build"
 start=$(now_ms)
 c_bindings "$work"
-cp "$examples_dir/zig/filter.zig" "$work/"
+cp "$examples_dir/zig/filter.zig" "$examples_dir/c/sdk/sluice.h" "$examples_dir/c/sdk/sluice.c" "$work/"
 (
   cd "$work"
-  zig translate-c filter.h -target wasm32-wasi -lc -I. >filter_h.zig
-  zig build-exe filter.zig filter.c filter_component_type.o -target wasm32-wasi \
+  zig translate-c sluice.h -target wasm32-wasi -lc -I. >sluice_h.zig
+  zig build-exe filter.zig sluice.c filter.c filter_component_type.o -target wasm32-wasi \
     -fno-entry -mexec-model=reactor -lc -I. -O ReleaseSmall --name core
 )
 "$wasm_tools" component new "$work/core.wasm" \

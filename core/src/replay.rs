@@ -1,0 +1,403 @@
+//! Offline replay (`sluice pipeline test`): runs a listener's pipeline on a
+//! recorded message, stage by stage as a live session would (connect, helo,
+//! mail, each rcpt, data), without a server or a listening socket, and
+//! reports what every plugin answered, its header edits and its time.
+//!
+//! The plugins run exactly as in the server (same engine settings,
+//! capabilities, timeouts, shadow mode) with two differences: their
+//! key-value state starts empty (a throwaway spool, so a running server's
+//! is never touched), and DNS goes to the resolver of `[dns]`, or to a
+//! fixture file served on 127.0.0.1 (`fixture_dns`).
+
+mod fixture_dns;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sluice_spool::Spool;
+
+use crate::config::Config;
+use crate::dns::{Dns, ResolverSetupError};
+use crate::pipeline::chain::{HookArg, SessionFilters};
+use crate::pipeline::{
+    MailboxArg, Modification, PipelineError, PipelineSet, PluginEngine, PluginStep, SessionInfo,
+    Stage, StageOutcome, StepAnswer,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no listener named {0:?} in the configuration (listeners: {1})")]
+    UnknownListener(String, String),
+    #[error("the configuration declares no listener")]
+    NoListener,
+    #[error("{0}")]
+    Pipeline(#[from] PipelineError),
+    #[error("dns: {0}")]
+    Dns(#[from] ResolverSetupError),
+    #[error("scratch spool {path}: {message}")]
+    Scratch { path: PathBuf, message: String },
+    #[error("{0}")]
+    DnsFixture(#[from] fixture_dns::FixtureError),
+    #[error("{address:?} is not an address (local@domain)")]
+    Address { address: String },
+}
+
+/// The session to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayInput {
+    /// None: the first listener of the configuration.
+    pub listener: Option<String>,
+    pub client_ip: IpAddr,
+    pub helo: String,
+    /// "" is the null reverse-path.
+    pub from: String,
+    pub to: Vec<String>,
+    pub message: Vec<u8>,
+    /// Answer DNS from this file instead of `[dns]`.
+    pub dns_fixture: Option<PathBuf>,
+}
+
+/// What one stage decided, and every plugin's answer on the way.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub stage: &'static str,
+    /// The recipient, for the rcpt stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argument: Option<String>,
+    /// accept, reject, tempfail, disconnect, discard, quarantine.
+    pub outcome: &'static str,
+    /// The reply a client would get for a refusal; the reason of a
+    /// quarantine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    pub plugins: Vec<StepReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub plugin: String,
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Header and recipient edits the plugin asked for.
+    pub modifications: Vec<String>,
+    /// `mode = "shadow"`: logged by the server, not applied.
+    pub shadow: bool,
+    pub micros: u64,
+}
+
+/// The whole replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    pub listener: String,
+    pub pipeline: String,
+    pub stages: Vec<StageReport>,
+    /// The message's fate: accepted, rejected, tempfailed, disconnected,
+    /// discarded, quarantined.
+    pub result: &'static str,
+    /// Data stage edits that a live server would apply to the message.
+    pub applied_modifications: Vec<String>,
+}
+
+/// Runs the replay.
+pub async fn replay(config: &Config, input: ReplayInput) -> Result<ReplayReport, ReplayError> {
+    let listener = match &input.listener {
+        Some(name) => config
+            .listeners
+            .iter()
+            .find(|l| &l.name == name)
+            .ok_or_else(|| {
+                ReplayError::UnknownListener(
+                    name.clone(),
+                    config
+                        .listeners
+                        .iter()
+                        .map(|l| l.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            })?,
+        None => config.listeners.first().ok_or(ReplayError::NoListener)?,
+    };
+    let scratch = Scratch::new()?;
+    let spool = Spool::open(&scratch.0).map_err(|e| ReplayError::Scratch {
+        path: scratch.0.clone(),
+        message: e.to_string(),
+    })?;
+    // Kept alive until the replay ends.
+    let mut _fixture_server = None;
+    let dns = match &input.dns_fixture {
+        None => Dns::new(&config.dns)?,
+        Some(path) => {
+            let server = fixture_dns::serve(fixture_dns::load(path)?).await?;
+            let mut dns_config = config.dns.clone();
+            dns_config.nameservers = vec![server.address];
+            _fixture_server = Some(server);
+            Dns::new(&dns_config)?
+        }
+    };
+    let max_memory = config
+        .plugins
+        .values()
+        .map(|p| p.memory)
+        .max()
+        .unwrap_or(64 << 20);
+    // The server's compiled components when the cache is usable; compiling
+    // from scratch otherwise (the cache is an optimisation).
+    let cache_dir = config
+        .plugin_cache
+        .resolve(&config.server.data_dir)
+        .filter(|dir| dir.is_dir());
+    let engine = match PluginEngine::new(max_memory, cache_dir.as_deref()) {
+        Ok(engine) => engine,
+        Err(_) => PluginEngine::new(max_memory, None)?,
+    };
+    let set = PipelineSet::build(&engine, config, &spool, &dns).await?;
+    let pipeline = set
+        .get(&listener.pipeline)
+        .ok_or_else(|| ReplayError::UnknownListener(listener.name.clone(), String::new()))?
+        .clone();
+
+    let mut filters = SessionFilters::new(pipeline, "replay".to_owned());
+    filters.record_steps();
+    let mut info = SessionInfo {
+        id: "replay".to_owned(),
+        client_ip: input.client_ip,
+        client_port: 0,
+        listener: listener.name.clone(),
+        reverse_name: None,
+        helo: None,
+        tls: None,
+        authenticated_user: None,
+        reverse_path: None,
+        recipients: Vec::new(),
+    };
+    let mut report = ReplayReport {
+        listener: listener.name.clone(),
+        pipeline: listener.pipeline.clone(),
+        stages: Vec::new(),
+        result: "accepted",
+        applied_modifications: Vec::new(),
+    };
+
+    let outcome = filters.run(&info, HookArg::Connect).await;
+    if refused(&mut report, &mut filters, Stage::Connect, None, outcome) {
+        return Ok(report);
+    }
+    info.helo = Some(input.helo.clone());
+    let outcome = filters.run(&info, HookArg::Helo(&input.helo)).await;
+    if refused(&mut report, &mut filters, Stage::Helo, None, outcome) {
+        return Ok(report);
+    }
+    let from = if input.from.is_empty() {
+        None
+    } else {
+        Some(mailbox(&input.from)?)
+    };
+    let outcome = filters.run(&info, HookArg::Mail(from.as_ref())).await;
+    if refused(&mut report, &mut filters, Stage::Mail, None, outcome) {
+        return Ok(report);
+    }
+    info.reverse_path = Some(input.from.clone());
+    for to in &input.to {
+        let rcpt = mailbox(to)?;
+        let outcome = filters.run(&info, HookArg::Rcpt(&rcpt)).await;
+        let accepted = outcome == StageOutcome::Accept;
+        // A refused recipient ends the transaction only when it is a
+        // disconnect; the others are just not added.
+        let disconnect = matches!(outcome, StageOutcome::Disconnect(_));
+        record(
+            &mut report,
+            &mut filters,
+            Stage::Rcpt,
+            Some(to.clone()),
+            &outcome,
+        );
+        if disconnect {
+            report.result = "disconnected";
+            return Ok(report);
+        }
+        if accepted {
+            info.recipients.push(to.clone());
+        }
+    }
+    if info.recipients.is_empty() {
+        report.result = "no recipient accepted";
+        return Ok(report);
+    }
+    let message: Arc<[u8]> = Arc::from(input.message);
+    let data = filters.run_data(&info, &message).await;
+    let outcome = data.outcome.clone();
+    record(&mut report, &mut filters, Stage::Data, None, &outcome);
+    report.result = match outcome {
+        StageOutcome::Accept => {
+            report.applied_modifications = data.modifications.iter().map(describe).collect();
+            "accepted"
+        }
+        StageOutcome::Quarantine(_) => {
+            report.applied_modifications = data.modifications.iter().map(describe).collect();
+            "quarantined"
+        }
+        StageOutcome::Discard => "discarded",
+        StageOutcome::Reject(_) => "rejected",
+        StageOutcome::Tempfail(_) => "tempfailed",
+        StageOutcome::Disconnect(_) => "disconnected",
+    };
+    Ok(report)
+}
+
+/// Records a stage; true when it ended the session's transaction.
+fn refused(
+    report: &mut ReplayReport,
+    filters: &mut SessionFilters,
+    stage: Stage,
+    argument: Option<String>,
+    outcome: StageOutcome,
+) -> bool {
+    record(report, filters, stage, argument, &outcome);
+    let result = match outcome {
+        StageOutcome::Accept | StageOutcome::Discard | StageOutcome::Quarantine(_) => return false,
+        StageOutcome::Reject(_) => "rejected",
+        StageOutcome::Tempfail(_) => "tempfailed",
+        StageOutcome::Disconnect(_) => "disconnected",
+    };
+    report.result = result;
+    true
+}
+
+fn record(
+    report: &mut ReplayReport,
+    filters: &mut SessionFilters,
+    stage: Stage,
+    argument: Option<String>,
+    outcome: &StageOutcome,
+) {
+    let (name, reply) = match outcome {
+        StageOutcome::Accept => ("accept", None),
+        StageOutcome::Reject(r) => ("reject", Some(r.to_string())),
+        StageOutcome::Tempfail(r) => ("tempfail", Some(r.to_string())),
+        StageOutcome::Disconnect(r) => ("disconnect", Some(r.to_string())),
+        StageOutcome::Discard => ("discard", None),
+        StageOutcome::Quarantine(reason) => ("quarantine", Some(reason.clone())),
+    };
+    report.stages.push(StageReport {
+        stage: stage.name(),
+        argument,
+        outcome: name,
+        reply,
+        plugins: filters.take_steps().iter().map(step_report).collect(),
+    });
+}
+
+fn step_report(step: &PluginStep) -> StepReport {
+    let detail = match &step.answer {
+        StepAnswer::Reject(r) | StepAnswer::Tempfail(r) | StepAnswer::Disconnect(r) => {
+            r.as_ref().map(ToString::to_string)
+        }
+        StepAnswer::Quarantine(reason) => Some(reason.clone()),
+        StepAnswer::Failed { error, on_error } => {
+            Some(format!("{error} (on_error = {on_error:?})").to_lowercase())
+        }
+        _ => None,
+    };
+    StepReport {
+        plugin: step.plugin.to_string(),
+        verdict: step.answer.name(),
+        detail,
+        modifications: step.modifications.iter().map(describe).collect(),
+        shadow: step.shadow,
+        micros: u64::try_from(step.elapsed.as_micros()).unwrap_or(u64::MAX),
+    }
+}
+
+fn describe(modification: &Modification) -> String {
+    match modification {
+        Modification::PrependHeader { name, value } => format!("prepend-header {name}: {value}"),
+        Modification::AppendHeader { name, value } => format!("append-header {name}: {value}"),
+        Modification::RemoveHeader(name) => format!("remove-header {name}"),
+        Modification::AddRecipient(rcpt) => format!("add-recipient {rcpt}"),
+        Modification::RemoveRecipient(rcpt) => format!("remove-recipient {rcpt}"),
+    }
+}
+
+fn mailbox(address: &str) -> Result<MailboxArg, ReplayError> {
+    let trimmed = address.trim().trim_start_matches('<').trim_end_matches('>');
+    match trimmed.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Ok(MailboxArg {
+            local_part: local.to_owned(),
+            domain: domain.to_ascii_lowercase(),
+        }),
+        _ => Err(ReplayError::Address {
+            address: address.to_owned(),
+        }),
+    }
+}
+
+/// A scratch directory for the replay's spool, removed afterwards.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, ReplayError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_nanos();
+        let path =
+            std::env::temp_dir().join(format!("sluice-replay-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| ReplayError::Scratch {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Scratch(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads a message file, turning bare LF line ends into CRLF as the SMTP
+/// DATA phase would deliver them.
+pub fn read_message(path: &Path) -> std::io::Result<Vec<u8>> {
+    let bytes = std::fs::read(path)?;
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    let mut previous = 0u8;
+    for byte in bytes {
+        if byte == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(byte);
+        previous = byte;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_line_ends() {
+        let m = mailbox("<Bob@Example.ORG>").unwrap();
+        assert_eq!(
+            (m.local_part.as_str(), m.domain.as_str()),
+            ("Bob", "example.org")
+        );
+        assert!(mailbox("nobody").is_err());
+        assert!(mailbox("@x").is_err());
+        let dir = std::env::temp_dir().join(format!("sluice-replay-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("m.eml");
+        std::fs::write(&file, b"A: b\nC: d\r\n\nbody\n").unwrap();
+        assert_eq!(
+            read_message(&file).unwrap(),
+            b"A: b\r\nC: d\r\n\r\nbody\r\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

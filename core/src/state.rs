@@ -1,0 +1,272 @@
+//! The plugins' key-value state behind the WIT `kv` interface: one
+//! namespace per plugin, kept in the spool's sled database (one node) or in
+//! a Redis server several MX nodes share (`[state] backend = "redis"`), so
+//! rate-limit counters and greylist triplets are the same on every node.
+//!
+//! On Redis a namespace is the key prefix `<key_prefix><plugin>:` (`:` and
+//! `%` in the plugin name percent-encoded, so two plugins never share a
+//! key), `incr` is one Lua script (one round trip, the TTL set only when the
+//! counter is created), and the connection is made lazily and remade after
+//! a failure. A failing call returns its error to the plugin, which decides
+//! (the bundled limiters fail open).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sluice_spool::{KvStore, Spool, SpoolError};
+
+use crate::config::StateConfig;
+
+/// How often expired sled keys are swept away.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Connecting to Redis: each attempt, and the retries of one reconnection;
+/// plugin calls are bounded by their own deadline on top of this.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const REDIS_RETRIES: usize = 1;
+
+/// Adds ARGV[1] to KEYS[1]; sets the TTL ARGV[2] (seconds, "" for none)
+/// only if the counter did not exist, like the WIT's `incr`. TTL 0 makes
+/// the counter expire at once, as on sled.
+const INCR_SCRIPT: &str = r"
+local existed = redis.call('EXISTS', KEYS[1])
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if existed == 0 and ARGV[2] ~= '' then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return value
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Sled(#[from] SpoolError),
+    #[error("redis {op} {key}: {source}")]
+    Redis {
+        op: &'static str,
+        key: String,
+        source: redis::RedisError,
+    },
+    #[error("redis: cannot use {url}: {source}")]
+    RedisClient {
+        url: String,
+        source: redis::RedisError,
+    },
+}
+
+/// The state backend of one configuration; hands out a [`Kv`] per plugin.
+#[derive(Clone)]
+pub enum StateBackend {
+    Sled(Spool),
+    Redis(RedisState),
+}
+
+/// A shared, lazily connected Redis client.
+#[derive(Clone)]
+pub struct RedisState {
+    connection: ConnectionManager,
+    key_prefix: Arc<str>,
+    incr: Arc<redis::Script>,
+    /// Password-free URL for errors.
+    url: Arc<str>,
+}
+
+impl StateBackend {
+    /// The backend `[state]` asks for. Redis is not contacted here: the
+    /// first kv call connects, so a Redis outage at start does not keep
+    /// mail out (the plugins fail open).
+    pub fn open(config: &StateConfig, spool: &Spool) -> Result<StateBackend, StateError> {
+        match config {
+            StateConfig::Sled => Ok(StateBackend::Sled(spool.clone())),
+            StateConfig::Redis { url, key_prefix } => {
+                let shown = StateConfig::redacted_url(url);
+                let client_error = |source| StateError::RedisClient {
+                    url: shown.clone(),
+                    source,
+                };
+                let client = redis::Client::open(url.as_str()).map_err(client_error)?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+                    .set_number_of_retries(REDIS_RETRIES)
+                    .set_max_delay(Duration::from_millis(500));
+                let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
+                    .map_err(client_error)?;
+                Ok(StateBackend::Redis(RedisState {
+                    connection,
+                    key_prefix: key_prefix.as_str().into(),
+                    incr: Arc::new(redis::Script::new(INCR_SCRIPT)),
+                    url: shown.into(),
+                }))
+            }
+        }
+    }
+
+    /// The state of plugin `namespace`.
+    pub fn kv(&self, namespace: &str) -> Result<Kv, StateError> {
+        match self {
+            StateBackend::Sled(spool) => Ok(Kv::Sled(spool.kv(namespace)?)),
+            StateBackend::Redis(redis) => {
+                if namespace.is_empty() {
+                    return Err(SpoolError::EmptyNamespace.into());
+                }
+                let encoded = namespace.replace('%', "%25").replace(':', "%3A");
+                Ok(Kv::Redis {
+                    redis: redis.clone(),
+                    prefix: format!("{}{encoded}:", redis.key_prefix).into(),
+                })
+            }
+        }
+    }
+
+    /// Where the state lives, for the start-up log.
+    pub fn describe(&self) -> String {
+        match self {
+            StateBackend::Sled(_) => "sled (data_dir)".to_owned(),
+            StateBackend::Redis(redis) => format!("redis {}", redis.url),
+        }
+    }
+}
+
+/// Removes expired sled kv keys every minute, for as long as the server
+/// runs (Redis expires keys itself).
+pub fn spawn_sled_sweeper(spool: Spool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let spool = spool.clone();
+            match tokio::task::spawn_blocking(move || spool.sweep_kv()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => tracing::debug!(removed, "expired plugin state swept"),
+                Ok(Err(e)) => tracing::warn!("sweeping expired plugin state: {e}"),
+                Err(e) => tracing::warn!("sweeping expired plugin state: {e}"),
+            }
+        }
+    })
+}
+
+/// One plugin's namespace.
+#[derive(Clone)]
+pub enum Kv {
+    Sled(KvStore),
+    Redis {
+        redis: RedisState,
+        /// `<key_prefix><namespace>:`
+        prefix: Arc<str>,
+    },
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kv::Sled(store) => store.fmt(f),
+            Kv::Redis { prefix, .. } => f.debug_struct("RedisKv").field("prefix", prefix).finish(),
+        }
+    }
+}
+
+impl Kv {
+    fn redis_error(op: &'static str, key: &str) -> impl FnOnce(redis::RedisError) -> StateError {
+        let key = key.to_owned();
+        move |source| StateError::Redis { op, key, source }
+    }
+
+    /// The value of `key`, or None if it is missing or expired.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        match self {
+            Kv::Sled(store) => Ok(store.get(key)?),
+            Kv::Redis { redis, prefix } => {
+                let mut conn = redis.connection.clone();
+                redis::cmd("GET")
+                    .arg(format!("{prefix}{key}"))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(Self::redis_error("GET", key))
+            }
+        }
+    }
+
+    /// Stores `value`, expiring after `ttl_seconds` when given.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_seconds: Option<u32>,
+    ) -> Result<(), StateError> {
+        match self {
+            Kv::Sled(store) => Ok(store.set(key, value, ttl_seconds)?),
+            Kv::Redis { redis, prefix } => {
+                let mut conn = redis.connection.clone();
+                let full = format!("{prefix}{key}");
+                let cmd = match ttl_seconds {
+                    // Redis refuses EX 0; a value that expires at once is gone.
+                    Some(0) => {
+                        let mut cmd = redis::cmd("DEL");
+                        cmd.arg(&full);
+                        cmd
+                    }
+                    Some(ttl) => {
+                        let mut cmd = redis::cmd("SET");
+                        cmd.arg(&full).arg(value).arg("EX").arg(ttl);
+                        cmd
+                    }
+                    None => {
+                        let mut cmd = redis::cmd("SET");
+                        cmd.arg(&full).arg(value);
+                        cmd
+                    }
+                };
+                let _: redis::Value = cmd
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(Self::redis_error("SET", key))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Atomically adds `delta` (missing counts as 0) and returns the new
+    /// value; the TTL applies when the counter is created.
+    pub async fn incr(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_seconds: Option<u32>,
+    ) -> Result<i64, StateError> {
+        match self {
+            Kv::Sled(store) => Ok(store.incr(key, delta, ttl_seconds)?),
+            Kv::Redis { redis, prefix } => {
+                let mut conn = redis.connection.clone();
+                let ttl = ttl_seconds.map(|t| t.to_string()).unwrap_or_default();
+                redis
+                    .incr
+                    .key(format!("{prefix}{key}"))
+                    .arg(delta)
+                    .arg(ttl)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(Self::redis_error("INCR", key))
+            }
+        }
+    }
+
+    /// Removes `key`; a missing key is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StateError> {
+        match self {
+            Kv::Sled(store) => Ok(store.delete(key)?),
+            Kv::Redis { redis, prefix } => {
+                let mut conn = redis.connection.clone();
+                let _: i64 = redis::cmd("DEL")
+                    .arg(format!("{prefix}{key}"))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(Self::redis_error("DEL", key))?;
+                Ok(())
+            }
+        }
+    }
+}
