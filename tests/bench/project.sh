@@ -5,6 +5,8 @@
 #
 #   PROJECT_CMD="bash $PWD/tests/bench/project.sh" ../shared/bench/run.sh project postfix haraka
 #   SLUICE_BENCH_PIPELINE=minimal ...   # relay control only (the default)
+#   SLUICE_BENCH_PIPELINE=inbound ...   # five bundled plugins: ratelimit,
+#                                       # helo, antispoof, relay, content
 #
 # The 250 after DATA means the message is fsynced to the spool (group
 # commit), as with Postfix; delivery to the sink happens afterwards.
@@ -30,8 +32,67 @@ case "$pipeline" in
   minimal)
     # The rcpt stage is closed (no allow, no relaying), so the smallest
     # pipeline that relays is relay control alone.
-    stages='rcpt = ["relay"]' ;;
-  *) echo "SLUICE_BENCH_PIPELINE must be minimal" >&2; exit 2 ;;
+    stages='rcpt = ["relay"]'
+    extra_plugins='' ;;
+  inbound)
+    # The default inbound pipeline (config/inbound.toml) without what needs
+    # internet DNS (dnsbl, SPF/DKIM/DMARC) or would refuse the load itself
+    # (greylisting); recipients has no local domain to check here. Every
+    # plugin does its real work: ratelimit counts in the kv store, content
+    # runs its regex and attachment rules on every message.
+    stages='connect = ["ratelimit"]
+helo = ["helo"]
+mail = ["antispoof"]
+rcpt = ["ratelimit", "relay"]
+data = ["antispoof", "content"]'
+    extra_plugins='
+[plugins.ratelimit]
+path = "builtin:ratelimit"
+
+[plugins.ratelimit.config]
+exempt_networks = []
+
+[[plugins.ratelimit.config.limit]]
+key = "network"
+what = "connections"
+max = 100000000
+window = "1m"
+
+[[plugins.ratelimit.config.limit]]
+key = "sender"
+what = "recipients"
+max = 100000000
+window = "1h"
+
+[plugins.helo]
+path = "builtin:helo"
+
+[plugins.helo.config]
+trusted_networks = []
+
+[plugins.antispoof]
+path = "builtin:antispoof"
+
+[plugins.content]
+path = "builtin:content"
+
+[[plugins.content.config.rule]]
+name = "pills"
+header = "Subject"
+pattern = "(?i)v[i1]agra"
+action = "reject"
+
+[[plugins.content.config.rule]]
+name = "executables"
+attachment_extension = ["exe", "scr", "js", "bat"]
+action = "reject"
+
+[[plugins.content.config.rule]]
+name = "oversized"
+max_size = "50MiB"
+action = "reject"
+' ;;
+  *) echo "SLUICE_BENCH_PIPELINE must be minimal or inbound" >&2; exit 2 ;;
 esac
 
 cat > "$config" <<EOF
@@ -57,6 +118,7 @@ path = "builtin:relay"
 
 [plugins.relay.config]
 trusted_networks = ["$networks"]
+$extra_plugins
 
 [delivery]
 max_connections_per_domain = 20

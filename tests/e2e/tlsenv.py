@@ -61,7 +61,7 @@ class TlsEnv:
     Loopback clients are not trusted: only authenticated ones may relay."""
 
     def __init__(self, tmp_path, extra="", sink_port=None, submission_extra="", trusted="[]", server_extra="",
-                 submission_auth="optional"):
+                 submission_auth="optional", pipeline_extra=""):
         self.tmp = Path(tmp_path)
         self.mx, self.submission, self.smtps = free_port(), free_port(), free_port()
         route = ""
@@ -84,7 +84,7 @@ tls = "implicit"
 auth = "required"
 """
         text = config(self.mx, self.tmp / "data", trusted=trusted, extra=route + extra + listeners,
-                      server_extra=server_extra)
+                      server_extra=server_extra, pipeline_extra=pipeline_extra)
         self.config_path = self.tmp / "sluice.toml"
         self.server = Server(self.tmp, text)
         # Server.start writes the same text to the same path.

@@ -536,6 +536,24 @@ pub struct PluginConfig {
     pub memory: u64,
     /// The `[plugins.NAME.config]` table as JSON ("{}" when absent).
     pub config_json: String,
+    /// `files`: what the plugin may read through the `directory` interface.
+    pub files: Vec<PathBuf>,
+    /// `callouts`: the mailbox servers it may ask whether a recipient exists.
+    pub callouts: Vec<CalloutGrant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalloutProtocol {
+    Lmtp,
+    Smtp,
+}
+
+/// One entry of `[plugins.NAME] callouts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalloutGrant {
+    pub protocol: CalloutProtocol,
+    /// "host:port" as written.
+    pub target: String,
 }
 
 #[derive(Debug, Clone)]

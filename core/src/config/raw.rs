@@ -217,6 +217,12 @@ struct RawPlugin {
     timeout: Option<Spanned<String>>,
     memory: Option<Spanned<Size>>,
     config: Option<toml::Table>,
+    /// Files the plugin may read through the `directory` interface.
+    #[serde(default)]
+    files: Vec<Spanned<String>>,
+    /// Mailbox servers it may ask, "lmtp:HOST:PORT" or "smtp:HOST:PORT".
+    #[serde(default)]
+    callouts: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +288,37 @@ fn parse_size(text: &str) -> Result<u64, String> {
     number
         .checked_mul(factor)
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// A mailbox server a plugin may ask: `lmtp:HOST:PORT`, `smtp:HOST:PORT`,
+/// or `lmtp:unix:/path` (`smtp:unix:` too).
+fn parse_callout(text: &str) -> Result<CalloutGrant, String> {
+    let usage =
+        || format!("{text:?} is not \"lmtp:HOST:PORT\", \"smtp:HOST:PORT\" or \"lmtp:unix:/PATH\"");
+    let (protocol, target) = text.split_once(':').ok_or_else(usage)?;
+    let protocol = match protocol {
+        "lmtp" => CalloutProtocol::Lmtp,
+        "smtp" => CalloutProtocol::Smtp,
+        _ => return Err(usage()),
+    };
+    if let Some(path) = target.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(usage());
+        }
+        return Ok(CalloutGrant {
+            protocol,
+            target: target.to_owned(),
+        });
+    }
+    let (host, port) = target.rsplit_once(':').ok_or_else(usage)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(usage());
+    }
+    Ok(CalloutGrant {
+        protocol,
+        target: target.to_owned(),
+    })
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -567,6 +604,21 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
             None => "{}".to_owned(),
         };
+        let mut files = Vec::new();
+        for file in &plugin.files {
+            if file.get_ref().trim().is_empty() {
+                d.add(file.span(), format!("{key}.files"), "empty path");
+            } else {
+                files.push(PathBuf::from(file.get_ref()));
+            }
+        }
+        let mut callouts = Vec::new();
+        for callout in &plugin.callouts {
+            match parse_callout(callout.get_ref()) {
+                Ok(grant) => callouts.push(grant),
+                Err(e) => d.add(callout.span(), format!("{key}.callouts"), e),
+            }
+        }
         let allow = match &plugin.allow {
             None if matches!(source, PluginSource::Builtin(_)) => Capabilities::all(),
             None => Capabilities::NONE,
@@ -602,6 +654,8 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 timeout,
                 memory,
                 config_json,
+                files,
+                callouts,
             },
         );
     }
@@ -1606,6 +1660,63 @@ mod tests {
         }
         assert!(
             err.contains("\"bob\"") && err.contains("empty list"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plugin_file_and_callout_grants() {
+        let listener = "\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+        let text = "[plugins.r]\npath = \"builtin:recipients\"\nfiles = [\"/etc/sluice/recipients\"]\ncallouts = [\"lmtp:127.0.0.1:24\", \"smtp:[::1]:2525\", \"lmtp:unix:/run/dovecot/lmtp\"]\n";
+        let config = load_str(&format!("{text}{listener}"), "c.toml").unwrap();
+        let plugin = &config.plugins["r"];
+        assert_eq!(plugin.files, vec![PathBuf::from("/etc/sluice/recipients")]);
+        assert_eq!(
+            plugin.callouts,
+            vec![
+                CalloutGrant {
+                    protocol: CalloutProtocol::Lmtp,
+                    target: "127.0.0.1:24".into()
+                },
+                CalloutGrant {
+                    protocol: CalloutProtocol::Smtp,
+                    target: "[::1]:2525".into()
+                },
+                CalloutGrant {
+                    protocol: CalloutProtocol::Lmtp,
+                    target: "unix:/run/dovecot/lmtp".into()
+                },
+            ]
+        );
+        let relay = load_str(
+            &format!("[plugins.x]\npath = \"builtin:relay\"\n{listener}"),
+            "c.toml",
+        )
+        .unwrap();
+        assert!(relay.plugins["x"].files.is_empty() && relay.plugins["x"].callouts.is_empty());
+        for bad in [
+            "ldap:127.0.0.1:389",
+            "lmtp:127.0.0.1",
+            "smtp::25",
+            "lmtp:host:0",
+        ] {
+            let text = format!(
+                "[plugins.r]\npath = \"builtin:recipients\"\n\ncallouts = [\"{bad}\"]\n{listener}"
+            );
+            let err = load_str(&text, "c.toml").unwrap_err().to_string();
+            assert!(
+                err.contains("c.toml:4:") && err.contains("plugins.r.callouts"),
+                "{bad}: {err}"
+            );
+        }
+        let err = load_str(
+            &format!("[plugins.r]\npath = \"builtin:recipients\"\nfiles = [\"\"]\n{listener}"),
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("c.toml:3:") && err.contains("plugins.r.files"),
             "{err}"
         );
     }

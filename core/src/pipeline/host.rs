@@ -15,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::auth::SessionAuth;
 use super::bindings::sluice::filter::{auth, dns, host, kv, mail, types};
+use super::directory::Directory;
 use super::message::MessageResource;
 use super::sandbox;
 use crate::authn::{self, Authenticator};
@@ -31,6 +32,8 @@ pub struct HostServices {
     pub dns: Dns,
     /// SPF/DKIM/DMARC/ARC over that resolver, for the `auth` interface.
     pub authenticator: Authenticator,
+    /// Files and mailbox servers granted to plugins (`directory` interface).
+    pub directory: Arc<Directory>,
 }
 
 /// The data of one plugin instance's store.
@@ -101,7 +104,7 @@ impl HostState {
 
     /// How long a host call may still wait: the epoch deadline does not
     /// interrupt host code, so a host call must bound itself.
-    fn call_budget(&self) -> Duration {
+    pub(crate) fn call_budget(&self) -> Duration {
         self.host_cutoff.saturating_duration_since(Instant::now())
     }
 

@@ -80,27 +80,37 @@ impl MessageResource {
     }
 }
 
+/// How deep attached messages (message/rfc822 inside message/rfc822…) are
+/// opened; deeper ones are listed as attachments but not looked into.
+const MAX_NESTED_MESSAGES: usize = 8;
+
 fn parse_parts(bytes: &[u8]) -> ParsedParts {
-    let Some(message) = MessageParser::default().parse(bytes) else {
-        return ParsedParts {
-            texts: Vec::new(),
-            attachments: Vec::new(),
-        };
+    let mut parts = ParsedParts {
+        texts: Vec::new(),
+        attachments: Vec::new(),
     };
-    let mut texts = Vec::new();
+    if let Some(message) = MessageParser::default().parse(bytes) {
+        collect_parts(&message, &mut parts, 0);
+    }
+    parts
+}
+
+/// Adds a message's text parts and attachments, then those of every message
+/// attached to it (a forwarded message's text and files count as much as
+/// the outer ones: hiding them one level down must not hide them).
+fn collect_parts(message: &mail_parser::Message<'_>, parts: &mut ParsedParts, depth: usize) {
     for i in 0..message.text_body_count() {
         if let Some(text) = message.body_text(i) {
-            texts.push(text.into_owned());
+            parts.texts.push(text.into_owned());
         }
     }
     for i in 0..message.html_body_count() {
         if let Some(html) = message.body_html(i) {
-            texts.push(html.into_owned());
+            parts.texts.push(html.into_owned());
         }
     }
-    let attachments = message
-        .attachments()
-        .map(|part| AttachmentInfo {
+    for part in message.attachments() {
+        parts.attachments.push(AttachmentInfo {
             filename: part.attachment_name().map(str::to_owned),
             content_type: part
                 .content_type()
@@ -110,9 +120,13 @@ fn parse_parts(bytes: &[u8]) -> ParsedParts {
                 })
                 .unwrap_or_else(|| "application/octet-stream".to_owned()),
             size: part.len() as u64,
-        })
-        .collect();
-    ParsedParts { texts, attachments }
+        });
+        if depth < MAX_NESTED_MESSAGES {
+            if let Some(nested) = part.message() {
+                collect_parts(nested, parts, depth + 1);
+            }
+        }
+    }
 }
 
 /// Splits the header section (up to the first empty line) into fields,
@@ -231,5 +245,89 @@ mod tests {
         assert_eq!(m.attachments().len(), 1);
         assert_eq!(m.attachments()[0].filename.as_deref(), Some("x.zip"));
         assert_eq!(m.attachments()[0].content_type, "application/zip");
+    }
+
+    #[test]
+    fn encoded_parts_nested_multiparts_and_attached_messages_are_seen() {
+        let msg = concat!(
+            "Subject: outer\r\n",
+            "MIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=outer\r\n",
+            "\r\n",
+            "--outer\r\n",
+            "Content-Type: multipart/alternative; boundary=alt\r\n",
+            "\r\n",
+            "--alt\r\n",
+            "Content-Type: text/plain; charset=iso-8859-1\r\n",
+            "Content-Transfer-Encoding: quoted-printable\r\n",
+            "\r\n",
+            "caf=E9 au lait, soft=\r\n",
+            "break\r\n",
+            "--alt\r\n",
+            "Content-Type: text/html; charset=utf-8\r\n",
+            "Content-Transfer-Encoding: base64\r\n",
+            "\r\n",
+            "PHA+V2luIHRoZSBsb3R0ZXJ5PC9wPg==\r\n",
+            "--alt--\r\n",
+            "--outer\r\n",
+            "Content-Type: application/x-msdownload\r\n",
+            "Content-Disposition: attachment; filename=\"invoice.pdf.exe\"\r\n",
+            "Content-Transfer-Encoding: base64\r\n",
+            "\r\n",
+            "TVqQAA==\r\n",
+            "--outer\r\n",
+            "Content-Type: message/rfc822\r\n",
+            "\r\n",
+            "Subject: inner\r\n",
+            "Content-Type: multipart/mixed; boundary=inner\r\n",
+            "\r\n",
+            "--inner\r\n",
+            "Content-Type: text/plain\r\n",
+            "\r\n",
+            "forwarded words\r\n",
+            "--inner\r\n",
+            "Content-Type: application/javascript\r\n",
+            "Content-Disposition: attachment; filename=\"run.js\"\r\n",
+            "\r\n",
+            "alert(1)\r\n",
+            "--inner--\r\n",
+            "--outer--\r\n",
+        );
+        let m = MessageResource::new(Arc::from(msg.as_bytes()));
+        let texts = m.body_text();
+        assert!(
+            texts.iter().any(|t| t.contains("café au lait, softbreak")),
+            "{texts:?}"
+        );
+        assert!(
+            texts.iter().any(|t| t.contains("<p>Win the lottery</p>")),
+            "{texts:?}"
+        );
+        assert!(
+            texts.iter().any(|t| t.contains("forwarded words")),
+            "{texts:?}"
+        );
+        let names: Vec<_> = m
+            .attachments()
+            .iter()
+            .map(|a| (a.filename.as_deref(), a.content_type.as_str()))
+            .collect();
+        assert!(
+            names.contains(&(Some("invoice.pdf.exe"), "application/x-msdownload")),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&(Some("run.js"), "application/javascript")),
+            "{names:?}"
+        );
+        assert!(
+            names.iter().any(|(_, ct)| *ct == "message/rfc822"),
+            "{names:?}"
+        );
+        let exe = m
+            .attachments()
+            .iter()
+            .find(|a| a.filename.as_deref() == Some("invoice.pdf.exe"));
+        assert_eq!(exe.map(|a| a.size), Some(4));
     }
 }

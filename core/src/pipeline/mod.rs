@@ -9,6 +9,7 @@
 //! - `sandbox`: the imports a component may have, the capabilities checks
 //! - `auth`: a session's SPF/DKIM/DMARC/ARC results, computed on first ask
 //! - `message`: the message resource of the data stage
+//! - `directory`: files and mailbox servers granted to plugins
 //! - `verdict`, `session`: the host-side types the rest of sluice uses
 //! - `trace`: each plugin's answer, recorded for `sluice pipeline test`
 //! - `bindings`: the one `bindgen!`; its types never leave this module
@@ -21,6 +22,7 @@ pub mod auth;
 mod bindings;
 pub mod cache;
 pub mod chain;
+pub mod directory;
 pub mod engine;
 pub mod host;
 pub mod message;
@@ -128,6 +130,7 @@ impl PipelineSet {
             local_domains: config.domains.local.iter().cloned().collect(),
             dns: dns.clone(),
             authenticator: Authenticator::new(dns, &config.server.hostname),
+            directory: Arc::new(directory::Directory::new(&config.plugins)),
         });
         let state = crate::state::StateBackend::open(&config.state, spool)?;
         tracing::debug!(state = %state.describe(), "plugin state backend");

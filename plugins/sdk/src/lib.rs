@@ -321,6 +321,14 @@ pub mod auth {
     };
 }
 
+/// Files and mailbox servers the operator granted this plugin
+/// (`[plugins.NAME] files` and `callouts`); anything else is refused.
+pub mod directory {
+    pub use crate::bindings::sluice::filter::directory::{
+        callout_granted, lookup, verify_recipient, CalloutAnswer, CalloutProtocol,
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
