@@ -1,17 +1,22 @@
-"""What ships in config/: the production example passes check-config, and
+"""What ships in config/: the production and inbound examples pass
+check-config (config/inbound.toml is also started and probed by
+test_open_relay_nmap.py), and
 the systemd unit passes `systemd-analyze verify` (with the binary path
 pointed at the one under test)."""
 import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import BIN
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 
-def test_production_example_is_a_valid_configuration():
-    out = subprocess.run([BIN, "check-config", str(CONFIG / "production.toml")],
+@pytest.mark.parametrize("name", ["production.toml", "inbound.toml"])
+def test_shipped_examples_are_valid_configurations(name):
+    out = subprocess.run([BIN, "check-config", str(CONFIG / name)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
