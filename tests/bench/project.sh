@@ -3,7 +3,8 @@
 # writes a config from the BENCH_* variables and execs the release binary,
 # so the harness measures exactly one process.
 #
-#   PROJECT_CMD="bash $PWD/tests/bench/project.sh" ../shared/bench/run.sh project postfix haraka
+#   PROJECT_CMD="exec bash $PWD/tests/bench/project.sh" ../shared/bench/run.sh project postfix haraka
+# (`exec`, so the harness's SIGTERM reaches the server itself)
 #   SLUICE_BENCH_PIPELINE=minimal ...   # relay control only (the default)
 #   SLUICE_BENCH_PIPELINE=inbound ...   # five bundled plugins: ratelimit,
 #                                       # helo, antispoof, relay, content
@@ -15,7 +16,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
 bin="$CARGO_TARGET_DIR/release/sluice"
-if [ ! -x "$bin" ] || [ -n "$(find "$root/core" "$root/spool" "$root/plugins" "$root/wit" -newer "$bin" -type f -print -quit)" ]; then
+# Rebuilt when a source of the binary changed (the example plugins in
+# plugins/examples are not part of it).
+if [ ! -x "$bin" ] || [ -n "$(find "$root/core" "$root/spool" "$root/plugins" "$root/wit" \
+  -path "$root/plugins/examples" -prune -o -path "$root/plugins/target" -prune -o \
+  -newer "$bin" -type f -print -quit)" ]; then
   (cd "$root" && cargo build --release -p sluice >&2)
 fi
 

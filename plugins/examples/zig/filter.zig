@@ -17,15 +17,11 @@ fn slice(s: c.filter_string_t) []const u8 {
 
 export fn exports_filter_init(config: *c.filter_string_t, err: *c.filter_string_t) bool {
     defer c.filter_string_free(config);
-    const Config = struct { word: []const u8 = "" };
-    const parsed = std.json.parseFromSlice(Config, std.heap.c_allocator, slice(config.*), .{ .ignore_unknown_fields = true }) catch null;
-    defer if (parsed) |p| p.deinit();
-    const w = if (parsed) |p| p.value.word else "";
-    if (w.len == 0 or w.len > word_buf.len) {
-        c.filter_string_dup(err, "config needs a non-empty \"word\" of at most 64 characters");
+    if (!c.sluice_json_string(config, "word", &word_buf, word_buf.len)) {
+        c.filter_string_dup(err, "config needs a non-empty \"word\" of at most 63 characters");
         return false;
     }
-    word = std.ascii.lowerString(&word_buf, w);
+    word = std.ascii.lowerString(&word_buf, std.mem.sliceTo(&word_buf, 0));
     return true;
 }
 
@@ -40,13 +36,10 @@ export fn exports_filter_on_rcpt(session: *c.filter_session_t, recipient: *c.fil
 export fn exports_filter_on_data(session: *c.filter_session_t, message: c.filter_borrow_message_t, ret: *c.filter_data_result_t) void {
     defer c.sluice_filter_types_session_free(session);
     defer c.sluice_filter_mail_message_drop_borrow(message);
-    var name: c.filter_string_t = undefined;
-    var value: c.filter_string_t = .{ .ptr = null, .len = 0 };
-    c.filter_string_set(&name, "Subject");
-    _ = c.sluice_filter_mail_method_message_header(message, &name, &value);
-    defer c.filter_string_free(&value);
+    const subject = c.sluice_header(message, "Subject");
+    defer std.c.free(subject);
     ret.* = std.mem.zeroes(c.filter_data_result_t);
-    if (std.ascii.findIgnoreCase(slice(value), word) != null) {
+    if (std.ascii.findIgnoreCase(std.mem.span(subject), word) != null) {
         var text: [128]u8 = undefined;
         c.sluice_reject(&ret.verdict, 550, "5.7.1", std.mem.printSentinel(&text, "Subject contains \"{s}\"", .{word}, 0) catch "Subject refused");
         return;
