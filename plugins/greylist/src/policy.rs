@@ -31,12 +31,8 @@ pub enum ConfigError {
     Network(sluice_sdk::net::ParseError),
     #[error("greylist: {key}: {value:?} is neither a domain nor an address")]
     Pattern { key: &'static str, value: String },
-    #[error("greylist: {name} = {value} is longer than an address ({max} bits)")]
-    Prefix {
-        name: &'static str,
-        value: u8,
-        max: u8,
-    },
+    #[error("greylist: {0}")]
+    Prefix(sluice_sdk::net::PrefixTooLong),
 }
 
 /// Addresses (`user@example.org`) and domains (`example.org`, which also
@@ -214,20 +210,8 @@ impl Config {
         let json = if json.trim().is_empty() { "{}" } else { json };
         let raw: RawConfig =
             serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
-        if raw.ipv4_prefix > 32 {
-            return Err(ConfigError::Prefix {
-                name: "ipv4_prefix",
-                value: raw.ipv4_prefix,
-                max: 32,
-            });
-        }
-        if raw.ipv6_prefix > 128 {
-            return Err(ConfigError::Prefix {
-                name: "ipv6_prefix",
-                value: raw.ipv6_prefix,
-                max: 128,
-            });
-        }
+        sluice_sdk::net::check_prefixes(raw.ipv4_prefix, raw.ipv6_prefix)
+            .map_err(ConfigError::Prefix)?;
         Ok(Config {
             delay: seconds("delay", &raw.delay)?,
             expire: seconds("expire", &raw.expire)?,

@@ -33,12 +33,8 @@ pub enum ConfigError {
     WindowRange { index: usize },
     #[error("ratelimit: limit {index}: {what:?} are counted at connect, before the {key:?} is known; use key \"ip\" or \"network\"")]
     KeyNotKnown { index: usize, what: What, key: Key },
-    #[error("ratelimit: {name} = {value} is longer than an address ({max} bits)")]
-    Prefix {
-        name: &'static str,
-        value: u8,
-        max: u8,
-    },
+    #[error("ratelimit: {0}")]
+    Prefix(sluice_sdk::net::PrefixTooLong),
 }
 
 /// What a limit keys its counter on.
@@ -156,20 +152,8 @@ impl Config {
         let json = if json.trim().is_empty() { "{}" } else { json };
         let raw: RawConfig =
             serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
-        if raw.ipv4_prefix > 32 {
-            return Err(ConfigError::Prefix {
-                name: "ipv4_prefix",
-                value: raw.ipv4_prefix,
-                max: 32,
-            });
-        }
-        if raw.ipv6_prefix > 128 {
-            return Err(ConfigError::Prefix {
-                name: "ipv6_prefix",
-                value: raw.ipv6_prefix,
-                max: 128,
-            });
-        }
+        sluice_sdk::net::check_prefixes(raw.ipv4_prefix, raw.ipv6_prefix)
+            .map_err(ConfigError::Prefix)?;
         let exempt_networks = raw
             .exempt_networks
             .iter()

@@ -158,6 +158,40 @@ impl FromStr for Network {
     }
 }
 
+/// An `ipv4_prefix` / `ipv6_prefix` setting longer than its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixTooLong {
+    pub name: &'static str,
+    pub value: u8,
+    pub max: u8,
+}
+
+impl fmt::Display for PrefixTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} = {} is longer than an address ({} bits)",
+            self.name, self.value, self.max
+        )
+    }
+}
+
+impl std::error::Error for PrefixTooLong {}
+
+/// Checks the `ipv4_prefix` and `ipv6_prefix` settings of plugins that key
+/// state on the client's network (see [`Network::around`]).
+pub fn check_prefixes(ipv4_prefix: u8, ipv6_prefix: u8) -> Result<(), PrefixTooLong> {
+    for (name, value, max) in [
+        ("ipv4_prefix", ipv4_prefix, 32),
+        ("ipv6_prefix", ipv6_prefix, 128),
+    ] {
+        if value > max {
+            return Err(PrefixTooLong { name, value, max });
+        }
+    }
+    Ok(())
+}
+
 /// A list of networks, as a config key holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Networks(Vec<Network>);
@@ -362,6 +396,19 @@ mod tests {
         assert!(Networks::default().is_empty());
         let err = Networks::parse(&["127.0.0.0/8", "nope"]).unwrap_err();
         assert_eq!(err.to_string(), "\"nope\" is not valid (bad address)");
+    }
+
+    #[test]
+    fn prefix_lengths() {
+        assert_eq!(check_prefixes(24, 64), Ok(()));
+        assert_eq!(check_prefixes(32, 128), Ok(()));
+        let err = check_prefixes(33, 64).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ipv4_prefix = 33 is longer than an address (32 bits)"
+        );
+        let err = check_prefixes(24, 129).unwrap_err();
+        assert_eq!((err.name, err.value, err.max), ("ipv6_prefix", 129, 128));
     }
 
     #[test]
