@@ -29,6 +29,7 @@ pub struct Metrics {
     pub plugin_faults: CounterVec,
     pub shadow_verdicts: CounterVec,
     pub plugin_instances: CounterVec,
+    pub plugin_instance_reuses: CounterVec,
     pub plugin_loads: CounterVec,
     pub reloads: CounterVec,
     pub delivery_attempts: CounterVec,
@@ -80,7 +81,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     ),
     plugin_instances: CounterVec::new(
         "sluice_plugin_instances_total",
-        "Plugin instances created (instantiate + init): one per session per plugin, or per pool slot with instances = \"pooled\".",
+        "Plugin instances created (instantiate + init): one per session per plugin, or only when none is idle with instances = \"pooled\" or \"reused\".",
+        &["plugin"],
+    ),
+    plugin_instance_reuses: CounterVec::new(
+        "sluice_plugin_instance_reuses_total",
+        "Sessions that got an idle plugin instance kept from an earlier session (instances = \"pooled\" or \"reused\") instead of a new one.",
         &["plugin"],
     ),
     plugin_loads: CounterVec::new(
@@ -131,6 +137,7 @@ impl Metrics {
             &self.plugin_faults,
             &self.shadow_verdicts,
             &self.plugin_instances,
+            &self.plugin_instance_reuses,
             &self.plugin_loads,
             &self.reloads,
             &self.delivery_attempts,

@@ -37,7 +37,7 @@ ZONES = """zones = [
 ]"""
 
 
-def dnsbl_config(port, data, dns_port, extra=""):
+def dnsbl_config(port, data, dns_port, extra="", plugin=""):
     return f"""
 [server]
 hostname = "mx.example.test"
@@ -63,6 +63,7 @@ path = "builtin:relay"
 [plugins.dnsbl]
 path = "builtin:dnsbl"
 timeout = "5s"
+{plugin}
 
 [plugins.dnsbl.config]
 {ZONES}
@@ -82,10 +83,11 @@ retry = ["1s"]
 def dnsbl(tmp_path, dns_zone):
     servers = []
 
-    def start(extra=""):
+    def start(extra="", plugin=""):
         dns_port = dns_zone(zone())
         port = free_port()
-        server = Server(tmp_path, dnsbl_config(port, tmp_path / "data", dns_port, extra))
+        config = dnsbl_config(port, tmp_path / "data", dns_port, extra, plugin)
+        server = Server(tmp_path, config)
         servers.append(server)
         return server.start(port)
 
@@ -128,6 +130,27 @@ def test_clean_client_is_accepted(dnsbl):
     raw = session(server, "127.0.0.5")
     assert rcpt(raw)[0] == 250
     raw.close()
+
+
+def test_a_reused_instance_forgets_the_previous_sessions_lookups(dnsbl):
+    # One kept instance (the bundled default policy is "reused"), so the
+    # sessions below run one after another in the same guest.
+    server = dnsbl(plugin="pool_size = 1")
+    for source, helo, expected in [
+        ("127.0.0.2", "client.test", 554),
+        ("127.0.0.5", "client.test", 250),
+        ("127.0.0.5", "helo.spam.example", 554),
+        ("127.0.0.5", "client.test", 250),
+        ("127.0.0.2", "client.test", 554),
+    ]:
+        raw = session(server, source, helo=helo)
+        assert rcpt(raw)[0] == expected, (source, helo)
+        assert raw.cmd(b"QUIT")[0] == 221
+        raw.close()
+    log = server.log.read_text()
+    # The clean sessions made their own lookups, and were not refused for
+    # an earlier client's listing.
+    assert log.count("client host [127.0.0.2] listed by bl.test") == 2, log
 
 
 def test_weights_below_and_at_the_threshold(dnsbl):

@@ -521,6 +521,16 @@ pub enum InstancePolicy {
     /// At most `size` instances, each initialized once and lent to one
     /// session at a time, then reused by the next.
     Pooled { size: u32 },
+    /// Initialized once and kept for later sessions, without a bound on how
+    /// many sessions hold one at once; at most `idle` are kept unused. The
+    /// default of the bundled plugins, which reset their per-session state
+    /// when the session id changes.
+    Reused { idle: u32 },
+}
+
+impl InstancePolicy {
+    /// Idle instances a `reused` plugin keeps unless `pool_size` says.
+    pub const DEFAULT_IDLE: u32 = 32;
 }
 
 #[derive(Debug, Clone)]

@@ -641,7 +641,9 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
                 Capabilities::from_iter(granted)
             }
         };
-        let instances = resolve_instances(&mut d, &key, &plugin.instances, &plugin.pool_size);
+        let builtin = matches!(source, PluginSource::Builtin(_));
+        let instances =
+            resolve_instances(&mut d, &key, builtin, &plugin.instances, &plugin.pool_size);
         plugins.insert(
             name.clone(),
             PluginConfig {
@@ -1230,53 +1232,75 @@ fn resolve_dkim(d: &mut Diagnostics<'_>, raw: Option<&RawDkim>) -> DkimConfig {
     }
 }
 
-/// Largest `pool_size`: each pooled instance holds its memory for good.
+/// Largest `pool_size`: each kept instance holds its memory for good.
 const MAX_POOL_SIZE: i64 = 1024;
 
+/// `instances` and `pool_size`. Without `instances`, bundled plugins are
+/// `reused` (they reset their per-session state themselves) and plugin files
+/// `per-session` (a fresh instance is the only reset wasmtime has).
 fn resolve_instances(
     d: &mut Diagnostics<'_>,
     key: &str,
+    builtin: bool,
     policy: &Option<Spanned<String>>,
     pool_size: &Option<Spanned<i64>>,
 ) -> InstancePolicy {
-    let pooled = match policy {
-        None => false,
+    #[derive(PartialEq)]
+    enum Kind {
+        PerSession,
+        Pooled,
+        Reused,
+    }
+    let default = if builtin {
+        Kind::Reused
+    } else {
+        Kind::PerSession
+    };
+    let kind = match policy {
+        None => default,
         Some(text) => match text.get_ref().as_str() {
-            "per-session" => false,
-            "pooled" => true,
+            "per-session" => Kind::PerSession,
+            "pooled" => Kind::Pooled,
+            "reused" => Kind::Reused,
             other => {
                 d.add(
                     text.span(),
                     format!("{key}.instances"),
-                    format!("{other:?} is not \"per-session\" or \"pooled\""),
+                    format!("{other:?} is not \"per-session\", \"pooled\" or \"reused\""),
                 );
-                false
+                default
             }
         },
     };
-    match (pooled, pool_size) {
-        (false, None) => InstancePolicy::PerSession,
-        (false, Some(size)) => {
+    let size = match pool_size {
+        None => None,
+        Some(size) if kind == Kind::PerSession => {
             d.add(
                 size.span(),
                 format!("{key}.pool_size"),
-                "only applies with instances = \"pooled\"",
+                "only applies with instances = \"pooled\" or \"reused\"",
             );
-            InstancePolicy::PerSession
+            None
         }
-        (true, None) => InstancePolicy::Pooled { size: 4 },
-        (true, Some(size)) => match u32::try_from(*size.get_ref()) {
-            Ok(n) if (1..=MAX_POOL_SIZE).contains(size.get_ref()) => {
-                InstancePolicy::Pooled { size: n }
-            }
+        Some(size) => match u32::try_from(*size.get_ref()) {
+            Ok(n) if (1..=MAX_POOL_SIZE).contains(size.get_ref()) => Some(n),
             _ => {
                 d.add(
                     size.span(),
                     format!("{key}.pool_size"),
                     format!("must be between 1 and {MAX_POOL_SIZE}"),
                 );
-                InstancePolicy::PerSession
+                None
             }
+        },
+    };
+    match kind {
+        Kind::PerSession => InstancePolicy::PerSession,
+        Kind::Pooled => InstancePolicy::Pooled {
+            size: size.unwrap_or(4),
+        },
+        Kind::Reused => InstancePolicy::Reused {
+            idle: size.unwrap_or(InstancePolicy::DEFAULT_IDLE),
         },
     }
 }
@@ -1499,6 +1523,24 @@ mod tests {
             config.plugins["a"].instances,
             InstancePolicy::Pooled { size: 16 }
         );
+        let text = L.to_owned() + "instances = \"reused\"\npool_size = 8\n";
+        let config = load_str(&text, "c.toml").unwrap();
+        assert_eq!(
+            config.plugins["a"].instances,
+            InstancePolicy::Reused { idle: 8 }
+        );
+        // Bundled plugins reset their per-session state themselves.
+        let builtin = L.replace("a.wasm", "builtin:relay");
+        let config = load_str(&builtin, "c.toml").unwrap();
+        assert_eq!(
+            config.plugins["a"].instances,
+            InstancePolicy::Reused {
+                idle: InstancePolicy::DEFAULT_IDLE
+            }
+        );
+        let text = builtin + "instances = \"per-session\"\n";
+        let config = load_str(&text, "c.toml").unwrap();
+        assert_eq!(config.plugins["a"].instances, InstancePolicy::PerSession);
         for (bad, key) in [
             ("instances = \"shared\"\n", "plugins.a.instances"),
             ("pool_size = 4\n", "plugins.a.pool_size"),

@@ -65,15 +65,20 @@ pub struct LiveInstance {
     lease: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// A bounded pool of initialized instances, lent to one session at a time.
-/// Wasmtime cannot rewind an instance, so "reset" between sessions is the
-/// host side only (`HostState::rebind`); the guest's memory carries over,
-/// which is why pooling is opt-in, for guests that keep no per-session
-/// state in globals. An instance that faulted is dropped, never returned.
+/// Initialized instances kept between sessions (`instances = "pooled"` or
+/// `"reused"`). Wasmtime cannot rewind an instance, so "reset" between
+/// sessions is the host side only (`HostState::rebind`); the guest's memory
+/// carries over, which is why reuse is for guests that keep no per-session
+/// state in globals, or reset it when the session id changes (the bundled
+/// plugins). An instance that faulted is dropped, never returned.
 struct InstancePool {
+    /// How many idle instances are kept.
     size: u32,
     idle: std::sync::Mutex<Vec<LiveInstance>>,
-    permits: Arc<tokio::sync::Semaphore>,
+    /// `pooled`: at most `size` instances exist, lent one session at a
+    /// time. `reused`: none; a session that finds no idle instance gets a
+    /// new one, and one that comes back to a full idle list is dropped.
+    permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Plugin {
@@ -161,18 +166,24 @@ impl Plugin {
                 InstancePolicy::Pooled { size } => Some(InstancePool {
                     size,
                     idle: std::sync::Mutex::new(Vec::new()),
-                    permits: Arc::new(tokio::sync::Semaphore::new(
+                    permits: Some(Arc::new(tokio::sync::Semaphore::new(
                         usize::try_from(size).unwrap_or(1),
-                    )),
+                    ))),
+                }),
+                InstancePolicy::Reused { idle } => Some(InstancePool {
+                    size: idle,
+                    idle: std::sync::Mutex::new(Vec::new()),
+                    permits: None,
                 }),
             },
         })
     }
 
-    /// An instance for a session: a new one (per-session), or one from the
-    /// pool, created when the pool has none idle and is below its size. A
-    /// session that finds every pooled instance lent waits up to the
-    /// plugin's timeout.
+    /// An instance for a session: a new one (per-session), or an idle one
+    /// kept from an earlier session. With `pooled`, one is created only
+    /// below the pool's size, and a session that finds every instance lent
+    /// waits up to the plugin's timeout; with `reused`, a new one is
+    /// created whenever none is idle.
     pub async fn checkout(
         &self,
         session_id: &str,
@@ -182,16 +193,20 @@ impl Plugin {
         let Some(pool) = &self.pool else {
             return self.instantiate(session_id, services, auth).await;
         };
-        let lease =
-            match tokio::time::timeout(self.timeout, pool.permits.clone().acquire_owned()).await {
-                Ok(Ok(lease)) => lease,
-                Ok(Err(_)) | Err(_) => {
-                    return Err(format!(
-                        "instance pool exhausted: all {} instances busy for {:?}",
-                        pool.size, self.timeout
-                    ))
+        let lease = match &pool.permits {
+            None => None,
+            Some(permits) => {
+                match tokio::time::timeout(self.timeout, permits.clone().acquire_owned()).await {
+                    Ok(Ok(lease)) => Some(lease),
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(format!(
+                            "instance pool exhausted: all {} instances busy for {:?}",
+                            pool.size, self.timeout
+                        ))
+                    }
                 }
-            };
+            }
+        };
         let idle = pool
             .idle
             .lock()
@@ -200,23 +215,32 @@ impl Plugin {
         let mut live = match idle {
             Some(mut live) => {
                 live.store.data_mut().rebind(session_id, auth.clone());
+                METRICS.plugin_instance_reuses.inc(&[&self.name]);
                 live
             }
             None => self.instantiate(session_id, services, auth).await?,
         };
-        live.lease = Some(lease);
+        live.lease = lease;
         Ok(live)
     }
 
-    /// Gives a session's instance back when the session ends: a pooled one
-    /// goes back to the pool, any other is dropped.
+    /// Gives a session's instance back when the session ends: a pooled or
+    /// reused one is kept for the next session (a reused one only while
+    /// fewer than `pool_size` are idle), any other is dropped.
     pub fn release(&self, mut live: LiveInstance) {
         if let Some(pool) = &self.pool {
             let lease = live.lease.take();
-            pool.idle
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(live);
+            {
+                let mut idle = pool
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // A pooled plugin never has more than `size` instances, so
+                // only a reused one can find the list full.
+                if idle.len() < usize::try_from(pool.size).unwrap_or(usize::MAX) {
+                    idle.push(live);
+                }
+            }
             // Only now may a waiting session take the slot.
             drop(lease);
         }

@@ -5,10 +5,10 @@
 //! up; at or above `threshold` the session gets 554 5.7.1 with the zone and
 //! its TXT reason, either as soon as that is known (`reject_at =
 //! "connect"`) or at each RCPT except to postmaster (`reject_at = "rcpt"`).
-//! Lookups are made once per session and kept in statics (an instance
-//! lives for one session); a hook that runs before the others were called
-//! makes the missing lookups itself, so the plugin works in any stage it is
-//! listed in. The logic lives in [`policy`]; this file wires it to the host.
+//! Lookups are made once per session and kept in statics, dropped when a
+//! hook sees another session id (an instance serves sessions one after
+//! another); a hook that runs before the others were called makes the
+//! missing lookups itself, so the plugin works in any stage it is listed in. The logic lives in [`policy`]; this file wires it to the host.
 
 // On the host only the policy's unit tests run; the component glue needs
 // the wasm host imports.
@@ -32,6 +32,8 @@ mod component {
     #[derive(Default)]
     struct State {
         config: Config,
+        /// The session the lookups below belong to.
+        session_id: String,
         /// Whether the client address was looked up.
         ip_checked: bool,
         ip: Vec<Listing>,
@@ -84,6 +86,19 @@ mod component {
     }
 
     impl State {
+        /// Drops an earlier session's lookups: the instance is reused.
+        fn enter(&mut self, session: &Session) -> &mut Self {
+            if self.session_id != session.id {
+                let config = std::mem::take(&mut self.config);
+                *self = State {
+                    config,
+                    session_id: session.id.clone(),
+                    ..State::default()
+                };
+            }
+            self
+        }
+
         fn allowed(&self, session: &Session) -> bool {
             self.config.allow.contains_client(&session.client_ip)
         }
@@ -192,6 +207,7 @@ mod component {
 
         fn on_connect(session: &Session) -> Verdict {
             STATE.with_borrow_mut(|state| {
+                let state = state.enter(session);
                 if state.allowed(session) {
                     return Verdict::Next;
                 }
@@ -202,6 +218,7 @@ mod component {
 
         fn on_helo(session: &Session, helo: &str) -> Verdict {
             STATE.with_borrow_mut(|state| {
+                let state = state.enter(session);
                 if state.allowed(session) {
                     return Verdict::Next;
                 }
@@ -213,6 +230,7 @@ mod component {
 
         fn on_mail(session: &Session, reverse_path: Option<&Address>) -> Verdict {
             STATE.with_borrow_mut(|state| {
+                let state = state.enter(session);
                 // Authenticated clients are the server's own users, whatever
                 // network they send from.
                 if state.allowed(session) || session.is_authenticated() {
@@ -227,6 +245,7 @@ mod component {
 
         fn on_rcpt(session: &Session, recipient: &Address) -> Verdict {
             STATE.with_borrow_mut(|state| {
+                let state = state.enter(session);
                 if state.allowed(session) || session.is_authenticated() {
                     return Verdict::Next;
                 }

@@ -30,8 +30,9 @@ mod component {
     #[derive(Default)]
     struct State {
         config: Config,
-        /// The client's reverse DNS, once looked up.
-        rdns: Option<Rdns>,
+        /// The client's reverse DNS, once looked up, and the session it
+        /// belongs to (an instance serves sessions one after another).
+        rdns: Option<(String, Rdns)>,
     }
 
     thread_local! {
@@ -87,15 +88,19 @@ mod component {
                 return Verdict::Next;
             };
             let confirm = self.config.check_fcrdns;
-            let rdns = self.rdns.get_or_insert_with(|| {
-                policy::reverse_dns(
+            if self.rdns.as_ref().is_some_and(|(id, _)| *id != session.id) {
+                self.rdns = None;
+            }
+            let (_, rdns) = self.rdns.get_or_insert_with(|| {
+                let rdns = policy::reverse_dns(
                     ip,
                     confirm,
                     |ip| dns::ptr(ip).map_err(lookup_error),
                     |name, v6| {
                         if v6 { dns::aaaa(name) } else { dns::a(name) }.map_err(lookup_error)
                     },
-                )
+                );
+                (session.id.clone(), rdns)
             });
             if let Rdns::Temporary(e) = rdns {
                 log::warn(&format!("reverse DNS of {ip} failed: {e}"));

@@ -7,9 +7,12 @@
 //! verdicts a plugin returns go back to sluice's pipeline, which decides the
 //! stage.
 //!
-//! sluice creates one instance per session, so a plugin may keep per-session
-//! state in statics (`thread_local!`, `OnceLock`, `Cell`): they start empty
-//! for every connection. State that must outlive a session goes into [`kv`].
+//! sluice creates one instance per session by default, so a plugin may keep
+//! per-session state in statics (`thread_local!`, `OnceLock`, `Cell`): they
+//! start empty for every connection. With `instances = "reused"` (the
+//! default of the bundled plugins) an instance serves later sessions too, so
+//! such a plugin tags per-session statics with `Session::id` and starts over
+//! when it changes. State that must outlive a session goes into [`kv`].
 //!
 //! ```ignore
 //! use sluice_sdk::{Address, Filter, Session, Verdict};
@@ -55,8 +58,8 @@ pub use bindings::sluice::filter::types::{
 ///
 /// Every hook has a default that has no opinion ([`Verdict::Next`]), so a
 /// plugin only writes the stages it cares about. Hooks take no `self`: the
-/// host creates a fresh instance per session, and a plugin keeps whatever
-/// state it needs in statics.
+/// host creates a fresh instance per session (or reuses one, see the crate
+/// docs), and a plugin keeps whatever state it needs in statics.
 pub trait Filter: 'static {
     /// Called once per instance before any hook with the plugin's
     /// `[plugins.NAME.config]` table as JSON (`{}` when there is none). An
