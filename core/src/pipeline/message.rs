@@ -104,9 +104,16 @@ fn collect_parts(message: &mail_parser::Message<'_>, parts: &mut ParsedParts, de
             parts.texts.push(text.into_owned());
         }
     }
-    for i in 0..message.html_body_count() {
-        if let Some(html) = message.body_html(i) {
-            parts.texts.push(html.into_owned());
+    // The HTML parts as sent. A message without one lists its text/plain
+    // parts here too, which `body_html` would render as HTML: the same
+    // words again, at a cost, so those are left out.
+    for &id in &message.html_body {
+        if let Some(mail_parser::MessagePart {
+            body: mail_parser::PartType::Html(html),
+            ..
+        }) = message.part(id)
+        {
+            parts.texts.push(html.clone().into_owned());
         }
     }
     for part in message.attachments() {
@@ -245,6 +252,20 @@ mod tests {
         assert_eq!(m.attachments().len(), 1);
         assert_eq!(m.attachments()[0].filename.as_deref(), Some("x.zip"));
         assert_eq!(m.attachments()[0].content_type, "application/zip");
+    }
+
+    #[test]
+    fn each_text_part_is_listed_once_as_sent() {
+        let plain = b"Subject: s\r\n\r\nonly words\r\n";
+        let m = MessageResource::new(Arc::from(&plain[..]));
+        assert_eq!(m.body_text(), ["only words\r\n"]);
+        // An HTML-only message: its text rendering, then the HTML itself.
+        let html = b"Content-Type: text/html\r\n\r\n<p>Hi <b>there</b></p>\r\n";
+        let m = MessageResource::new(Arc::from(&html[..]));
+        let texts = m.body_text();
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(texts[0].contains("Hi there"), "{texts:?}");
+        assert!(texts[1].contains("<b>there</b>"), "{texts:?}");
     }
 
     #[test]
