@@ -104,10 +104,12 @@ impl SessionFilters {
         self.auth.enter(info, &arg).await;
         let mut allowed = false;
         let mut modifications = Vec::new();
+        // The same record for every plugin of the stage: converted once.
+        let session = wit_session(info);
         for &index in pipeline.stage(stage) {
             let plugin = &pipeline.plugins[index];
             let started = Instant::now();
-            let called = self.call(index, info, &arg).await;
+            let called = self.call(index, &session, &arg).await;
             let elapsed = started.elapsed();
             METRICS
                 .hook_seconds
@@ -246,7 +248,7 @@ impl SessionFilters {
     async fn call(
         &mut self,
         index: usize,
-        info: &SessionInfo,
+        session: &wit::Session,
         arg: &HookArg<'_>,
     ) -> Result<PluginAnswer, String> {
         let plugin = self.pipeline.plugins[index].clone();
@@ -258,7 +260,7 @@ impl SessionFilters {
                     .await?
             }
         };
-        let answer = invoke(&plugin, &mut live, info, arg).await?;
+        let answer = invoke(&plugin, &mut live, session, arg).await?;
         // Only an instance that answered cleanly is kept for the next hook.
         self.instances[index] = Some(live);
         Ok(answer)
@@ -319,25 +321,24 @@ fn outcome(outcome: StageOutcome) -> DataOutcome {
 async fn invoke(
     plugin: &Plugin,
     live: &mut LiveInstance,
-    info: &SessionInfo,
+    session: &wit::Session,
     arg: &HookArg<'_>,
 ) -> Result<PluginAnswer, String> {
-    let session = wit_session(info);
     plugin.arm_deadline(&mut live.store);
     let LiveInstance { store, filter, .. } = live;
     let call = async {
         let verdict = match arg {
-            HookArg::Connect => filter.call_on_connect(&mut *store, &session).await,
-            HookArg::Helo(helo) => filter.call_on_helo(&mut *store, &session, helo).await,
+            HookArg::Connect => filter.call_on_connect(&mut *store, session).await,
+            HookArg::Helo(helo) => filter.call_on_helo(&mut *store, session, helo).await,
             HookArg::Mail(path) => {
                 let path = path.map(wit_address);
                 filter
-                    .call_on_mail(&mut *store, &session, path.as_ref())
+                    .call_on_mail(&mut *store, session, path.as_ref())
                     .await
             }
             HookArg::Rcpt(rcpt) => {
                 filter
-                    .call_on_rcpt(&mut *store, &session, &wit_address(rcpt))
+                    .call_on_rcpt(&mut *store, session, &wit_address(rcpt))
                     .await
             }
             HookArg::Data(bytes) => {
@@ -347,7 +348,7 @@ async fn invoke(
                     .push(MessageResource::new(Arc::clone(bytes)))
                     .map_err(|e| e.to_string())?;
                 let borrowed = Resource::<MessageResource>::new_borrow(handle.rep());
-                let result = filter.call_on_data(&mut *store, &session, borrowed).await;
+                let result = filter.call_on_data(&mut *store, session, borrowed).await;
                 // The message outlives no call: drop the host side now.
                 let _ = store.data_mut().table.delete(handle);
                 return result
