@@ -34,7 +34,9 @@
 //!
 //! # Durability
 //! `enqueue`, `record_attempt` and the operator actions return only once
-//! their writes are flushed to disk. Flushes are group-committed: a single
+//! their writes are flushed to disk, except `record_attempt` when it removes
+//! a finished message: a removal lost in a crash means the message is
+//! delivered again, never lost. Flushes are group-committed: a single
 //! committer thread flushes once for all writers waiting at that moment, so
 //! concurrent sessions share each fsync. Key-value state is not waited for.
 
