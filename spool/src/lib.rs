@@ -6,7 +6,8 @@
 //! # Layout
 //! - `spool.rs`: [`Spool`] — enqueue, read, record attempts, operator actions.
 //! - `commit.rs`: the group-commit thread that owns `db.flush()`.
-//! - `entry.rs`: the records ([`NewMessage`], [`QueueEntry`], outcomes).
+//! - `entry.rs`: the records ([`NewMessage`], [`QueueEntry`], outcomes) and
+//!   [`MessageBytes`].
 //! - `id.rs`: [`QueueId`].
 //! - `kv.rs`: [`KvStore`], the plugins' key-value state.
 //! - `space.rs`: free space of the spool's filesystem, cached for a second.
@@ -49,8 +50,8 @@ mod space;
 mod spool;
 
 pub use entry::{
-    AttemptRecord, AttemptRecorded, NewMessage, QueueEntry, Recipient, RecipientOutcome,
-    RecipientStatus, HISTORY_LIMIT,
+    AttemptRecord, AttemptRecorded, MessageBytes, NewMessage, QueueEntry, Recipient,
+    RecipientOutcome, RecipientStatus, HISTORY_LIMIT,
 };
 pub use error::SpoolError;
 pub use id::{ParseQueueIdError, QueueId};

@@ -16,8 +16,8 @@ use crate::id::IdSequence;
 use crate::kv::KvStore;
 use crate::space::FreeSpace;
 use crate::{
-    AttemptRecord, AttemptRecorded, NewMessage, QueueEntry, QueueId, Recipient, RecipientOutcome,
-    RecipientStatus, SpoolError,
+    AttemptRecord, AttemptRecorded, MessageBytes, NewMessage, QueueEntry, QueueId, Recipient,
+    RecipientOutcome, RecipientStatus, SpoolError,
 };
 
 /// Tree holding `QueueId` (big-endian) → JSON `QueueEntry`.
@@ -244,9 +244,9 @@ impl Spool {
         }
     }
 
-    /// The raw message bytes.
-    pub fn message(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
-        Ok(self.inner.messages.get(id.to_key())?.map(|v| v.to_vec()))
+    /// The raw message bytes, shared with sled's cache rather than copied.
+    pub fn message(&self, id: QueueId) -> Result<Option<MessageBytes>, SpoolError> {
+        Ok(self.inner.messages.get(id.to_key())?.map(MessageBytes))
     }
 
     /// Every entry in the queue, oldest first (used for recovery at start and
@@ -956,7 +956,10 @@ mod tests {
 
         let spool = Spool::open(dir.path()).unwrap();
         let marker = marker.expect("marker line");
-        assert!(spool.entry(marker).unwrap().is_some(), "acknowledged marker lost");
+        assert!(
+            spool.entry(marker).unwrap().is_some(),
+            "acknowledged marker lost"
+        );
         // Removals before the marker were made durable by its commit.
         for id in &removed[..REMOVAL_BATCH] {
             assert_eq!(spool.entry(*id).unwrap(), None);
