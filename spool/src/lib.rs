@@ -6,7 +6,8 @@
 //! # Layout
 //! - `spool.rs`: [`Spool`] — enqueue, read, record attempts, operator actions.
 //! - `commit.rs`: the group-commit thread that owns `db.flush()`.
-//! - `entry.rs`: the records ([`NewMessage`], [`QueueEntry`], outcomes).
+//! - `entry.rs`: the records ([`NewMessage`], [`QueueEntry`], outcomes) and
+//!   [`MessageBytes`].
 //! - `id.rs`: [`QueueId`].
 //! - `kv.rs`: [`KvStore`], the plugins' key-value state.
 //! - `space.rs`: free space of the spool's filesystem, cached for a second.
@@ -34,7 +35,9 @@
 //!
 //! # Durability
 //! `enqueue`, `record_attempt` and the operator actions return only once
-//! their writes are flushed to disk. Flushes are group-committed: a single
+//! their writes are flushed to disk, except `record_attempt` when it removes
+//! a finished message: a removal lost in a crash means the message is
+//! delivered again, never lost. Flushes are group-committed: a single
 //! committer thread flushes once for all writers waiting at that moment, so
 //! concurrent sessions share each fsync. Key-value state is not waited for.
 
@@ -47,8 +50,8 @@ mod space;
 mod spool;
 
 pub use entry::{
-    AttemptRecord, AttemptRecorded, NewMessage, QueueEntry, Recipient, RecipientOutcome,
-    RecipientStatus, HISTORY_LIMIT,
+    AttemptRecord, AttemptRecorded, MessageBytes, NewMessage, QueueEntry, Recipient,
+    RecipientOutcome, RecipientStatus, HISTORY_LIMIT,
 };
 pub use error::SpoolError;
 pub use id::{ParseQueueIdError, QueueId};

@@ -3,7 +3,8 @@
 //! scheduler reads them back with `entries`/`entry`/`message` and reports each
 //! attempt through `record_attempt`, which drops the message once every
 //! recipient is final. Every mutation of the queue is made durable through the
-//! committer (`commit.rs`) before it returns.
+//! committer (`commit.rs`) before it returns, except that final removal
+//! (see `record_attempt`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +16,8 @@ use crate::id::IdSequence;
 use crate::kv::KvStore;
 use crate::space::FreeSpace;
 use crate::{
-    AttemptRecord, AttemptRecorded, NewMessage, QueueEntry, QueueId, Recipient, RecipientOutcome,
-    RecipientStatus, SpoolError,
+    AttemptRecord, AttemptRecorded, MessageBytes, NewMessage, QueueEntry, QueueId, Recipient,
+    RecipientOutcome, RecipientStatus, SpoolError,
 };
 
 /// Tree holding `QueueId` (big-endian) → JSON `QueueEntry`.
@@ -243,9 +244,9 @@ impl Spool {
         }
     }
 
-    /// The raw message bytes.
-    pub fn message(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
-        Ok(self.inner.messages.get(id.to_key())?.map(|v| v.to_vec()))
+    /// The raw message bytes, shared with sled's cache rather than copied.
+    pub fn message(&self, id: QueueId) -> Result<Option<MessageBytes>, SpoolError> {
+        Ok(self.inner.messages.get(id.to_key())?.map(MessageBytes))
     }
 
     /// Every entry in the queue, oldest first (used for recovery at start and
@@ -291,7 +292,8 @@ impl Spool {
     /// (None when no recipient is left pending/deferred; stored as 0). Durable
     /// when it returns (group commit). If every recipient is now final
     /// (Delivered or Failed), the entry and its message are removed instead,
-    /// and Ok(Removed) is returned.
+    /// and Ok(Removed) is returned without waiting for disk: the removal
+    /// becomes durable with the next commit or sled's background flush.
     ///
     /// An outcome for a recipient that is already final is ignored (and
     /// logged): a final recipient never goes back to being delivered.
@@ -308,13 +310,21 @@ impl Spool {
             entry.next_attempt = next_attempt.unwrap_or(0);
             Ok(entry.is_finished())
         })?;
-        let recorded = match changed {
-            None => return Ok(AttemptRecorded::NotFound),
-            Some(Change::Removed) => AttemptRecorded::Removed,
-            Some(Change::Updated) => AttemptRecorded::Updated,
-        };
-        self.inner.committer.commit().await?;
-        Ok(recorded)
+        match changed {
+            None => Ok(AttemptRecorded::NotFound),
+            // Not waited for: the entry goes before its bytes, so a crash
+            // leaves the message whole (delivered once more, never lost) or
+            // bytes without entry (deleted at open). Postfix does not fsync
+            // its unlink after delivery either, and DSNs are committed before
+            // the attempt is recorded. Spares each delivered message a flush.
+            Some(Change::Removed) => Ok(AttemptRecorded::Removed),
+            // Deferred state and history must survive: a lost one would
+            // retry too early and forget the delay warning already sent.
+            Some(Change::Updated) => {
+                self.inner.committer.commit().await?;
+                Ok(AttemptRecorded::Updated)
+            }
+        }
     }
 
     /// Holds (`true`) or releases (`false`) a message for the operator.
@@ -859,6 +869,163 @@ mod tests {
             assert!(spool.message(entry.id).unwrap().is_some());
         }
         assert!(spool.len() >= CRASH_ACKED);
+    }
+
+    /// Environment variable telling the removal child where its spool is.
+    const REMOVAL_CHILD_DIR: &str = "SLUICE_SPOOL_REMOVAL_CHILD_DIR";
+    /// Messages the removal child delivers before and after its marker.
+    const REMOVAL_BATCH: usize = 10;
+
+    /// The child half of `kill9_after_unflushed_removal_redelivers_at_worst`:
+    /// queues two batches, records each first batch message as delivered
+    /// (removed, not flushed), queues a marker (whose commit carries those
+    /// removals), removes the second batch, and waits to be killed.
+    #[test]
+    #[ignore = "run as a child process by kill9_after_unflushed_removal_redelivers_at_worst"]
+    fn removal_crash_child() {
+        let dir = std::env::var(REMOVAL_CHILD_DIR)
+            .expect("removal_crash_child only runs as a child of the kill -9 test");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let spool = Spool::open(Path::new(&dir)).unwrap();
+            let mut ids = Vec::new();
+            for n in 0..2 * REMOVAL_BATCH {
+                let id = spool.enqueue(new_message(n, 1)).await.unwrap();
+                println!("queued {id} {n}");
+                ids.push(id);
+            }
+            let delivered = || vec![outcome(0, RecipientStatus::Delivered, "250 ok")];
+            for id in &ids[..REMOVAL_BATCH] {
+                let recorded = spool.record_attempt(*id, delivered(), None).await;
+                assert_eq!(recorded.unwrap(), AttemptRecorded::Removed);
+                println!("removed {id}");
+            }
+            let marker = spool.enqueue(new_message(99, 1)).await.unwrap();
+            println!("marker {marker}");
+            for id in &ids[REMOVAL_BATCH..] {
+                let recorded = spool.record_attempt(*id, delivered(), None).await;
+                assert_eq!(recorded.unwrap(), AttemptRecorded::Removed);
+                println!("removed {id}");
+            }
+            println!("done");
+            // Killed here, typically before sled's background flush.
+            std::future::pending::<()>().await;
+        });
+    }
+
+    #[test]
+    fn kill9_after_unflushed_removal_redelivers_at_worst() {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "spool::tests::removal_crash_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(REMOVAL_CHILD_DIR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        let stdout = child.0.stdout.take().unwrap();
+        let mut queued = Vec::new();
+        let mut removed = Vec::new();
+        let mut marker = None;
+        let mut done = false;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("queued ") {
+                let (id, n) = rest.split_once(' ').unwrap();
+                queued.push((id.parse::<QueueId>().unwrap(), n.parse::<usize>().unwrap()));
+            } else if let Some(id) = line.strip_prefix("removed ") {
+                removed.push(id.parse::<QueueId>().unwrap());
+            } else if let Some(id) = line.strip_prefix("marker ") {
+                marker = Some(id.parse::<QueueId>().unwrap());
+            } else if line == "done" {
+                done = true;
+                // SIGKILL: no destructor, no flush.
+                child.0.kill().unwrap();
+                break;
+            }
+        }
+        let status = child.0.wait().unwrap();
+        assert!(done, "child exited early: {status}");
+        assert_eq!(removed.len(), 2 * REMOVAL_BATCH);
+
+        let spool = Spool::open(dir.path()).unwrap();
+        let marker = marker.expect("marker line");
+        assert!(
+            spool.entry(marker).unwrap().is_some(),
+            "acknowledged marker lost"
+        );
+        // Removals before the marker were made durable by its commit.
+        for id in &removed[..REMOVAL_BATCH] {
+            assert_eq!(spool.entry(*id).unwrap(), None);
+            assert_eq!(spool.message(*id).unwrap(), None);
+        }
+        // Later ones are gone, or back whole and still to be delivered.
+        let mut redelivered = 0;
+        for (id, n) in &queued[REMOVAL_BATCH..] {
+            match spool.entry(*id).unwrap() {
+                None => assert_eq!(spool.message(*id).unwrap(), None),
+                Some(entry) => {
+                    redelivered += 1;
+                    assert_eq!(entry.reverse_path, format!("sender{n}@example.org"));
+                    assert!(attemptable_again(&entry), "{entry:?}");
+                    assert_eq!(
+                        spool.message(*id).unwrap().unwrap(),
+                        new_message(*n, 1).message
+                    );
+                }
+            }
+        }
+        println!("{redelivered} of {REMOVAL_BATCH} unflushed removals came back");
+        let listed = spool.entries().unwrap();
+        assert_eq!(listed.len(), spool.len());
+        assert_eq!(spool.len(), 1 + redelivered);
+    }
+
+    /// Whether a recovered entry still has a recipient to deliver to.
+    fn attemptable_again(entry: &QueueEntry) -> bool {
+        entry
+            .recipients
+            .iter()
+            .any(|r| r.status == RecipientStatus::Pending)
+    }
+
+    #[tokio::test]
+    async fn removal_is_not_flushed_but_updates_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = spool.enqueue(new_message(1, 2)).await.unwrap();
+        let before = spool.flush_count();
+        let recorded = spool
+            .record_attempt(
+                id,
+                vec![outcome(0, RecipientStatus::Deferred, "451 4.3.0 busy")],
+                Some(1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(recorded, AttemptRecorded::Updated);
+        assert_eq!(spool.flush_count(), before + 1);
+        let recorded = spool
+            .record_attempt(
+                id,
+                vec![
+                    outcome(0, RecipientStatus::Delivered, "250 ok"),
+                    outcome(1, RecipientStatus::Failed, "550 no"),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(recorded, AttemptRecorded::Removed);
+        assert_eq!(spool.flush_count(), before + 1);
+        assert_eq!(spool.entry(id).unwrap(), None);
+        assert!(spool.is_empty());
     }
 
     struct KillOnDrop(std::process::Child);

@@ -8,7 +8,9 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_spool::{NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool};
+use sluice_spool::{
+    MessageBytes, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool,
+};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::dsn::{self, RecipientReport, ReportKind};
@@ -231,7 +233,7 @@ impl Deliverer {
             }
         };
         let message = match self.spool.message(id) {
-            Ok(Some(message)) => Arc::new(message),
+            Ok(Some(message)) => message,
             Ok(None) => return None,
             Err(e) => {
                 tracing::error!(queue_id = %id, "cannot read message: {e}");
@@ -244,7 +246,7 @@ impl Deliverer {
 
     /// Delivers to every recipient still due, grouped so each destination
     /// gets one transaction.
-    async fn deliver_all(&self, entry: &QueueEntry, message: &Arc<Vec<u8>>) -> Vec<Result1> {
+    async fn deliver_all(&self, entry: &QueueEntry, message: &MessageBytes) -> Vec<Result1> {
         let id_text = entry.id.to_string();
         let mut results = Vec::new();
         let mut lmtp: Vec<(usize, String)> = Vec::new();
@@ -329,7 +331,7 @@ impl Deliverer {
         reverse_path: &str,
         local: &str,
         domain: &str,
-        message: &Arc<Vec<u8>>,
+        message: &MessageBytes,
     ) -> RecipientResult {
         let (root, hostname, queue_id, reverse_path, local, domain, message) = (
             self.settings.maildir_root.clone(),

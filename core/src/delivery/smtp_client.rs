@@ -2,9 +2,10 @@
 //! EHLO (HELO when refused) or LHLO, STARTTLS by policy, MAIL with SIZE,
 //! BODY and SMTPUTF8 when the server offers them, one RCPT per recipient
 //! with its own result, DATA with the dot-stuffed message and terminator in
-//! one write (TCP_NODELAY). With PIPELINING (RFC 2920) MAIL, every RCPT
-//! and DATA go out in one write. LMTP (RFC 2033) reads one reply per
-//! accepted recipient after the message.
+//! one write (TCP_NODELAY). With PIPELINING (RFC 2920) RSET (on a pooled
+//! connection), MAIL, every RCPT and DATA go out in one write, so a message
+//! costs two writes. LMTP (RFC 2033) reads one reply per accepted recipient
+//! after the message.
 //!
 //! `deliver` tries the targets in order (MX hosts by preference, or a
 //! route's addresses) until one takes the transaction; idle connections
@@ -27,6 +28,9 @@ use crate::smtp::data::dot_stuff;
 const MAX_REPLY_LINE: u64 = 4096;
 /// Lines in one multi-line reply (EHLO lists a dozen or so).
 const MAX_REPLY_LINES: usize = 200;
+/// A pooled connection keeps its write buffer up to this size; the buffer
+/// of a larger message is freed rather than held while idle.
+const KEPT_BUFFER: usize = 256 * 1024;
 
 /// Client timeouts, RFC 5321 §4.5.3.2.
 #[derive(Debug, Clone)]
@@ -166,6 +170,10 @@ enum ClientError {
     TlsRequired(String),
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(String),
+    /// A pooled connection failed its RSET: the server closed it while it
+    /// was idle. Not a failure of the target; a fresh connection is tried.
+    #[error("pooled connection no longer usable")]
+    Stale,
 }
 
 /// Idle connections, kept after a transaction so the next message to the
@@ -204,6 +212,9 @@ struct Connection {
     stream: BufReader<ClientStream>,
     caps: Capabilities,
     tls: Option<String>,
+    /// Pipelined commands, then the stuffed message, are built here and
+    /// sent with one write each; kept so messages reuse the allocation.
+    out: Vec<u8>,
 }
 
 impl Connection {
@@ -244,6 +255,12 @@ impl Connection {
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.stream.get_mut().write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Writes what was built in `out`.
+    async fn send_out(&mut self) -> Result<(), ClientError> {
+        self.stream.get_mut().write_all(&self.out).await?;
         Ok(())
     }
 
@@ -292,31 +309,36 @@ async fn deliver_to(
     envelope: &Envelope<'_>,
 ) -> Result<Outcome, ClientError> {
     let key = format!("{protocol:?} {} {tls:?}", target.address);
-    // A pooled connection the server closed meanwhile fails at RSET; a
-    // fresh one is opened then.
-    let mut conn = match ctx.pool.take(&key) {
-        Some(mut conn) => match conn.command("RSET", ctx.timeouts.command).await {
-            Ok(reply) if reply.code == 250 => Some(conn),
-            _ => None,
-        },
-        None => None,
-    };
-    if conn.is_none() {
-        conn = Some(match open(ctx, target, protocol, tls).await {
-            // Opportunistic TLS that fails is retried in clear text, as
-            // RFC 7435 expects: encryption is a bonus, not a condition.
-            Err(ClientError::TlsHandshake(e)) if tls == OutboundTls::Opportunistic => {
-                tracing::info!(host = %target.host, "TLS handshake failed ({e}); retrying without TLS");
-                open(ctx, target, protocol, OutboundTls::None).await?
-            }
-            other => other?,
-        });
+    // A pooled connection the server closed meanwhile fails at RSET (sent
+    // ahead of the transaction); a fresh one is opened then.
+    let mut pooled = None;
+    if let Some(mut conn) = ctx.pool.take(&key) {
+        match transaction(&mut conn, &ctx.timeouts, protocol, envelope, true).await {
+            Ok(results) => pooled = Some((conn, results)),
+            Err(ClientError::Stale) => {}
+            Err(e) => return Err(e),
+        }
     }
-    let Some(mut conn) = conn else {
-        return Err(ClientError::Closed);
+    let (mut conn, results) = match pooled {
+        Some(done) => done,
+        None => {
+            let mut conn = match open(ctx, target, protocol, tls).await {
+                // Opportunistic TLS that fails is retried in clear text, as
+                // RFC 7435 expects: encryption is a bonus, not a condition.
+                Err(ClientError::TlsHandshake(e)) if tls == OutboundTls::Opportunistic => {
+                    tracing::info!(host = %target.host, "TLS handshake failed ({e}); retrying without TLS");
+                    open(ctx, target, protocol, OutboundTls::None).await?
+                }
+                other => other?,
+            };
+            let results = transaction(&mut conn, &ctx.timeouts, protocol, envelope, false).await?;
+            (conn, results)
+        }
     };
-    let results = transaction(&mut conn, &ctx.timeouts, protocol, envelope).await?;
     let tls = conn.tls.clone();
+    if conn.out.capacity() > KEPT_BUFFER {
+        conn.out = Vec::new();
+    }
     ctx.pool.put(key, conn);
     Ok(Outcome {
         results,
@@ -356,6 +378,7 @@ async fn open(
         stream: BufReader::new(stream),
         caps: Capabilities::default(),
         tls: None,
+        out: Vec::new(),
     };
     let greeting = conn.read_reply(t.greeting).await?;
     if greeting.code != 220 {
@@ -415,6 +438,7 @@ async fn open(
         stream: BufReader::new(stream),
         caps: Capabilities::default(),
         tls: description,
+        out: Vec::new(),
     };
     // RFC 3207 §4.2: everything learned before TLS is forgotten.
     hello(&mut conn, &ctx.hostname, protocol, t.command).await?;
@@ -449,7 +473,8 @@ async fn hello(
 
 /// Whether a message needs 8BITMIME: any octet above 127.
 fn has_eight_bit(message: &[u8]) -> bool {
-    message.iter().any(|b| *b >= 0x80)
+    // std's check goes a word at a time.
+    !message.is_ascii()
 }
 
 /// The MAIL command with the parameters the server understands.
@@ -470,11 +495,14 @@ fn mail_command(caps: &Capabilities, envelope: &Envelope<'_>, utf8: bool) -> Str
 /// One mail transaction; the connection stays usable after it. An error
 /// is returned for failures that another target might not have (the
 /// connection broke, MAIL got a 4xx), results for everything else.
+/// `reset` (a pooled connection) sends RSET first, pipelined with the rest
+/// when the server allows; `Stale` if that RSET fails.
 async fn transaction(
     conn: &mut Connection,
     timeouts: &ClientTimeouts,
     protocol: Protocol,
     envelope: &Envelope<'_>,
+    reset: bool,
 ) -> Result<Vec<RecipientResult>, ClientError> {
     let recipients = envelope.recipients;
     let all = |result: RecipientResult| recipients.iter().map(|_| result.clone()).collect();
@@ -495,12 +523,32 @@ async fn transaction(
     let mail = mail_command(&conn.caps, envelope, utf8);
 
     let (mail_reply, rcpt_replies, data_reply) = if conn.caps.pipelining {
-        let mut batch = format!("{mail}\r\n");
-        for rcpt in recipients {
-            batch.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+        let out = &mut conn.out;
+        out.clear();
+        if reset {
+            out.extend_from_slice(b"RSET\r\n");
         }
-        batch.push_str("DATA\r\n");
-        conn.send(batch.as_bytes()).await?;
+        out.extend_from_slice(mail.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for rcpt in recipients {
+            out.extend_from_slice(b"RCPT TO:<");
+            out.extend_from_slice(rcpt.as_bytes());
+            out.extend_from_slice(b">\r\n");
+        }
+        out.extend_from_slice(b"DATA\r\n");
+        let sent = conn.send_out().await;
+        if reset {
+            // A closed connection shows at the write or at the first reply.
+            let rset = match sent {
+                Ok(()) => conn.read_reply(timeouts.command).await,
+                Err(e) => Err(e),
+            };
+            if !matches!(rset, Ok(ServerReply { code: 250, .. })) {
+                return Err(ClientError::Stale);
+            }
+        } else {
+            sent?;
+        }
         let mail_reply = conn.read_reply(timeouts.command).await?;
         let mut rcpt_replies = Vec::with_capacity(recipients.len());
         for _ in recipients {
@@ -509,6 +557,14 @@ async fn transaction(
         let data_reply = conn.read_reply(timeouts.data_init).await?;
         (mail_reply, rcpt_replies, Some(data_reply))
     } else {
+        if reset
+            && !matches!(
+                conn.command("RSET", timeouts.command).await,
+                Ok(ServerReply { code: 250, .. })
+            )
+        {
+            return Err(ClientError::Stale);
+        }
         let mail_reply = conn.command(&mail, timeouts.command).await?;
         let mut rcpt_replies = Vec::with_capacity(recipients.len());
         if mail_reply.code == 250 {
@@ -557,9 +613,9 @@ async fn transaction(
             .map(|r| r.unwrap_or_else(|| classify(&data_reply)))
             .collect());
     }
-    let mut body = Vec::with_capacity(envelope.message.len() + envelope.message.len() / 50 + 8);
-    dot_stuff(envelope.message, &mut body);
-    conn.send(&body).await?;
+    conn.out.clear();
+    dot_stuff(envelope.message, &mut conn.out);
+    conn.send_out().await?;
     match protocol {
         Protocol::Smtp => {
             let reply = conn.read_reply(timeouts.data_end).await?;
@@ -652,6 +708,130 @@ mod tests {
             format!(
                 "MAIL FROM:<a@example.org> SIZE={} BODY=8BITMIME SMTPUTF8",
                 envelope.message.len()
+            )
+        );
+    }
+
+    /// A next hop for the pool test: PIPELINING, answers everything, keeps
+    /// each message and the chunks that held the commands; closes its first
+    /// connection after one message, as a server timing out an idle client.
+    async fn scripted_next_hop(
+        listener: tokio::net::TcpListener,
+        log: Arc<Mutex<HopLog>>,
+    ) -> std::io::Result<()> {
+        for connection in 0.. {
+            let (mut tcp, _) = listener.accept().await?;
+            tcp.write_all(b"220 hop\r\n").await?;
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 8192];
+            let mut in_data = false;
+            'conn: loop {
+                let n = tcp.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                pending.extend_from_slice(&buf[..n]);
+                if !in_data {
+                    log.lock().unwrap().chunks.push(buf[..n].to_vec());
+                }
+                let mut replies = Vec::new();
+                loop {
+                    if in_data {
+                        let Some(end) = pending.windows(5).position(|w| w == b"\r\n.\r\n") else {
+                            break;
+                        };
+                        log.lock()
+                            .unwrap()
+                            .messages
+                            .push(pending[..end + 5].to_vec());
+                        pending.drain(..end + 5);
+                        in_data = false;
+                        replies.extend_from_slice(b"250 queued\r\n");
+                        if connection == 0 {
+                            tcp.write_all(&replies).await?;
+                            break 'conn;
+                        }
+                        continue;
+                    }
+                    let Some(lf) = pending.iter().position(|&b| b == b'\n') else {
+                        break;
+                    };
+                    let line: Vec<u8> = pending.drain(..=lf).collect();
+                    match &line[..4] {
+                        b"EHLO" => replies.extend_from_slice(b"250-hop\r\n250 PIPELINING\r\n"),
+                        b"DATA" => {
+                            replies.extend_from_slice(b"354 go\r\n");
+                            in_data = true;
+                        }
+                        _ => replies.extend_from_slice(b"250 ok\r\n"),
+                    }
+                }
+                tcp.write_all(&replies).await?;
+            }
+        }
+        Ok(())
+    }
+
+    #[derive(Default)]
+    struct HopLog {
+        /// What each read before DATA returned.
+        chunks: Vec<Vec<u8>>,
+        /// Each message as received, stuffed, with its terminator.
+        messages: Vec<Vec<u8>>,
+    }
+
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn pooled_connection_pipelines_rset_and_survives_a_server_close() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(HopLog::default()));
+        let server = tokio::spawn(scripted_next_hop(listener, Arc::clone(&log)));
+        let ctx = ClientContext {
+            hostname: "client.test".into(),
+            timeouts: ClientTimeouts::default(),
+            tls: OutboundTlsConfig::new(None).unwrap(),
+            pool: ConnectionPool::new(Duration::from_secs(3600)),
+        };
+        let targets = [Target {
+            host: "hop.test".into(),
+            address: TargetAddress::Tcp(address),
+        }];
+        let recipients = vec!["r@example.test".to_owned()];
+        let bodies: [&[u8]; 3] = [b"Subject: 1\r\n\r\n.one\r\n", b"two\n.\n", b"three"];
+        for body in bodies {
+            let envelope = Envelope {
+                reverse_path: "s@example.test",
+                recipients: &recipients,
+                message: body,
+            };
+            let outcome =
+                deliver(&ctx, &targets, Protocol::Smtp, OutboundTls::None, &envelope).await;
+            assert!(
+                matches!(outcome.results[..], [RecipientResult::Delivered(_)]),
+                "{outcome:?}"
+            );
+        }
+        server.abort();
+        let log = log.lock().unwrap();
+        // The second message found its pooled connection closed and went
+        // over a fresh one; nothing was sent twice.
+        assert_eq!(
+            log.messages,
+            vec![
+                b"Subject: 1\r\n\r\n..one\r\n.\r\n".to_vec(),
+                b"two\r\n..\r\n.\r\n".to_vec(),
+                b"three\r\n.\r\n".to_vec(),
+            ]
+        );
+        // The third reused the second's connection: RSET, MAIL, RCPT and
+        // DATA came in one write.
+        assert_eq!(
+            log.chunks.last().map(Vec::as_slice),
+            Some(
+                &b"RSET\r\nMAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n"[..]
             )
         );
     }

@@ -753,19 +753,23 @@ impl Session {
             max_line: MAX_TEXT_LINE,
         };
         let mut receiver = DataReceiver::new(limits);
-        let mut pending = self.input.take_remaining();
+        let pending = self.input.take_remaining();
+        if let DataProgress::Done { consumed } = receiver.feed(&pending) {
+            // Whatever followed the terminator is the next command.
+            self.input.push(&pending[consumed..]);
+            return Ok(Some(receiver.finish()));
+        }
         let timeout = self.ctx.config.server.timeouts.data_block;
         loop {
-            if let DataProgress::Done { consumed } = receiver.feed(&pending) {
-                // Whatever followed the terminator is the next command.
-                self.input.push(&pending[consumed..]);
-                return Ok(Some(receiver.finish()));
-            }
             match tokio::time::timeout(timeout, self.stream.read(&mut self.read_buf)).await {
                 Ok(Ok(0)) => return Ok(None),
+                // Fed straight from the read buffer: the receiver copies
+                // only the message.
                 Ok(Ok(n)) => {
-                    pending.clear();
-                    pending.extend_from_slice(&self.read_buf[..n]);
+                    if let DataProgress::Done { consumed } = receiver.feed(&self.read_buf[..n]) {
+                        self.input.push(&self.read_buf[consumed..n]);
+                        return Ok(Some(receiver.finish()));
+                    }
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {

@@ -166,10 +166,7 @@ impl DataReceiver {
                 }
                 State::InLine => {
                     // Copy the run of ordinary bytes in one go.
-                    let run = input[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .unwrap_or(input.len() - i);
+                    let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                     if run > 0 {
                         self.content(&input[i..i + run]);
                         i += run;
@@ -249,23 +246,26 @@ impl DataReceiver {
 /// receiver stores it.
 pub fn dot_stuff(message: &[u8], out: &mut Vec<u8>) {
     out.reserve(message.len() + message.len() / 64 + 5);
-    let mut line_start = true;
-    let mut prev = 0u8;
-    for &b in message {
-        match b {
-            b'\n' => {
-                if prev != b'\r' {
-                    out.push(b'\r');
-                }
-                out.push(b'\n');
-            }
-            b'.' if line_start => out.extend_from_slice(b".."),
-            _ => out.push(b),
-        }
-        line_start = b == b'\n';
-        prev = b;
+    // Copies whole lines at a time: only a line end can call for a change
+    // (a CR before a bare LF, a dot after it).
+    if message.first() == Some(&b'.') {
+        out.push(b'.');
     }
-    if !message.is_empty() && prev != b'\n' {
+    let mut start = 0;
+    for lf in memchr::memchr_iter(b'\n', message) {
+        if lf > 0 && message[lf - 1] == b'\r' {
+            out.extend_from_slice(&message[start..=lf]);
+        } else {
+            out.extend_from_slice(&message[start..lf]);
+            out.extend_from_slice(b"\r\n");
+        }
+        start = lf + 1;
+        if message.get(start) == Some(&b'.') {
+            out.push(b'.');
+        }
+    }
+    out.extend_from_slice(&message[start..]);
+    if message.last().is_some_and(|&b| b != b'\n') {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -628,6 +628,43 @@ mod tests {
         assert_eq!(stuff(b"a\n.\n"), b"a\r\n..\r\n.\r\n");
         assert_eq!(stuff(b"a\r.b"), b"a\r.b\r\n.\r\n");
         assert_eq!(stuff(b"a\r"), b"a\r\r\n.\r\n");
+    }
+
+    /// The plain byte-at-a-time definition `dot_stuff` must match.
+    fn dot_stuff_bytewise(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line_start = true;
+        let mut prev = 0u8;
+        for &b in message {
+            match b {
+                b'\n' => {
+                    if prev != b'\r' {
+                        out.push(b'\r');
+                    }
+                    out.push(b'\n');
+                }
+                b'.' if line_start => out.extend_from_slice(b".."),
+                _ => out.push(b),
+            }
+            line_start = b == b'\n';
+            prev = b;
+        }
+        if !message.is_empty() && prev != b'\n' {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn dot_stuff_matches_the_bytewise_definition() {
+        let mut rng = Rng(0x0bad_5eed_1234_0001);
+        for _ in 0..5000 {
+            let message = rng.message(80);
+            let mut out = vec![b'x'];
+            dot_stuff(&message, &mut out);
+            assert_eq!(out[1..], dot_stuff_bytewise(&message), "{message:?}");
+        }
     }
 
     #[test]
