@@ -147,6 +147,45 @@ pub enum AttemptRecorded {
     NotFound,
 }
 
+/// A spooled message's bytes as sled holds them: reading one takes a
+/// reference, not a copy, and clones are cheap, so a delivery that hands
+/// the message to several transactions copies it only onto the wire.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MessageBytes(pub(crate) sled::IVec);
+
+impl std::ops::Deref for MessageBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for MessageBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq<[u8]> for MessageBytes {
+    fn eq(&self, other: &[u8]) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<Vec<u8>> for MessageBytes {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        *self.0 == **other
+    }
+}
+
+/// Only the length: messages are large and may hold anything.
+impl std::fmt::Debug for MessageBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageBytes({} octets)", self.0.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,44 +262,5 @@ mod tests {
         assert_eq!(rcpt.history.len(), HISTORY_LIMIT);
         let times: Vec<u64> = rcpt.history.iter().map(|r| r.at).collect();
         assert_eq!(times, (15..25).collect::<Vec<u64>>());
-    }
-}
-
-/// A spooled message's bytes as sled holds them: reading one takes a
-/// reference, not a copy, and clones are cheap, so a delivery that hands
-/// the message to several transactions copies it only onto the wire.
-#[derive(Clone, PartialEq, Eq)]
-pub struct MessageBytes(pub(crate) sled::IVec);
-
-impl std::ops::Deref for MessageBytes {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl AsRef<[u8]> for MessageBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl PartialEq<[u8]> for MessageBytes {
-    fn eq(&self, other: &[u8]) -> bool {
-        *self.0 == *other
-    }
-}
-
-impl PartialEq<Vec<u8>> for MessageBytes {
-    fn eq(&self, other: &Vec<u8>) -> bool {
-        *self.0 == **other
-    }
-}
-
-/// Only the length: messages are large and may hold anything.
-impl std::fmt::Debug for MessageBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MessageBytes({} octets)", self.0.len())
     }
 }
