@@ -163,6 +163,9 @@ def test_own_name_check_can_be_switched_off(helo):
 
 
 def test_fcrdns(helo):
+    # One after the other, these sessions share one reused instance of the
+    # bundled plugin: each must get its own client's reverse DNS, not the
+    # answer the instance looked up for the previous session.
     server = helo("check_fcrdns = true")
     raw, (code, text) = ehlo(server, "good.test", source="127.0.0.5")
     assert code == 250, text
