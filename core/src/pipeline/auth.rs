@@ -83,7 +83,8 @@ impl SessionAuth {
                 tx.message_checks = None;
             }
             HookArg::Rcpt(_) => sync_helo(&mut tx, info),
-            HookArg::Data(bytes) => {
+            HookArg::Data(message) => {
+                let bytes = message.bytes();
                 sync_helo(&mut tx, info);
                 let same = tx.message.as_ref().is_some_and(|m| Arc::ptr_eq(m, bytes));
                 if !same {

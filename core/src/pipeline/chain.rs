@@ -31,7 +31,7 @@ pub enum HookArg<'a> {
     Helo(&'a str),
     Mail(Option<&'a MailboxArg>),
     Rcpt(&'a MailboxArg),
-    Data(&'a Arc<[u8]>),
+    Data(&'a MessageResource),
 }
 
 impl HookArg<'_> {
@@ -95,7 +95,8 @@ impl SessionFilters {
 
     /// Runs the data chain over the received message.
     pub async fn run_data(&mut self, info: &SessionInfo, message: &Arc<[u8]>) -> DataOutcome {
-        self.run_chain(info, HookArg::Data(message)).await
+        let message = MessageResource::new(Arc::clone(message));
+        self.run_chain(info, HookArg::Data(&message)).await
     }
 
     async fn run_chain(&mut self, info: &SessionInfo, arg: HookArg<'_>) -> DataOutcome {
@@ -341,11 +342,11 @@ async fn invoke(
                     .call_on_rcpt(&mut *store, session, &wit_address(rcpt))
                     .await
             }
-            HookArg::Data(bytes) => {
+            HookArg::Data(message) => {
                 let handle = store
                     .data_mut()
                     .table
-                    .push(MessageResource::new(Arc::clone(bytes)))
+                    .push(MessageResource::clone(message))
                     .map_err(|e| e.to_string())?;
                 let borrowed = Resource::<MessageResource>::new_borrow(handle.rep());
                 let result = filter.call_on_data(&mut *store, session, borrowed).await;

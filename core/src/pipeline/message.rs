@@ -1,7 +1,8 @@
 //! The `message` resource a data-stage plugin reads: the received bytes,
 //! shared (never copied per plugin), with headers split out on first use and
 //! MIME parts parsed by mail-parser only when a plugin asks for text or
-//! attachments.
+//! attachments. One resource serves every plugin of a data stage, so each
+//! parse happens at most once per transaction.
 
 use std::sync::{Arc, OnceLock};
 
@@ -21,8 +22,12 @@ pub struct AttachmentInfo {
     pub size: u64,
 }
 
-/// Host state behind a guest's `message` handle.
-pub struct MessageResource {
+/// Host state behind a guest's `message` handle. Clones share the bytes
+/// and whatever was parsed already.
+#[derive(Clone)]
+pub struct MessageResource(Arc<ParsedMessage>);
+
+struct ParsedMessage {
     bytes: Arc<[u8]>,
     headers: OnceLock<Vec<HeaderField>>,
     parts: OnceLock<ParsedParts>,
@@ -35,20 +40,26 @@ struct ParsedParts {
 
 impl MessageResource {
     pub fn new(bytes: Arc<[u8]>) -> Self {
-        MessageResource {
+        MessageResource(Arc::new(ParsedMessage {
             bytes,
             headers: OnceLock::new(),
             parts: OnceLock::new(),
-        }
+        }))
+    }
+
+    /// The message as received.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.0.bytes
     }
 
     pub fn size(&self) -> u64 {
-        self.bytes.len() as u64
+        self.0.bytes.len() as u64
     }
 
     pub fn headers(&self) -> &[HeaderField] {
-        self.headers
-            .get_or_init(|| parse_header_section(&self.bytes))
+        self.0
+            .headers
+            .get_or_init(|| parse_header_section(&self.0.bytes))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -60,11 +71,12 @@ impl MessageResource {
 
     /// At most `len` octets from `offset`; empty past the end.
     pub fn read(&self, offset: u64, len: u32) -> &[u8] {
+        let bytes = &self.0.bytes;
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
-            .min(self.bytes.len());
-        let end = start.saturating_add(len as usize).min(self.bytes.len());
-        &self.bytes[start..end]
+            .min(bytes.len());
+        let end = start.saturating_add(len as usize).min(bytes.len());
+        &bytes[start..end]
     }
 
     pub fn body_text(&self) -> &[String] {
@@ -76,7 +88,7 @@ impl MessageResource {
     }
 
     fn parts(&self) -> &ParsedParts {
-        self.parts.get_or_init(|| parse_parts(&self.bytes))
+        self.0.parts.get_or_init(|| parse_parts(&self.0.bytes))
     }
 }
 
@@ -222,6 +234,16 @@ mod tests {
     use super::*;
 
     const MSG: &[u8] = b"Subject: hello\r\n world\r\nFrom: a@example.org\r\nX-Empty:\r\n\r\nbody line\r\nSubject: not a header\r\n";
+
+    #[test]
+    fn clones_share_what_was_parsed() {
+        let first = MessageResource::new(Arc::from(MSG));
+        let second = first.clone();
+        assert!(second.0.headers.get().is_none());
+        first.headers();
+        assert!(second.0.headers.get().is_some());
+        assert!(std::ptr::eq(first.body_text(), second.body_text()));
+    }
 
     #[test]
     fn headers_are_unfolded_and_stop_at_the_body() {
