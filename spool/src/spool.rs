@@ -823,20 +823,7 @@ mod tests {
     #[test]
     fn kill9_after_enqueue_keeps_acknowledged_messages() {
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "spool::tests::crash_child",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(CRASH_CHILD_DIR, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        // Kills the child even if an assertion below fails first.
-        let mut child = KillOnDrop(child);
+        let mut child = spawn_child("spool::tests::crash_child", CRASH_CHILD_DIR, dir.path());
         let stdout = child.0.stdout.take().unwrap();
         let mut acked = Vec::new();
         for line in BufReader::new(stdout).lines() {
@@ -916,19 +903,11 @@ mod tests {
     #[test]
     fn kill9_after_unflushed_removal_redelivers_at_worst() {
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "spool::tests::removal_crash_child",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(REMOVAL_CHILD_DIR, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut child = KillOnDrop(child);
+        let mut child = spawn_child(
+            "spool::tests::removal_crash_child",
+            REMOVAL_CHILD_DIR,
+            dir.path(),
+        );
         let stdout = child.0.stdout.take().unwrap();
         let mut queued = Vec::new();
         let mut removed = Vec::new();
@@ -1026,6 +1005,21 @@ mod tests {
         assert_eq!(spool.flush_count(), before + 1);
         assert_eq!(spool.entry(id).unwrap(), None);
         assert!(spool.is_empty());
+    }
+
+    /// Runs the ignored test `name` of this binary as a child process, its
+    /// spool directory in the environment variable `dir_var`, stdout piped.
+    /// The child is killed when the guard drops, even if an assertion of
+    /// the parent fails first.
+    fn spawn_child(name: &str, dir_var: &str, dir: &Path) -> KillOnDrop {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--ignored", "--nocapture"])
+            .env(dir_var, dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
     }
 
     struct KillOnDrop(std::process::Child);
