@@ -22,6 +22,7 @@ pub struct Metrics {
     pub connections_open: GaugeVec,
     pub connections: CounterVec,
     pub connections_refused: CounterVec,
+    pub pregreet_drops: CounterVec,
     pub messages: CounterVec,
     pub message_bytes: CounterVec,
     pub verdicts: CounterVec,
@@ -52,6 +53,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     connections_refused: CounterVec::new(
         "sluice_connections_refused_total",
         "SMTP connections refused by the global or per-IP cap.",
+        &["listener"],
+    ),
+    pregreet_drops: CounterVec::new(
+        "sluice_pregreet_drops_total",
+        "SMTP clients that talked before the greeting and were dropped with 554.",
         &["listener"],
     ),
     messages: CounterVec::new(
@@ -131,6 +137,7 @@ impl Metrics {
         for counter in [
             &self.connections,
             &self.connections_refused,
+            &self.pregreet_drops,
             &self.messages,
             &self.message_bytes,
             &self.verdicts,

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import Raw, Server, Sink, config, free_port
+from test_metrics import scrape, value
 
 
 def session(port, source="127.0.0.1"):
@@ -52,7 +53,14 @@ def servers():
 
 def test_client_talking_before_the_greeting_gets_554_and_is_dropped(tmp_path, servers):
     # Loopback is exempt by default; an empty greet_exempt tests it here.
-    server = start(tmp_path, servers, server_extra="greet_exempt = []", listener_extra='greet_delay = "2s"')
+    admin = free_port()
+    server = start(
+        tmp_path,
+        servers,
+        server_extra="greet_exempt = []",
+        listener_extra='greet_delay = "2s"',
+        extra=f'[admin]\naddress = "127.0.0.1:{admin}"\n',
+    )
     talker = Raw(server.port)
     # A whole pipelined batch: the reply must not be lost to a reset when
     # the server closes with the batch unread.
@@ -66,6 +74,8 @@ def test_client_talking_before_the_greeting_gets_554_and_is_dropped(tmp_path, se
     assert polite.reply(timeout=15)[0] == 220
     assert polite.cmd(b"EHLO client.test")[0] == 250
     polite.close()
+    # Operators see the drops: the talker only, not the polite client.
+    assert value(scrape(admin), 'sluice_pregreet_drops_total{listener="mx"}') == 1
 
 
 def test_loopback_is_exempt_from_the_greeting_delay_by_default(tmp_path, servers):

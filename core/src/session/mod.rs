@@ -221,6 +221,7 @@ impl Session {
                 Pregreet::Closed => return Ok(()),
                 Pregreet::Talked => {
                     tracing::warn!(session = %self.info.id, client = %self.info.client_ip, "client talked before the greeting: dropped");
+                    METRICS.pregreet_drops.inc(&[&self.listener.name]);
                     self.reply(Reply::pregreet());
                     self.flush().await?;
                     self.drain().await;
