@@ -8,7 +8,8 @@
 //! Lookups are made once per session and kept in statics, dropped when a
 //! hook sees another session id (an instance serves sessions one after
 //! another); a hook that runs before the others were called makes the
-//! missing lookups itself, so the plugin works in any stage it is listed in. The logic lives in [`policy`]; this file wires it to the host.
+//! missing lookups itself, so the plugin works in any stage it is listed
+//! in. The logic lives in [`policy`]; this file wires it to the host.
 
 // On the host only the policy's unit tests run; the component glue needs
 // the wasm host imports.
