@@ -2,14 +2,18 @@
 //! of sandboxed WebAssembly plugins.
 //!
 //! Layout (data flows down this list):
-//! - [`server`]: listeners, connection limits, shutdown
-//! - [`session`]: one SMTP session, the async driver around `smtp`
+//! - [`server`]: listeners, accepting under the connection limits, reload
+//!   on SIGHUP, shutdown
+//! - [`replay`]: `sluice pipeline test`, the session run on a recorded
+//!   message over an in-memory pipe
+//! - [`session`]: one SMTP session over any byte stream: an explicit state,
+//!   one file per verb, the intake between the end of DATA and its reply
+//! - [`limits`]: the global and per-client connection caps, "under load"
 //! - [`tls`]: certificates and the rustls configuration of TLS listeners
 //! - [`users`]: SMTP AUTH users (the users file, argon2, lockout)
 //! - [`smtp`]: sans-IO protocol code: commands, addresses, replies, DATA
 //! - [`pipeline`]: the Wasm plugin chains that judge each stage
 //! - [`reload`]: rebuilding and swapping the pipelines of a running server
-//! - [`replay`]: `sluice pipeline test`, a pipeline run on a recorded message
 //! - the spool (crate `sluice-spool`): where accepted mail is kept durably
 //! - [`delivery`]: from the spool to Maildir or the next hop
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
@@ -28,6 +32,7 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
+pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;

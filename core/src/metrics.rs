@@ -23,6 +23,7 @@ pub struct Metrics {
     pub connections: CounterVec,
     pub connections_refused: CounterVec,
     pub pregreet_drops: CounterVec,
+    pub session_panics: CounterVec,
     pub messages: CounterVec,
     pub message_bytes: CounterVec,
     pub verdicts: CounterVec,
@@ -59,6 +60,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "sluice_pregreet_drops_total",
         "SMTP clients that talked before the greeting and were dropped with 554.",
         &["listener"],
+    ),
+    session_panics: CounterVec::new(
+        "sluice_session_panics_total",
+        "SMTP session tasks that panicked (a bug: the connection was dropped, nothing it was not told 250 for was kept).",
+        &[],
     ),
     messages: CounterVec::new(
         "sluice_messages_total",
@@ -138,6 +144,7 @@ impl Metrics {
             &self.connections,
             &self.connections_refused,
             &self.pregreet_drops,
+            &self.session_panics,
             &self.messages,
             &self.message_bytes,
             &self.verdicts,

@@ -6,15 +6,13 @@
 //! tempfail, stop delivery, flush the spool). It also runs the admin
 //! endpoint, which reports ready only while the SMTP listeners accept.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::{AdminError, AdminListeners, AdminState};
@@ -23,6 +21,7 @@ use crate::config::{Config, ListenerConfig, TlsFiles, TlsMode};
 use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
 use crate::dkim::DkimSigners;
 use crate::dns::Dns;
+use crate::limits::ConnectionLimits;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::reload::{self, Reloader, Trigger};
@@ -274,7 +273,9 @@ impl Server {
         // No accept loop is left to spawn into the set.
         let mut sessions = std::mem::take(&mut *lock_sessions(&sessions));
         let drained = tokio::time::timeout(grace, async {
-            while sessions.join_next().await.is_some() {}
+            while let Some(finished) = sessions.join_next().await {
+                count_panic(finished);
+            }
         })
         .await;
         if drained.is_err() {
@@ -295,6 +296,17 @@ impl Server {
         drop(reloader);
         drop(self.engine);
         tracing::info!("stopped");
+    }
+}
+
+/// Logs and counts a session task that panicked: a bug, which cost that
+/// one connection (the spool holds only what was acknowledged).
+fn count_panic(finished: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = finished {
+        if e.is_panic() {
+            tracing::error!("session task panicked: {e}");
+            METRICS.session_panics.inc(&[]);
+        }
     }
 }
 
@@ -463,73 +475,13 @@ async fn accept_loop(
         let mut running = lock_sessions(&sessions);
         // Reap finished sessions here, so the set stays as small as the
         // number of open connections without anyone awaiting it.
-        while running.try_join_next().is_some() {}
+        while let Some(finished) = running.try_join_next() {
+            count_panic(finished);
+        }
         running.spawn(async move {
             session.run().await;
             drop(permit);
         });
-    }
-}
-
-/// The global connection cap and the per-client-IP cap.
-pub struct ConnectionLimits {
-    max_total: usize,
-    total: Arc<Semaphore>,
-    per_ip_max: usize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// Holds a connection's place under both caps until the session ends.
-struct ConnectionPermit {
-    limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
-    _total: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl ConnectionLimits {
-    fn new(max_total: usize, per_ip_max: usize) -> Self {
-        ConnectionLimits {
-            max_total,
-            total: Arc::new(Semaphore::new(max_total)),
-            per_ip_max,
-            per_ip: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// True while open connections are at 80% of the global cap or more:
-    /// sessions then give idle clients a shorter timeout (Postfix's stress
-    /// mode), so a flood of idle connections cannot hold every slot for
-    /// the whole command timeout.
-    pub fn under_load(&self) -> bool {
-        let open = self.max_total - self.total.available_permits();
-        open * 5 >= self.max_total * 4
-    }
-
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
-        let total = self.total.clone().try_acquire_owned().ok()?;
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.per_ip_max {
-            return None;
-        }
-        *count += 1;
-        Some(ConnectionPermit {
-            limits: self.clone(),
-            ip,
-            _total: total,
-        })
-    }
-}
-
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -559,24 +511,5 @@ fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) ->
         own_addresses: own_addresses.to_vec(),
         client_timeouts: Default::default(),
         idle_timeout: Duration::from_secs(5),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn load_starts_at_80_percent_of_the_global_cap() {
-        let limits = Arc::new(ConnectionLimits::new(10, 100));
-        let mut permits = Vec::new();
-        for i in 0..7u8 {
-            permits.push(limits.admit(IpAddr::from([127, 0, 0, i])).unwrap());
-        }
-        assert!(!limits.under_load());
-        permits.push(limits.admit(IpAddr::from([127, 0, 0, 8])).unwrap());
-        assert!(limits.under_load());
-        permits.pop();
-        assert!(!limits.under_load());
     }
 }

@@ -32,6 +32,13 @@ pub struct DeliveryHandle {
 }
 
 impl DeliveryHandle {
+    /// A handle that attempts nothing: for sessions whose messages stay in
+    /// their spool (`sluice pipeline test`, tests of the session).
+    pub fn detached() -> DeliveryHandle {
+        let (tx, _) = mpsc::unbounded_channel();
+        DeliveryHandle { tx }
+    }
+
     /// A message was just queued: attempt it now.
     pub fn enqueued(&self, id: QueueId) {
         let _ = self.tx.send(Event::Due(id));

@@ -1,6 +1,8 @@
-//! The client connection under a session: plain TCP, or TLS after
-//! STARTTLS or an implicit-TLS accept. The session reads and writes through
-//! this one type whatever the state, and upgrades it in place.
+//! The byte stream under a session: the client's connection as it was
+//! accepted (TCP from the server, an in-memory pipe in tests and `sluice
+//! pipeline test`), or that same connection wrapped in TLS after STARTTLS
+//! or an implicit-TLS accept. The session reads and writes through this one
+//! type whatever the state, and upgrades it in place.
 
 use std::io;
 use std::pin::Pin;
@@ -8,20 +10,26 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::pipeline::TlsInfo;
 
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+/// What a session can run over: any async byte stream that can move to
+/// another task. `TcpStream` in the server, `tokio::io::DuplexStream` in
+/// tests and the offline replay.
+pub trait SessionStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionStream for S {}
+
+pub enum Stream<S> {
+    Plain(S),
+    Tls(Box<TlsStream<S>>),
     /// After a failed upgrade: the connection is gone.
     Closed,
 }
 
-impl Stream {
+impl<S: SessionStream> Stream<S> {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
@@ -34,12 +42,12 @@ impl Stream {
         acceptor: TlsAcceptor,
         timeout: Duration,
     ) -> io::Result<TlsInfo> {
-        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
+        let Stream::Plain(plain) = std::mem::replace(self, Stream::Closed) else {
             return Err(io::Error::other(
-                "TLS upgrade of a stream that is not plain TCP",
+                "TLS upgrade of a stream that is not plain",
             ));
         };
-        let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
+        let tls = tokio::time::timeout(timeout, acceptor.accept(plain))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let info = crate::tls::negotiated(tls.get_ref().1);
@@ -48,40 +56,11 @@ impl Stream {
     }
 }
 
-/// What a client did before the greeting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pregreet {
-    /// Nothing: a well-behaved client waits for the greeting.
-    Silent,
-    /// It sent bytes (which are left unread).
-    Talked,
-    /// It closed the connection.
-    Closed,
-}
-
-impl Stream {
-    /// Waits up to `wait` for the client to send something before the
-    /// greeting (postscreen's pregreet test), without consuming it. Only
-    /// plain TCP is checked: under implicit TLS the client speaks first.
-    pub async fn pregreet(&self, wait: Duration) -> io::Result<Pregreet> {
-        let Stream::Plain(tcp) = self else {
-            return Ok(Pregreet::Silent);
-        };
-        let mut byte = [0u8; 1];
-        match tokio::time::timeout(wait, tcp.peek(&mut byte)).await {
-            Err(_elapsed) => Ok(Pregreet::Silent),
-            Ok(Ok(0)) => Ok(Pregreet::Closed),
-            Ok(Ok(_)) => Ok(Pregreet::Talked),
-            Ok(Err(e)) => Err(e),
-        }
-    }
-}
-
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "connection closed")
 }
 
-impl AsyncRead for Stream {
+impl<S: SessionStream> AsyncRead for Stream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -95,7 +74,7 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
+impl<S: SessionStream> AsyncWrite for Stream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -164,23 +164,8 @@ impl Reply {
     }
 
     /// 421 4.7.0: the client made too many errors (RFC 5321 §4.2.3 421).
-    pub fn too_many_errors(hostname: &str) -> Reply {
-        Reply::new(
-            421,
-            Some("4.7.0"),
-            format!("{hostname} Error: too many errors, closing connection"),
-        )
-    }
-
-    /// 554 5.5.0: the client talked before the greeting (RFC 5321 §4.3.1
-    /// forbids it; a spam-bot signature). 554 is the connection-refused code
-    /// of §3.1.
-    pub fn pipelining_before_greeting() -> Reply {
-        Reply::new(
-            554,
-            Some("5.5.0"),
-            "SMTP protocol violation: data sent before greeting",
-        )
+    pub fn too_many_errors() -> Reply {
+        Reply::new(421, Some("4.7.0"), "Too many errors, closing connection")
     }
 
     // ----- Replies to commands -----
@@ -323,24 +308,6 @@ impl Reply {
         )
     }
 
-    /// 503 5.5.1: RCPT before MAIL.
-    pub fn need_mail() -> Reply {
-        Reply::new(
-            503,
-            Some("5.5.1"),
-            "Bad sequence of commands: need MAIL first",
-        )
-    }
-
-    /// 503 5.5.1: MAIL inside a transaction (RFC 5321 §4.1.1.2).
-    pub fn nested_mail() -> Reply {
-        Reply::new(
-            503,
-            Some("5.5.1"),
-            "Bad sequence of commands: sender already given",
-        )
-    }
-
     /// 554 5.5.1: DATA without any accepted recipient (RFC 5321 §3.3: 554
     /// "no valid recipients").
     pub fn no_valid_recipients() -> Reply {
@@ -413,15 +380,6 @@ impl Reply {
     /// relay (RFC 3463 X.7.1 "Delivery not authorized").
     pub fn relay_denied() -> Reply {
         Reply::new(554, Some("5.7.1"), "Relay access denied")
-    }
-
-    /// 451 4.3.0: a filter plugin failed (trap, timeout); the client retries.
-    pub fn tempfail_filter() -> Reply {
-        Reply::new(
-            451,
-            Some("4.3.0"),
-            "Temporary filter failure, try again later",
-        )
     }
 
     /// 451 4.3.0: any other local failure; details go to the log only.
@@ -765,12 +723,8 @@ mod tests {
                 "421 4.7.0 Too many connections, try again later\r\n",
             ),
             (
-                Reply::too_many_errors(h),
-                "421 4.7.0 mx.example Error: too many errors, closing connection\r\n",
-            ),
-            (
-                Reply::pipelining_before_greeting(),
-                "554 5.5.0 SMTP protocol violation: data sent before greeting\r\n",
+                Reply::too_many_errors(),
+                "421 4.7.0 Too many errors, closing connection\r\n",
             ),
             (
                 Reply::helo(h, "client.example"),
@@ -830,14 +784,6 @@ mod tests {
                 "503 5.5.1 Bad sequence of commands: send HELO/EHLO first\r\n",
             ),
             (
-                Reply::need_mail(),
-                "503 5.5.1 Bad sequence of commands: need MAIL first\r\n",
-            ),
-            (
-                Reply::nested_mail(),
-                "503 5.5.1 Bad sequence of commands: sender already given\r\n",
-            ),
-            (
                 Reply::no_valid_recipients(),
                 "554 5.5.1 No valid recipients\r\n",
             ),
@@ -870,10 +816,6 @@ mod tests {
                 "554 5.4.6 Too many Received headers: mail loop\r\n",
             ),
             (Reply::relay_denied(), "554 5.7.1 Relay access denied\r\n"),
-            (
-                Reply::tempfail_filter(),
-                "451 4.3.0 Temporary filter failure, try again later\r\n",
-            ),
             (
                 Reply::local_error(),
                 "451 4.3.0 Local error in processing, try again later\r\n",

@@ -1,5 +1,5 @@
-//! Assembling the message that goes into the spool: the trace header sluice
-//! prepends and the header changes data-stage plugins asked for.
+//! The header edits data-stage plugins ask for, applied to the raw message
+//! before it goes to the spool (see `intake`).
 
 use crate::pipeline::message::header_section_end;
 

@@ -1,17 +1,22 @@
 //! Offline replay (`sluice pipeline test`): runs a listener's pipeline on a
-//! recorded message, stage by stage as a live session would (connect, helo,
-//! mail, each rcpt, data), without a server or a listening socket, and
-//! reports what every plugin answered, its header edits and its time.
+//! recorded message without a server or a listening socket. The very
+//! session code a socket drives runs over an in-memory pipe, and a small
+//! client (`client`) speaks SMTP to it as a sending MTA would (EHLO, MAIL,
+//! each RCPT, DATA); the traced session reports what every stage decided,
+//! what every plugin answered, its header edits and its time.
 //!
 //! The plugins run exactly as in the server (same engine settings,
-//! capabilities, timeouts, shadow mode) with two differences: their
-//! key-value state starts empty (a throwaway spool, so a running server's
-//! is never touched), and DNS goes to the resolver of `[dns]`, or to a
-//! fixture file served on 127.0.0.1 (`fixture_dns`).
+//! capabilities, timeouts, shadow mode) with these differences: their
+//! key-value state starts empty and the message goes into a throwaway
+//! spool (a running server's is never touched, nothing is delivered); DNS
+//! goes to the resolver of `[dns]`, or to a fixture file served on
+//! 127.0.0.1 (`fixture_dns`); the listener is spoken to in plain SMTP
+//! without AUTH, a greeting delay or a reverse lookup.
 
+mod client;
 mod fixture_dns;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +24,18 @@ use std::time::Duration;
 use serde::Serialize;
 use sluice_spool::Spool;
 
-use crate::config::Config;
+use crate::config::{AuthMode, Config, ListenerConfig, TlsMode};
+use crate::delivery::DeliveryHandle;
+use crate::dkim::DkimSigners;
 use crate::dns::{Dns, ResolverSetupError};
-use crate::pipeline::chain::{HookArg, SessionFilters};
+use crate::limits::ConnectionLimits;
 use crate::pipeline::{
-    MailboxArg, Modification, PipelineError, PipelineSet, PluginEngine, PluginStep, SessionInfo,
-    Stage, StageOutcome, StepAnswer,
+    MailboxArg, Modification, PipelineError, PipelineSet, PluginEngine, PluginStep, Stage,
+    StageOutcome, StepAnswer,
 };
+use crate::session::trace::StageTrace;
+use crate::session::{Session, SessionContext};
+use crate::users::{Authenticator, UserStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -43,6 +53,8 @@ pub enum ReplayError {
     DnsFixture(#[from] fixture_dns::FixtureError),
     #[error("{address:?} is not an address (local@domain)")]
     Address { address: String },
+    #[error("the replayed session: {0}")]
+    Session(#[from] std::io::Error),
 }
 
 /// The session to replay.
@@ -104,24 +116,13 @@ pub struct ReplayReport {
 
 /// Runs the replay.
 pub async fn replay(config: &Config, input: ReplayInput) -> Result<ReplayReport, ReplayError> {
-    let listener = match &input.listener {
-        Some(name) => config
-            .listeners
-            .iter()
-            .find(|l| &l.name == name)
-            .ok_or_else(|| {
-                ReplayError::UnknownListener(
-                    name.clone(),
-                    config
-                        .listeners
-                        .iter()
-                        .map(|l| l.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                )
-            })?,
-        None => config.listeners.first().ok_or(ReplayError::NoListener)?,
-    };
+    let listener = replayed_listener(config, input.listener.as_deref())?;
+    for address in std::iter::once(&input.from)
+        .filter(|from| !from.is_empty())
+        .chain(&input.to)
+    {
+        mailbox(address)?;
+    }
     let scratch = Scratch::new()?;
     let spool = Spool::open(&scratch.0).map_err(|e| ReplayError::Scratch {
         path: scratch.0.clone(),
@@ -156,126 +157,145 @@ pub async fn replay(config: &Config, input: ReplayInput) -> Result<ReplayReport,
         Err(_) => PluginEngine::new(max_memory, None)?,
     };
     let set = PipelineSet::build(&engine, config, &spool, &dns).await?;
-    let pipeline = set
-        .get(&listener.pipeline)
-        .ok_or_else(|| ReplayError::UnknownListener(listener.name.clone(), String::new()))?
-        .clone();
+    if set.get(&listener.pipeline).is_none() {
+        return Err(ReplayError::UnknownListener(
+            listener.name.clone(),
+            String::new(),
+        ));
+    }
 
-    let mut filters = SessionFilters::new(pipeline, "replay".to_owned());
-    filters.record_steps();
-    let mut info = SessionInfo {
-        id: "replay".to_owned(),
-        client_ip: input.client_ip,
-        client_port: 0,
-        listener: listener.name.clone(),
-        reverse_name: None,
-        helo: None,
-        tls: None,
-        authenticated_user: None,
-        reverse_path: None,
-        recipients: Vec::new(),
+    let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(SessionContext {
+        config: Arc::new(config.clone()),
+        pipelines: Arc::new(arc_swap::ArcSwap::from_pointee(set)),
+        spool: spool.clone(),
+        delivery: DeliveryHandle::detached(),
+        shutdown,
+        authenticator: Arc::new(Authenticator::new(
+            Arc::new(UserStore::new(&scratch.0)),
+            config.auth.max_failures,
+            config.auth.lockout,
+        )),
+        dkim: DkimSigners::default(),
+        limits: Arc::new(ConnectionLimits::new(1, 1)),
+    });
+    let (server_end, client_end) = tokio::io::duplex(64 * 1024);
+    let peer = SocketAddr::new(input.client_ip, 0);
+    let listener = Arc::new(listener);
+    let Some(session) = Session::new(
+        server_end,
+        peer,
+        "replay".to_owned(),
+        listener.clone(),
+        None,
+        ctx,
+    ) else {
+        return Err(ReplayError::UnknownListener(
+            listener.name.clone(),
+            String::new(),
+        ));
     };
+    let session = tokio::spawn(session.traced().run());
+    let dialogue = client::Dialogue {
+        helo: &input.helo,
+        from: &input.from,
+        to: &input.to,
+        message: &input.message,
+    };
+    let progress = client::send(client_end, dialogue).await;
+    let trace = session.await.map_err(|e| {
+        ReplayError::Session(std::io::Error::other(format!("session task failed: {e}")))
+    })?;
+    let progress = progress?;
+    Ok(report(&listener, &trace, progress))
+}
+
+/// The listener to replay on, spoken to in plain SMTP: no TLS, no AUTH,
+/// no greeting delay.
+fn replayed_listener(config: &Config, name: Option<&str>) -> Result<ListenerConfig, ReplayError> {
+    let listener = match name {
+        Some(name) => config
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| {
+                ReplayError::UnknownListener(
+                    name.to_owned(),
+                    config
+                        .listeners
+                        .iter()
+                        .map(|l| l.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            })?,
+        None => config.listeners.first().ok_or(ReplayError::NoListener)?,
+    };
+    let mut listener = listener.clone();
+    listener.tls = TlsMode::None;
+    listener.auth = AuthMode::None;
+    listener.greet_delay = Duration::ZERO;
+    Ok(listener)
+}
+
+/// The report of a traced session.
+fn report(
+    listener: &ListenerConfig,
+    trace: &[StageTrace],
+    progress: client::Progress,
+) -> ReplayReport {
     let mut report = ReplayReport {
         listener: listener.name.clone(),
         pipeline: listener.pipeline.clone(),
-        stages: Vec::new(),
+        stages: trace.iter().map(stage_report).collect(),
         result: "accepted",
         applied_modifications: Vec::new(),
     };
-
-    let outcome = filters.run(&info, HookArg::Connect).await;
-    if refused(&mut report, &mut filters, Stage::Connect, None, outcome) {
-        return Ok(report);
-    }
-    info.helo = Some(input.helo.clone());
-    let outcome = filters.run(&info, HookArg::Helo(&input.helo)).await;
-    if refused(&mut report, &mut filters, Stage::Helo, None, outcome) {
-        return Ok(report);
-    }
-    let from = if input.from.is_empty() {
-        None
-    } else {
-        Some(mailbox(&input.from)?)
+    let refusal = |outcome: &StageOutcome| match outcome {
+        StageOutcome::Reject(_) => Some("rejected"),
+        StageOutcome::Tempfail(_) => Some("tempfailed"),
+        StageOutcome::Disconnect(_) => Some("disconnected"),
+        _ => None,
     };
-    let outcome = filters.run(&info, HookArg::Mail(from.as_ref())).await;
-    if refused(&mut report, &mut filters, Stage::Mail, None, outcome) {
-        return Ok(report);
+    for stage in trace {
+        match stage.stage {
+            // A refused recipient ends the transaction only when it is a
+            // disconnect; the others are just not added.
+            Stage::Rcpt => {
+                if let StageOutcome::Disconnect(_) = stage.outcome {
+                    report.result = "disconnected";
+                    return report;
+                }
+            }
+            Stage::Data => {
+                report.result = match &stage.outcome {
+                    StageOutcome::Accept => "accepted",
+                    StageOutcome::Quarantine(_) => "quarantined",
+                    StageOutcome::Discard => "discarded",
+                    other => refusal(other).unwrap_or("rejected"),
+                };
+                report.applied_modifications = stage.applied.iter().map(describe).collect();
+                return report;
+            }
+            _ => {
+                if let Some(result) = refusal(&stage.outcome) {
+                    report.result = result;
+                    return report;
+                }
+            }
+        }
     }
-    info.reverse_path = Some(input.from.clone());
-    for to in &input.to {
-        let rcpt = mailbox(to)?;
-        let outcome = filters.run(&info, HookArg::Rcpt(&rcpt)).await;
-        let accepted = outcome == StageOutcome::Accept;
-        // A refused recipient ends the transaction only when it is a
-        // disconnect; the others are just not added.
-        let disconnect = matches!(outcome, StageOutcome::Disconnect(_));
-        record(
-            &mut report,
-            &mut filters,
-            Stage::Rcpt,
-            Some(to.clone()),
-            &outcome,
-        );
-        if disconnect {
-            report.result = "disconnected";
-            return Ok(report);
-        }
-        if accepted {
-            info.recipients.push(to.clone());
-        }
-    }
-    if info.recipients.is_empty() {
-        report.result = "no recipient accepted";
-        return Ok(report);
-    }
-    let message: Arc<[u8]> = Arc::from(input.message);
-    let data = filters.run_data(&info, &message).await;
-    let outcome = data.outcome.clone();
-    record(&mut report, &mut filters, Stage::Data, None, &outcome);
-    report.result = match outcome {
-        StageOutcome::Accept => {
-            report.applied_modifications = data.modifications.iter().map(describe).collect();
-            "accepted"
-        }
-        StageOutcome::Quarantine(_) => {
-            report.applied_modifications = data.modifications.iter().map(describe).collect();
-            "quarantined"
-        }
-        StageOutcome::Discard => "discarded",
-        StageOutcome::Reject(_) => "rejected",
-        StageOutcome::Tempfail(_) => "tempfailed",
-        StageOutcome::Disconnect(_) => "disconnected",
+    report.result = match progress {
+        client::Progress::NoRecipient => "no recipient accepted",
+        // Refused by the session itself (a syntax or sequence error, a
+        // limit), not by a plugin.
+        client::Progress::Ended | client::Progress::Answered => "refused by the session",
     };
-    Ok(report)
+    report
 }
 
-/// Records a stage; true when it ended the session's transaction.
-fn refused(
-    report: &mut ReplayReport,
-    filters: &mut SessionFilters,
-    stage: Stage,
-    argument: Option<String>,
-    outcome: StageOutcome,
-) -> bool {
-    record(report, filters, stage, argument, &outcome);
-    let result = match outcome {
-        StageOutcome::Accept | StageOutcome::Discard | StageOutcome::Quarantine(_) => return false,
-        StageOutcome::Reject(_) => "rejected",
-        StageOutcome::Tempfail(_) => "tempfailed",
-        StageOutcome::Disconnect(_) => "disconnected",
-    };
-    report.result = result;
-    true
-}
-
-fn record(
-    report: &mut ReplayReport,
-    filters: &mut SessionFilters,
-    stage: Stage,
-    argument: Option<String>,
-    outcome: &StageOutcome,
-) {
-    let (name, reply) = match outcome {
+fn stage_report(stage: &StageTrace) -> StageReport {
+    let (name, reply) = match &stage.outcome {
         StageOutcome::Accept => ("accept", None),
         StageOutcome::Reject(r) => ("reject", Some(r.to_string())),
         StageOutcome::Tempfail(r) => ("tempfail", Some(r.to_string())),
@@ -283,13 +303,13 @@ fn record(
         StageOutcome::Discard => ("discard", None),
         StageOutcome::Quarantine(reason) => ("quarantine", Some(reason.clone())),
     };
-    report.stages.push(StageReport {
-        stage: stage.name(),
-        argument,
+    StageReport {
+        stage: stage.stage.name(),
+        argument: stage.argument.clone(),
         outcome: name,
         reply,
-        plugins: filters.take_steps().iter().map(step_report).collect(),
-    });
+        plugins: stage.steps.iter().map(step_report).collect(),
+    }
 }
 
 fn step_report(step: &PluginStep) -> StepReport {

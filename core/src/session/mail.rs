@@ -1,0 +1,111 @@
+//! MAIL (RFC 5321 §4.1.1.2): opens a transaction once the listener's AUTH
+//! rule, the spool's free space, the declared SIZE, the submission sender
+//! rule and the mail stage of the pipeline all let it.
+
+use super::state::{State, Transaction};
+use super::{Flow, Session, SessionStream};
+use crate::config::AuthMode;
+use crate::pipeline::{HookArg, Stage};
+use crate::smtp::address::ReversePath;
+use crate::smtp::command::MailParams;
+use crate::smtp::reply::Reply;
+
+impl<S: SessionStream> Session<S> {
+    /// MAIL in the greeted state (the dispatch answers the others).
+    pub(super) async fn mail(&mut self, reverse_path: ReversePath, params: MailParams) -> Flow {
+        if self.listener.auth == AuthMode::Required && self.user.is_none() {
+            // Both 530 5.7.0; the text says which step is missing.
+            let reply = if self.listener.auth_offered(self.conn.is_tls()) {
+                Reply::auth_required()
+            } else {
+                Reply::must_starttls()
+            };
+            return self.error(reply);
+        }
+        if let Some(reply) = self.spool_full() {
+            return self.reply(reply);
+        }
+        if params
+            .size
+            .is_some_and(|size| size > self.ctx.config.server.max_message_size)
+        {
+            return self.reply(Reply::size_exceeds_limit());
+        }
+        if let Some(reply) = self.foreign_sender(&reverse_path) {
+            return self.reply(reply);
+        }
+        let argument = match &reverse_path {
+            ReversePath::Null => None,
+            ReversePath::Mailbox(mailbox) => Some(self.mailbox_arg(mailbox)),
+        };
+        let outcome = self
+            .run_stage(Stage::Mail, HookArg::Mail(argument.as_ref()), None)
+            .await;
+        if let Some(flow) = self.refused(outcome) {
+            return flow;
+        }
+        let State::Greeted(greeting) = std::mem::replace(&mut self.state, State::Connected) else {
+            // The dispatch calls this only when greeted; the mail stage
+            // cannot change the state.
+            return self.error(Reply::bad_sequence());
+        };
+        self.state = State::Mail(
+            greeting,
+            Transaction {
+                reverse_path,
+                recipients: Vec::new(),
+                smtputf8: params.smtputf8,
+            },
+        );
+        self.reply(Reply::sender_ok())
+    }
+
+    /// Backpressure: with the spool's disk nearly full, new transactions
+    /// are refused (the client retries later); mail already accepted is
+    /// unaffected. The measurement is cached by the spool for a second.
+    fn spool_full(&self) -> Option<Reply> {
+        let min_free = self.ctx.config.queue.min_free_space;
+        if min_free == 0 {
+            return None;
+        }
+        match self.ctx.spool.free_space() {
+            Ok(free) if free < min_free => {
+                tracing::warn!(
+                    session = %self.client.id,
+                    free_bytes = free,
+                    min_free_space = min_free,
+                    "MAIL refused: too little free space for the spool"
+                );
+                Some(Reply::storage())
+            }
+            Ok(_) => None,
+            // Not knowing is no reason to refuse mail: a write that then
+            // fails is still answered with a 4xx.
+            Err(e) => {
+                tracing::warn!(session = %self.client.id, "{e}");
+                None
+            }
+        }
+    }
+
+    /// RFC 6409 §6.1: on a submission listener the envelope sender must be
+    /// the user's own (<> stays allowed, e.g. for MDNs).
+    fn foreign_sender(&self, reverse_path: &ReversePath) -> Option<Reply> {
+        if !self.listener.submission {
+            return None;
+        }
+        let (Some(user), ReversePath::Mailbox(mailbox)) = (&self.user, reverse_path) else {
+            return None;
+        };
+        if self
+            .ctx
+            .config
+            .submission
+            .may_send_as(user, &mailbox.to_string())
+        {
+            return None;
+        }
+        tracing::warn!(session = %self.client.id, user = ?user, sender = %mailbox, "sender refused: not owned by the user");
+        Some(Reply::sender_not_owned(user))
+    }
+}
