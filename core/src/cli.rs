@@ -448,8 +448,19 @@ fn queue_id(text: &str) -> anyhow::Result<sluice_spool::QueueId> {
     Ok(text.parse()?)
 }
 
+/// Checks the file's values, then opens the certificates and DKIM keys it
+/// names (creating nothing), and reports every problem of both kinds.
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    let config = config::load_file(file)?;
+    let config::Checked {
+        config,
+        mut problems,
+    } = config::check_file(file)?;
+    if let Err(e) = crate::assets::Assets::load(&config) {
+        problems.extend(e.diagnostics);
+    }
+    if !problems.is_empty() {
+        return Err(config::ConfigError::Invalid(problems).into());
+    }
     // Builtin names are known only to the binary, so they are checked here.
     let known: Vec<&str> = crate::pipeline::builtin_names().collect();
     for plugin in config.plugins.values() {

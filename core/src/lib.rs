@@ -19,6 +19,7 @@
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
 //! - [`dkim`]: outbound DKIM signing and `sluice dkim keygen`
 //! - [`authn`]: SPF, DKIM, DMARC and ARC for the plugins' `auth` interface
+//! - [`assets`]: the certificates and DKIM keys the config names, loaded once
 //! - [`config`]: the TOML file, parsed and validated
 //! - [`state`]: the plugins' key-value state (sled, or Redis shared by nodes)
 //! - [`metrics`]: counters, gauges and histograms for Prometheus
@@ -26,6 +27,7 @@
 //! - [`cli`]: the `sluice` command line
 
 pub mod admin;
+pub mod assets;
 pub mod authn;
 pub mod cli;
 pub mod config;

@@ -1,5 +1,6 @@
-//! The server: opens the spool, builds the plugin pipelines, loads the
-//! certificates of TLS listeners, binds the listeners, accepts connections
+//! The server: takes the certificates and DKIM keys `assets` loaded (and
+//! generates a self-signed certificate for TLS listeners without one),
+//! opens the spool, builds the plugin pipelines, binds the listeners, accepts connections
 //! under the global and per-client limits, reloads certificates and
 //! pipelines on SIGHUP (pipelines also on `sluice reload` and file changes,
 //! see `reload`), and runs the shutdown sequence (stop accepting, let sessions finish or
@@ -16,9 +17,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::{AdminError, AdminListeners, AdminState};
+use crate::assets::{AssetError, Assets};
 use crate::config::DkimKeyConfig;
-use crate::config::{Config, ListenerConfig, TlsFiles, TlsMode};
-use crate::delivery::{self, DeliverySettings, OutboundTlsConfig, RouteSetting};
+use crate::config::{Config, ListenerConfig, TlsMode};
+use crate::delivery::{self, DeliverySettings, OutboundTlsConfig};
 use crate::dkim::DkimSigners;
 use crate::dns::Dns;
 use crate::limits::ConnectionLimits;
@@ -33,6 +35,9 @@ use sluice_spool::Spool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A certificate or DKIM key the configuration names did not load.
+    #[error(transparent)]
+    Assets(#[from] AssetError),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -59,8 +64,6 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Admin(#[from] AdminError),
-    #[error("dkim.sign: {0}")]
-    DkimKey(#[from] crate::dkim::DkimKeyError),
 }
 
 /// A server that has opened its spool, built its pipelines and bound its
@@ -92,6 +95,9 @@ struct Listener {
 
 impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
+        // The configured files first, each read once: one that does not
+        // load stops the start before anything is created.
+        let assets = Assets::load(&config)?;
         let data_dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
             path: data_dir.clone(),
@@ -113,24 +119,29 @@ impl Server {
         let cache_dir = config.plugin_cache.resolve(&data_dir);
         let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
-        let dkim = DkimSigners::load(&config.dkim.sign)?;
+        let dkim = assets.dkim.clone();
 
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
+        let mut self_signed = None;
         let mut listeners = Vec::new();
         for listener in &config.listeners {
             let tls = if listener.tls == TlsMode::None {
                 None
             } else {
-                let tls_error = |source| ServerError::Tls {
-                    name: listener.name.clone(),
-                    source,
-                };
-                let files = match listener.tls_files.as_ref().or(config.tls.as_ref()) {
-                    Some(files) => files.clone(),
-                    None => crate::tls::self_signed(&data_dir, &config.server.hostname)
-                        .map_err(tls_error)?,
-                };
-                Some(certificate(&mut certificates, files).map_err(tls_error)?)
+                let tls =
+                    match assets.listener_certificate(&listener.name) {
+                        Some(tls) => tls,
+                        None => self_signed_certificate(&mut self_signed, &config).map_err(
+                            |source| ServerError::Tls {
+                                name: listener.name.clone(),
+                                source,
+                            },
+                        )?,
+                    };
+                if !certificates.iter().any(|c| Arc::ptr_eq(c, &tls)) {
+                    certificates.push(tls.clone());
+                }
+                Some(tls)
             };
             let socket = bind(listener.address).map_err(|source| ServerError::Bind {
                 name: listener.name.clone(),
@@ -339,17 +350,18 @@ fn lock_sessions(sessions: &Sessions) -> std::sync::MutexGuard<'_, JoinSet<()>> 
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The loaded certificate for `files`, shared by every listener that uses
-/// the same pair.
-fn certificate(
-    loaded: &mut Vec<Arc<ReloadableTls>>,
-    files: TlsFiles,
+/// The self-signed certificate under `data_dir` (generated on first use),
+/// loaded once and shared by every TLS listener without a configured one.
+fn self_signed_certificate(
+    loaded: &mut Option<Arc<ReloadableTls>>,
+    config: &Config,
 ) -> Result<Arc<ReloadableTls>, TlsError> {
-    if let Some(existing) = loaded.iter().find(|c| *c.files() == files) {
+    if let Some(existing) = loaded {
         return Ok(existing.clone());
     }
+    let files = crate::tls::self_signed(&config.server.data_dir, &config.server.hostname)?;
     let tls = Arc::new(ReloadableTls::load(files)?);
-    loaded.push(tls.clone());
+    *loaded = Some(tls.clone());
     Ok(tls)
 }
 
@@ -485,29 +497,15 @@ async fn accept_loop(
     }
 }
 
+/// The delivery's view of the configuration, and what it needs to know
+/// that is not configuration.
 fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) -> DeliverySettings {
     DeliverySettings {
         hostname: config.server.hostname.clone(),
-        local_domains: config.domains.local.clone(),
-        local: config.delivery.local.clone(),
+        domains: config.domains.clone(),
+        delivery: config.delivery.clone(),
+        queue: config.queue.clone(),
         maildir_root: config.server.data_dir.join("mail"),
-        routes: config
-            .delivery
-            .routes
-            .iter()
-            .map(|r| RouteSetting {
-                domain: r.domain.clone(),
-                next_hop: r.next_hop.clone(),
-                tls: r.tls,
-            })
-            .collect(),
-        retry: config.queue.retry.clone(),
-        max_age: config.queue.max_age,
-        warn_after: config.queue.warn_after,
-        max_connections_per_destination: config.delivery.max_connections_per_domain,
-        messages_per_second_per_destination: config.delivery.messages_per_second_per_domain,
-        smtp_port: config.delivery.smtp_port,
-        tls: config.delivery.tls,
         own_addresses: own_addresses.to_vec(),
         client_timeouts: Default::default(),
         idle_timeout: Duration::from_secs(5),

@@ -3,8 +3,8 @@
 //! self-signed certificate when none is configured, and keeping each
 //! certificate in an [`ArcSwap`] so SIGHUP can replace it while sessions
 //! run. Sessions take a [`TlsAcceptor`] from here for STARTTLS or
-//! implicit TLS; what they negotiated goes into the pipeline's `TlsInfo`
-//! and the Received header.
+//! implicit TLS; what they negotiated ([`TlsInfo`]) goes to the plugins'
+//! session record and the Received header.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,16 @@ use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
-use crate::pipeline::TlsInfo;
+
+/// What a finished handshake negotiated, as plugins and the Received
+/// header report it.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// "TLSv1.3", "TLSv1.2".
+    pub version: String,
+    /// The IANA cipher suite name, "TLS13_AES_256_GCM_SHA384".
+    pub cipher: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -93,6 +102,16 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let certs = read_certificates(&files.certificate)?;
     let key = read_private_key(&files.key)?;
+    server_config_from(files, certs, key)
+}
+
+/// [`server_config`] for a chain and key already read from `files` (which
+/// only name them in errors).
+pub fn server_config_from(
+    files: &TlsFiles,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, TlsError> {
     let rejected = |source| TlsError::Rejected {
         certificate: files.certificate.clone(),
         key: files.key.clone(),
@@ -117,10 +136,15 @@ pub struct ReloadableTls {
 impl ReloadableTls {
     pub fn load(files: TlsFiles) -> Result<ReloadableTls, TlsError> {
         let config = server_config(&files)?;
-        Ok(ReloadableTls {
+        Ok(ReloadableTls::new(files, config))
+    }
+
+    /// A certificate already loaded from `files` (which a reload reads).
+    pub fn new(files: TlsFiles, config: ServerConfig) -> ReloadableTls {
+        ReloadableTls {
             files,
             current: ArcSwap::from_pointee(config),
-        })
+        }
     }
 
     pub fn files(&self) -> &TlsFiles {

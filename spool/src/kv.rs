@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::spool::unix_now;
+use crate::clock::unix_now;
 use crate::SpoolError;
 
 /// Prefix of the kv trees, keeping them apart from the queue's trees.

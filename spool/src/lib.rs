@@ -10,6 +10,7 @@
 //!   [`MessageBytes`].
 //! - `id.rs`: [`QueueId`].
 //! - `kv.rs`: [`KvStore`], the plugins' key-value state.
+//! - `clock.rs`: the wall clock in unix seconds (ids, kv expiries).
 //! - `space.rs`: free space of the spool's filesystem, cached for a second.
 //! - `error.rs`: [`SpoolError`].
 //!
@@ -41,6 +42,7 @@
 //! committer thread flushes once for all writers waiting at that moment, so
 //! concurrent sessions share each fsync. Key-value state is not waited for.
 
+mod clock;
 mod commit;
 mod entry;
 mod error;

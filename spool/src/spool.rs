@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use crate::clock::unix_now;
 use crate::commit::Committer;
 use crate::id::IdSequence;
 use crate::kv::KvStore;
@@ -96,15 +97,6 @@ fn open_db(dir: &Path) -> Result<sled::Db, SpoolError> {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
-}
-
-/// Current wall-clock time in unix seconds.
-pub(crate) fn unix_now() -> u64 {
-    // A clock before 1970 is a broken host; 0 keeps ids valid regardless.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Decodes a stored entry and checks it is filed under its own id.

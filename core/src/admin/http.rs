@@ -296,12 +296,16 @@ pub(crate) mod tests_support {
     /// deferred.
     pub(crate) fn test_state(dir: &Path) -> (Arc<AdminState>, tokio::sync::watch::Sender<bool>) {
         let spool = Spool::open(&dir.join("spool")).unwrap();
+        let base = delivery::tests::settings(&[]);
         let settings = DeliverySettings {
-            local_domains: Vec::new(),
+            domains: crate::config::DomainsConfig { local: Vec::new() },
             maildir_root: dir.join("mail"),
-            retry: vec![Duration::from_secs(3600)],
-            max_age: Duration::from_secs(86400),
-            ..delivery::tests::settings(&[])
+            queue: crate::config::QueueConfig {
+                retry: vec![Duration::from_secs(3600)],
+                max_age: Duration::from_secs(86400),
+                ..base.queue.clone()
+            },
+            ..base
         };
         // A name server that is not there: every MX lookup fails temporarily.
         let dns = crate::dns::Dns::new(&crate::config::DnsConfig {

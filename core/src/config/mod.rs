@@ -1,7 +1,10 @@
 //! The configuration file: TOML deserialized into raw structs that refuse
 //! unknown keys, then resolved into a typed [`Config`] that cannot hold an
 //! unknown plugin, a listener without a pipeline, or an unparsed duration.
-//! Every error names the key and the line it came from.
+//! Every error names the key and the line it came from. Nothing here opens
+//! the files a configuration names (certificates, DKIM keys): `assets`
+//! does, once, for `check-config` and the server, reporting against the
+//! [`Origin`] each path carries.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-mod raw;
+mod resolve;
 
 /// The embedded default: what `sluice serve` runs without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
@@ -46,6 +49,47 @@ impl std::fmt::Display for ConfigDiagnostic {
     }
 }
 
+/// Where a value was written: the file, the line and column of its key,
+/// and the key's path. Values that name files carry it, so the step that
+/// opens those files (`assets`) reports in the same form as the diagnostics
+/// here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// "listener[0].certificate", "dkim.sign[1].key".
+    pub key: String,
+}
+
+impl Origin {
+    /// A problem with the value written here.
+    pub fn diagnostic(&self, message: impl Into<String>) -> ConfigDiagnostic {
+        ConfigDiagnostic {
+            origin: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A resolved value and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl<T> std::ops::Deref for Located<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
@@ -59,7 +103,7 @@ pub struct Config {
     pub log: LogConfig,
     /// `[tls]`: the certificate of TLS listeners without one of their own;
     /// None makes the server generate a self-signed one under data_dir.
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<TlsFilesConfig>,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
     /// `[state]`: where the plugins' kv state lives.
@@ -142,8 +186,8 @@ pub struct DkimKeyConfig {
     /// Lower-cased; mail whose From domain is this one is signed (d=).
     pub domain: String,
     pub selector: String,
-    /// PEM private key (PKCS#8; PKCS#1 also for RSA).
-    pub key: PathBuf,
+    /// PEM private key (PKCS#8; PKCS#1 also for RSA); read by `assets`.
+    pub key: Located<PathBuf>,
     pub algorithm: DkimAlgorithm,
     /// Header fields to sign; empty: the default list. From is always
     /// signed.
@@ -197,6 +241,24 @@ impl Default for ReloadConfig {
 pub struct TlsFiles {
     pub certificate: PathBuf,
     pub key: PathBuf,
+}
+
+/// A certificate and key pair as configured (`[tls]` or a listener's
+/// `certificate` and `key`): the paths and where each was written. Only
+/// their syntax is checked here; `assets` opens them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFilesConfig {
+    pub certificate: Located<PathBuf>,
+    pub key: Located<PathBuf>,
+}
+
+impl TlsFilesConfig {
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            certificate: self.certificate.value.clone(),
+            key: self.key.value.clone(),
+        }
+    }
 }
 
 /// `[auth]`: SMTP AUTH policy.
@@ -327,7 +389,7 @@ pub struct ListenerConfig {
     pub tls: TlsMode,
     pub auth: AuthMode,
     /// The listener's own certificate (overrides `[tls]`).
-    pub tls_files: Option<TlsFiles>,
+    pub tls_files: Option<TlsFilesConfig>,
     /// Allow AUTH over a cleartext connection (for loopback testing only).
     pub auth_without_tls: bool,
     /// A message submission listener (RFC 6409): senders must be the
@@ -598,7 +660,35 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
 }
 
 pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    raw::resolve(text, origin).map_err(ConfigError::Invalid)
+    let checked = check_str(text, origin)?;
+    if !checked.problems.is_empty() {
+        return Err(ConfigError::Invalid(checked.problems));
+    }
+    Ok(checked.config)
+}
+
+/// A configuration with every problem found in it. Where a value was
+/// wrong, `config` holds its default (or leaves the entry out), so the
+/// files the rest names can still be checked (`sluice check-config`).
+#[derive(Debug)]
+pub struct Checked {
+    pub config: Config,
+    pub problems: Vec<ConfigDiagnostic>,
+}
+
+/// Reads and resolves a file without stopping at the first wrong value.
+/// Err only when the file cannot be read or is not TOML of known keys.
+pub fn check_file(path: &Path) -> Result<Checked, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    check_str(&text, &path.display().to_string())
+}
+
+pub fn check_str(text: &str, origin: &str) -> Result<Checked, ConfigError> {
+    let (config, problems) = resolve::resolve(text, origin).map_err(ConfigError::Invalid)?;
+    Ok(Checked { config, problems })
 }
 
 /// The embedded default configuration.

@@ -24,37 +24,27 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{LocalDelivery, OutboundTls};
+use crate::config::{DeliveryConfig, DomainsConfig, QueueConfig, Route};
 
 pub use scheduler::{spawn, DeliveryHandle};
 pub use smtp_client::ClientTimeouts;
 pub use transport::{OutboundTlsConfig, TlsSetupError};
 
-#[derive(Debug, Clone)]
-pub struct RouteSetting {
-    /// Lower-cased domain, or "*" for every domain without its own route.
-    pub domain: String,
-    /// "host:port".
-    pub next_hop: String,
-    /// None: the delivery-wide policy.
-    pub tls: Option<OutboundTls>,
-}
-
+/// What the scheduler works from: the resolved `[delivery]`, `[queue]` and
+/// `[domains]` sections as they are, plus what is not configuration.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
+    /// `server.hostname`: the EHLO/LHLO name and the DSNs' reporting MTA.
     pub hostname: String,
-    pub local_domains: Vec<String>,
-    pub local: LocalDelivery,
+    /// Local domains are delivered locally unless they have a route.
+    pub domains: DomainsConfig,
+    /// Local delivery, routes, per-destination limits, STARTTLS policy,
+    /// the port MX hosts are contacted on.
+    pub delivery: DeliveryConfig,
+    /// Retry schedule, maximum age, delay warning.
+    pub queue: QueueConfig,
+    /// `<data_dir>/mail`.
     pub maildir_root: PathBuf,
-    pub routes: Vec<RouteSetting>,
-    pub retry: Vec<Duration>,
-    pub max_age: Duration,
-    pub warn_after: Option<Duration>,
-    pub max_connections_per_destination: usize,
-    pub messages_per_second_per_destination: Option<f64>,
-    /// The port MX hosts are contacted on.
-    pub smtp_port: u16,
-    pub tls: OutboundTls,
     /// This server's listeners: an MX pointing here is a loop.
     pub own_addresses: Vec<SocketAddr>,
     pub client_timeouts: ClientTimeouts,
@@ -65,18 +55,19 @@ impl DeliverySettings {
     /// The configured route for a domain: its own, else (for remote
     /// domains only) the "*" route. A local domain without its own route
     /// is delivered locally.
-    fn route(&self, domain: &str) -> Option<&RouteSetting> {
+    fn route(&self, domain: &str) -> Option<&Route> {
         let domain = domain.to_ascii_lowercase();
-        let own = self.routes.iter().find(|r| r.domain == domain);
+        let routes = &self.delivery.routes;
+        let own = routes.iter().find(|r| r.domain == domain);
         if own.is_some() || self.is_local(&domain) {
             return own;
         }
-        self.routes.iter().find(|r| r.domain == "*")
+        routes.iter().find(|r| r.domain == "*")
     }
 
     fn is_local(&self, domain: &str) -> bool {
         let domain = domain.to_ascii_lowercase();
-        self.local_domains.contains(&domain)
+        self.domains.local.contains(&domain)
     }
 }
 
@@ -99,28 +90,37 @@ fn split_address(address: &str) -> (&str, &str) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::{LocalDelivery, OutboundTls};
 
     pub(crate) fn settings(routes: &[(&str, &str)]) -> DeliverySettings {
         DeliverySettings {
             hostname: "mx.test".into(),
-            local_domains: vec!["local.test".into()],
-            local: LocalDelivery::Maildir,
+            domains: DomainsConfig {
+                local: vec!["local.test".into()],
+            },
+            delivery: DeliveryConfig {
+                local: LocalDelivery::Maildir,
+                routes: routes
+                    .iter()
+                    .map(|(d, h)| Route {
+                        domain: d.to_string(),
+                        next_hop: h.to_string(),
+                        tls: None,
+                    })
+                    .collect(),
+                max_connections_per_domain: 1,
+                messages_per_second_per_domain: None,
+                smtp_port: 25,
+                tls: OutboundTls::Opportunistic,
+                ca_file: None,
+            },
+            queue: QueueConfig {
+                retry: vec![Duration::from_secs(60)],
+                max_age: Duration::from_secs(3600),
+                warn_after: None,
+                min_free_space: 0,
+            },
             maildir_root: "/nonexistent".into(),
-            routes: routes
-                .iter()
-                .map(|(d, h)| RouteSetting {
-                    domain: d.to_string(),
-                    next_hop: h.to_string(),
-                    tls: None,
-                })
-                .collect(),
-            retry: vec![Duration::from_secs(60)],
-            max_age: Duration::from_secs(3600),
-            warn_after: None,
-            max_connections_per_destination: 1,
-            messages_per_second_per_destination: None,
-            smtp_port: 25,
-            tls: OutboundTls::Opportunistic,
             own_addresses: Vec::new(),
             client_timeouts: ClientTimeouts::default(),
             idle_timeout: Duration::from_secs(1),

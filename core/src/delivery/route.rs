@@ -51,11 +51,11 @@ pub fn destination(settings: &DeliverySettings, domain: &str) -> Destination {
     match settings.route(domain) {
         Some(route) => Destination::Route {
             next_hop: route.next_hop.clone(),
-            tls: route.tls.unwrap_or(settings.tls),
+            tls: route.tls.unwrap_or(settings.delivery.tls),
         },
         None => Destination::Mx {
             domain: domain.to_ascii_lowercase(),
-            tls: settings.tls,
+            tls: settings.delivery.tls,
         },
     }
 }
@@ -149,7 +149,7 @@ async fn mx_targets(
         }
         targets.extend(ips.into_iter().map(|ip| Target {
             host: host.clone(),
-            address: TargetAddress::Tcp(SocketAddr::new(ip, settings.smtp_port)),
+            address: TargetAddress::Tcp(SocketAddr::new(ip, settings.delivery.smtp_port)),
         }));
     }
     if targets.is_empty() {
@@ -207,7 +207,7 @@ fn order_by_preference(mut records: Vec<MxRecord>) -> Vec<MxRecord> {
 /// Whether `ip` on the SMTP port is one of this server's listeners.
 fn is_own(settings: &DeliverySettings, ip: IpAddr) -> bool {
     settings.own_addresses.iter().any(|own| {
-        own.port() == settings.smtp_port
+        own.port() == settings.delivery.smtp_port
             && (own.ip() == ip || (own.ip().is_unspecified() && is_local_ip(ip)))
     })
 }

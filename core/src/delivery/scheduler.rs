@@ -90,8 +90,8 @@ pub fn spawn(
         pool: smtp_client::ConnectionPool::new(settings.idle_timeout),
     };
     let limits = DestinationLimits::new(
-        settings.max_connections_per_destination,
-        settings.messages_per_second_per_destination,
+        settings.delivery.max_connections_per_domain,
+        settings.delivery.messages_per_second_per_domain,
     );
     let deliverer = Arc::new(Deliverer {
         settings,
@@ -267,7 +267,7 @@ impl Deliverer {
             }
             let (local, domain) = split_address(&rcpt.address);
             if self.settings.is_local(domain) && self.settings.route(domain).is_none() {
-                match &self.settings.local {
+                match &self.settings.delivery.local {
                     LocalDelivery::Maildir => {
                         let result = self
                             .maildir(&id_text, &entry.reverse_path, local, domain, message)
@@ -288,7 +288,9 @@ impl Deliverer {
                 None => remote.push((destination, vec![(index, rcpt.address.clone())])),
             }
         }
-        if let (LocalDelivery::Lmtp(target), false) = (&self.settings.local, lmtp.is_empty()) {
+        if let (LocalDelivery::Lmtp(target), false) =
+            (&self.settings.delivery.local, lmtp.is_empty())
+        {
             let target = lmtp_target(target).await;
             let group = match target {
                 Ok(targets) => {
@@ -412,9 +414,9 @@ impl Deliverer {
         results: Vec<Result1>,
         tx: &mpsc::UnboundedSender<Event>,
     ) -> Option<u64> {
-        let settings = &self.settings;
+        let queue = &self.settings.queue;
         let age = Duration::from_secs(now().saturating_sub(entry.received_at));
-        let expired = age >= settings.max_age;
+        let expired = age >= queue.max_age;
         let mut outcomes = Vec::with_capacity(results.len());
         let mut failed = Vec::new();
         let mut deferred = Vec::new();
@@ -433,7 +435,7 @@ impl Deliverer {
                     RecipientStatus::Failed,
                     format!(
                         "554 5.4.7 delivery time expired after {}; last reply: {r}",
-                        humantime::format_duration(settings.max_age)
+                        humantime::format_duration(queue.max_age)
                     ),
                 ),
                 RecipientResult::Deferred(r) => (RecipientStatus::Deferred, r),
@@ -460,9 +462,9 @@ impl Deliverer {
             });
         }
         let next = (!deferred.is_empty()).then(|| {
-            let step = (entry.attempts as usize).min(settings.retry.len().saturating_sub(1));
+            let step = (entry.attempts as usize).min(queue.retry.len().saturating_sub(1));
             now()
-                + settings
+                + queue
                     .retry
                     .get(step)
                     .map(|d| d.as_secs().max(1))
@@ -474,7 +476,7 @@ impl Deliverer {
             self.notify(entry, message, ReportKind::Failed, &failed, tx)
                 .await;
         }
-        let warn = settings
+        let warn = queue
             .warn_after
             .is_some_and(|after| age >= after && !entry.warned && !deferred.is_empty());
         if warn
@@ -514,7 +516,7 @@ impl Deliverer {
             received_at: entry.received_at,
             message,
         };
-        let retry_until = entry.received_at + self.settings.max_age.as_secs();
+        let retry_until = entry.received_at + self.settings.queue.max_age.as_secs();
         let report = dsn::report(
             &self.settings.hostname,
             kind,

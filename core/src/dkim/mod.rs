@@ -1,7 +1,8 @@
 //! Outbound DKIM signing (RFC 6376, RFC 8463): the keys of `[[dkim.sign]]`
-//! loaded from PEM files (and re-read on SIGHUP), and the signatures sluice
-//! adds to mail from authenticated or trusted clients before it is spooled. Verification of
-//! incoming mail lives in `authn`; key generation in [`keygen`].
+//! loaded from PEM files (once at start, through `assets`, and again on
+//! SIGHUP), and the signatures sluice adds to mail from authenticated or
+//! trusted clients before it is spooled. Verification of incoming mail
+//! lives in `authn`; key generation in [`keygen`].
 
 pub mod keygen;
 
@@ -104,12 +105,6 @@ fn load_key(path: &Path, algorithm: DkimAlgorithm) -> Result<Key, DkimKeyError> 
     }
 }
 
-/// Checks that the key file of a `[[dkim.sign]]` entry loads (for config
-/// validation).
-pub fn check_key(path: &Path, algorithm: DkimAlgorithm) -> Result<(), DkimKeyError> {
-    load_key(path, algorithm).map(|_| ())
-}
-
 /// One `[[dkim.sign]]` entry, ready to sign.
 struct DomainKey {
     domain: String,
@@ -148,10 +143,22 @@ pub enum SignError {
 }
 
 impl DkimSigners {
-    /// Loads every key of `[[dkim.sign]]`.
-    pub fn load(entries: &[DkimKeyConfig]) -> Result<DkimSigners, DkimKeyError> {
+    /// Loads every key of `[[dkim.sign]]`; when some do not load, every
+    /// failure is returned with the index of its entry.
+    pub fn load(entries: &[DkimKeyConfig]) -> Result<DkimSigners, Vec<(usize, DkimKeyError)>> {
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut failures = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            match domain_key(entry) {
+                Ok(key) => keys.push(key),
+                Err(e) => failures.push((index, e)),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(failures);
+        }
         Ok(DkimSigners {
-            keys: Arc::new(RwLock::new(Arc::new(load_all(entries)?))),
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
         })
     }
 
@@ -200,16 +207,16 @@ impl DkimSigners {
 }
 
 fn load_all(entries: &[DkimKeyConfig]) -> Result<Vec<DomainKey>, DkimKeyError> {
-    let mut keys = Vec::with_capacity(entries.len());
-    for entry in entries {
-        keys.push(DomainKey {
-            domain: entry.domain.clone(),
-            selector: entry.selector.clone(),
-            key: load_key(&entry.key, entry.algorithm)?,
-            headers: signed_headers(&entry.headers),
-        });
-    }
-    Ok(keys)
+    entries.iter().map(domain_key).collect()
+}
+
+fn domain_key(entry: &DkimKeyConfig) -> Result<DomainKey, DkimKeyError> {
+    Ok(DomainKey {
+        domain: entry.domain.clone(),
+        selector: entry.selector.clone(),
+        key: load_key(&entry.key, entry.algorithm)?,
+        headers: signed_headers(&entry.headers),
+    })
 }
 
 fn sign_with<T: SigningKey>(
@@ -269,6 +276,12 @@ fn signed_headers(configured: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Located, Origin};
+
+    /// Whether the key at `path` loads as `algorithm`.
+    fn check_key(path: &Path, algorithm: DkimAlgorithm) -> Result<(), DkimKeyError> {
+        load_key(path, algorithm).map(drop)
+    }
 
     fn entry(dir: &Path, algorithm: DkimAlgorithm) -> DkimKeyConfig {
         let generated = keygen::generate(
@@ -285,7 +298,15 @@ mod tests {
         DkimKeyConfig {
             domain: "example.org".into(),
             selector: "s1".into(),
-            key: path,
+            key: Located {
+                value: path,
+                origin: Origin {
+                    file: "c.toml".into(),
+                    line: 1,
+                    column: 1,
+                    key: "dkim.sign[0].key".into(),
+                },
+            },
             algorithm,
             headers: Vec::new(),
         }

@@ -19,11 +19,7 @@ pub struct SessionInfo {
     pub recipients: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct TlsInfo {
-    pub version: String,
-    pub cipher: String,
-}
+pub use crate::tls::TlsInfo;
 
 /// A mailbox handed to `on-mail` / `on-rcpt`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,10 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 use super::stream::{SessionStream, Stream};
-use crate::pipeline::TlsInfo;
 use crate::smtp::data::{DataProgress, DataReceiver};
 use crate::smtp::line::{Line, LineBuffer};
 use crate::smtp::reply::Reply;
+use crate::tls::TlsInfo;
 
 /// RFC 4954 §4: AUTH lines (the command with an initial response, and the
 /// responses to challenges) may be up to 12288 octets; the line buffer is

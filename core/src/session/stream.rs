@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::pipeline::TlsInfo;
+use crate::tls::TlsInfo;
 
 /// What a session can run over: any async byte stream that can move to
 /// another task. `TcpStream` in the server, `tokio::io::DuplexStream` in

@@ -1,0 +1,313 @@
+//! The files a configuration names: the certificate and key pairs of
+//! `[tls]` and the listeners, and the `[[dkim.sign]]` keys, loaded once.
+//! `config` only checks their paths' form; [`Assets::load`] opens them and
+//! reports every failure as a [`ConfigDiagnostic`] on the key that named the
+//! file, so `sluice check-config` prints file and value errors alike. The
+//! server takes the loaded certificates to its listeners and the signers to
+//! its sessions; SIGHUP re-reads the same files later.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigDiagnostic, TlsFiles, TlsFilesConfig, TlsMode};
+use crate::dkim::DkimSigners;
+use crate::tls::{self, ReloadableTls, TlsError};
+
+/// Files a configuration names that did not load, one diagnostic each,
+/// in the order the configuration names them.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct AssetError {
+    pub diagnostics: Vec<ConfigDiagnostic>,
+}
+
+/// Everything loaded from the files a configuration names.
+pub struct Assets {
+    /// The configured certificate of each TLS listener that has one (its
+    /// own or `[tls]`), by listener name; listeners sharing a pair share
+    /// one. A TLS listener missing here gets the server's self-signed one.
+    listener_certificates: BTreeMap<String, Arc<ReloadableTls>>,
+    /// The `[[dkim.sign]]` keys.
+    pub dkim: DkimSigners,
+}
+
+impl Assets {
+    /// Opens every configured certificate pair and DKIM key once. Creates
+    /// no file.
+    pub fn load(config: &Config) -> Result<Assets, AssetError> {
+        let mut diagnostics = Vec::new();
+        let mut certificates = Certificates::default();
+        let mut listener_certificates = BTreeMap::new();
+        // Every pair is checked, also that of a listener without TLS (which
+        // config reports as unused) or a `[tls]` no listener needs.
+        for listener in &config.listeners {
+            let Some(pair) = &listener.tls_files else {
+                continue;
+            };
+            let loaded = certificates.load(pair, &mut diagnostics);
+            if let (Some(tls), true) = (loaded, listener.tls != TlsMode::None) {
+                listener_certificates.insert(listener.name.clone(), tls);
+            }
+        }
+        if let Some(pair) = &config.tls {
+            let loaded = certificates.load(pair, &mut diagnostics);
+            if let Some(tls) = loaded {
+                for listener in &config.listeners {
+                    if listener.tls != TlsMode::None && listener.tls_files.is_none() {
+                        listener_certificates.insert(listener.name.clone(), tls.clone());
+                    }
+                }
+            }
+        }
+        let dkim = match DkimSigners::load(&config.dkim.sign) {
+            Ok(signers) => Some(signers),
+            Err(failures) => {
+                for (index, error) in failures {
+                    if let Some(entry) = config.dkim.sign.get(index) {
+                        diagnostics.push(entry.key.origin.diagnostic(error.to_string()));
+                    }
+                }
+                None
+            }
+        };
+        match dkim {
+            Some(dkim) if diagnostics.is_empty() => Ok(Assets {
+                listener_certificates,
+                dkim,
+            }),
+            _ => Err(AssetError { diagnostics }),
+        }
+    }
+
+    /// The configured certificate of a TLS listener; None when it has none
+    /// (nor `[tls]`) or does not use TLS.
+    pub fn listener_certificate(&self, listener: &str) -> Option<Arc<ReloadableTls>> {
+        self.listener_certificates.get(listener).cloned()
+    }
+}
+
+/// Each distinct pair loaded once, however many keys name it.
+#[derive(Default)]
+struct Certificates {
+    loaded: Vec<(TlsFiles, Result<Arc<ReloadableTls>, PairFailure>)>,
+}
+
+/// Why a pair did not load: the certificate, the key, or both as a pair.
+#[derive(Clone)]
+struct PairFailure {
+    certificate: Option<String>,
+    key: Option<String>,
+}
+
+impl Certificates {
+    /// The loaded pair, or None after adding its errors, on the keys of
+    /// `pair`, to `diagnostics`.
+    fn load(
+        &mut self,
+        pair: &TlsFilesConfig,
+        diagnostics: &mut Vec<ConfigDiagnostic>,
+    ) -> Option<Arc<ReloadableTls>> {
+        let files = pair.files();
+        let outcome = match self.loaded.iter().find(|(f, _)| *f == files) {
+            Some((_, outcome)) => outcome.clone(),
+            None => {
+                let outcome = load_pair(&files);
+                self.loaded.push((files, outcome.clone()));
+                outcome
+            }
+        };
+        match outcome {
+            Ok(tls) => Some(tls),
+            Err(failure) => {
+                if let Some(message) = failure.certificate {
+                    diagnostics.push(pair.certificate.origin.diagnostic(message));
+                }
+                if let Some(message) = failure.key {
+                    diagnostics.push(pair.key.origin.diagnostic(message));
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Reads the chain and the key (each file once, each error on its own
+/// key), then builds the rustls configuration; a key that does not fit
+/// the certificate is reported on the key.
+fn load_pair(files: &TlsFiles) -> Result<Arc<ReloadableTls>, PairFailure> {
+    let certs = tls::read_certificates(&files.certificate);
+    let key = tls::read_private_key(&files.key);
+    let (certs, key) = match (certs, key) {
+        (Ok(certs), Ok(key)) => (certs, key),
+        (certs, key) => {
+            return Err(PairFailure {
+                certificate: certs.err().as_ref().map(TlsError::to_string),
+                key: key.err().as_ref().map(TlsError::to_string),
+            })
+        }
+    };
+    match tls::server_config_from(files, certs, key) {
+        Ok(config) => Ok(Arc::new(ReloadableTls::new(files.clone(), config))),
+        Err(e) => Err(PairFailure {
+            certificate: None,
+            key: Some(e.to_string()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    const PIPELINE: &str = "[pipeline.p]\n";
+
+    fn pem_pair(dir: &std::path::Path, host: &str) -> (String, String) {
+        let files = tls::self_signed(&dir.join(host), host).unwrap();
+        (
+            files.certificate.display().to_string(),
+            files.key.display().to_string(),
+        )
+    }
+
+    fn load_err(text: &str) -> String {
+        let config = load_str(text, "c.toml").unwrap();
+        match Assets::load(&config) {
+            Ok(_) => panic!("loaded:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn has_line(err: &str, at: &str, what: &[&str]) -> bool {
+        err.lines()
+            .any(|l| l.starts_with(at) && what.iter().all(|w| l.contains(w)))
+    }
+
+    #[test]
+    fn missing_certificate_names_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_cert, key) = pem_pair(dir.path(), "mx.test");
+        let missing = dir.path().join("missing-cert.pem").display().to_string();
+        let text = format!(
+            "[[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\n\
+             tls = \"implicit\"\ncertificate = \"{missing}\"\nkey = \"{key}\"\n{PIPELINE}"
+        );
+        let err = load_err(&text);
+        assert!(
+            has_line(
+                &err,
+                "c.toml:6:",
+                &["listener[0].certificate: cannot read", "missing-cert.pem"]
+            ),
+            "{err}"
+        );
+        // The key loaded: nothing said about it.
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn bad_key_file_names_key_and_line_for_each_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _key) = pem_pair(dir.path(), "mx.test");
+        // The certificate given as key: a PEM file without a key in it.
+        let text = format!(
+            "[tls]\ncertificate = \"{cert}\"\nkey = \"{cert}\"\n\
+             [[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n\
+             tls = \"starttls\"\ncertificate = \"{cert}\"\nkey = \"{cert}\"\n{PIPELINE}"
+        );
+        let err = load_err(&text);
+        assert!(
+            has_line(&err, "c.toml:3:", &["tls.key", "no private key found"]),
+            "{err}"
+        );
+        assert!(
+            has_line(&err, "c.toml:10:", &["listener[0].key", "no private key"]),
+            "{err}"
+        );
+        assert!(!err.contains(".certificate"), "{err}");
+    }
+
+    #[test]
+    fn key_of_another_certificate_is_reported_on_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = pem_pair(dir.path(), "a.test");
+        let (_, other_key) = pem_pair(dir.path(), "b.test");
+        let text = format!(
+            "[tls]\ncertificate = \"{cert}\"\nkey = \"{other_key}\"\n\
+             [[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n{PIPELINE}"
+        );
+        let err = load_err(&text);
+        assert!(
+            has_line(&err, "c.toml:3:", &["tls.key", "with key"]),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_dkim_key_names_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated =
+            crate::dkim::keygen::generate(crate::dkim::keygen::KeyType::Ed25519, "a.test", "s1")
+                .unwrap();
+        let good = dir.path().join("good.pem");
+        std::fs::write(&good, &generated.private_pem).unwrap();
+        let text = format!(
+            "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n{PIPELINE}\
+             [[dkim.sign]]\ndomain = \"a.test\"\nselector = \"s1\"\nkey = \"{}\"\nalgorithm = \"ed25519-sha256\"\n\
+             [[dkim.sign]]\ndomain = \"b.test\"\nselector = \"s1\"\nkey = \"/nonexistent/missing.pem\"\n",
+            good.display()
+        );
+        let err = load_err(&text);
+        assert!(
+            has_line(
+                &err,
+                "c.toml:14:",
+                &["dkim.sign[1].key: cannot read", "missing.pem"]
+            ),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn shared_pairs_load_once_and_listeners_get_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_pair(dir.path(), "mx.test");
+        let (own_cert, own_key) = pem_pair(dir.path(), "own.test");
+        let text = format!(
+            "[tls]\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\ntls = \"starttls\"\n\
+             [[listener]]\nname = \"b\"\naddress = \"127.0.0.1:26\"\npipeline = \"p\"\ntls = \"implicit\"\n\
+             certificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [[listener]]\nname = \"c\"\naddress = \"127.0.0.1:27\"\npipeline = \"p\"\ntls = \"implicit\"\n\
+             certificate = \"{own_cert}\"\nkey = \"{own_key}\"\n\
+             [[listener]]\nname = \"plain\"\naddress = \"127.0.0.1:28\"\npipeline = \"p\"\n{PIPELINE}"
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        let assets = Assets::load(&config).unwrap();
+        let a = assets.listener_certificate("a").unwrap();
+        let b = assets.listener_certificate("b").unwrap();
+        let c = assets.listener_certificate("c").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.files().certificate.display().to_string(), own_cert);
+        assert!(assets.listener_certificate("plain").is_none());
+        assert!(assets.dkim.is_empty());
+    }
+
+    #[test]
+    fn without_configured_files_nothing_is_loaded_or_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let text = format!(
+            "[server]\ndata_dir = \"{}\"\n\
+             [[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\ntls = \"starttls\"\n{PIPELINE}",
+            data.display()
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        let assets = Assets::load(&config).unwrap();
+        // The server generates the self-signed certificate, not the check.
+        assert!(assets.listener_certificate("a").is_none());
+        assert!(!data.exists());
+    }
+}

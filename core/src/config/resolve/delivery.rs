@@ -1,0 +1,242 @@
+//! `[delivery]`, `[queue]` and `[dns]`: where accepted mail goes, how long
+//! it is retried, and the resolver every lookup uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::super::*;
+use super::{valid_domain, valid_host_port, Diagnostics, Size};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDelivery {
+    local: Option<Spanned<RawLocal>>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    max_connections_per_domain: Option<usize>,
+    messages_per_second_per_domain: Option<Spanned<f64>>,
+    smtp_port: Option<u16>,
+    tls: Option<OutboundTls>,
+    ca_file: Option<String>,
+}
+
+/// `local = "maildir"` or `local = { lmtp = "127.0.0.1:24" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawLocal {
+    Name(String),
+    Lmtp(RawLmtp),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLmtp {
+    lmtp: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    domain: Spanned<String>,
+    next_hop: Spanned<String>,
+    tls: Option<OutboundTls>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    attempts: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    retry: Option<Spanned<Vec<String>>>,
+    max_age: Option<Spanned<String>>,
+    warn_after: Option<Spanned<String>>,
+    min_free_space: Option<Spanned<Size>>,
+}
+
+pub(super) fn resolve_delivery(
+    d: &mut Diagnostics<'_>,
+    raw: Option<&RawDelivery>,
+) -> DeliveryConfig {
+    let default = RawDelivery::default();
+    let delivery = raw.unwrap_or(&default);
+    let local_delivery = match delivery.local.as_ref().map(|l| (l.get_ref(), l.span())) {
+        None => LocalDelivery::Maildir,
+        Some((RawLocal::Name(name), _)) if name == "maildir" => LocalDelivery::Maildir,
+        Some((RawLocal::Name(name), span)) => {
+            d.add(
+                span,
+                "delivery.local",
+                format!(
+                    "unsupported local delivery {name:?} (expected \"maildir\" or {{ lmtp = \"HOST:PORT\" }})"
+                ),
+            );
+            LocalDelivery::Maildir
+        }
+        Some((RawLocal::Lmtp(lmtp), span)) => match lmtp.lmtp.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => LocalDelivery::Lmtp(LmtpTarget::Unix(path.into())),
+            _ if valid_host_port(&lmtp.lmtp) => {
+                LocalDelivery::Lmtp(LmtpTarget::Tcp(lmtp.lmtp.clone()))
+            }
+            _ => {
+                d.add(
+                    span,
+                    "delivery.local.lmtp",
+                    format!(
+                        "invalid LMTP address {:?} (expected HOST:PORT or unix:/path)",
+                        lmtp.lmtp
+                    ),
+                );
+                LocalDelivery::Maildir
+            }
+        },
+    };
+    let messages_per_second_per_domain = match &delivery.messages_per_second_per_domain {
+        Some(rate) if !(rate.get_ref().is_finite() && *rate.get_ref() > 0.0) => {
+            d.add(
+                rate.span(),
+                "delivery.messages_per_second_per_domain",
+                "must be a number greater than 0",
+            );
+            None
+        }
+        rate => rate.as_ref().map(|r| *r.get_ref()),
+    };
+    let mut routes = Vec::new();
+    for (i, route) in delivery.route.iter().enumerate() {
+        let domain = route.domain.get_ref().to_ascii_lowercase();
+        if domain != "*" && !valid_domain(&domain) {
+            d.add(
+                route.domain.span(),
+                format!("delivery.route[{i}].domain"),
+                format!("invalid domain {domain:?}"),
+            );
+        }
+        let hop = route.next_hop.get_ref();
+        if !valid_host_port(hop) {
+            d.add(
+                route.next_hop.span(),
+                format!("delivery.route[{i}].next_hop"),
+                format!("invalid next hop {hop:?} (expected HOST:PORT)"),
+            );
+        }
+        routes.push(Route {
+            domain,
+            next_hop: hop.clone(),
+            tls: route.tls,
+        });
+    }
+
+    DeliveryConfig {
+        local: local_delivery,
+        routes,
+        max_connections_per_domain: delivery.max_connections_per_domain.unwrap_or(10).max(1),
+        messages_per_second_per_domain,
+        smtp_port: delivery.smtp_port.unwrap_or(25),
+        tls: delivery.tls.unwrap_or(OutboundTls::Opportunistic),
+        ca_file: delivery.ca_file.as_ref().map(PathBuf::from),
+    }
+}
+
+pub(super) fn resolve_queue(d: &mut Diagnostics<'_>, raw: Option<&RawQueue>) -> QueueConfig {
+    let default = RawQueue::default();
+    let queue = raw.unwrap_or(&default);
+    let default_retry: Vec<Duration> = [120, 300, 600, 900, 1800, 3600, 7200]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect();
+    let retry = match &queue.retry {
+        None => default_retry,
+        Some(list) if list.get_ref().is_empty() => {
+            d.add(
+                list.span(),
+                "queue.retry",
+                "must list at least one interval",
+            );
+            default_retry
+        }
+        Some(list) => {
+            let mut out = Vec::new();
+            for item in list.get_ref() {
+                match humantime::parse_duration(item) {
+                    Ok(v) => out.push(v),
+                    Err(e) => d.add(
+                        list.span(),
+                        "queue.retry",
+                        format!("invalid duration {item:?}: {e}"),
+                    ),
+                }
+            }
+            out
+        }
+    };
+    let max_age = d.duration(
+        &queue.max_age,
+        "queue.max_age",
+        Duration::from_secs(5 * 86400),
+    );
+    // "0s" turns the delayed-delivery warning off.
+    let warn_after = Some(d.duration(
+        &queue.warn_after,
+        "queue.warn_after",
+        Duration::from_secs(4 * 3600),
+    ))
+    .filter(|d| !d.is_zero());
+
+    const DEFAULT_MIN_FREE_SPACE: u64 = 256 << 20;
+    let min_free_space = match &queue.min_free_space {
+        None => DEFAULT_MIN_FREE_SPACE,
+        Some(size) => match size.get_ref().bytes() {
+            Ok(n) => n,
+            Err(e) => {
+                d.add(size.span(), "queue.min_free_space", e);
+                DEFAULT_MIN_FREE_SPACE
+            }
+        },
+    };
+
+    QueueConfig {
+        retry,
+        max_age,
+        warn_after,
+        min_free_space,
+    }
+}
+
+pub(super) fn resolve_dns(d: &mut Diagnostics<'_>, raw: Option<&RawDns>) -> DnsConfig {
+    let default = RawDns::default();
+    let dns = raw.unwrap_or(&default);
+    let mut nameservers = Vec::new();
+    for server in &dns.nameservers {
+        let text = server.get_ref();
+        // A bare IP means port 53.
+        let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Some(address) => nameservers.push(address),
+            None => d.add(
+                server.span(),
+                "dns.nameservers",
+                format!("invalid name server {text:?} (expected IP or IP:PORT)"),
+            ),
+        }
+    }
+    DnsConfig {
+        nameservers,
+        timeout: d.duration(&dns.timeout, "dns.timeout", Duration::from_secs(5)),
+        attempts: dns.attempts.unwrap_or(2).max(1),
+    }
+}

@@ -1,0 +1,214 @@
+//! `[[listener]]` and `[tls]`: where sluice listens, with which pipeline,
+//! TLS mode and AUTH policy, and the certificate paths (checked for form
+//! only; `assets` opens them).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::super::*;
+use super::Diagnostics;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    pipeline: Spanned<String>,
+    tls: Option<Spanned<TlsMode>>,
+    auth: Option<Spanned<AuthMode>>,
+    certificate: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    auth_without_tls: Option<bool>,
+    submission: Option<bool>,
+    greet_delay: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    certificate: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+}
+
+impl Diagnostics<'_> {
+    /// A certificate and key pair given as two keys of one table: both or
+    /// neither. Relative paths are relative to the working directory, like
+    /// `server.data_dir`.
+    fn tls_files(
+        &mut self,
+        certificate: &Option<Spanned<String>>,
+        key: &Option<Spanned<String>>,
+        table: &str,
+    ) -> Option<TlsFilesConfig> {
+        match (certificate, key) {
+            (None, None) => None,
+            (Some(c), None) => {
+                self.add(
+                    c.span(),
+                    format!("{table}.key"),
+                    "certificate is set but key is missing",
+                );
+                None
+            }
+            (None, Some(k)) => {
+                self.add(
+                    k.span(),
+                    format!("{table}.certificate"),
+                    "key is set but certificate is missing",
+                );
+                None
+            }
+            (Some(c), Some(k)) => Some(TlsFilesConfig {
+                certificate: Located {
+                    value: c.get_ref().into(),
+                    origin: self.origin(c.span(), format!("{table}.certificate")),
+                },
+                key: Located {
+                    value: k.get_ref().into(),
+                    origin: self.origin(k.span(), format!("{table}.key")),
+                },
+            }),
+        }
+    }
+}
+
+/// Every listener; each must name a pipeline of `pipelines`.
+pub(super) fn resolve_listeners(
+    d: &mut Diagnostics<'_>,
+    raw: &[RawListener],
+    pipelines: &BTreeMap<String, PipelineConfig>,
+) -> Vec<ListenerConfig> {
+    let mut listeners: Vec<ListenerConfig> = Vec::new();
+    for (i, listener) in raw.iter().enumerate() {
+        let key = format!("listener[{i}]");
+        if listeners.iter().any(|l| l.name == *listener.name.get_ref()) {
+            d.add(
+                listener.name.span(),
+                format!("{key}.name"),
+                format!("duplicate listener name {:?}", listener.name.get_ref()),
+            );
+        }
+        let address: SocketAddr = match listener.address.get_ref().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                d.add(
+                    listener.address.span(),
+                    format!("{key}.address"),
+                    format!(
+                        "invalid address {:?} (expected IP:PORT)",
+                        listener.address.get_ref()
+                    ),
+                );
+                continue;
+            }
+        };
+        if !pipelines.contains_key(listener.pipeline.get_ref()) {
+            let known: Vec<&str> = pipelines.keys().map(String::as_str).collect();
+            d.add(
+                listener.pipeline.span(),
+                format!("{key}.pipeline"),
+                format!(
+                    "unknown pipeline {:?} (defined: {})",
+                    listener.pipeline.get_ref(),
+                    known.join(", ")
+                ),
+            );
+        }
+        let tls = listener
+            .tls
+            .as_ref()
+            .map_or(TlsMode::None, |t| *t.get_ref());
+        let auth = listener
+            .auth
+            .as_ref()
+            .map_or(AuthMode::None, |a| *a.get_ref());
+        let auth_without_tls = listener.auth_without_tls.unwrap_or(false);
+        let tls_files = d.tls_files(&listener.certificate, &listener.key, &key);
+        if tls == TlsMode::None {
+            if let Some(first) = listener.certificate.as_ref().or(listener.key.as_ref()) {
+                d.add(
+                    first.span(),
+                    format!("{key}.certificate"),
+                    "a certificate is only used by a listener with tls = \"starttls\" or \"implicit\"",
+                );
+            }
+            if let Some(a) = &listener.auth {
+                if auth != AuthMode::None && !auth_without_tls {
+                    d.add(
+                        a.span(),
+                        format!("{key}.auth"),
+                        "AUTH is only offered over TLS: set tls = \"starttls\" or \"implicit\" \
+                         (or auth_without_tls = true for loopback testing)",
+                    );
+                }
+            }
+        }
+        let submission = listener.submission.unwrap_or(auth == AuthMode::Required);
+        if submission && auth == AuthMode::None {
+            d.add(
+                listener.name.span(),
+                format!("{key}.submission"),
+                "a submission listener needs auth = \"required\" (or \"optional\")",
+            );
+        }
+        // Port-25 style listeners wait a second before greeting (a short
+        // postscreen pregreet test); submission and implicit TLS do not.
+        let default_delay = if submission || tls == TlsMode::Implicit {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
+        let greet_delay = d.duration(
+            &listener.greet_delay,
+            &format!("{key}.greet_delay"),
+            default_delay,
+        );
+        if let Some(g) = &listener.greet_delay {
+            if tls == TlsMode::Implicit && !greet_delay.is_zero() {
+                d.add(
+                    g.span(),
+                    format!("{key}.greet_delay"),
+                    "with implicit TLS the client speaks first: greet_delay must be 0",
+                );
+            } else if greet_delay > Duration::from_secs(30) {
+                d.add(
+                    g.span(),
+                    format!("{key}.greet_delay"),
+                    "must be at most 30s",
+                );
+            }
+        }
+        listeners.push(ListenerConfig {
+            name: listener.name.get_ref().clone(),
+            address,
+            pipeline: listener.pipeline.get_ref().clone(),
+            tls,
+            auth,
+            tls_files,
+            auth_without_tls,
+            submission,
+            greet_delay,
+        });
+    }
+    if raw.is_empty() {
+        d.add(0..0, "listener", "at least one [[listener]] is required");
+    }
+    listeners
+}
+
+/// `[tls]`: the certificate of TLS listeners without their own.
+pub(super) fn resolve_tls(d: &mut Diagnostics<'_>, raw: Option<&RawTls>) -> Option<TlsFilesConfig> {
+    let raw = raw?;
+    if raw.certificate.is_none() && raw.key.is_none() {
+        d.add(
+            0..0,
+            "tls",
+            "[tls] needs certificate and key (leave [tls] out to use a generated self-signed certificate)",
+        );
+    }
+    d.tls_files(&raw.certificate, &raw.key, "tls")
+}

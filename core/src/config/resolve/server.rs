@@ -1,0 +1,271 @@
+//! `[server]`, `[domains]`, `[auth]`, `[admin]`, `[log]` and `[reload]`:
+//! the server's own settings, resolved into their typed forms.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::super::*;
+use super::{networks, valid_domain, Diagnostics, Size};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    max_failures: Option<Spanned<u32>>,
+    lockout: Option<Spanned<String>>,
+    min_password_length: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    address: Option<Spanned<String>>,
+    allow_remote: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    hostname: Option<Spanned<String>>,
+    data_dir: Option<String>,
+    max_message_size: Option<Spanned<Size>>,
+    max_recipients: Option<usize>,
+    max_received_headers: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    greet_exempt: Option<Vec<Spanned<String>>>,
+    timeouts: Option<RawTimeouts>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    command: Option<Spanned<String>>,
+    data_block: Option<Spanned<String>>,
+    command_under_load: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDomains {
+    #[serde(default)]
+    local: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReload {
+    watch: Option<bool>,
+    debounce: Option<Spanned<String>>,
+}
+
+pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -> ServerConfig {
+    let default = RawServer::default();
+    let server = raw.unwrap_or(&default);
+    let hostname = match &server.hostname {
+        Some(h) if !valid_domain(h.get_ref()) => {
+            d.add(
+                h.span(),
+                "server.hostname",
+                format!("invalid host name {:?}", h.get_ref()),
+            );
+            "localhost".to_owned()
+        }
+        Some(h) => h.get_ref().to_ascii_lowercase(),
+        None => "localhost".to_owned(),
+    };
+    let max_message_size = match &server.max_message_size {
+        None => 25 << 20,
+        Some(size) => match size.get_ref().bytes() {
+            Ok(n) if n > 0 => n,
+            Ok(_) => {
+                d.add(
+                    size.span(),
+                    "server.max_message_size",
+                    "must be greater than 0",
+                );
+                25 << 20
+            }
+            Err(e) => {
+                d.add(size.span(), "server.max_message_size", e);
+                25 << 20
+            }
+        },
+    };
+    let (command_timeout, data_timeout, stress_timeout) = match &server.timeouts {
+        Some(t) => (
+            d.duration(
+                &t.command,
+                "server.timeouts.command",
+                Duration::from_secs(300),
+            ),
+            d.duration(
+                &t.data_block,
+                "server.timeouts.data_block",
+                Duration::from_secs(180),
+            ),
+            d.duration(
+                &t.command_under_load,
+                "server.timeouts.command_under_load",
+                Duration::from_secs(10),
+            ),
+        ),
+        None => (
+            Duration::from_secs(300),
+            Duration::from_secs(180),
+            Duration::from_secs(10),
+        ),
+    };
+    let greet_exempt = match &server.greet_exempt {
+        None => vec![
+            "127.0.0.0/8".parse().expect("literal network"),
+            "::1/128".parse().expect("literal network"),
+        ],
+        Some(list) => networks(d, list, "server.greet_exempt"),
+    };
+    let shutdown_grace = d.duration(
+        &server.shutdown_grace,
+        "server.shutdown_grace",
+        Duration::from_secs(10),
+    );
+    ServerConfig {
+        hostname,
+        data_dir: server
+            .data_dir
+            .as_ref()
+            .map(Into::into)
+            .unwrap_or_else(|| "./data".into()),
+        max_message_size,
+        max_recipients: server.max_recipients.unwrap_or(100).max(1),
+        max_received_headers: server.max_received_headers.unwrap_or(50),
+        max_connections: server.max_connections.unwrap_or(1000).max(1),
+        max_connections_per_ip: server.max_connections_per_ip.unwrap_or(50).max(1),
+        greet_exempt,
+        timeouts: Timeouts {
+            command: command_timeout,
+            data_block: data_timeout,
+            command_under_load: stress_timeout,
+        },
+        shutdown_grace,
+    }
+}
+
+pub(super) fn resolve_domains(d: &mut Diagnostics<'_>, raw: Option<&RawDomains>) -> DomainsConfig {
+    let mut local = Vec::new();
+    for domain in raw.map(|d| d.local.as_slice()).unwrap_or_default() {
+        if valid_domain(domain.get_ref()) {
+            local.push(domain.get_ref().to_ascii_lowercase());
+        } else {
+            d.add(
+                domain.span(),
+                "domains.local",
+                format!("invalid domain {:?}", domain.get_ref()),
+            );
+        }
+    }
+    DomainsConfig { local }
+}
+
+pub(super) fn resolve_admin(d: &mut Diagnostics<'_>, raw: Option<&RawAdmin>) -> AdminConfig {
+    let default = RawAdmin::default();
+    let admin = raw.unwrap_or(&default);
+    let allow_remote = admin.allow_remote.unwrap_or(false);
+    let admin_address = match &admin.address {
+        None => None,
+        Some(text) => match text.get_ref().parse::<SocketAddr>() {
+            Ok(a) if !a.ip().is_loopback() && !allow_remote => {
+                d.add(
+                    text.span(),
+                    "admin.address",
+                    format!(
+                        "{a} is not a loopback address and the admin API has no \
+                         authentication; set admin.allow_remote = true to bind it anyway"
+                    ),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                d.add(
+                    text.span(),
+                    "admin.address",
+                    format!(
+                        "invalid address {:?} (expected IP:PORT, e.g. \"127.0.0.1:8025\")",
+                        text.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
+    AdminConfig {
+        address: admin_address,
+        allow_remote,
+    }
+}
+
+pub(super) fn resolve_log(raw: Option<&RawLog>) -> LogConfig {
+    LogConfig {
+        level: raw
+            .and_then(|l| l.level.clone())
+            .unwrap_or_else(|| "info".to_owned()),
+        format: raw.and_then(|l| l.format).unwrap_or(LogFormat::Text),
+    }
+}
+
+pub(super) fn resolve_reload(d: &mut Diagnostics<'_>, raw: Option<&RawReload>) -> ReloadConfig {
+    let mut reload = ReloadConfig::default();
+    let Some(raw) = raw else {
+        return reload;
+    };
+    reload.watch = raw.watch.unwrap_or(reload.watch);
+    reload.debounce = d.duration(&raw.debounce, "reload.debounce", reload.debounce);
+    if let Some(text) = &raw.debounce {
+        if reload.debounce > Duration::from_secs(60) {
+            d.add(text.span(), "reload.debounce", "must be at most 60s");
+        }
+    }
+    reload
+}
+
+pub(super) fn resolve_auth(d: &mut Diagnostics<'_>, raw: Option<&RawAuth>) -> AuthConfig {
+    let mut auth = AuthConfig::default();
+    let Some(raw) = raw else {
+        return auth;
+    };
+    if let Some(n) = &raw.max_failures {
+        if *n.get_ref() == 0 {
+            d.add(n.span(), "auth.max_failures", "must be at least 1");
+        } else {
+            auth.max_failures = *n.get_ref();
+        }
+    }
+    auth.lockout = d.duration(&raw.lockout, "auth.lockout", auth.lockout);
+    if let Some(l) = &raw.lockout {
+        if auth.lockout.is_zero() {
+            d.add(l.span(), "auth.lockout", "must be more than 0");
+        }
+    }
+    if let Some(n) = &raw.min_password_length {
+        if !(8..=1024).contains(n.get_ref()) {
+            d.add(
+                n.span(),
+                "auth.min_password_length",
+                "must be between 8 and 1024",
+            );
+        } else {
+            auth.min_password_length = *n.get_ref();
+        }
+    }
+    auth
+}

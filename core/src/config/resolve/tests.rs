@@ -1,0 +1,527 @@
+//! Resolution of whole configuration files: defaults, every section, and
+//! the key and line each error names.
+
+use super::super::*;
+
+#[test]
+fn embedded_default_parses() {
+    let config = default_config().unwrap();
+    assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:2525");
+    assert_eq!(config.pipelines["default"].rcpt, vec!["relay"]);
+}
+
+#[test]
+fn minimal_config_parses_as_written() {
+    let config = load_str(
+        include_str!("../../../../config/minimal.toml"),
+        "minimal.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        config.routes_for_test(),
+        vec![("example.test".to_owned(), "127.0.0.1:2533".to_owned())]
+    );
+    assert_eq!(
+        config.plugins["relay"].config_json,
+        r#"{"trusted_networks":["127.0.0.0/8"]}"#
+    );
+    assert_eq!(config.plugins["relay"].timeout, Duration::from_millis(100));
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let text = "[server]\nhostname = \"a.test\"\n\n[plugins.relay]\npath = \"builtin:relay\"\ntimout = \"1s\"\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    assert!(err.starts_with("c.toml:6:"), "{err}");
+    assert!(err.contains("timout"), "{err}");
+}
+
+#[test]
+fn unknown_plugin_in_pipeline() {
+    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\nrcpt = [\"relya\"]\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:6:") && err.contains("pipeline.p.rcpt") && err.contains("relya"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plugin_instance_policy() {
+    const L: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"a.wasm\"\n";
+    let config = load_str(L, "c.toml").unwrap();
+    assert_eq!(config.plugins["a"].instances, InstancePolicy::PerSession);
+    let config = load_str(&(L.to_owned() + "instances = \"pooled\"\n"), "c.toml").unwrap();
+    assert_eq!(
+        config.plugins["a"].instances,
+        InstancePolicy::Pooled { size: 4 }
+    );
+    let text = L.to_owned() + "instances = \"pooled\"\npool_size = 16\n";
+    let config = load_str(&text, "c.toml").unwrap();
+    assert_eq!(
+        config.plugins["a"].instances,
+        InstancePolicy::Pooled { size: 16 }
+    );
+    let text = L.to_owned() + "instances = \"reused\"\npool_size = 8\n";
+    let config = load_str(&text, "c.toml").unwrap();
+    assert_eq!(
+        config.plugins["a"].instances,
+        InstancePolicy::Reused { idle: 8 }
+    );
+    // Bundled plugins reset their per-session state themselves.
+    let builtin = L.replace("a.wasm", "builtin:relay");
+    let config = load_str(&builtin, "c.toml").unwrap();
+    assert_eq!(
+        config.plugins["a"].instances,
+        InstancePolicy::Reused {
+            idle: InstancePolicy::DEFAULT_IDLE
+        }
+    );
+    let text = builtin + "instances = \"per-session\"\n";
+    let config = load_str(&text, "c.toml").unwrap();
+    assert_eq!(config.plugins["a"].instances, InstancePolicy::PerSession);
+    for (bad, key) in [
+        ("instances = \"shared\"\n", "plugins.a.instances"),
+        ("pool_size = 4\n", "plugins.a.pool_size"),
+        (
+            "instances = \"pooled\"\npool_size = 0\n",
+            "plugins.a.pool_size",
+        ),
+    ] {
+        let err = load_str(&(L.to_owned() + bad), "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c.toml:8:") || err.contains("c.toml:9:"),
+            "{err}"
+        );
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn plugin_cache_section() {
+    const L: &str =
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+    let config = load_str(L, "c.toml").unwrap();
+    assert_eq!(
+        config.plugin_cache.resolve(Path::new("/d")),
+        Some(PathBuf::from("/d/cache"))
+    );
+    let config = load_str(
+        &(L.to_owned() + "[plugin_cache]\ndir = \"/var/cache/x\"\n"),
+        "c.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        config.plugin_cache.resolve(Path::new("/d")),
+        Some(PathBuf::from("/var/cache/x"))
+    );
+    let config = load_str(
+        &(L.to_owned() + "[plugin_cache]\nenabled = false\n"),
+        "c.toml",
+    )
+    .unwrap();
+    assert_eq!(config.plugin_cache.resolve(Path::new("/d")), None);
+    let err = load_str(
+        &(L.to_owned() + "[plugin_cache]\ndirectory = \"x\"\n"),
+        "c.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("directory"), "{err}");
+}
+
+#[test]
+fn plugin_capabilities_and_mode() {
+    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"builtin:relay\"\n[plugins.b]\npath = \"b.wasm\"\n[plugins.c]\npath = \"c.wasm\"\nallow = [\"dns\", \"message-body\"]\nmode = \"shadow\"\n";
+    let config = load_str(text, "c.toml").unwrap();
+    assert_eq!(config.plugins["a"].allow, Capabilities::all());
+    assert_eq!(config.plugins["b"].allow, Capabilities::NONE);
+    assert_eq!(config.plugins["b"].mode, PluginMode::Enforce);
+    assert_eq!(config.plugins["c"].allow.names(), ["dns", "message-body"]);
+    assert_eq!(config.plugins["c"].mode, PluginMode::Shadow);
+
+    let text = "[plugins.a]\npath = \"a.wasm\"\nallow = [\"dns\", \"sockets\"]\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:3:") && err.contains("plugins.a.allow") && err.contains("\"sockets\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_pipeline_and_bad_values() {
+    let text = "[server]\nmax_message_size = \"10XB\"\n[[listener]]\nname = \"mx\"\naddress = \"nowhere\"\npipeline = \"p\"\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:2:") && err.contains("max_message_size"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c.toml:5:") && err.contains("listener[0].address"),
+        "{err}"
+    );
+}
+
+const LISTENERS: &str = "[pipeline.p]\n\
+[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n\
+[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\npipeline = \"p\"\ntls = \"starttls\"\nauth = \"required\"\n\
+[[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\ntls = \"implicit\"\nauth = \"required\"\n";
+
+#[test]
+fn submission_and_greet_delay_defaults() {
+    let config = load_str(LISTENERS, "c.toml").unwrap();
+    let by_name = |n: &str| config.listeners.iter().find(|l| l.name == n).unwrap();
+    assert!(!by_name("mx").submission);
+    assert_eq!(by_name("mx").greet_delay, Duration::from_secs(1));
+    assert!(by_name("sub").submission);
+    assert_eq!(by_name("sub").greet_delay, Duration::ZERO);
+    assert!(by_name("smtps").submission);
+    assert_eq!(by_name("smtps").greet_delay, Duration::ZERO);
+    let exempt = &config.server.greet_exempt;
+    assert!(exempt
+        .iter()
+        .any(|n| n.contains(&"127.0.0.9".parse::<std::net::IpAddr>().unwrap())));
+    assert_eq!(
+        config.server.timeouts.command_under_load,
+        Duration::from_secs(10)
+    );
+    // Nobody has an entry: only the own address.
+    assert!(config
+        .submission
+        .may_send_as("Alice@Example.org", "alice@EXAMPLE.org"));
+    assert!(!config
+        .submission
+        .may_send_as("alice@example.org", "bob@example.org"));
+    assert!(!config.submission.may_send_as("alice", "alice"));
+}
+
+#[test]
+fn senders_map_patterns() {
+    let text = format!(
+        "{LISTENERS}[submission]\nsenders = {{ \"Alice@example.org\" = [\"@Example.org\", \"a@other.test\"], \"app\" = [\"*\"] }}\n"
+    );
+    let config = load_str(&text, "c.toml").unwrap();
+    let s = &config.submission;
+    assert!(s.may_send_as("alice@example.org", "bob@example.org"));
+    assert!(s.may_send_as("alice@example.org", "A@Other.Test"));
+    assert!(!s.may_send_as("alice@example.org", "alice@sub.example.org"));
+    assert!(!s.may_send_as("alice@example.org", "@example.org"));
+    assert!(s.may_send_as("app", "anyone@anywhere.test"));
+}
+
+#[test]
+fn bad_submission_dkim_and_greet_values_name_key_and_line() {
+    let text = "[server]\ngreet_exempt = [\"10.0.0.0/33\"]\n\
+[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\nsubmission = true\ngreet_delay = \"1m\"\n\
+[[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\ntls = \"implicit\"\nauth = \"required\"\ngreet_delay = \"1s\"\n\
+[pipeline.p]\n\
+[submission]\nsenders = { \"alice\" = [\"nobody\"], \"bob\" = [] }\n\
+[dkim]\ntrusted_networks = [\"nonsense\"]\n\
+[[dkim.sign]]\ndomain = \"exa mple.org\"\nselector = \"s 1\"\nkey = \"/nonexistent/key.pem\"\nheaders = [\"DKIM-Signature\"]\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    for (line, key) in [
+        (2, "server.greet_exempt"),
+        (4, "listener[0].submission"),
+        (8, "listener[0].greet_delay"),
+        (15, "listener[1].greet_delay"),
+        (18, "submission.senders"),
+        (20, "dkim.trusted_networks"),
+        (22, "dkim.sign[0].domain"),
+        (23, "dkim.sign[0].selector"),
+        (25, "dkim.sign[0].headers"),
+    ] {
+        assert!(
+            err.contains(&format!("c.toml:{line}:")) && err.contains(key),
+            "{line} {key}: {err}"
+        );
+    }
+    assert!(
+        err.contains("\"bob\"") && err.contains("empty list"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plugin_file_and_callout_grants() {
+    let listener = "\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+    let text = "[plugins.r]\npath = \"builtin:recipients\"\nfiles = [\"/etc/sluice/recipients\"]\ncallouts = [\"lmtp:127.0.0.1:24\", \"smtp:[::1]:2525\", \"lmtp:unix:/run/dovecot/lmtp\"]\n";
+    let config = load_str(&format!("{text}{listener}"), "c.toml").unwrap();
+    let plugin = &config.plugins["r"];
+    assert_eq!(plugin.files, vec![PathBuf::from("/etc/sluice/recipients")]);
+    assert_eq!(
+        plugin.callouts,
+        vec![
+            CalloutGrant {
+                protocol: CalloutProtocol::Lmtp,
+                target: "127.0.0.1:24".into()
+            },
+            CalloutGrant {
+                protocol: CalloutProtocol::Smtp,
+                target: "[::1]:2525".into()
+            },
+            CalloutGrant {
+                protocol: CalloutProtocol::Lmtp,
+                target: "unix:/run/dovecot/lmtp".into()
+            },
+        ]
+    );
+    let relay = load_str(
+        &format!("[plugins.x]\npath = \"builtin:relay\"\n{listener}"),
+        "c.toml",
+    )
+    .unwrap();
+    assert!(relay.plugins["x"].files.is_empty() && relay.plugins["x"].callouts.is_empty());
+    for bad in [
+        "ldap:127.0.0.1:389",
+        "lmtp:127.0.0.1",
+        "smtp::25",
+        "lmtp:host:0",
+    ] {
+        let text = format!(
+            "[plugins.r]\npath = \"builtin:recipients\"\n\ncallouts = [\"{bad}\"]\n{listener}"
+        );
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:4:") && err.contains("plugins.r.callouts"),
+            "{bad}: {err}"
+        );
+    }
+    let err = load_str(
+        &format!("[plugins.r]\npath = \"builtin:recipients\"\nfiles = [\"\"]\n{listener}"),
+        "c.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("c.toml:3:") && err.contains("plugins.r.files"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tls_listeners_certificates_and_auth() {
+    // Only resolved here; `assets` opens the files.
+    let (cert, key) = ("/etc/sluice/cert.pem", "/etc/sluice/key.pem");
+    let text = format!(
+        "[tls]\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+         [auth]\nmax_failures = 3\nlockout = \"2m\"\nmin_password_length = 20\n\
+         [[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\npipeline = \"p\"\n\
+         tls = \"starttls\"\nauth = \"required\"\n\
+         [[listener]]\nname = \"smtps\"\naddress = \"127.0.0.1:465\"\npipeline = \"p\"\n\
+         tls = \"implicit\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+         [[listener]]\nname = \"test\"\naddress = \"127.0.0.1:2526\"\npipeline = \"p\"\n\
+         auth = \"optional\"\nauth_without_tls = true\n\
+         [pipeline.p]\n"
+    );
+    let config = load_str(&text, "c.toml").unwrap();
+    assert_eq!(
+        config
+            .tls
+            .as_ref()
+            .unwrap()
+            .certificate
+            .display()
+            .to_string(),
+        cert
+    );
+    assert_eq!(config.auth.max_failures, 3);
+    assert_eq!(config.auth.lockout, Duration::from_secs(120));
+    assert_eq!(config.auth.min_password_length, 20);
+    let [sub, smtps, test] = &config.listeners[..] else {
+        panic!("three listeners")
+    };
+    assert_eq!((sub.tls, sub.auth), (TlsMode::Starttls, AuthMode::Required));
+    assert!(sub.tls_files.is_none() && !sub.auth_offered(false) && sub.auth_offered(true));
+    assert_eq!(smtps.tls, TlsMode::Implicit);
+    assert_eq!(smtps.auth, AuthMode::None);
+    assert!(!smtps.auth_offered(true));
+    let files = smtps.tls_files.as_ref().unwrap();
+    assert_eq!(
+        (files.key.origin.line, files.key.origin.key.as_str()),
+        (20, "listener[1].key")
+    );
+    assert_eq!(files.certificate.origin.file, "c.toml");
+    assert!(test.auth_offered(false));
+}
+
+#[test]
+fn tls_and_auth_errors_name_key_and_line() {
+    let (cert, missing) = ("/etc/sluice/cert.pem", "/nonexistent/nope.pem");
+    let text = format!(
+        "[tls]\ncertificate = \"{cert}\"\n\
+         [auth]\nmax_failures = 0\nmin_password_length = 4\n\
+         [[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n\
+         tls = \"implicit\"\ncertificate = \"{missing}\"\nkey = \"{cert}\"\n\
+         [[listener]]\nname = \"b\"\naddress = \"127.0.0.1:26\"\npipeline = \"p\"\n\
+         auth = \"required\"\n\
+         [[listener]]\nname = \"c\"\naddress = \"127.0.0.1:27\"\npipeline = \"p\"\n\
+         certificate = \"{cert}\"\n\
+         [pipeline.p]\n"
+    );
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    let expect = [
+        (
+            "c.toml:2:",
+            "tls.key: certificate is set but key is missing",
+        ),
+        ("c.toml:4:", "auth.max_failures"),
+        ("c.toml:5:", "auth.min_password_length"),
+        (
+            "c.toml:17:",
+            "listener[1].auth: AUTH is only offered over TLS",
+        ),
+        (
+            "c.toml:22:",
+            "listener[2].key: certificate is set but key is missing",
+        ),
+    ];
+    for (at, what) in expect {
+        assert!(
+            err.lines().any(|l| l.starts_with(at) && l.contains(what)),
+            "{at} {what}\n{err}"
+        );
+    }
+    // The missing certificate is for `assets` to find: no file is opened here.
+    assert!(!err.contains("c.toml:11:"), "{err}");
+}
+
+#[test]
+fn dns_and_delivery_settings() {
+    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[delivery]\nlocal = { lmtp = \"unix:/run/dovecot/lmtp\" }\nsmtp_port = 2525\ntls = \"required\"\n[queue]\nwarn_after = \"0s\"\n";
+    let config = load_str(text, "c.toml").unwrap();
+    assert_eq!(
+        config.dns.nameservers,
+        vec![
+            "127.0.0.1:5353".parse().unwrap(),
+            "[::1]:53".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        config.delivery.local,
+        LocalDelivery::Lmtp(LmtpTarget::Unix("/run/dovecot/lmtp".into()))
+    );
+    assert_eq!(config.delivery.smtp_port, 2525);
+    assert_eq!(config.delivery.tls, OutboundTls::Required);
+    assert_eq!(config.queue.warn_after, None);
+}
+
+#[test]
+fn bad_name_server_and_lmtp_address() {
+    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[dns]\nnameservers = [\"dns.example\"]\n[delivery]\nlocal = { lmtp = \"nowhere\" }\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:7:") && err.contains("dns.nameservers"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c.toml:9:") && err.contains("delivery.local.lmtp"),
+        "{err}"
+    );
+}
+
+#[test]
+fn state_section() {
+    let base =
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+    assert_eq!(load_str(base, "c.toml").unwrap().state, StateConfig::Sled);
+    let text = format!("{base}[state]\nbackend = \"sled\"\n");
+    assert_eq!(load_str(&text, "c.toml").unwrap().state, StateConfig::Sled);
+    let text =
+        format!("{base}[state]\nbackend = \"redis\"\nurl = \"redis://:pw@127.0.0.1:6380/2\"\n");
+    let config = load_str(&text, "c.toml").unwrap();
+    assert_eq!(
+        config.state,
+        StateConfig::Redis {
+            url: "redis://:pw@127.0.0.1:6380/2".into(),
+            key_prefix: "sluice:".into()
+        }
+    );
+    // The password never shows in logs.
+    let debug = format!("{:?}", config.state);
+    assert!(
+        !debug.contains("pw") && debug.contains(":***@127.0.0.1"),
+        "{debug}"
+    );
+
+    let cases = [
+        ("[state]\nbackend = \"redis\"\n", "c.toml:7:", "state.url"),
+        (
+            "[state]\nbackend = \"memcached\"\n",
+            "c.toml:7:",
+            "state.backend",
+        ),
+        (
+            "[state]\nurl = \"redis://h\"\n",
+            "c.toml:7:",
+            "only used with backend",
+        ),
+        (
+            "[state]\nbackend = \"redis\"\nurl = \"http://h\"\n",
+            "c.toml:8:",
+            "state.url",
+        ),
+        ("[state]\nbakend = \"redis\"\n", "c.toml:7:", "bakend"),
+    ];
+    for (extra, line, needle) in cases {
+        let err = load_str(&format!("{base}{extra}"), "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(line) && err.contains(needle), "{extra}: {err}");
+    }
+}
+
+#[test]
+fn admin_and_free_space_keys() {
+    let base =
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+    let config = load_str(base, "c.toml").unwrap();
+    assert_eq!(config.admin.address, None);
+    assert_eq!(config.queue.min_free_space, 256 << 20);
+
+    let text = format!(
+        "{base}[admin]\naddress = \"127.0.0.1:8025\"\n[queue]\nmin_free_space = \"1000TB\"\n"
+    );
+    let config = load_str(&text, "c.toml").unwrap();
+    assert_eq!(
+        config.admin.address.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:8025")
+    );
+    assert_eq!(config.queue.min_free_space, 1_000_000_000_000_000);
+
+    let text = format!("{base}[admin]\naddress = \"0.0.0.0:8025\"\n");
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:7:") && err.contains("admin.address") && err.contains("allow_remote"),
+        "{err}"
+    );
+    let text = format!("{base}[admin]\naddress = \"0.0.0.0:8025\"\nallow_remote = true\n");
+    assert!(load_str(&text, "c.toml").unwrap().admin.allow_remote);
+
+    let text = format!("{base}[admin]\nadress = \"127.0.0.1:1\"\n");
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    assert!(err.contains("c.toml:7:") && err.contains("adress"), "{err}");
+    let text = format!("{base}[queue]\nmin_free_space = \"lots\"\n");
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    assert!(err.contains("queue.min_free_space"), "{err}");
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(super::parse_size("64MiB").unwrap(), 64 << 20);
+    assert_eq!(super::parse_size("10MB").unwrap(), 10_000_000);
+    assert_eq!(super::parse_size("512").unwrap(), 512);
+    assert_eq!(super::parse_size("2TiB").unwrap(), 2 << 40);
+    assert!(super::parse_size("5 parsecs").is_err());
+}
+
+impl Config {
+    fn routes_for_test(&self) -> Vec<(String, String)> {
+        self.delivery
+            .routes
+            .iter()
+            .map(|r| (r.domain.clone(), r.next_hop.clone()))
+            .collect()
+    }
+}
