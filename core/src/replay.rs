@@ -9,7 +9,7 @@
 //! is never touched), and DNS goes to the resolver of `[dns]`, or to a
 //! fixture file served on 127.0.0.1 (`fixture_dns`).
 
-mod fixture_dns;
+pub(crate) mod fixture_dns;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
