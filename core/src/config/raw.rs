@@ -120,6 +120,7 @@ struct RawServer {
     greet_exempt: Option<Vec<Spanned<String>>>,
     timeouts: Option<RawTimeouts>,
     shutdown_grace: Option<Spanned<String>>,
+    reverse_lookup: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -447,6 +448,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
         greet_exempt: None,
         timeouts: None,
         shutdown_grace: None,
+        reverse_lookup: None,
     });
     let hostname = match &server.hostname {
         Some(h) if !valid_domain(h.get_ref()) => {
@@ -532,6 +534,7 @@ pub(super) fn resolve(text: &str, origin: &str) -> Result<Config, Vec<ConfigDiag
             command_under_load: stress_timeout,
         },
         shutdown_grace,
+        reverse_lookup: server.reverse_lookup.unwrap_or(true),
     };
 
     let mut local = Vec::new();
@@ -1979,6 +1982,17 @@ mod tests {
         assert_eq!(super::parse_size("512").unwrap(), 512);
         assert_eq!(super::parse_size("2TiB").unwrap(), 2 << 40);
         assert!(super::parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn reverse_lookup_is_on_unless_switched_off() {
+        let base = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+        assert!(load_str(base, "c.toml").unwrap().server.reverse_lookup);
+        let text = format!("[server]\nreverse_lookup = false\n{base}");
+        assert!(!load_str(&text, "c.toml").unwrap().server.reverse_lookup);
+        let text = format!("[server]\nreverse_lookup = \"no\"\n{base}");
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("c.toml:2:"), "{err}");
     }
 
     impl Config {
