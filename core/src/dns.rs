@@ -1,6 +1,7 @@
 //! The server's one DNS resolver (hickory, with its cache), shared by
-//! delivery (MX routing), the host's `dns` interface for plugins, and
-//! SPF/DKIM/DMARC checks. `[dns] nameservers` replaces the system's
+//! delivery (MX routing), the host's `dns` interface for plugins,
+//! SPF/DKIM/DMARC checks, and sessions (the client's forward-confirmed
+//! reverse name, for the Received field and `session.reverse-name`). `[dns] nameservers` replaces the system's
 //! resolv.conf, which is how tests point sluice at a local DNS server.
 //!
 //! Lookups tell three outcomes apart, because mail routing and
@@ -200,6 +201,89 @@ impl Dns {
             })
             .collect())
     }
+
+    /// The client's reverse name, forward-confirmed (FCrDNS, Postfix's
+    /// `client_name` rather than `reverse_client_name`): a PTR name of `ip`
+    /// counts only if one of its A (IPv4) or AAAA (IPv6) records is `ip`.
+    /// At most [`MAX_PTR_NAMES`] names are tried, the whole lookup takes at
+    /// most `timeout`, and any failure is None: the name is information for
+    /// the Received field and plugins, never a reason to refuse a client.
+    pub async fn confirmed_reverse_name(
+        &self,
+        ip: IpAddr,
+        timeout: std::time::Duration,
+    ) -> Option<String> {
+        // A v4 client on a dual-stack socket arrives as ::ffff:a.b.c.d; its
+        // PTR lives under in-addr.arpa and its name has A records.
+        let ip = ip.to_canonical();
+        match tokio::time::timeout(timeout, self.forward_confirm(ip)).await {
+            Ok(Ok(name)) => Some(name),
+            Ok(Err(why)) => {
+                tracing::debug!(client = %ip, "no reverse name: {why}");
+                None
+            }
+            Err(_elapsed) => {
+                tracing::debug!(
+                    client = %ip,
+                    timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    "no reverse name: the lookup timed out"
+                );
+                None
+            }
+        }
+    }
+
+    async fn forward_confirm(&self, ip: IpAddr) -> Result<String, Unconfirmed> {
+        let names = match self.ptr(ip).await {
+            Ok(names) if names.is_empty() => return Err(Unconfirmed::NoPtr),
+            Ok(names) => names,
+            Err(LookupError::NxDomain(_)) => return Err(Unconfirmed::NoPtr),
+            Err(e) => return Err(Unconfirmed::Ptr(e)),
+        };
+        let mut tried = Vec::new();
+        for name in names
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .take(MAX_PTR_NAMES)
+        {
+            let addresses = match ip {
+                IpAddr::V4(_) => self
+                    .a(&name)
+                    .await
+                    .map(|a| a.into_iter().map(IpAddr::V4).collect::<Vec<_>>()),
+                IpAddr::V6(_) => self
+                    .aaaa(&name)
+                    .await
+                    .map(|a| a.into_iter().map(IpAddr::V6).collect::<Vec<_>>()),
+            };
+            match addresses {
+                Ok(addresses) if addresses.contains(&ip) => return Ok(name),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(client = %ip, "forward lookup of a PTR name: {e}"),
+            }
+            tried.push(name);
+        }
+        Err(Unconfirmed::NotConfirmed(tried))
+    }
+}
+
+/// PTR names of a client tried for forward confirmation; more are ignored
+/// (a host with dozens of PTR records must not cost dozens of lookups).
+pub const MAX_PTR_NAMES: usize = 3;
+
+/// How long a session waits for its client's reverse name
+/// ([`Dns::confirmed_reverse_name`]) before going on without it.
+pub const REVERSE_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why a client has no confirmed reverse name (logged at debug).
+#[derive(Debug, thiserror::Error)]
+enum Unconfirmed {
+    #[error("{0}")]
+    Ptr(LookupError),
+    #[error("no PTR record")]
+    NoPtr,
+    #[error("no A/AAAA record of {0:?} is the client's address")]
+    NotConfirmed(Vec<String>),
 }
 
 fn name_server(address: SocketAddr) -> NameServerConfig {
@@ -273,5 +357,107 @@ mod tests {
         let server = name_server("127.0.0.1:5353".parse().unwrap());
         assert_eq!(server.connections.len(), 2);
         assert!(server.connections.iter().all(|c| c.port == 5353));
+    }
+
+    /// A resolver asking only `server`, one attempt of `timeout`.
+    fn dns_at(server: SocketAddr, timeout: std::time::Duration) -> Dns {
+        Dns::new(&DnsConfig {
+            nameservers: vec![server],
+            timeout,
+            attempts: 1,
+        })
+        .unwrap()
+    }
+
+    /// The fixture server of `sluice pipeline test --dns-fixture` on `zone`.
+    async fn fixture_server(test: &str, zone: &str) -> crate::replay::fixture_dns::FixtureServer {
+        let dir = std::env::temp_dir().join(format!("sluice-dns-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("zone.toml");
+        std::fs::write(&file, zone).unwrap();
+        let zone = crate::replay::fixture_dns::load(&file).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        crate::replay::fixture_dns::serve(zone).await.unwrap()
+    }
+
+    const REVERSE_ZONE: &str = r#"
+["1.2.0.192.in-addr.arpa"]
+PTR = ["Client.Example.TEST."]
+["client.example.test"]
+A = ["192.0.2.1"]
+["2.2.0.192.in-addr.arpa"]
+PTR = ["liar.example.test"]
+["liar.example.test"]
+A = ["192.0.2.99"]
+["3.2.0.192.in-addr.arpa"]
+PTR = ["gone.example.test", "one.example.test", "two.example.test", "three.example.test"]
+["one.example.test"]
+A = ["192.0.2.91"]
+["two.example.test"]
+A = ["192.0.2.92"]
+["three.example.test"]
+A = ["192.0.2.3"]
+["4.2.0.192.in-addr.arpa"]
+PTR = ["first.example.test", "second.example.test"]
+["second.example.test"]
+A = ["192.0.2.4"]
+["5.0.0.127.in-addr.arpa"]
+PTR = ["loop.example.test"]
+["loop.example.test"]
+A = ["127.0.0.5"]
+["1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"]
+PTR = ["six.example.test"]
+["six.example.test"]
+AAAA = ["2001:db8::1"]
+A = ["192.0.2.1"]
+"#;
+
+    #[tokio::test]
+    async fn reverse_names_count_only_when_forward_confirmed() {
+        let server = fixture_server("reverse", REVERSE_ZONE).await;
+        let dns = dns_at(server.address, std::time::Duration::from_secs(2));
+        for (client, expected) in [
+            // Confirmed: lower-cased, without the root dot.
+            ("192.0.2.1", Some("client.example.test")),
+            // The same client on a dual-stack socket.
+            ("::ffff:192.0.2.1", Some("client.example.test")),
+            // A PTR whose name does not resolve back.
+            ("192.0.2.2", None),
+            // No PTR at all.
+            ("192.0.2.77", None),
+            // The second name confirms, after one that does not exist.
+            ("192.0.2.4", Some("second.example.test")),
+            // Only the first three names are tried: the fourth would confirm.
+            ("192.0.2.3", None),
+            // IPv6 is confirmed by AAAA, not by the name's A record.
+            ("2001:db8::1", Some("six.example.test")),
+            // Loopback clients ask the configured server too.
+            ("127.0.0.5", Some("loop.example.test")),
+            ("127.0.0.6", None),
+        ] {
+            let name = dns
+                .confirmed_reverse_name(client.parse().unwrap(), std::time::Duration::from_secs(2))
+                .await;
+            assert_eq!(name.as_deref(), expected, "{client}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unresponsive_server_gives_no_name_within_the_bound() {
+        // Takes queries and never answers; TCP on the same port neither.
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = silent.local_addr().unwrap();
+        let _tcp = tokio::net::TcpListener::bind(address).await.ok();
+        // Each attempt would wait 10 s: only the bound can end it sooner.
+        let dns = dns_at(address, std::time::Duration::from_secs(10));
+        let started = std::time::Instant::now();
+        let name = dns
+            .confirmed_reverse_name(
+                "192.0.2.1".parse().unwrap(),
+                std::time::Duration::from_millis(300),
+            )
+            .await;
+        assert_eq!(name, None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

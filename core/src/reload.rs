@@ -9,10 +9,13 @@
 //! to the caller; the running pipelines keep serving.
 //!
 //! Only `[plugins.*]` and `[pipeline.*]` are reloaded. Every other section
-//! (listeners, data_dir, domains, delivery, queue, dns, tls, auth, admin,
-//! log, reload, plugin_cache) is what the server started with; a reload that finds one
-//! changed says so (`restart_needed`) and leaves it alone, so the pipelines
-//! never run against a half-applied configuration.
+//! (`[server]`, `[domains]`, `[[listener]]`, `[delivery]`, `[queue]`,
+//! `[dns]`, `[log]`, `[tls]`, `[auth]`, `[admin]`, `[state]`, `[reload]`,
+//! `[plugin_cache]`, `[submission]`, `[dkim]`) is what the server started
+//! with; a reload that finds one changed says so (`restart_needed`) and
+//! leaves it alone, so the pipelines never run against a half-applied
+//! configuration. Files named by a section (certificates, DKIM keys) are
+//! read at start only; a changed file under the same name is not seen.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -234,37 +237,58 @@ impl Reloader {
 }
 
 /// The sections of `new` that differ from what the server runs and that a
-/// reload does not apply.
+/// reload does not apply: every field of [`Config`] but `plugins` and
+/// `pipelines`.
 fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
-    // The sections hold no floats or maps with unstable order, so their
-    // Debug text compares them exactly.
+    // Debug text compares the sections exactly: they hold no maps of
+    // unstable order, and their one float (a rate) prints the same each
+    // time. `[state]` is the exception: its Debug hides the Redis password,
+    // whose change must still be seen.
     fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
         format!("{a:?}") != format!("{b:?}")
     }
-    let mut sections = Vec::new();
-    let checks: [(&'static str, bool); 12] = [
-        ("server", differs(&running.server, &new.server)),
-        ("domains", differs(&running.domains, &new.domains)),
-        ("listener", differs(&running.listeners, &new.listeners)),
-        ("delivery", differs(&running.delivery, &new.delivery)),
-        ("queue", differs(&running.queue, &new.queue)),
-        ("dns", differs(&running.dns, &new.dns)),
-        ("log", differs(&running.log, &new.log)),
-        ("tls", differs(&running.tls, &new.tls)),
-        ("auth", differs(&running.auth, &new.auth)),
-        ("admin", differs(&running.admin, &new.admin)),
-        ("reload", differs(&running.reload, &new.reload)),
-        (
-            "plugin_cache",
-            differs(&running.plugin_cache, &new.plugin_cache),
-        ),
+    // Destructured so that a new field of Config fails to compile here
+    // until it is compared or named as reloaded.
+    let Config {
+        server,
+        domains,
+        listeners,
+        delivery,
+        queue,
+        plugins: _,
+        pipelines: _,
+        dns,
+        log,
+        tls,
+        auth,
+        admin,
+        state,
+        reload,
+        plugin_cache,
+        submission,
+        dkim,
+    } = running;
+    let checks: [(&'static str, bool); 15] = [
+        ("server", differs(server, &new.server)),
+        ("domains", differs(domains, &new.domains)),
+        ("listener", differs(listeners, &new.listeners)),
+        ("delivery", differs(delivery, &new.delivery)),
+        ("queue", differs(queue, &new.queue)),
+        ("dns", differs(dns, &new.dns)),
+        ("log", differs(log, &new.log)),
+        ("tls", differs(tls, &new.tls)),
+        ("auth", differs(auth, &new.auth)),
+        ("admin", differs(admin, &new.admin)),
+        ("state", *state != new.state),
+        ("reload", differs(reload, &new.reload)),
+        ("plugin_cache", differs(plugin_cache, &new.plugin_cache)),
+        ("submission", differs(submission, &new.submission)),
+        ("dkim", differs(dkim, &new.dkim)),
     ];
-    for (section, changed) in checks {
-        if changed {
-            sections.push(section);
-        }
-    }
-    sections
+    checks
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect()
 }
 
 /// Watches the reloader's files and reloads when they change, `debounce`
@@ -380,5 +404,42 @@ mod tests {
         let text = BASE.replace("2525", "2526") + "[domains]\nlocal = [\"b.test\"]\n";
         let new = config::load_str(&text, "b").unwrap();
         assert_eq!(restart_needed(&running, &new), ["domains", "listener"]);
+    }
+
+    #[test]
+    fn state_submission_and_dkim_changes_are_reported() {
+        let redis = |url: &str| format!("[state]\nbackend = \"redis\"\nurl = \"{url}\"\n");
+        let running = config::load_str(BASE, "a").unwrap();
+        for (added, section) in [
+            (redis("redis://127.0.0.1:6379"), "state"),
+            (
+                "[submission]\nsenders = { \"app\" = [\"*\"] }\n".to_owned(),
+                "submission",
+            ),
+            (
+                "[dkim]\ntrusted_networks = [\"10.0.0.0/8\"]\n".to_owned(),
+                "dkim",
+            ),
+            ("[server.timeouts]\ncommand = \"1m\"\n".to_owned(), "server"),
+        ] {
+            let new = config::load_str(&(BASE.to_owned() + &added), "b").unwrap();
+            assert_eq!(restart_needed(&running, &new), [section], "{added}");
+        }
+        // The Redis password is hidden from Debug, not from the comparison.
+        let running = config::load_str(&(BASE.to_owned() + &redis("redis://:old@h:6379")), "a");
+        let new = config::load_str(&(BASE.to_owned() + &redis("redis://:new@h:6379")), "b");
+        assert_eq!(restart_needed(&running.unwrap(), &new.unwrap()), ["state"]);
+    }
+
+    #[test]
+    fn a_changed_plugin_alone_needs_no_restart() {
+        let running = config::load_str(BASE, "a").unwrap();
+        let text = BASE.to_owned() + "timeout = \"3s\"\non_error = \"skip\"\n";
+        let new = config::load_str(&text, "b").unwrap();
+        assert_ne!(
+            format!("{:?}", running.plugins),
+            format!("{:?}", new.plugins)
+        );
+        assert!(restart_needed(&running, &new).is_empty());
     }
 }

@@ -235,6 +235,7 @@ impl Server {
             )),
             dkim: self.dkim.clone(),
             limits: limits.clone(),
+            dns: self.dns.clone(),
         });
         // Accept loops spawn sessions into this set themselves: handing each
         // one to this (main-thread) task instead would cost a cross-thread

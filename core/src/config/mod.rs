@@ -306,6 +306,9 @@ pub struct ServerConfig {
     pub greet_exempt: Vec<ipnet::IpNet>,
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
+    /// Look up each client's forward-confirmed reverse name at connect
+    /// (`Dns::confirmed_reverse_name`), for Received and plugins.
+    pub reverse_lookup: bool,
 }
 
 /// Server-side timeouts, RFC 5321 §4.5.3.2.

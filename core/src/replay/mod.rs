@@ -14,7 +14,7 @@
 //! without AUTH, a greeting delay or a reverse lookup.
 
 mod client;
-mod fixture_dns;
+pub(crate) mod fixture_dns;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -166,7 +166,7 @@ pub async fn replay(config: &Config, input: ReplayInput) -> Result<ReplayReport,
 
     let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(SessionContext {
-        config: Arc::new(config.clone()),
+        config: Arc::new(replayed_config(config)),
         pipelines: Arc::new(arc_swap::ArcSwap::from_pointee(set)),
         spool: spool.clone(),
         delivery: DeliveryHandle::detached(),
@@ -178,6 +178,7 @@ pub async fn replay(config: &Config, input: ReplayInput) -> Result<ReplayReport,
         )),
         dkim: DkimSigners::default(),
         limits: Arc::new(ConnectionLimits::new(1, 1)),
+        dns,
     });
     let (server_end, client_end) = tokio::io::duplex(64 * 1024);
     let peer = SocketAddr::new(input.client_ip, 0);
@@ -208,6 +209,14 @@ pub async fn replay(config: &Config, input: ReplayInput) -> Result<ReplayReport,
     })?;
     let progress = progress?;
     Ok(report(&listener, &trace, progress))
+}
+
+/// The configuration of the replayed session: the client address is made
+/// up, so its reverse name is not looked up.
+fn replayed_config(config: &Config) -> Config {
+    let mut config = config.clone();
+    config.server.reverse_lookup = false;
+    config
 }
 
 /// The listener to replay on, spoken to in plain SMTP: no TLS, no AUTH,

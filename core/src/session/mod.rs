@@ -52,6 +52,7 @@ use tokio::sync::watch;
 use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::delivery::DeliveryHandle;
 use crate::dkim::DkimSigners;
+use crate::dns::Dns;
 use crate::limits::ConnectionLimits;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineSet, SessionFilters};
@@ -88,6 +89,8 @@ pub struct SessionContext {
     pub dkim: DkimSigners,
     /// The connection caps; sessions shorten idle timeouts under load.
     pub limits: Arc<ConnectionLimits>,
+    /// The resolver of the clients' reverse names.
+    pub dns: Dns,
 }
 
 /// Who is on the other end, fixed for the whole connection.

@@ -38,6 +38,7 @@ pub(super) struct RawServer {
     greet_exempt: Option<Vec<Spanned<String>>>,
     timeouts: Option<RawTimeouts>,
     shutdown_grace: Option<Spanned<String>>,
+    reverse_lookup: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +158,7 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
             command_under_load: stress_timeout,
         },
         shutdown_grace,
+        reverse_lookup: server.reverse_lookup.unwrap_or(true),
     }
 }
 

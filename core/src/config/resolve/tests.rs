@@ -525,3 +525,15 @@ impl Config {
             .collect()
     }
 }
+
+#[test]
+fn reverse_lookup_is_on_unless_switched_off() {
+    let base =
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+    assert!(load_str(base, "c.toml").unwrap().server.reverse_lookup);
+    let text = format!("[server]\nreverse_lookup = false\n{base}");
+    assert!(!load_str(&text, "c.toml").unwrap().server.reverse_lookup);
+    let text = format!("[server]\nreverse_lookup = \"no\"\n{base}");
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    assert!(err.contains("c.toml:2:"), "{err}");
+}

@@ -5,6 +5,7 @@
 //! Timeouts are tested with tokio's paused clock.
 
 mod auth;
+mod connect;
 mod data;
 mod dialogue;
 mod starttls;
@@ -115,6 +116,7 @@ impl Harness {
 [server]
 hostname = "mx.test"
 data_dir = "{data}"
+{lookup}
 {server}
 
 [domains]
@@ -132,6 +134,13 @@ pipeline = "test"
 {extra}
 "#,
             data = dir.path().display(),
+            // Off unless a test asks: the answer would depend on the
+            // machine's resolver.
+            lookup = if setup.server.contains("reverse_lookup") {
+                ""
+            } else {
+                "reverse_lookup = false"
+            },
             server = setup.server,
             listener = setup.listener,
             pipeline = setup.pipeline,
@@ -163,6 +172,7 @@ pipeline = "test"
             shutdown: shutdown_rx,
             dkim: DkimSigners::default(),
             limits: Arc::new(ConnectionLimits::new(100, 100)),
+            dns,
         });
         let listener = Arc::new(ctx.config.listeners[0].clone());
         let (server_end, client) = tokio::io::duplex(256 * 1024);
