@@ -512,3 +512,33 @@ fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) ->
         idle_timeout: Duration::from_secs(5),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panics_counted() -> u64 {
+        METRICS
+            .render(&[])
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_session_panics_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_session_task_is_counted_and_a_cancelled_one_is_not() {
+        let before = panics_counted();
+        let mut sessions: JoinSet<()> = JoinSet::new();
+        sessions.spawn(async { panic!("a bug in a session") });
+        let finished = sessions.join_next().await.expect("one task");
+        count_panic(finished);
+        assert_eq!(panics_counted(), before + 1);
+        sessions.spawn(std::future::pending());
+        sessions.abort_all();
+        let finished = sessions.join_next().await.expect("one task");
+        count_panic(finished);
+        count_panic(Ok(()));
+        assert_eq!(panics_counted(), before + 1);
+    }
+}
