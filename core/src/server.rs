@@ -110,12 +110,7 @@ impl Server {
         })?;
         let dns = Dns::new(&config.dns)?;
         let outbound_tls = OutboundTlsConfig::new(config.delivery.ca_file.as_deref())?;
-        let max_memory = config
-            .plugins
-            .values()
-            .map(|p| p.memory)
-            .max()
-            .unwrap_or(64 << 20);
+        let max_memory = config.max_plugin_memory();
         let cache_dir = config.plugin_cache.resolve(&data_dir);
         let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;

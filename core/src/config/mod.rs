@@ -114,6 +114,18 @@ pub struct Config {
     pub dkim: DkimConfig,
 }
 
+impl Config {
+    /// The largest memory cap of any plugin (bytes; the default cap when
+    /// none is declared): what the plugin engine's pool is sized for.
+    pub fn max_plugin_memory(&self) -> u64 {
+        self.plugins
+            .values()
+            .map(|p| p.memory)
+            .max()
+            .unwrap_or(64 << 20)
+    }
+}
+
 /// `[submission]`: which addresses an authenticated user may send as on a
 /// submission listener (RFC 6409 §6.1).
 #[derive(Debug, Clone, Default)]

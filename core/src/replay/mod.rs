@@ -140,12 +140,7 @@ pub async fn replay(config: &Config, input: ReplayInput) -> Result<ReplayReport,
             Dns::new(&dns_config)?
         }
     };
-    let max_memory = config
-        .plugins
-        .values()
-        .map(|p| p.memory)
-        .max()
-        .unwrap_or(64 << 20);
+    let max_memory = config.max_plugin_memory();
     // The server's compiled components when the cache is usable; compiling
     // from scratch otherwise (the cache is an optimisation).
     let cache_dir = config

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{fixture, queued_message, Harness, Setup};
+use super::{queued_message, Harness, Setup};
 use crate::pipeline::{Modification, Stage, StageOutcome};
 
 /// A session in a transaction for bob@localhost, DATA accepted.
@@ -22,17 +22,6 @@ async fn in_data(h: Harness) -> Harness {
         "354 End data with <CR><LF>.<CR><LF>\r\n"
     );
     h
-}
-
-fn data_stage(spec: &str) -> Setup {
-    Setup {
-        pipeline: "rcpt = [\"relay\"]\ndata = [\"judge\"]".into(),
-        extra: format!(
-            "[plugins.judge]\npath = \"{}\"\n[plugins.judge.config]\ndata = \"{spec}\"\nheader = \"X-Judged: yes\"\n",
-            fixture("fixture_verdict")
-        ),
-        ..Setup::default()
-    }
 }
 
 #[tokio::test]
@@ -126,7 +115,7 @@ async fn a_mail_loop_is_refused() {
 
 #[tokio::test]
 async fn a_data_stage_rejection_stores_nothing() {
-    let mut h = in_data(Harness::with(data_stage("reject 550 5.7.1 spam")).await).await;
+    let mut h = in_data(Harness::with(Setup::gate("data", "reject 550 5.7.1 spam")).await).await;
     assert_eq!(
         h.cmd("Subject: x\r\n\r\nbuy now\r\n.").await,
         "550 5.7.1 spam\r\n"
@@ -142,7 +131,7 @@ async fn a_data_stage_rejection_stores_nothing() {
 
 #[tokio::test]
 async fn a_discarded_message_gets_250_and_is_not_stored() {
-    let mut h = in_data(Harness::with(data_stage("discard")).await).await;
+    let mut h = in_data(Harness::with(Setup::gate("data", "discard")).await).await;
     assert_eq!(
         h.cmd("Subject: x\r\n\r\nbye\r\n.").await,
         "250 2.0.0 Ok\r\n"
@@ -152,7 +141,7 @@ async fn a_discarded_message_gets_250_and_is_not_stored() {
 
 #[tokio::test]
 async fn a_quarantined_message_is_held_with_its_reason_and_edits() {
-    let mut h = in_data(Harness::with(data_stage("quarantine looks odd")).await).await;
+    let mut h = in_data(Harness::with(Setup::gate("data", "quarantine looks odd")).await).await;
     assert!(h
         .cmd("Subject: x\r\n\r\nhmm\r\n.")
         .await

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{fixture, Harness, Setup};
+use super::{Harness, Setup};
 
 #[tokio::test]
 async fn ehlo_lists_the_extensions_of_a_plain_listener() {
@@ -180,32 +180,17 @@ async fn a_patient_client_is_greeted_after_the_delay() {
 
 #[tokio::test]
 async fn a_connect_stage_tempfail_is_a_421_and_the_end() {
-    let mut h = Harness::with(Setup {
-        pipeline: "connect = [\"gate\"]\nrcpt = [\"relay\"]".into(),
-        extra: format!(
-            "[plugins.gate]\npath = \"{}\"\n[plugins.gate.config]\nconnect = \"tempfail 450 4.7.1 later\"\n",
-            fixture("fixture_verdict")
-        ),
-        ..Setup::default()
-    })
-    .await;
+    let mut h = Harness::with(Setup::gate("connect", "tempfail 450 4.7.1 later")).await;
     assert_eq!(h.reply().await, "421 4.7.1 later\r\n");
     assert!(h.closed().await);
 }
 
 #[tokio::test]
 async fn a_helo_stage_refusal_keeps_the_session_ungreeted() {
-    let mut h = Harness::with(Setup {
-        pipeline: "helo = [\"gate\"]\nrcpt = [\"relay\"]".into(),
-        extra: format!(
-            "[plugins.gate]\npath = \"{}\"\n[plugins.gate.config]\nhelo = \"reject 550 5.7.1 not you\"\n",
-            fixture("fixture_verdict")
-        ),
-        ..Setup::default()
-    })
-    .await
-    .greeted()
-    .await;
+    let mut h = Harness::with(Setup::gate("helo", "reject 550 5.7.1 not you"))
+        .await
+        .greeted()
+        .await;
     assert_eq!(h.cmd("EHLO bad.example").await, "550 5.7.1 not you\r\n");
     assert_eq!(
         h.cmd("MAIL FROM:<a@example.org>").await,

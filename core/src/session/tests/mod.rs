@@ -69,6 +69,28 @@ impl Default for Setup {
     }
 }
 
+impl Setup {
+    /// The relay plugin at rcpt and, at `stage`, a plugin `gate`
+    /// (fixture-verdict) answering `spec` there (and prepending
+    /// `X-Judged: yes` at data); at rcpt the gate replaces the relay.
+    pub fn gate(stage: &str, spec: &str) -> Setup {
+        let pipeline = if stage == "rcpt" {
+            "rcpt = [\"gate\"]".to_owned()
+        } else {
+            format!("{stage} = [\"gate\"]\nrcpt = [\"relay\"]")
+        };
+        let extra = format!(
+            "[plugins.gate]\npath = \"{}\"\n[plugins.gate.config]\n{stage} = \"{spec}\"\nheader = \"X-Judged: yes\"\n",
+            fixture("fixture_verdict")
+        );
+        Setup {
+            pipeline,
+            extra,
+            ..Setup::default()
+        }
+    }
+}
+
 /// The relay plugin, vouching for local domains and 127.0.0.0/8.
 const RELAY: &str = r#"
 [plugins.relay]

@@ -1,7 +1,7 @@
 //! MAIL, RCPT and the state they move through: every out-of-order command
 //! is answered from the state, and the envelope is the one the spool gets.
 
-use super::{fixture, queued_message, Harness, Setup};
+use super::{queued_message, Harness, Setup};
 use crate::pipeline::{Stage, StageOutcome};
 
 #[tokio::test]
@@ -155,17 +155,10 @@ async fn a_declared_size_over_the_limit_is_refused_at_mail() {
 
 #[tokio::test]
 async fn a_mail_stage_refusal_opens_no_transaction() {
-    let mut h = Harness::with(Setup {
-        pipeline: "mail = [\"gate\"]\nrcpt = [\"relay\"]".into(),
-        extra: format!(
-            "[plugins.gate]\npath = \"{}\"\n[plugins.gate.config]\nmail = \"reject 550 5.7.1 no senders today\"\n",
-            fixture("fixture_verdict")
-        ),
-        ..Setup::default()
-    })
-    .await
-    .ehlo()
-    .await;
+    let mut h = Harness::with(Setup::gate("mail", "reject 550 5.7.1 no senders today"))
+        .await
+        .ehlo()
+        .await;
     assert_eq!(
         h.cmd("MAIL FROM:<a@example.org>").await,
         "550 5.7.1 no senders today\r\n"
@@ -178,17 +171,10 @@ async fn a_mail_stage_refusal_opens_no_transaction() {
 
 #[tokio::test]
 async fn a_disconnect_verdict_ends_the_session() {
-    let mut h = Harness::with(Setup {
-        pipeline: "rcpt = [\"gate\"]".into(),
-        extra: format!(
-            "[plugins.gate]\npath = \"{}\"\n[plugins.gate.config]\nrcpt = \"disconnect 421 4.7.0 go away\"\n",
-            fixture("fixture_verdict")
-        ),
-        ..Setup::default()
-    })
-    .await
-    .ehlo()
-    .await;
+    let mut h = Harness::with(Setup::gate("rcpt", "disconnect 421 4.7.0 go away"))
+        .await
+        .ehlo()
+        .await;
     h.cmd("MAIL FROM:<a@example.org>").await;
     assert_eq!(
         h.cmd("RCPT TO:<bob@localhost>").await,
