@@ -1,12 +1,8 @@
 //! Running a stage's chain for one session: instances created lazily on a
-//! plugin's first hook, verdicts folded in configured order, faults handed to
-//! the plugin's `on_error` policy. The rules (design.md):
-//! - the first terminal verdict decides the stage;
-//! - a chain that ends without one accepts, except at rcpt, where only a
-//!   recipient some plugin allowed (or accepted) gets through; any other gets
-//!   554 5.7.1, so no pipeline is an open relay however it is configured;
-//! - a plugin in `shadow` mode runs, and its verdict is logged and counted
-//!   but never applied.
+//! plugin's first hook, each call's answer (a verdict, or a typed
+//! [`PluginFault`]) logged, counted and traced, then handed to the stage's
+//! verdict fold (`fold.rs`, where the rules live), which says whether the
+//! next plugin is called. The outcome goes back to the SMTP session.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,15 +11,16 @@ use wasmtime::component::Resource;
 
 use super::auth::SessionAuth;
 use super::bindings::wit_types as wit;
+use super::fault::PluginFault;
+use super::fold::{Flow, Fold};
 use super::message::MessageResource;
-use super::plugin::{describe_error, LiveInstance, Plugin};
+use super::plugin::{LiveInstance, Plugin};
 use super::session::{MailboxArg, SessionInfo};
-use super::trace::{self, PluginStep};
-use super::verdict::{default_reply, DataOutcome, Modification, Stage, StageOutcome};
+use super::trace::{self, PluginStep, StepAnswer};
+use super::verdict::{DataOutcome, Modification, Stage, StageOutcome};
 use super::Pipeline;
-use crate::config::{OnError, PluginMode};
+use crate::config::PluginMode;
 use crate::metrics::METRICS;
-use crate::smtp::reply::Reply;
 
 /// The argument of a hook call.
 pub enum HookArg<'a> {
@@ -103,8 +100,7 @@ impl SessionFilters {
         let stage = arg.stage();
         let pipeline = self.pipeline.clone();
         self.auth.enter(info, &arg).await;
-        let mut allowed = false;
-        let mut modifications = Vec::new();
+        let mut fold = Fold::new(stage);
         // The same record for every plugin of the stage: converted once.
         let session = wit_session(info);
         for &index in pipeline.stage(stage) {
@@ -115,132 +111,76 @@ impl SessionFilters {
             METRICS
                 .hook_seconds
                 .observe(&[stage.name(), &plugin.name], elapsed);
+            let step = trace::step(
+                &plugin.name,
+                called.map(|answer| (answer.verdict, answer.modifications)),
+                plugin.on_error,
+                elapsed,
+                plugin.mode == PluginMode::Shadow,
+            );
+            self.observe(plugin, stage, &step);
             if let Some(steps) = &mut self.steps {
-                let answer = match &called {
-                    Ok(a) => Ok((&a.verdict, a.modifications.as_slice())),
-                    Err(e) => Err(e.as_str()),
-                };
-                let mut step = trace::step(&plugin.name, answer, plugin.on_error, elapsed);
-                step.shadow = plugin.mode == PluginMode::Shadow;
-                steps.push(step);
+                steps.push(step.clone());
             }
-            if plugin.mode == PluginMode::Shadow {
-                self.shadow(plugin, stage, called);
-                continue;
-            }
-            let verdict = match called {
-                Ok(answer) => {
-                    modifications.extend(answer.modifications);
-                    answer.verdict
-                }
-                Err(error) => {
-                    plugin.record_fault();
-                    METRICS
-                        .plugin_faults
-                        .inc(&[&plugin.name, fault_kind(&error)]);
-                    tracing::warn!(
-                        plugin = &*plugin.name,
-                        hook = stage.name(),
-                        session = %self.session_id,
-                        policy = ?plugin.on_error,
-                        "plugin failed: {error}"
-                    );
-                    match plugin.on_error {
-                        OnError::Skip => continue,
-                        OnError::Tempfail => {
-                            return outcome(StageOutcome::Tempfail(default_reply::plugin_fault()))
-                        }
-                        OnError::Reject => {
-                            return outcome(StageOutcome::Reject(default_reply::reject(stage)))
-                        }
-                    }
-                }
-            };
-            tracing::debug!(plugin = &*plugin.name, hook = stage.name(), session = %self.session_id, ?verdict, "verdict");
-            METRICS
-                .verdicts
-                .inc(&[stage.name(), &plugin.name, verdict_name(&verdict)]);
-            let decided = match verdict {
-                wit::Verdict::Next => None,
-                wit::Verdict::Allow => {
-                    allowed = true;
-                    None
-                }
-                wit::Verdict::Accept => Some(StageOutcome::Accept),
-                wit::Verdict::Reject(reply) => {
-                    Some(StageOutcome::Reject(checked_reply(reply, 5, || {
-                        default_reply::reject(stage)
-                    })))
-                }
-                wit::Verdict::Tempfail(reply) => Some(StageOutcome::Tempfail(checked_reply(
-                    reply,
-                    4,
-                    default_reply::tempfail,
-                ))),
-                wit::Verdict::Disconnect(reply) => {
-                    Some(StageOutcome::Disconnect(checked_disconnect_reply(reply)))
-                }
-                wit::Verdict::Discard if stage == Stage::Data => Some(StageOutcome::Discard),
-                wit::Verdict::Quarantine(reason) if stage == Stage::Data => {
-                    Some(StageOutcome::Quarantine(reason))
-                }
-                wit::Verdict::Discard | wit::Verdict::Quarantine(_) => {
-                    tracing::warn!(
-                        plugin = &*plugin.name,
-                        hook = stage.name(),
-                        "discard/quarantine is only meaningful at data; taken as next"
-                    );
-                    None
-                }
-            };
-            if let Some(decided) = decided {
-                return DataOutcome {
-                    outcome: decided,
-                    modifications,
-                };
+            match fold.step(step) {
+                Flow::Continue => {}
+                Flow::Misplaced => tracing::warn!(
+                    plugin = &*plugin.name,
+                    stage = stage.name(),
+                    session = %self.session_id,
+                    "discard/quarantine is only meaningful at data; taken as next"
+                ),
+                Flow::Stop => break,
             }
         }
-        let end = if stage == Stage::Rcpt && !allowed {
-            StageOutcome::Reject(Reply::relay_denied())
-        } else {
-            StageOutcome::Accept
-        };
-        DataOutcome {
-            outcome: end,
-            modifications,
-        }
+        fold.finish()
     }
 
-    /// A shadow plugin's answer: logged and counted, never applied (its
-    /// header edits included); a fault gets no `on_error` policy.
-    fn shadow(&self, plugin: &Plugin, stage: Stage, called: Result<PluginAnswer, String>) {
-        match called {
-            Ok(answer) => {
-                let verdict = verdict_name(&answer.verdict);
-                METRICS
-                    .shadow_verdicts
-                    .inc(&[stage.name(), &plugin.name, verdict]);
+    /// Logs and counts one plugin's answer, applied or not. A shadow
+    /// plugin's answer is reported as such (its fault gets no `on_error`).
+    fn observe(&self, plugin: &Plugin, stage: Stage, step: &PluginStep) {
+        let (name, stage) = (&*plugin.name, stage.name());
+        match &step.answer {
+            StepAnswer::Failed { error, on_error } => {
+                plugin.record_fault();
+                METRICS.plugin_faults.inc(&[name, error.kind()]);
+                if step.shadow {
+                    tracing::warn!(
+                        plugin = name,
+                        stage,
+                        session = %self.session_id,
+                        kind = error.kind(),
+                        detail = %error,
+                        "shadow plugin failed (ignored)"
+                    );
+                } else {
+                    tracing::warn!(
+                        plugin = name,
+                        stage,
+                        session = %self.session_id,
+                        kind = error.kind(),
+                        detail = %error,
+                        policy = ?on_error,
+                        "plugin failed"
+                    );
+                }
+            }
+            answer if step.shadow => {
+                let verdict = answer.name();
+                METRICS.shadow_verdicts.inc(&[stage, name, verdict]);
                 tracing::info!(
-                    plugin = &*plugin.name,
-                    hook = stage.name(),
+                    plugin = name,
+                    stage,
                     session = %self.session_id,
                     verdict,
-                    detail = ?answer.verdict,
-                    modifications = answer.modifications.len(),
+                    detail = ?answer,
+                    modifications = step.modifications.len(),
                     "shadow verdict (not applied)"
                 );
             }
-            Err(error) => {
-                plugin.record_fault();
-                METRICS
-                    .plugin_faults
-                    .inc(&[&plugin.name, fault_kind(&error)]);
-                tracing::warn!(
-                    plugin = &*plugin.name,
-                    hook = stage.name(),
-                    session = %self.session_id,
-                    "shadow plugin failed (ignored): {error}"
-                );
+            answer => {
+                tracing::debug!(plugin = name, stage, session = %self.session_id, ?answer, "verdict");
+                METRICS.verdicts.inc(&[stage, name, answer.name()]);
             }
         }
     }
@@ -251,7 +191,7 @@ impl SessionFilters {
         index: usize,
         session: &wit::Session,
         arg: &HookArg<'_>,
-    ) -> Result<PluginAnswer, String> {
+    ) -> Result<PluginAnswer, PluginFault> {
         let plugin = self.pipeline.plugins[index].clone();
         let mut live = match self.instances[index].take() {
             Some(live) => live,
@@ -279,44 +219,9 @@ impl Drop for SessionFilters {
     }
 }
 
-/// The metrics label of a verdict.
-fn verdict_name(verdict: &wit::Verdict) -> &'static str {
-    match verdict {
-        wit::Verdict::Next => "next",
-        wit::Verdict::Allow => "allow",
-        wit::Verdict::Accept => "accept",
-        wit::Verdict::Reject(_) => "reject",
-        wit::Verdict::Tempfail(_) => "tempfail",
-        wit::Verdict::Disconnect(_) => "disconnect",
-        wit::Verdict::Discard => "discard",
-        wit::Verdict::Quarantine(_) => "quarantine",
-    }
-}
-
-/// The metrics label of a failed call, from its description (see
-/// `plugin::describe_error`).
-fn fault_kind(error: &str) -> &'static str {
-    if error.starts_with("deadline exceeded") {
-        "timeout"
-    } else if error.contains("memory") {
-        "memory"
-    } else if error.starts_with("trap:") {
-        "trap"
-    } else {
-        "error"
-    }
-}
-
 struct PluginAnswer {
     verdict: wit::Verdict,
     modifications: Vec<Modification>,
-}
-
-fn outcome(outcome: StageOutcome) -> DataOutcome {
-    DataOutcome {
-        outcome,
-        modifications: Vec::new(),
-    }
 }
 
 async fn invoke(
@@ -324,7 +229,7 @@ async fn invoke(
     live: &mut LiveInstance,
     session: &wit::Session,
     arg: &HookArg<'_>,
-) -> Result<PluginAnswer, String> {
+) -> Result<PluginAnswer, PluginFault> {
     plugin.arm_deadline(&mut live.store);
     let LiveInstance { store, filter, .. } = live;
     let call = async {
@@ -347,7 +252,7 @@ async fn invoke(
                     .data_mut()
                     .table
                     .push(MessageResource::clone(message))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| PluginFault::Host(format!("cannot hand the message over: {e}")))?;
                 let borrowed = Resource::<MessageResource>::new_borrow(handle.rep());
                 let result = filter.call_on_data(&mut *store, session, borrowed).await;
                 // The message outlives no call: drop the host side now.
@@ -357,7 +262,7 @@ async fn invoke(
                         verdict: r.verdict,
                         modifications: r.modifications.into_iter().map(host_modification).collect(),
                     })
-                    .map_err(|e| describe_error(&e));
+                    .map_err(|e| PluginFault::from_call(&e));
             }
         };
         verdict
@@ -365,7 +270,7 @@ async fn invoke(
                 verdict,
                 modifications: Vec::new(),
             })
-            .map_err(|e| describe_error(&e))
+            .map_err(|e| PluginFault::from_call(&e))
     };
     plugin.with_backstop(call).await
 }
@@ -408,25 +313,5 @@ fn host_modification(m: wit::Modification) -> Modification {
         wit::Modification::RemoveHeader(name) => Modification::RemoveHeader(name),
         wit::Modification::AddRecipient(r) => Modification::AddRecipient(r),
         wit::Modification::RemoveRecipient(r) => Modification::RemoveRecipient(r),
-    }
-}
-
-/// A plugin's reply is used only when its class matches the verdict
-/// (a "reject" with a 250 would otherwise accept).
-fn checked_reply(reply: Option<wit::Reply>, class: u16, default: impl FnOnce() -> Reply) -> Reply {
-    match reply {
-        Some(r) if r.code / 100 == class && r.code < 600 => {
-            Reply::new(r.code, r.enhanced.as_deref(), r.text)
-        }
-        _ => default(),
-    }
-}
-
-fn checked_disconnect_reply(reply: Option<wit::Reply>) -> Reply {
-    match reply {
-        Some(r) if r.code == 421 || (500..600).contains(&r.code) => {
-            Reply::new(r.code, r.enhanced.as_deref(), r.text)
-        }
-        _ => default_reply::disconnect(),
     }
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::auth::SessionAuth;
@@ -40,7 +39,7 @@ pub struct HostServices {
 pub struct HostState {
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: sandbox::PluginLimits,
     pub(crate) plugin: Arc<str>,
     /// The host interfaces this plugin may call.
     pub(crate) allow: Capabilities,
@@ -78,6 +77,7 @@ impl HostState {
             .memories(16)
             .trap_on_grow_failure(true)
             .build();
+        let limits = sandbox::PluginLimits::new(limits, memory_limit);
         HostState {
             wasi,
             table: ResourceTable::new(),

@@ -4,9 +4,13 @@
 //! - `engine`: the wasmtime engine (async, epochs, pooling)
 //! - `cache`: compiled components on disk, keyed by content and engine
 //! - `plugin`: one configured plugin, compiled and pre-instantiated
-//! - `chain`: a session's lazily created instances and the verdict fold
+//! - `chain`: a session's lazily created instances, each call's answer
+//!   logged, counted and traced
+//! - `fold`: the verdict fold of a stage, a pure function of the answers
+//! - `fault`: why a plugin call failed, typed (the metric's `kind` label)
 //! - `host`: the imports plugins call (log, kv, dns, auth, message)
-//! - `sandbox`: the imports a component may have, the capabilities checks
+//! - `sandbox`: the imports a component may have, the capabilities checks,
+//!   the memory cap
 //! - `auth`: a session's SPF/DKIM/DMARC/ARC results, computed on first ask
 //! - `message`: the message resource of the data stage
 //! - `directory`: files and mailbox servers granted to plugins
@@ -24,6 +28,8 @@ pub mod cache;
 pub mod chain;
 pub mod directory;
 pub mod engine;
+pub mod fault;
+pub mod fold;
 pub mod host;
 pub mod message;
 pub mod plugin;
@@ -40,6 +46,7 @@ use sluice_spool::Spool;
 
 pub use chain::{HookArg, SessionFilters};
 pub use engine::PluginEngine;
+pub use fault::PluginFault;
 pub use host::HostServices;
 pub use plugin::{builtin_names, Plugin};
 pub use session::{MailboxArg, SessionInfo, TlsInfo};
@@ -144,9 +151,9 @@ impl PipelineSet {
             let validated = plugin
                 .instantiate("validate", &services, &auth)
                 .await
-                .map_err(|message| PipelineError::Init {
+                .map_err(|fault| PipelineError::Init {
                     plugin: name.clone(),
-                    message,
+                    message: fault.to_string(),
                 })?;
             // A pooled plugin keeps it as its first instance.
             plugin.release(validated);

@@ -16,6 +16,7 @@ use super::auth::SessionAuth;
 use super::bindings::{Filter, FilterPre};
 use super::cache::CacheOutcome;
 use super::engine::PluginEngine;
+use super::fault::PluginFault;
 use super::host::{HostServices, HostState};
 use super::{sandbox, PipelineError};
 use crate::config::{
@@ -189,7 +190,7 @@ impl Plugin {
         session_id: &str,
         services: &Arc<HostServices>,
         auth: &Arc<SessionAuth>,
-    ) -> Result<LiveInstance, String> {
+    ) -> Result<LiveInstance, PluginFault> {
         let Some(pool) = &self.pool else {
             return self.instantiate(session_id, services, auth).await;
         };
@@ -199,10 +200,10 @@ impl Plugin {
                 match tokio::time::timeout(self.timeout, permits.clone().acquire_owned()).await {
                     Ok(Ok(lease)) => Some(lease),
                     Ok(Err(_)) | Err(_) => {
-                        return Err(format!(
-                            "instance pool exhausted: all {} instances busy for {:?}",
-                            pool.size, self.timeout
-                        ))
+                        return Err(PluginFault::PoolExhausted {
+                            size: pool.size,
+                            waited: self.timeout,
+                        })
                     }
                 }
             }
@@ -253,7 +254,7 @@ impl Plugin {
         session_id: &str,
         services: &Arc<HostServices>,
         auth: &Arc<SessionAuth>,
-    ) -> Result<LiveInstance, String> {
+    ) -> Result<LiveInstance, PluginFault> {
         let state = HostState::new(
             self.name.clone(),
             self.allow,
@@ -278,11 +279,11 @@ impl Plugin {
                 .pre
                 .instantiate_async(&mut store)
                 .await
-                .map_err(|e| describe_error(&e))?;
+                .map_err(|e| PluginFault::from_instantiate(&e))?;
             match filter.call_init(&mut store, &self.config_json).await {
                 Ok(Ok(())) => Ok(filter),
-                Ok(Err(message)) => Err(format!("init refused its configuration: {message}")),
-                Err(e) => Err(describe_error(&e)),
+                Ok(Err(message)) => Err(PluginFault::InitRefused(message)),
+                Err(e) => Err(PluginFault::from_instantiate(&e)),
             }
         };
         let filter = self.with_backstop(call).await?;
@@ -307,12 +308,14 @@ impl Plugin {
     /// call that never returns), a little after the deadline.
     pub(crate) async fn with_backstop<T>(
         &self,
-        call: impl std::future::Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
+        call: impl std::future::Future<Output = Result<T, PluginFault>>,
+    ) -> Result<T, PluginFault> {
         let backstop = self.timeout + self.timeout / 2 + Duration::from_millis(50);
         match tokio::time::timeout(backstop, call).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {backstop:?}")),
+            Err(_) => Err(PluginFault::Deadline {
+                backstop: Some(backstop),
+            }),
         }
     }
 
@@ -323,17 +326,6 @@ impl Plugin {
     pub fn faults(&self) -> u64 {
         self.faults.load(Ordering::Relaxed)
     }
-}
-
-/// A one-line description of why a call into a plugin failed.
-pub(crate) fn describe_error(error: &wasmtime::Error) -> String {
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        return match trap {
-            wasmtime::Trap::Interrupt => "deadline exceeded".to_owned(),
-            other => format!("trap: {other}"),
-        };
-    }
-    format!("{error:#}")
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! The sandbox's two gates: which imports a component may have (checked
-//! once, when it is loaded) and which host interfaces a plugin may call
-//! (checked on every call, from `[plugins.NAME] allow`).
+//! The sandbox's gates: which imports a component may have (checked once,
+//! when it is loaded), which host interfaces a plugin may call (checked on
+//! every call, from `[plugins.NAME] allow`), and the store limiter that
+//! holds a plugin to its `memory` cap with a typed error
+//! ([`MemoryCapExceeded`], classified in `fault.rs`).
 //!
 //! Imports: everything of `sluice:filter`, plus the WASI interfaces any
 //! wasm32-wasip2 guest's standard library imports whether it uses them or
@@ -82,6 +84,79 @@ pub fn check(plugin: &str, allow: Capabilities, capability: Capability) -> Resul
         Ok(())
     } else {
         Err(denied(plugin, capability))
+    }
+}
+
+/// The error [`PluginLimits`] fails a memory growth with; wasmtime turns it
+/// into a trap of the call and hands it back inside its error, where
+/// [`PluginFault`] finds it by type.
+#[derive(Debug, thiserror::Error)]
+#[error("memory growth to {desired} bytes refused: cap {cap} bytes")]
+pub struct MemoryCapExceeded {
+    pub desired: usize,
+    pub cap: usize,
+}
+
+/// A plugin store's resource limiter: wasmtime's [`wasmtime::StoreLimits`]
+/// for every count and table, and the memory cap checked here first, so a
+/// breach comes back as a typed [`MemoryCapExceeded`]. (`StoreLimits` with
+/// `trap_on_grow_failure` reports it as an untyped message.)
+pub struct PluginLimits {
+    inner: wasmtime::StoreLimits,
+    memory_cap: usize,
+}
+
+impl PluginLimits {
+    /// `inner` should carry the same `memory_size` as `memory_cap`, so a
+    /// memory created over the cap at instantiation fails there too.
+    pub fn new(inner: wasmtime::StoreLimits, memory_cap: usize) -> Self {
+        PluginLimits { inner, memory_cap }
+    }
+}
+
+impl wasmtime::ResourceLimiter for PluginLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            return Err(wasmtime::Error::new(MemoryCapExceeded {
+                desired,
+                cap: self.memory_cap,
+            }));
+        }
+        self.inner.memory_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }
 

@@ -1,6 +1,8 @@
-//! What each plugin of a chain answered, and how long it took: recorded
-//! only when asked for ([`SessionFilters::record_steps`]), by the offline
-//! replay of `sluice pipeline test`. The live server never records.
+//! What each plugin of a chain answered, and how long it took, in host
+//! types: built for every call, folded into the stage's outcome
+//! (`fold.rs`), and kept only when asked for
+//! ([`SessionFilters::record_steps`], by the offline replay of `sluice
+//! pipeline test`). The live server never keeps them.
 //!
 //! [`SessionFilters::record_steps`]: super::SessionFilters::record_steps
 
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::bindings::wit_types as wit;
+use super::fault::PluginFault;
 use super::verdict::Modification;
 use crate::config::OnError;
 use crate::smtp::reply::Reply;
@@ -42,7 +45,7 @@ pub enum StepAnswer {
     /// The call failed (trap, deadline, memory cap, init error); the
     /// plugin's `on_error` policy decided what followed.
     Failed {
-        error: String,
+        error: PluginFault,
         on_error: OnError,
     },
 }
@@ -64,16 +67,17 @@ impl StepAnswer {
     }
 }
 
+/// One call's record, built from what the call returned (by value: the
+/// live server folds it without a copy; only a recording keeps one).
 pub(super) fn step(
     plugin: &Arc<str>,
-    result: Result<(&wit::Verdict, &[Modification]), &str>,
+    result: Result<(wit::Verdict, Vec<Modification>), PluginFault>,
     on_error: OnError,
     elapsed: Duration,
+    shadow: bool,
 ) -> PluginStep {
-    let reply = |r: &Option<wit::Reply>| {
-        r.as_ref()
-            .map(|r| Reply::new(r.code, r.enhanced.as_deref(), r.text.clone()))
-    };
+    let reply =
+        |r: Option<wit::Reply>| r.map(|r| Reply::new(r.code, r.enhanced.as_deref(), r.text));
     let (answer, modifications) = match result {
         Ok((verdict, modifications)) => {
             let answer = match verdict {
@@ -84,23 +88,17 @@ pub(super) fn step(
                 wit::Verdict::Tempfail(r) => StepAnswer::Tempfail(reply(r)),
                 wit::Verdict::Disconnect(r) => StepAnswer::Disconnect(reply(r)),
                 wit::Verdict::Discard => StepAnswer::Discard,
-                wit::Verdict::Quarantine(reason) => StepAnswer::Quarantine(reason.clone()),
+                wit::Verdict::Quarantine(reason) => StepAnswer::Quarantine(reason),
             };
-            (answer, modifications.to_vec())
+            (answer, modifications)
         }
-        Err(error) => (
-            StepAnswer::Failed {
-                error: error.to_owned(),
-                on_error,
-            },
-            Vec::new(),
-        ),
+        Err(error) => (StepAnswer::Failed { error, on_error }, Vec::new()),
     };
     PluginStep {
         plugin: plugin.clone(),
         answer,
         modifications,
         elapsed,
-        shadow: false,
+        shadow,
     }
 }

@@ -1,6 +1,6 @@
 //! Host-side verdicts: what a stage of the pipeline decided, in the server's
-//! own types. The chain (`chain.rs`) folds plugin verdicts into one
-//! [`StageOutcome`]; the SMTP session turns it into a reply.
+//! own types. The stage's fold (`fold.rs`) turns the plugins' answers into
+//! one [`StageOutcome`]; the SMTP session turns it into a reply.
 
 use crate::smtp::reply::Reply;
 
