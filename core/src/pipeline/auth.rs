@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::chain::HookArg;
+use super::session::HookArg;
 use super::session::SessionInfo;
 use crate::authn::{Authenticator, DkimCheck, DmarcCheck, MessageChecks, Outcome, SpfCheck};
 

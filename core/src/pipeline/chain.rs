@@ -15,33 +15,12 @@ use super::fault::PluginFault;
 use super::fold::{Flow, Fold};
 use super::message::MessageResource;
 use super::plugin::{LiveInstance, Plugin};
-use super::session::{MailboxArg, SessionInfo};
+use super::session::{HookArg, MailboxArg, SessionInfo};
 use super::trace::{self, PluginStep, StepAnswer};
 use super::verdict::{DataOutcome, Modification, Stage, StageOutcome};
 use super::Pipeline;
 use crate::config::PluginMode;
 use crate::metrics::METRICS;
-
-/// The argument of a hook call.
-pub enum HookArg<'a> {
-    Connect,
-    Helo(&'a str),
-    Mail(Option<&'a MailboxArg>),
-    Rcpt(&'a MailboxArg),
-    Data(&'a MessageResource),
-}
-
-impl HookArg<'_> {
-    fn stage(&self) -> Stage {
-        match self {
-            HookArg::Connect => Stage::Connect,
-            HookArg::Helo(_) => Stage::Helo,
-            HookArg::Mail(_) => Stage::Mail,
-            HookArg::Rcpt(_) => Stage::Rcpt,
-            HookArg::Data(_) => Stage::Data,
-        }
-    }
-}
 
 /// The plugin side of one SMTP session. It keeps the pipeline it started
 /// with, so a reload never changes the rules under a session in flight.

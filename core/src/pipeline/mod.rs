@@ -44,12 +44,12 @@ use std::sync::Arc;
 
 use sluice_spool::Spool;
 
-pub use chain::{HookArg, SessionFilters};
+pub use chain::SessionFilters;
 pub use engine::PluginEngine;
 pub use fault::PluginFault;
 pub use host::HostServices;
 pub use plugin::{builtin_names, Plugin};
-pub use session::{MailboxArg, SessionInfo, TlsInfo};
+pub use session::{HookArg, MailboxArg, SessionInfo, TlsInfo};
 pub use trace::{PluginStep, StepAnswer};
 pub use verdict::{DataOutcome, Modification, Stage, StageOutcome};
 

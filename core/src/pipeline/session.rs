@@ -3,6 +3,9 @@
 
 use std::net::IpAddr;
 
+use super::message::MessageResource;
+use super::verdict::Stage;
+
 /// The session as plugins see it (WIT `session`).
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -26,4 +29,25 @@ pub use crate::tls::TlsInfo;
 pub struct MailboxArg {
     pub local_part: String,
     pub domain: String,
+}
+
+/// The argument of a hook call.
+pub enum HookArg<'a> {
+    Connect,
+    Helo(&'a str),
+    Mail(Option<&'a MailboxArg>),
+    Rcpt(&'a MailboxArg),
+    Data(&'a MessageResource),
+}
+
+impl HookArg<'_> {
+    pub fn stage(&self) -> Stage {
+        match self {
+            HookArg::Connect => Stage::Connect,
+            HookArg::Helo(_) => Stage::Helo,
+            HookArg::Mail(_) => Stage::Mail,
+            HookArg::Rcpt(_) => Stage::Rcpt,
+            HookArg::Data(_) => Stage::Data,
+        }
+    }
 }
