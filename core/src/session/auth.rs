@@ -33,11 +33,9 @@ impl<S: SessionStream> Session<S> {
 
     /// The client's answer to a SASL challenge.
     pub(super) async fn sasl_response(&mut self, line: &[u8]) -> Flow {
-        let State::Sasl(greeting, exchange) = std::mem::replace(&mut self.state, State::Connected)
-        else {
+        let Some(exchange) = self.state.take_sasl() else {
             return self.error(Reply::bad_sequence());
         };
-        self.state = State::Greeted(greeting);
         let step = exchange.respond(line);
         self.sasl_step(step).await
     }
@@ -45,11 +43,9 @@ impl<S: SessionStream> Session<S> {
     async fn sasl_step(&mut self, step: Step) -> Flow {
         match step {
             Step::Continue(exchange, challenge) => {
-                if let State::Greeted(greeting) =
-                    std::mem::replace(&mut self.state, State::Connected)
-                {
-                    self.state = State::Sasl(greeting, exchange);
-                }
+                // AUTH and SASL responses run only greeted (see `auth` and
+                // `sasl_response`), so the exchange always finds its state.
+                self.state.await_sasl(exchange);
                 self.reply(challenge)
             }
             Step::Failed(reply) => self.error(reply),

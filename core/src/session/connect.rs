@@ -10,7 +10,7 @@ use super::connection::Pregreet;
 use super::{Session, SessionStream};
 use crate::dns::REVERSE_LOOKUP_TIMEOUT;
 use crate::metrics::METRICS;
-use crate::pipeline::{HookArg, Stage, StageOutcome};
+use crate::pipeline::{HookArg, StageOutcome};
 use crate::smtp::reply::Reply;
 
 impl<S: SessionStream> Session<S> {
@@ -29,7 +29,7 @@ impl<S: SessionStream> Session<S> {
                 return Ok(false);
             }
         }
-        match self.run_stage(Stage::Connect, HookArg::Connect, None).await {
+        match self.run_stage(HookArg::Connect, None).await {
             StageOutcome::Accept | StageOutcome::Discard | StageOutcome::Quarantine(_) => {
                 self.conn.queue(&Reply::greeting(self.hostname()));
                 self.conn.flush().await?;

@@ -4,7 +4,7 @@
 use super::state::{Greeting, State};
 use super::{Flow, Session, SessionStream};
 use crate::config::TlsMode;
-use crate::pipeline::{HookArg, Stage};
+use crate::pipeline::HookArg;
 use crate::smtp::auth::MECHANISMS;
 use crate::smtp::reply::Reply;
 
@@ -13,9 +13,7 @@ impl<S: SessionStream> Session<S> {
     /// once the helo stage accepts, starts over as greeted.
     pub(super) async fn ehlo(&mut self, name: String, esmtp: bool) -> Flow {
         self.state.reset();
-        let outcome = self
-            .run_stage(Stage::Helo, HookArg::Helo(&name), None)
-            .await;
+        let outcome = self.run_stage(HookArg::Helo(&name), None).await;
         if let Some(flow) = self.refused(outcome) {
             return flow;
         }

@@ -57,9 +57,9 @@ impl<S: SessionStream> Session<S> {
         };
         let message: std::sync::Arc<[u8]> = std::sync::Arc::from(message);
         let decision = self.filters.run_data(&info, &message).await;
-        let applied = match decision.outcome {
-            StageOutcome::Accept | StageOutcome::Quarantine(_) => decision.modifications.clone(),
-            _ => Vec::new(),
+        let applied: &[Modification] = match decision.outcome {
+            StageOutcome::Accept | StageOutcome::Quarantine(_) => &decision.modifications,
+            _ => &[],
         };
         self.record(Stage::Data, None, &decision.outcome, applied);
         let quarantine = match decision.outcome {

@@ -2,10 +2,10 @@
 //! rule, the spool's free space, the declared SIZE, the submission sender
 //! rule and the mail stage of the pipeline all let it.
 
-use super::state::{State, Transaction};
+use super::state::Transaction;
 use super::{Flow, Session, SessionStream};
 use crate::config::AuthMode;
-use crate::pipeline::{HookArg, Stage};
+use crate::pipeline::HookArg;
 use crate::smtp::address::ReversePath;
 use crate::smtp::command::MailParams;
 use crate::smtp::reply::Reply;
@@ -38,25 +38,20 @@ impl<S: SessionStream> Session<S> {
             ReversePath::Null => None,
             ReversePath::Mailbox(mailbox) => Some(self.mailbox_arg(mailbox)),
         };
-        let outcome = self
-            .run_stage(Stage::Mail, HookArg::Mail(argument.as_ref()), None)
-            .await;
+        let outcome = self.run_stage(HookArg::Mail(argument.as_ref()), None).await;
         if let Some(flow) = self.refused(outcome) {
             return flow;
         }
-        let State::Greeted(greeting) = std::mem::replace(&mut self.state, State::Connected) else {
+        let transaction = Transaction {
+            reverse_path,
+            recipients: Vec::new(),
+            smtputf8: params.smtputf8,
+        };
+        if self.state.open_transaction(transaction).is_err() {
             // The dispatch calls this only when greeted; the mail stage
             // cannot change the state.
             return self.error(Reply::bad_sequence());
-        };
-        self.state = State::Mail(
-            greeting,
-            Transaction {
-                reverse_path,
-                recipients: Vec::new(),
-                smtputf8: params.smtputf8,
-            },
-        );
+        }
         self.reply(Reply::sender_ok())
     }
 

@@ -4,7 +4,7 @@
 
 use super::state::State;
 use super::{Flow, Session, SessionStream};
-use crate::pipeline::{HookArg, MailboxArg, Stage};
+use crate::pipeline::{HookArg, MailboxArg};
 use crate::smtp::address::{Domain, ForwardPath, Mailbox};
 use crate::smtp::reply::Reply;
 
@@ -22,7 +22,7 @@ impl<S: SessionStream> Session<S> {
             argument.domain
         );
         let outcome = self
-            .run_stage(Stage::Rcpt, HookArg::Rcpt(&argument), Some(address.clone()))
+            .run_stage(HookArg::Rcpt(&argument), Some(address.clone()))
             .await;
         if let Some(flow) = self.refused(outcome) {
             return flow;

@@ -30,23 +30,24 @@ impl<S: SessionStream> Session<S> {
     /// it when traced. `argument` names the recipient in the trace.
     pub(super) async fn run_stage(
         &mut self,
-        stage: Stage,
         arg: HookArg<'_>,
         argument: Option<String>,
     ) -> StageOutcome {
+        let stage = arg.stage();
         let info = self.plugin_view();
         let outcome = self.filters.run(&info, arg).await;
-        self.record(stage, argument, &outcome, Vec::new());
+        self.record(stage, argument, &outcome, &[]);
         outcome
     }
 
-    /// Adds a stage to the trace, with the answers its plugins gave.
+    /// Adds a stage to the trace, with the answers its plugins gave and
+    /// the edits `applied` to the message; copies nothing when untraced.
     pub(super) fn record(
         &mut self,
         stage: Stage,
         argument: Option<String>,
         outcome: &StageOutcome,
-        applied: Vec<Modification>,
+        applied: &[Modification],
     ) {
         if let Some(trace) = &mut self.trace {
             trace.push(StageTrace {
@@ -54,7 +55,7 @@ impl<S: SessionStream> Session<S> {
                 argument,
                 outcome: outcome.clone(),
                 steps: self.filters.take_steps(),
-                applied,
+                applied: applied.to_vec(),
             });
         }
     }

@@ -96,6 +96,51 @@ impl State {
         };
     }
 
+    /// Greeted → Mail: opens `transaction` (MAIL). In any other state it is
+    /// handed back and the state is unchanged.
+    pub fn open_transaction(&mut self, transaction: Transaction) -> Result<(), Transaction> {
+        match std::mem::replace(self, State::Connected) {
+            State::Greeted(g) => {
+                *self = State::Mail(g, transaction);
+                Ok(())
+            }
+            other => {
+                *self = other;
+                Err(transaction)
+            }
+        }
+    }
+
+    /// Greeted → Sasl: an AUTH exchange waits for the client's next line.
+    /// False, the state unchanged, in any other state.
+    pub fn await_sasl(&mut self, exchange: Exchange) -> bool {
+        match std::mem::replace(self, State::Connected) {
+            State::Greeted(g) => {
+                *self = State::Sasl(g, exchange);
+                true
+            }
+            other => {
+                *self = other;
+                false
+            }
+        }
+    }
+
+    /// Sasl → Greeted: takes the exchange waiting for a response; None,
+    /// the state unchanged, in any other state.
+    pub fn take_sasl(&mut self) -> Option<Exchange> {
+        match std::mem::replace(self, State::Connected) {
+            State::Sasl(g, exchange) => {
+                *self = State::Greeted(g);
+                Some(exchange)
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
     /// Takes the open transaction, leaving the session greeted (DATA).
     pub fn take_transaction(&mut self) -> Option<Transaction> {
         match std::mem::replace(self, State::Connected) {
@@ -152,6 +197,30 @@ mod tests {
         let mut state = State::Connected;
         assert_eq!(state.take_transaction(), None);
         assert_eq!(state.name(), "connected");
+    }
+
+    #[test]
+    fn transitions_from_the_wrong_state_change_nothing() {
+        let mut state = State::Connected;
+        assert_eq!(state.open_transaction(transaction()), Err(transaction()));
+        assert!(!state.await_sasl(Exchange::PlainResponse));
+        assert_eq!(state.take_sasl(), None);
+        assert_eq!(state.name(), "connected");
+        let mut state = State::Mail(greeting(), transaction());
+        assert!(!state.await_sasl(Exchange::PlainResponse));
+        assert_eq!(state.transaction(), Some(&transaction()));
+    }
+
+    #[test]
+    fn mail_and_sasl_go_through_greeted() {
+        let mut state = State::Greeted(greeting());
+        assert_eq!(state.open_transaction(transaction()), Ok(()));
+        assert_eq!(state.name(), "mail");
+        state.reset();
+        assert!(state.await_sasl(Exchange::LoginUsername));
+        assert_eq!(state.name(), "sasl");
+        assert_eq!(state.take_sasl(), Some(Exchange::LoginUsername));
+        assert_eq!(state.name(), "greeted");
     }
 
     #[test]
