@@ -54,13 +54,17 @@ async fn rset_and_ehlo_drop_the_transaction() {
         h.cmd("RCPT TO:<bob@localhost>").await,
         "503 5.5.1 Bad sequence of commands\r\n"
     );
-    h.cmd("MAIL FROM:<a@example.org>").await;
+    // RSET keeps the greeting: MAIL needs no new EHLO.
+    assert_eq!(
+        h.cmd("MAIL FROM:<a@example.org>").await,
+        "250 2.1.0 Sender ok\r\n"
+    );
     h.cmd("EHLO again.example").await;
     assert_eq!(
         h.cmd("RCPT TO:<bob@localhost>").await,
         "503 5.5.1 Bad sequence of commands\r\n"
     );
-    // RSET keeps the greeting: MAIL needs no new EHLO.
+    // EHLO left the session greeted under its new name.
     assert_eq!(
         h.cmd("MAIL FROM:<a@example.org>").await,
         "250 2.1.0 Sender ok\r\n"
