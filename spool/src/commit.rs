@@ -1,21 +1,53 @@
-//! Group commit: the one OS thread that calls the blocking `db.flush()`.
+//! Group commit: the one OS thread that makes the spool durable.
 //!
-//! Writers insert into sled without flushing, then `commit()` registers a
-//! oneshot waiter on a channel and awaits it. The committer thread takes every
-//! waiter registered so far, flushes once, and completes them all with the
-//! result; writers that register during a flush wait for the next one. Many
-//! sessions thus share one fsync, and the async runtime never blocks on disk.
+//! Writers append to segments and insert into sled without syncing, then
+//! `commit()` registers a oneshot waiter on a channel and awaits it. The
+//! committer thread takes every waiter registered so far, syncs once (see
+//! [`Durability::sync`]), and completes them all with the result; writers
+//! that register during a sync wait for the next one. Many sessions thus
+//! share one fsync, and the async runtime never blocks on disk.
 
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::error::SyncError;
+use crate::segment::Segments;
 use crate::SpoolError;
 
-/// Completed with the outcome of the flush that covered the waiter's writes.
-type Waiter = oneshot::Sender<Result<(), sled::Error>>;
+/// With no commit for this long, the committer syncs anyway.
+const IDLE_SYNC: Duration = Duration::from_secs(1);
+
+/// Completed with the outcome of the sync that covered the waiter's writes.
+type Waiter = oneshot::Sender<Result<(), SyncError>>;
+
+/// Everything one commit makes durable.
+pub(crate) struct Durability {
+    pub(crate) segments: Arc<Segments>,
+    pub(crate) db: sled::Db,
+    /// sled's log file, opened by us: sled's own flush ends in
+    /// `sync_file_range`, which persists neither the file's size nor the
+    /// device's write cache, so the commit fdatasyncs the file after it.
+    pub(crate) db_file: File,
+    pub(crate) db_path: PathBuf,
+}
+
+impl Durability {
+    /// Message bytes first, then the index that points at them: a crash in
+    /// between leaves bytes without index (garbage), never the reverse.
+    fn sync(&self) -> Result<(), SyncError> {
+        self.segments.sync_pending()?;
+        self.db.flush().map_err(SyncError::Sled)?;
+        self.db_file
+            .sync_data()
+            .map_err(|e| SyncError::file(self.db_path.clone(), e))
+    }
+}
 
 /// Owns the committer thread; dropping it stops and joins the thread.
 #[derive(Debug)]
@@ -29,14 +61,14 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer thread for `db`.
-    pub(crate) fn start(db: sled::Db) -> Result<Self, SpoolError> {
+    /// Starts the committer thread.
+    pub(crate) fn start(targets: Durability) -> Result<Self, SpoolError> {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let flushes = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&flushes);
         let thread = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || run(&db, &rx, &counter))
+            .spawn(move || run(&targets, &rx, &counter))
             .map_err(SpoolError::Thread)?;
         Ok(Committer {
             tx: Some(tx),
@@ -78,13 +110,27 @@ impl Drop for Committer {
     }
 }
 
-/// The committer loop: block for one waiter, gather the rest, flush once.
-fn run(db: &sled::Db, rx: &mpsc::Receiver<Waiter>, flushes: &AtomicU64) {
+/// The committer loop: block for one waiter, gather the rest, sync once.
+/// Waiters are gathered before the sync starts, and each registered after
+/// its writes, so the sync covers every write of every waiter it answers.
+fn run(targets: &Durability, rx: &mpsc::Receiver<Waiter>, flushes: &AtomicU64) {
     let mut batch = Vec::new();
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(IDLE_SYNC) {
+            Ok(first) => first,
+            // Nothing to answer: sync what plugins' key-value writes left
+            // behind (sled's own background flusher is off).
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = targets.sync() {
+                    tracing::error!(error = %e, "idle spool sync failed");
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         batch.push(first);
         batch.extend(rx.try_iter());
-        let result = db.flush().map(|_| ());
+        let result = targets.sync();
         flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, waiters = batch.len(), "spool flush failed");

@@ -49,6 +49,11 @@ pub struct QueueEntry {
     /// Whether the sender was told that delivery is delayed (sent once).
     #[serde(default)]
     pub warned: bool,
+    /// Set at open when the message's bytes were missing or failed their
+    /// checksum: the entry is kept for the operator, held, and never
+    /// delivered; removing it is the only way out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 impl QueueEntry {
@@ -147,11 +152,11 @@ pub enum AttemptRecorded {
     NotFound,
 }
 
-/// A spooled message's bytes as sled holds them: reading one takes a
-/// reference, not a copy, and clones are cheap, so a delivery that hands
-/// the message to several transactions copies it only onto the wire.
+/// A spooled message's bytes, read back from its segment records (each
+/// checked against its checksum) in one allocation. Cheap to clone, so a
+/// delivery that hands the message to several transactions shares it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct MessageBytes(pub(crate) sled::IVec);
+pub struct MessageBytes(pub(crate) std::sync::Arc<[u8]>);
 
 impl std::ops::Deref for MessageBytes {
     type Target = [u8];
@@ -223,6 +228,7 @@ mod tests {
             held: false,
             quarantine: Some("spam".into()),
             warned: false,
+            damaged: None,
         };
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["id"], "0000000000000abc");

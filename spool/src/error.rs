@@ -3,6 +3,7 @@
 //! none of them is the client's fault.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::QueueId;
 
@@ -27,10 +28,17 @@ pub enum SpoolError {
     /// A read or write in sled failed (I/O error, or corruption sled found).
     #[error("spool storage error: {0}")]
     Sled(#[from] sled::Error),
-    /// `db.flush()` failed: what was written since the last flush may not be
-    /// on disk.
+    /// A commit failed: what was written since the last one may not be on
+    /// disk.
     #[error("flushing the spool to disk failed: {0}")]
-    Flush(#[source] sled::Error),
+    Flush(#[source] SyncError),
+    /// Reading or writing a segment file failed.
+    #[error("segment file {}: {source}", path.display())]
+    Segment {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The committer thread is gone (it panicked or the spool is closing).
     #[error("the spool's commit thread has stopped")]
     CommitterGone,
@@ -76,4 +84,29 @@ pub enum SpoolError {
     /// `incr` would leave the i64 range.
     #[error("key-value counter {namespace}/{key} would overflow")]
     Overflow { namespace: String, key: String },
+}
+
+/// Why a commit did not make the spool durable. Cloned to every writer the
+/// commit served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SyncError {
+    /// sled's flush failed.
+    #[error("sled flush: {0}")]
+    Sled(#[source] sled::Error),
+    /// An fsync/fdatasync of a file or directory failed.
+    #[error("syncing {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+}
+
+impl SyncError {
+    pub(crate) fn file(path: PathBuf, source: std::io::Error) -> SyncError {
+        SyncError::File {
+            path,
+            source: Arc::new(source),
+        }
+    }
 }

@@ -4,50 +4,73 @@
 //! state in it.
 //!
 //! # Layout
-//! - `spool.rs`: [`Spool`] — enqueue, read, record attempts, operator actions.
-//! - `commit.rs`: the group-commit thread that owns `db.flush()`.
+//! - `spool.rs`: [`Spool`] — enqueue, read, record attempts, operator actions,
+//!   and the index check at open.
+//! - `segment/`: message bytes in append-only, checksummed segment files
+//!   (`record.rs` the record format, `location.rs` where a message's records
+//!   are, `scan.rs` recovery of a segment at open).
+//! - `commit.rs`: the group-commit thread that makes writes durable.
+//! - `durable.rs`: fsync helpers for directories (also used by Maildir
+//!   delivery).
 //! - `entry.rs`: the records ([`NewMessage`], [`QueueEntry`], outcomes) and
 //!   [`MessageBytes`].
 //! - `id.rs`: [`QueueId`].
 //! - `kv.rs`: [`KvStore`], the plugins' key-value state.
 //! - `clock.rs`: the wall clock in unix seconds (ids, kv expiries).
-//! - `space.rs`: free space of the spool's filesystem, cached for a second.
+//! - `space.rs`: free space and inodes of the spool's filesystem, cached for
+//!   a second.
 //! - `error.rs`: [`SpoolError`].
 //!
 //! # Storage
-//! One sled database in the spool directory, with these trees:
-//! - `entries`: [`QueueId`] as 8 big-endian bytes → JSON [`QueueEntry`]
-//!   (envelope and per-recipient state). Key order is id order, and ids
-//!   begin with the enqueue second, so iteration is oldest first.
-//! - `messages`: the same key → the raw message bytes.
-//! - `kv/<namespace>`: one tree per plugin namespace; each value is an
-//!   8-byte big-endian expiry (unix seconds, 0 = never) and the value bytes.
+//! - `segments/<n>.seg`: message bytes, as records of at most 1 MiB, each
+//!   with its queue id, length and CRC-32. Appended only; a segment rolls
+//!   at 64 MiB and is deleted once no live message has a record in it.
+//! - One sled database in the spool directory, with small values only:
+//!   - `entries`: [`QueueId`] as 8 big-endian bytes → JSON [`QueueEntry`]
+//!     (envelope and per-recipient state). Key order is id order, and ids
+//!     begin with the enqueue second, so iteration is oldest first.
+//!   - `messages`: the same key → where the message's records are
+//!     (segment, offset, length and checksum of each).
+//!   - `kv/<namespace>`: one tree per plugin namespace; each value is an
+//!     8-byte big-endian expiry (unix seconds, 0 = never) and the value
+//!     bytes.
 //!
-//! An entry is written after its message and removed before it, so the
-//! only state a crash can leave between the two writes is message bytes
-//! without entry — never acknowledged, or already delivered — which
-//! `Spool::open` deletes. The two writes are deliberately not a sled
-//! transaction or batch: those take sled's process-wide write lock, which
-//! waits for any flush in progress, so every enqueue would stall behind
-//! every fsync (measured: 2-3k instead of 8-12k msg/s). Entry changes are
-//! compare-and-swap loops for the same reason. An entry without message
-//! (only storage damage makes one) is logged at open and left out by
-//! `entries()` rather than failing.
+//! Bytes are written before their location, the location before the entry,
+//! and the entry removed before the location: the only state a crash can
+//! leave between those writes is bytes or a location without entry — never
+//! acknowledged, or already delivered — which `Spool::open` deletes. The
+//! writes are deliberately not a sled transaction or batch: those take
+//! sled's process-wide write lock, which waits for any flush in progress,
+//! so every enqueue would stall behind every fsync (measured: 2-3k instead
+//! of 8-12k msg/s). Entry changes are compare-and-swap loops for the same
+//! reason.
+//!
+//! # Recovery
+//! At open every segment is scanned: records failing their checksum are
+//! skipped, a torn tail (a write cut short) is truncated. An entry whose
+//! records are not all intact is set aside — held, with the reason in
+//! [`QueueEntry::damaged`], counted — and the spool opens anyway.
 //!
 //! # Durability
 //! `enqueue`, `record_attempt` and the operator actions return only once
-//! their writes are flushed to disk, except `record_attempt` when it removes
-//! a finished message: a removal lost in a crash means the message is
-//! delivered again, never lost. Flushes are group-committed: a single
-//! committer thread flushes once for all writers waiting at that moment, so
-//! concurrent sessions share each fsync. Key-value state is not waited for.
+//! their writes are on disk, except `record_attempt` when it removes a
+//! finished message: a removal lost in a crash means the message is
+//! delivered again, never lost. A commit fdatasyncs every segment written
+//! since the last one (and fsyncs the segment directory when a segment was
+//! created or deleted), flushes sled, then fdatasyncs sled's log file —
+//! sled's own flush ends in `sync_file_range`, which is not a sync. Commits
+//! are grouped: a single committer thread syncs once for all writers waiting
+//! at that moment, so concurrent sessions share each fsync. Key-value state
+//! is not waited for.
 
 mod clock;
 mod commit;
+pub mod durable;
 mod entry;
 mod error;
 mod id;
 mod kv;
+mod segment;
 mod space;
 mod spool;
 
@@ -55,7 +78,9 @@ pub use entry::{
     AttemptRecord, AttemptRecorded, MessageBytes, NewMessage, QueueEntry, Recipient,
     RecipientOutcome, RecipientStatus, HISTORY_LIMIT,
 };
-pub use error::SpoolError;
+pub use error::{SpoolError, SyncError};
 pub use id::{ParseQueueIdError, QueueId};
 pub use kv::KvStore;
-pub use spool::Spool;
+pub use segment::DEFAULT_SEGMENT_LIMIT;
+pub use space::Free;
+pub use spool::{Options, Spool};

@@ -4,7 +4,8 @@
 //! attempt through `record_attempt`, which drops the message once every
 //! recipient is final. Every mutation of the queue is made durable through the
 //! committer (`commit.rs`) before it returns, except that final removal
-//! (see `record_attempt`).
+//! (see `record_attempt`). Message bytes live in segment files
+//! (`segment/`); the `messages` tree holds where.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,10 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock::unix_now;
-use crate::commit::Committer;
+use crate::commit::{Committer, Durability};
+use crate::durable;
 use crate::id::IdSequence;
 use crate::kv::KvStore;
-use crate::space::FreeSpace;
+use crate::segment::{GoodRecords, Location, Segments, DEFAULT_SEGMENT_LIMIT};
+use crate::space::{Free, FreeSpace};
 use crate::{
     AttemptRecord, AttemptRecorded, MessageBytes, NewMessage, QueueEntry, QueueId, Recipient,
     RecipientOutcome, RecipientStatus, SpoolError,
@@ -23,8 +26,28 @@ use crate::{
 
 /// Tree holding `QueueId` (big-endian) → JSON `QueueEntry`.
 const ENTRIES_TREE: &str = "entries";
-/// Tree holding `QueueId` (big-endian) → raw message bytes.
+/// Tree holding `QueueId` (big-endian) → the message's [`Location`] in the
+/// segment files.
 const MESSAGES_TREE: &str = "messages";
+/// sled's log file in the spool directory, synced by the committer.
+const SLED_LOG: &str = "db";
+/// sled's settings file, written once when the database is created.
+const SLED_CONF: &str = "conf";
+
+/// How a spool is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Size at which a segment file rolls over to the next.
+    pub segment_limit: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_limit: DEFAULT_SEGMENT_LIMIT,
+        }
+    }
+}
 
 /// The durable mail queue. Cheap to clone; all clones share one database and
 /// one committer thread, which stop when the last clone is dropped.
@@ -51,12 +74,16 @@ struct Inner {
     db: sled::Db,
     /// QueueId → JSON QueueEntry.
     entries: sled::Tree,
-    /// QueueId → raw message bytes.
+    /// QueueId → encoded [`Location`].
     messages: sled::Tree,
+    /// The message bytes.
+    segments: Arc<Segments>,
     /// Keeps ids increasing within this process.
     ids: IdSequence,
     /// Keys in `entries`, so `len()` does not walk the tree.
     count: AtomicUsize,
+    /// Entries set aside at open because their bytes were missing or bad.
+    damaged: usize,
     /// Free space of the filesystem holding the spool, measured at most
     /// once a second (asked on every MAIL FROM).
     space: FreeSpace,
@@ -75,7 +102,11 @@ fn open_db(dir: &Path) -> Result<sled::Db, SpoolError> {
     let deadline = Instant::now() + LOCK_WAIT;
     let mut pause = Duration::from_millis(5);
     loop {
-        let source = match sled::Config::new().path(dir).open() {
+        // No background flusher: every sled write is then made by a caller
+        // (and synced by the commit after it) or by the committer itself,
+        // which syncs what it writes before anything else.
+        let config = sled::Config::new().path(dir).flush_every_ms(None);
+        let source = match config.open() {
             Ok(db) => return Ok(db),
             Err(e) => e,
         };
@@ -127,20 +158,58 @@ impl Spool {
     /// Blocking: it runs sled's recovery, checks the queue's consistency, and
     /// waits up to 2 s for the directory lock of a spool closed just before.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        Spool::open_with(dir, Options::default())
+    }
+
+    /// [`Spool::open`] with non-default [`Options`].
+    pub fn open_with(dir: &Path, options: Options) -> Result<Spool, SpoolError> {
+        let started = Instant::now();
         let db = open_db(dir)?;
+        // sled writes its `conf` without syncing it, nor the directory: the
+        // files it created must outlive a power cut.
+        let file_io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SpoolError::Segment { path, source }
+        };
+        let conf = dir.join(SLED_CONF);
+        std::fs::File::open(&conf)
+            .and_then(|f| f.sync_all())
+            .map_err(file_io(&conf))?;
+        let db_path = dir.join(SLED_LOG);
+        let db_file = std::fs::File::open(&db_path).map_err(file_io(&db_path))?;
+        db_file.sync_all().map_err(file_io(&db_path))?;
+        durable::sync_dir(dir).map_err(file_io(dir))?;
         let entries = db.open_tree(ENTRIES_TREE)?;
         let messages = db.open_tree(MESSAGES_TREE)?;
-        let (count, highest) = check_consistency(&entries, &messages)?;
-        let committer = Committer::start(db.clone())?;
-        tracing::info!(path = %dir.display(), entries = count, "spool opened");
+        let (segments, good) = Segments::open(dir, options.segment_limit)?;
+        let segments = Arc::new(segments);
+        let checked = check_consistency(&entries, &messages, &segments, &good)?;
+        segments.reclaim_unused();
+        let committer = Committer::start(Durability {
+            segments: Arc::clone(&segments),
+            db: db.clone(),
+            db_file,
+            db_path,
+        })?;
+        tracing::info!(
+            path = %dir.display(),
+            entries = checked.count,
+            damaged = checked.damaged,
+            segments = segments.count(),
+            torn_bytes = good.truncated,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "spool opened"
+        );
         Ok(Spool {
             inner: Arc::new(Inner {
                 committer,
                 db,
                 entries,
                 messages,
-                ids: IdSequence::new(highest),
-                count: AtomicUsize::new(count),
+                segments,
+                ids: IdSequence::new(checked.highest),
+                count: AtomicUsize::new(checked.count),
+                damaged: checked.damaged,
                 space: FreeSpace::new(PathBuf::from(dir)),
             }),
         })
@@ -201,18 +270,24 @@ impl Spool {
             held: false,
             quarantine: msg.quarantine,
             warned: false,
+            damaged: None,
         };
         let json = encode_entry(&entry)?;
         let key = id.to_key();
-        // Message first, entry second, and no sled transaction or batch: those
-        // take sled's global write lock, which waits for every running flush
-        // and would serialize writers behind fsyncs. A crash between the two
-        // inserts leaves only message bytes without entry, which were never
-        // acknowledged and which `open` deletes.
-        inner.messages.insert(key, msg.message)?;
+        // Bytes, then location, then entry, and no sled transaction or batch:
+        // those take sled's global write lock, which waits for every running
+        // flush and would serialize writers behind fsyncs. A crash in between
+        // leaves bytes or a location without entry, never acknowledged, which
+        // `open` deletes.
+        let location = inner.segments.append(id, &msg.message)?;
+        if let Err(e) = inner.messages.insert(key, location.encode()) {
+            inner.segments.release(&location);
+            return Err(e.into());
+        }
         if let Err(e) = inner.entries.insert(key, json) {
-            // Best effort: `open` would delete the orphan bytes anyway.
+            // Best effort: `open` would delete the orphan location anyway.
             let _ = inner.messages.remove(key);
+            inner.segments.release(&location);
             return Err(e.into());
         }
         inner.count.fetch_add(1, Ordering::Relaxed);
@@ -236,9 +311,15 @@ impl Spool {
         }
     }
 
-    /// The raw message bytes, shared with sled's cache rather than copied.
+    /// The raw message bytes, read from its segment records and checked
+    /// against their checksums.
     pub fn message(&self, id: QueueId) -> Result<Option<MessageBytes>, SpoolError> {
-        Ok(self.inner.messages.get(id.to_key())?.map(MessageBytes))
+        let Some(raw) = self.inner.messages.get(id.to_key())? else {
+            return Ok(None);
+        };
+        let location = decode_location(id, &raw)?;
+        let bytes = self.inner.segments.read(id, &location)?;
+        Ok(Some(MessageBytes(bytes.into())))
     }
 
     /// Every entry in the queue, oldest first (used for recovery at start and
@@ -266,7 +347,7 @@ impl Spool {
             reason: format!("key of {} bytes in the entries tree", key.len()),
         })?;
         let entry = decode_entry(id, raw)?;
-        if self.inner.messages.contains_key(key)? {
+        if entry.damaged.is_some() || self.inner.messages.contains_key(key)? {
             return Ok(Some(entry));
         }
         // Removal deletes the entry before the message, so a concurrent
@@ -322,7 +403,8 @@ impl Spool {
     /// Holds (`true`) or releases (`false`) a message for the operator.
     /// Durable when it returns; `Ok(false)` if there is no such entry.
     pub async fn set_held(&self, id: QueueId, held: bool) -> Result<bool, SpoolError> {
-        self.update(id, |entry| entry.held = held).await
+        self.update(id, |entry| entry.held = held || entry.damaged.is_some())
+            .await
     }
 
     /// Records that the sender got a delayed-delivery notice, so it is
@@ -353,7 +435,7 @@ impl Spool {
     /// durable change. `Ok(false)` if there is no such entry.
     pub async fn release(&self, id: QueueId) -> Result<bool, SpoolError> {
         self.update(id, |entry| {
-            entry.held = false;
+            entry.held = entry.damaged.is_some();
             entry.quarantine = None;
             entry.next_attempt = 0;
             for rcpt in &mut entry.recipients {
@@ -425,7 +507,7 @@ impl Spool {
                 return Ok(Some(Change::Updated));
             }
             // Entry first: bytes left behind by a crash here are deleted at open.
-            inner.messages.remove(key)?;
+            self.remove_location(id)?;
             self.decrement_count();
             return Ok(Some(Change::Removed));
         }
@@ -445,11 +527,24 @@ impl Spool {
     fn remove_now(&self, id: QueueId) -> Result<bool, SpoolError> {
         let key = id.to_key();
         let had_entry = self.inner.entries.remove(key)?.is_some();
-        let had_message = self.inner.messages.remove(key)?.is_some();
+        let had_message = self.remove_location(id)?;
         if had_entry {
             self.decrement_count();
         }
         Ok(had_entry || had_message)
+    }
+
+    /// Drops a message's location and releases its records; whether it had
+    /// one.
+    fn remove_location(&self, id: QueueId) -> Result<bool, SpoolError> {
+        let Some(raw) = self.inner.messages.remove(id.to_key())? else {
+            return Ok(false);
+        };
+        match Location::decode(&raw) {
+            Some(location) => self.inner.segments.release(&location),
+            None => tracing::error!(%id, "removed an undecodable message location"),
+        }
+        Ok(true)
     }
 
     fn decrement_count(&self) {
@@ -501,7 +596,24 @@ impl Spool {
     /// spool. Measured at most once a second; the cached figure is returned
     /// in between, so it is cheap enough to ask per SMTP transaction.
     pub fn free_space(&self) -> Result<u64, SpoolError> {
+        Ok(self.inner.space.get()?.bytes)
+    }
+
+    /// Free bytes and free inodes of the spool's filesystem (cached like
+    /// [`Spool::free_space`]).
+    pub fn free(&self) -> Result<Free, SpoolError> {
         self.inner.space.get()
+    }
+
+    /// Entries set aside at open because their bytes were missing or
+    /// failed their checksum.
+    pub fn damaged_at_open(&self) -> usize {
+        self.inner.damaged
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.inner.segments.count()
     }
 
     /// How many times the committer has flushed, to observe group commit.
@@ -557,19 +669,79 @@ fn apply_outcomes(
     Ok(())
 }
 
-/// Scans both trees at open: logs entries without message (or undecodable),
-/// which `entries()` then leaves out, and deletes messages without entry
-/// (see `enqueue` for why those are garbage). Returns the
-/// number of keys in `entries` and the highest id seen in either tree.
+/// What `check_consistency` found.
+struct Checked {
+    /// Keys in `entries`.
+    count: usize,
+    /// Highest id seen in either tree.
+    highest: u64,
+    /// Entries set aside because their bytes are missing or damaged.
+    damaged: usize,
+}
+
+fn decode_location(id: QueueId, raw: &[u8]) -> Result<Location, SpoolError> {
+    Location::decode(raw).ok_or_else(|| SpoolError::Corrupt {
+        id,
+        reason: "undecodable message location".into(),
+    })
+}
+
+/// Whether every record of `location` was found intact by the segment scan.
+fn intact(id: QueueId, location: &Location, good: &GoodRecords) -> bool {
+    location.extents.iter().all(|e| {
+        good.records
+            .get(&(e.segment, e.offset))
+            .is_some_and(|h| h.id == id.as_u64() && h.len == e.len && h.crc == e.crc)
+    })
+}
+
+/// Checks the index against the segments at open:
+/// - a location without entry (an enqueue or removal cut short by a crash:
+///   never acknowledged, or already delivered) is deleted;
+/// - a location whose records are not all intact is deleted, and its entry
+///   set aside: held, with the reason, counted, never delivered;
+/// - an entry without location (only storage damage makes one) is set aside
+///   the same way; an undecodable entry is logged and left out.
+///
+/// Intact locations' records are counted live in `segments`.
 fn check_consistency(
     entries: &sled::Tree,
     messages: &sled::Tree,
-) -> Result<(usize, u64), SpoolError> {
-    let mut count = 0;
-    let mut highest = 0;
+    segments: &Segments,
+    good: &GoodRecords,
+) -> Result<Checked, SpoolError> {
+    let mut checked = Checked {
+        count: 0,
+        highest: 0,
+        damaged: 0,
+    };
+    for item in messages.iter() {
+        let (key, raw) = item?;
+        let Some(id) = QueueId::from_key(&key) else {
+            tracing::error!(
+                key_len = key.len(),
+                "messages tree holds a malformed key; removed"
+            );
+            messages.remove(&key)?;
+            continue;
+        };
+        checked.highest = checked.highest.max(id.as_u64());
+        if !entries.contains_key(&key)? {
+            tracing::warn!(%id, "deleting message bytes that have no queue entry");
+            messages.remove(&key)?;
+            continue;
+        }
+        match Location::decode(&raw).filter(|l| intact(id, l, good)) {
+            Some(location) => segments.retain(&location),
+            None => {
+                // The entry, now without location, is set aside below.
+                messages.remove(&key)?;
+            }
+        }
+    }
     for item in entries.iter() {
         let (key, raw) = item?;
-        count += 1;
+        checked.count += 1;
         let Some(id) = QueueId::from_key(&key) else {
             tracing::error!(
                 key_len = key.len(),
@@ -577,32 +749,29 @@ fn check_consistency(
             );
             continue;
         };
-        highest = highest.max(id.as_u64());
-        if let Err(e) = decode_entry(id, &raw) {
-            tracing::error!(error = %e, "queue entry cannot be decoded; it will not be delivered");
-        }
-        if !messages.contains_key(&key)? {
-            tracing::error!(%id, "queue entry has no message bytes; it will not be delivered");
-        }
-    }
-    for key in messages.iter().keys() {
-        let key = key?;
-        let Some(id) = QueueId::from_key(&key) else {
-            tracing::error!(
-                key_len = key.len(),
-                "messages tree holds a malformed key; ignored"
-            );
-            continue;
+        checked.highest = checked.highest.max(id.as_u64());
+        let mut entry = match decode_entry(id, &raw) {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::error!(error = %e, "queue entry cannot be decoded; it will not be delivered");
+                continue;
+            }
         };
-        highest = highest.max(id.as_u64());
-        if !entries.contains_key(&key)? {
-            // Bytes of an enqueue or a removal cut short by a crash: never
-            // acknowledged, or already delivered. Nothing can deliver them.
-            tracing::warn!(%id, "deleting message bytes that have no queue entry");
-            messages.remove(&key)?;
+        if entry.damaged.is_some() {
+            checked.damaged += 1;
+            continue;
         }
+        if messages.contains_key(&key)? {
+            continue;
+        }
+        let reason = "message bytes missing or failing their checksum at open";
+        tracing::error!(%id, reason, "queue entry set aside: held, will not be delivered");
+        entry.damaged = Some(reason.into());
+        entry.held = true;
+        entries.insert(&key, encode_entry(&entry)?)?;
+        checked.damaged += 1;
     }
-    Ok((count, highest))
+    Ok(checked)
 }
 
 /// Removes a spooled message whose enqueue did not complete (commit failed,
@@ -1224,7 +1393,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn damaged_records_are_skipped_not_fatal() {
+    async fn damaged_records_are_set_aside_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let (good, orphan_entry) = {
             let spool = Spool::open(dir.path()).unwrap();
@@ -1241,17 +1410,23 @@ mod tests {
                 .entries
                 .insert(QueueId::from_u64(6).to_key(), &b"{not json"[..])
                 .unwrap();
-            inner
-                .messages
-                .insert(QueueId::from_u64(6).to_key(), &b"x"[..])
-                .unwrap();
             spool.flush().await.unwrap();
             (good, orphan_entry)
         };
 
         let spool = Spool::open(dir.path()).unwrap();
-        let ids: Vec<_> = spool.entries().unwrap().iter().map(|e| e.id).collect();
-        assert_eq!(ids, vec![good]);
+        assert_eq!(spool.damaged_at_open(), 1);
+        let listed = spool.entries().unwrap();
+        let ids: Vec<_> = listed.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![good, orphan_entry]);
+        let set_aside = &listed[1];
+        assert!(
+            set_aside.held && set_aside.damaged.is_some(),
+            "{set_aside:?}"
+        );
+        // Releasing cannot send a message that has no bytes.
+        assert!(spool.release(orphan_entry).await.unwrap());
+        assert!(spool.entry(orphan_entry).unwrap().unwrap().held);
         let err = spool.entry(QueueId::from_u64(6)).unwrap_err();
         assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
         assert_eq!(spool.message(QueueId::from_u64(5)).unwrap(), None);
@@ -1259,6 +1434,146 @@ mod tests {
         assert!(spool.remove(orphan_entry).await.unwrap());
         assert!(spool.remove(QueueId::from_u64(6)).await.unwrap());
         assert_eq!(spool.len(), 1);
+        assert_eq!(
+            spool.message(good).unwrap().unwrap(),
+            new_message(1, 1).message
+        );
+    }
+
+    /// The segment files of a spool directory, in order.
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(crate::segment::SEGMENTS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_truncated_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = {
+            let spool = Spool::open(dir.path()).unwrap();
+            let mut ids = Vec::new();
+            for n in 0..5 {
+                ids.push(spool.enqueue(new_message(n, 1)).await.unwrap());
+            }
+            ids
+        };
+        // A write cut short: half a record header and some payload.
+        let segment = segment_files(dir.path()).pop().unwrap();
+        let size = std::fs::metadata(&segment).unwrap().len();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"SLR1\0\0\0\0\0\0\0\x09\0\0\x10").unwrap();
+        drop(file);
+
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), size);
+        assert_eq!(spool.damaged_at_open(), 0);
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(
+                spool.message(*id).unwrap().unwrap(),
+                new_message(n, 1).message
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_failing_its_checksum_sets_its_message_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = {
+            let spool = Spool::open(dir.path()).unwrap();
+            let first = spool.enqueue(new_message(1, 1)).await.unwrap();
+            let second = spool.enqueue(new_message(2, 1)).await.unwrap();
+            (first, second)
+        };
+        // Flip one byte in the first message's payload.
+        let segment = segment_files(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[16 + 20 + 3] ^= 0x20;
+        std::fs::write(&segment, bytes).unwrap();
+
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.damaged_at_open(), 1);
+        let entry = spool.entry(first).unwrap().unwrap();
+        assert!(entry.held, "{entry:?}");
+        assert!(entry.damaged.unwrap().contains("checksum"));
+        assert_eq!(spool.message(first).unwrap(), None);
+        assert_eq!(
+            spool.message(second).unwrap().unwrap(),
+            new_message(2, 1).message
+        );
+        assert_eq!(spool.entries().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn large_messages_span_records_and_segments_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            segment_limit: 2 << 20,
+        };
+        let spool = Spool::open_with(dir.path(), options).unwrap();
+        let mut big = new_message(1, 1);
+        big.message = (0..5 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
+        let id = spool.enqueue(big.clone()).await.unwrap();
+        assert_eq!(spool.message(id).unwrap().unwrap(), big.message);
+        assert!(spool.segment_count() >= 3, "{}", spool.segment_count());
+        // sled holds no message bytes, so it writes no blob files.
+        let blobs = dir.path().join("blobs");
+        let blob_files = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(blob_files, 0);
+        drop(spool);
+        let spool = Spool::open_with(dir.path(), options).unwrap();
+        assert_eq!(spool.message(id).unwrap().unwrap(), big.message);
+    }
+
+    #[tokio::test]
+    async fn segments_are_reclaimed_once_nothing_in_them_is_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            segment_limit: 2048,
+        };
+        let spool = Spool::open_with(dir.path(), options).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..30 {
+            ids.push(spool.enqueue(new_message(n, 1)).await.unwrap());
+        }
+        let written = segment_files(dir.path()).len();
+        assert!(written >= 5, "{written} segments");
+        let delivered = || vec![outcome(0, RecipientStatus::Delivered, "250 ok")];
+        // Keep the last message: only the segments before it may go.
+        for id in &ids[..29] {
+            let recorded = spool.record_attempt(*id, delivered(), None).await.unwrap();
+            assert_eq!(recorded, AttemptRecorded::Removed);
+        }
+        assert!(
+            segment_files(dir.path()).len() <= 2,
+            "{:?}",
+            segment_files(dir.path())
+        );
+        assert_eq!(spool.segment_count(), segment_files(dir.path()).len());
+        assert_eq!(
+            spool.message(ids[29]).unwrap().unwrap(),
+            new_message(29, 1).message
+        );
+        drop(spool);
+        // At open, segments holding nothing live go too.
+        let spool = Spool::open_with(dir.path(), options).unwrap();
+        assert_eq!(
+            spool.message(ids[29]).unwrap().unwrap(),
+            new_message(29, 1).message
+        );
+        spool
+            .record_attempt(ids[29], delivered(), None)
+            .await
+            .unwrap();
+        drop(spool);
+        let _spool = Spool::open_with(dir.path(), options).unwrap();
+        assert_eq!(segment_files(dir.path()).len(), 1);
     }
 
     #[tokio::test]

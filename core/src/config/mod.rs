@@ -483,6 +483,9 @@ pub struct QueueConfig {
     /// Below this many free bytes on the spool's filesystem, MAIL FROM is
     /// answered 452 4.3.1 (0 turns the check off).
     pub min_free_space: u64,
+    /// Below this many free inodes there, likewise (0 turns it off; not
+    /// checked on filesystems without a fixed inode table).
+    pub min_free_inodes: u64,
 }
 
 /// The admin endpoint. Its unix socket (`<data_dir>/admin.sock`) always

@@ -1,11 +1,15 @@
 //! Maildir delivery. Layout: `<root>/<domain>/<local part>/{tmp,new,cur}`,
 //! domain and local part lower-cased. A message is written with a
-//! `Return-Path` header to `tmp/`, fsynced, renamed into `new/`, and the
-//! directory fsynced, so a delivered message survives a crash.
+//! `Return-Path` header to `tmp/` (a new name, never over an existing file),
+//! fsynced, renamed into `new/`, and both directories fsynced, so a
+//! delivered message survives a power cut; directories this delivery
+//! creates are synced into their parents.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use sluice_spool::durable;
 
 use super::RecipientResult;
 
@@ -50,8 +54,9 @@ fn write(
     reverse_path: &str,
     message: &[u8],
 ) -> std::io::Result<PathBuf> {
+    // A mailbox created by this delivery must outlive a power cut too.
     for sub in ["tmp", "new", "cur"] {
-        std::fs::create_dir_all(dir.join(sub))?;
+        durable::create_dir_all(&dir.join(sub))?;
     }
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -64,13 +69,18 @@ fn write(
     );
     let tmp = dir.join("tmp").join(&name);
     let new = dir.join("new").join(&name);
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
     file.write_all(format!("Return-Path: <{reverse_path}>\r\n").as_bytes())?;
     file.write_all(message)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, &new)?;
-    std::fs::File::open(dir.join("new"))?.sync_all()?;
+    // The rename changed both directories.
+    durable::sync_dir(&dir.join("new"))?;
+    durable::sync_dir(&dir.join("tmp"))?;
     Ok(new)
 }
 

@@ -119,6 +119,7 @@ pub(crate) mod tests {
                 max_age: Duration::from_secs(3600),
                 warn_after: None,
                 min_free_space: 0,
+                min_free_inodes: 0,
             },
             maildir_root: "/nonexistent".into(),
             own_addresses: Vec::new(),

@@ -55,32 +55,38 @@ impl<S: SessionStream> Session<S> {
         self.reply(Reply::sender_ok())
     }
 
-    /// Backpressure: with the spool's disk nearly full, new transactions
-    /// are refused (the client retries later); mail already accepted is
-    /// unaffected. The measurement is cached by the spool for a second.
+    /// Backpressure: with the spool's filesystem nearly out of space or
+    /// inodes, new transactions are refused (the client retries later);
+    /// mail already accepted is unaffected. The measurement is cached by
+    /// the spool for a second.
     fn spool_full(&self) -> Option<Reply> {
-        let min_free = self.ctx.config.queue.min_free_space;
-        if min_free == 0 {
+        let queue = &self.ctx.config.queue;
+        if queue.min_free_space == 0 && queue.min_free_inodes == 0 {
             return None;
         }
-        match self.ctx.spool.free_space() {
-            Ok(free) if free < min_free => {
-                tracing::warn!(
-                    session = %self.client.id,
-                    free_bytes = free,
-                    min_free_space = min_free,
-                    "MAIL refused: too little free space for the spool"
-                );
-                Some(Reply::storage())
-            }
-            Ok(_) => None,
+        let free = match self.ctx.spool.free() {
+            Ok(free) => free,
             // Not knowing is no reason to refuse mail: a write that then
             // fails is still answered with a 4xx.
             Err(e) => {
                 tracing::warn!(session = %self.client.id, "{e}");
-                None
+                return None;
             }
+        };
+        let short_of_space = free.bytes < queue.min_free_space;
+        let short_of_inodes = free.inodes.is_some_and(|n| n < queue.min_free_inodes);
+        if !short_of_space && !short_of_inodes {
+            return None;
         }
+        tracing::warn!(
+            session = %self.client.id,
+            free_bytes = free.bytes,
+            free_inodes = free.inodes,
+            min_free_space = queue.min_free_space,
+            min_free_inodes = queue.min_free_inodes,
+            "MAIL refused: the spool's filesystem is nearly full"
+        );
+        Some(Reply::storage())
     }
 
     /// RFC 6409 §6.1: on a submission listener the envelope sender must be

@@ -62,6 +62,7 @@ pub(super) struct RawQueue {
     max_age: Option<Spanned<String>>,
     warn_after: Option<Spanned<String>>,
     min_free_space: Option<Spanned<Size>>,
+    min_free_inodes: Option<u64>,
 }
 
 pub(super) fn resolve_delivery(
@@ -194,6 +195,9 @@ pub(super) fn resolve_queue(d: &mut Diagnostics<'_>, raw: Option<&RawQueue>) -> 
     .filter(|d| !d.is_zero());
 
     const DEFAULT_MIN_FREE_SPACE: u64 = 256 << 20;
+    // Maildir delivery takes an inode per message; a full inode table
+    // fails writes as surely as a full disk.
+    const DEFAULT_MIN_FREE_INODES: u64 = 4096;
     let min_free_space = match &queue.min_free_space {
         None => DEFAULT_MIN_FREE_SPACE,
         Some(size) => match size.get_ref().bytes() {
@@ -210,6 +214,7 @@ pub(super) fn resolve_queue(d: &mut Diagnostics<'_>, raw: Option<&RawQueue>) -> 
         max_age,
         warn_after,
         min_free_space,
+        min_free_inodes: queue.min_free_inodes.unwrap_or(DEFAULT_MIN_FREE_INODES),
     }
 }
 
