@@ -2,7 +2,7 @@
 # Installs the Debian packages the end-to-end suite's real peers come from
 # (Postfix with smtp-source/smtp-sink, Dovecot LMTP, Prometheus with promtool,
 # swaks with Net::SSLeay for its TLS modes, openssl, systemd-analyze, nmap
-# with its smtp-open-relay script, redis-server), each
+# with its smtp-open-relay script, redis-server, strace, FUSE), each
 # only when missing. The tests run their own instances; no system MTA or
 # mailbox server is left running on the standard ports.
 set -euo pipefail
@@ -12,6 +12,9 @@ packages=(postfix dovecot-core dovecot-lmtpd dovecot-imapd swaks libnet-ssleay-p
 packages+=(nmap)
 # [state] backend = "redis" tests start their own redis-server.
 packages+=(redis-server)
+# The durability tests: strace for the syscall trace, FUSE (libfuse2 for
+# fusepy, fusermount) for the filesystem that loses unsynced writes.
+packages+=(strace fuse libfuse2)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -156,7 +156,7 @@ pub enum AttemptRecorded {
 /// checked against its checksum) in one allocation. Cheap to clone, so a
 /// delivery that hands the message to several transactions shares it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct MessageBytes(pub(crate) std::sync::Arc<[u8]>);
+pub struct MessageBytes(pub(crate) std::sync::Arc<Vec<u8>>);
 
 impl std::ops::Deref for MessageBytes {
     type Target = [u8];
@@ -174,13 +174,13 @@ impl AsRef<[u8]> for MessageBytes {
 
 impl PartialEq<[u8]> for MessageBytes {
     fn eq(&self, other: &[u8]) -> bool {
-        *self.0 == *other
+        self.0.as_slice() == other
     }
 }
 
 impl PartialEq<Vec<u8>> for MessageBytes {
     fn eq(&self, other: &Vec<u8>) -> bool {
-        *self.0 == **other
+        *self.0 == *other
     }
 }
 

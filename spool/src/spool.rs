@@ -319,7 +319,7 @@ impl Spool {
         };
         let location = decode_location(id, &raw)?;
         let bytes = self.inner.segments.read(id, &location)?;
-        Ok(Some(MessageBytes(bytes.into())))
+        Ok(Some(MessageBytes(Arc::new(bytes))))
     }
 
     /// Every entry in the queue, oldest first (used for recovery at start and
@@ -1659,5 +1659,47 @@ mod tests {
         );
         assert_eq!(all.len(), total);
         assert_eq!(spool.len(), total);
+    }
+
+    /// Not a benchmark: fills a spool with 1 GiB of 64 KiB messages and
+    /// prints how long `open` (segment scan and index check) takes. Run it
+    /// by hand: `cargo test --release -p sluice-spool recovery_time_report
+    /// -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "writes 1 GiB; run by hand for the recovery figure"]
+    async fn recovery_time_report() {
+        const WRITERS: usize = 16;
+        const SIZE: usize = 64 * 1024;
+        const TOTAL: usize = (1 << 30) / SIZE;
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let fill = Instant::now();
+        {
+            let spool = Spool::open(dir.path()).unwrap();
+            let tasks: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let spool = spool.clone();
+                    tokio::spawn(async move {
+                        for n in (w..TOTAL).step_by(WRITERS) {
+                            let mut msg = new_message(n, 1);
+                            msg.message.resize(SIZE, b'x');
+                            spool.enqueue(msg).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+        let filled = fill.elapsed();
+        let start = Instant::now();
+        let spool = Spool::open(dir.path()).unwrap();
+        let opened = start.elapsed();
+        assert_eq!(spool.len(), TOTAL);
+        println!(
+            "recovery: {TOTAL} messages of {SIZE} bytes (1 GiB) in {} segments, written in \
+             {filled:.2?}; open took {opened:.2?}",
+            spool.segment_count()
+        );
     }
 }

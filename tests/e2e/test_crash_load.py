@@ -1,5 +1,5 @@
 """kill -9 under load: clients keep sending while the server is killed and
-restarted on the same data dir ten times; every message that got a 250 is
+restarted on the same data dir twenty times; every message that got a 250 is
 delivered to the next hop (Postfix's smtp-sink) at least once. Duplicates
 are allowed (at-least-once) and reported."""
 import random
@@ -11,7 +11,7 @@ from peers import wait_for
 
 MESSAGES = 2000
 CLIENTS = 8
-KILLS = 10
+KILLS = 20
 FILLER = ("x" * 76 + "\r\n") * 26  # ~2 KiB of body
 
 

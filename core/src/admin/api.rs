@@ -212,7 +212,7 @@ impl ApiResponse {
 pub struct EntryView {
     #[serde(flatten)]
     pub entry: QueueEntry,
-    /// "held", "quarantined", "deferred" or "queued".
+    /// "damaged", "held", "quarantined", "deferred" or "queued".
     pub state: String,
 }
 
@@ -248,7 +248,9 @@ pub struct ShowView {
 /// The state that decides what happens next to an entry.
 pub fn entry_state(entry: &QueueEntry) -> &'static str {
     let any = |status: RecipientStatus| entry.recipients.iter().any(|r| r.status == status);
-    if entry.held {
+    if entry.damaged.is_some() {
+        "damaged"
+    } else if entry.held {
         "held"
     } else if entry.quarantine.is_some() || any(RecipientStatus::Quarantined) {
         "quarantined"
@@ -373,7 +375,17 @@ pub async fn metrics_text(state: &AdminState) -> String {
             help: "Age of the oldest message in the queue (0 when it is empty).",
             value: oldest.map_or(0, |t| now.saturating_sub(t)) as f64,
         });
+        queue.push(Gauge {
+            name: "sluice_queue_damaged_messages",
+            help: "Messages set aside because their bytes were missing or failed their checksum at start.",
+            value: entries.iter().filter(|e| e.damaged.is_some()).count() as f64,
+        });
     }
+    queue.push(Gauge {
+        name: "sluice_spool_segments",
+        help: "Segment files holding message bytes.",
+        value: state.spool.segment_count() as f64,
+    });
     METRICS.render(&queue)
 }
 
@@ -399,6 +411,8 @@ fn show(state: &AdminState, id: QueueId) -> ApiResponse {
     };
     let headers = match state.spool.message(id) {
         Ok(Some(message)) => header_fields(&message),
+        // Set aside at start: the entry is all there is.
+        Ok(None) if entry.damaged.is_some() => Vec::new(),
         // Removed between the two reads: delivered or deleted meanwhile.
         Ok(None) => return ApiResponse::no_entry(id),
         Err(e) => return ApiResponse::spool_error(e),

@@ -136,7 +136,7 @@ fn sender(reverse_path: &str) -> String {
 
 fn next_attempt(view: &EntryView, now: u64) -> String {
     match view.state.as_str() {
-        "held" | "quarantined" => "-".to_owned(),
+        "held" | "quarantined" | "damaged" => "-".to_owned(),
         _ if view.entry.next_attempt <= now => "now".to_owned(),
         _ => format!(
             "in {}",
