@@ -230,6 +230,22 @@ def test_tarpit_next_hop_holds_only_its_own_slots(peers, tmp_path):
     assert tarpit.max_open == 2
 
 
+def test_a_message_for_a_tarpit_and_another_hop_reaches_the_other_at_once(peers, tmp_path):
+    tarpit_port, sink_port = free_port(), free_port()
+    tarpit = Tarpit("127.0.0.1", tarpit_port, "silent")
+    peers.append(tarpit)
+    sink = Sink(sink_port).start()
+    peers.append(sink)
+    server = start_server(
+        peers, tmp_path, '[delivery.timeouts]\ngreeting = "120s"\ncommand = "120s"\n',
+        extra=routes(**{"tarpit.test": tarpit_port, "good.test": sink_port}))
+    # The tarpit's recipient first: its destination is not waited for.
+    send(server, ["victim@tarpit.test", "user@good.test"])
+    assert len(sink.wait(1, timeout=30)) == 1, tail(server)
+    assert sink.messages[0].rcpt_tos == ["user@good.test"]
+    assert wait_for(lambda: tarpit.connections == 1)
+
+
 def test_silent_next_hop_is_deferred_after_the_command_timeout(peers, tmp_path):
     tarpit_port = free_port()
     tarpit = Tarpit("127.0.0.1", tarpit_port, "silent")

@@ -253,9 +253,13 @@ enum Halt {
 
 impl Deliverer {
     /// One delivery attempt of a queued message; returns when to try again.
-    async fn attempt(&self, id: QueueId, tx: &mpsc::UnboundedSender<Event>) -> Option<u64> {
+    async fn attempt(
+        self: &Arc<Self>,
+        id: QueueId,
+        tx: &mpsc::UnboundedSender<Event>,
+    ) -> Option<u64> {
         let entry = match self.spool.entry(id) {
-            Ok(Some(entry)) if attemptable(&entry) => entry,
+            Ok(Some(entry)) if attemptable(&entry) => Arc::new(entry),
             Ok(_) => return None,
             Err(e) => {
                 tracing::error!(queue_id = %id, "cannot read queue entry: {e}");
@@ -312,9 +316,13 @@ impl Deliverer {
     }
 
     /// Delivers to every recipient still due, grouped so each destination
-    /// gets one transaction; stops early (keeping what was done) when the
-    /// message is gone or the server stops.
-    async fn deliver_all(&self, entry: &QueueEntry) -> (Vec<Result1>, Option<Halt>) {
+    /// gets one transaction, the destinations concurrently; a group stops
+    /// early when the message is gone or the server stops, and what the
+    /// others did is kept.
+    async fn deliver_all(
+        self: &Arc<Self>,
+        entry: &Arc<QueueEntry>,
+    ) -> (Vec<Result1>, Option<Halt>) {
         let id_text = entry.id.to_string();
         let mut results = Vec::new();
         let mut maildir: Vec<(usize, String)> = Vec::new();
@@ -380,20 +388,59 @@ impl Deliverer {
                 results.extend(group);
             }
         }
+        // Destinations run side by side: a slow one delays only its own
+        // recipients.
+        let mut groups = JoinSet::new();
+        let mut lists = HashMap::new();
         for (destination, list) in remote {
-            let Some(_slots) = self.slots(Some(destination.key())).await else {
-                return (results, Some(Halt::Stopping));
-            };
-            let group = match route::targets(&self.settings, &self.dns, &destination).await {
+            let (this, entry, recipients) = (Arc::clone(self), Arc::clone(entry), list.clone());
+            let task = groups
+                .spawn(async move { this.deliver_remote(&entry, &destination, &recipients).await });
+            lists.insert(task.id(), list);
+        }
+        let mut halt = None;
+        while let Some(joined) = groups.join_next_with_id().await {
+            match joined {
+                Ok((_, Ok(group))) => results.extend(group),
+                Ok((_, Err(stop))) => {
+                    if halt.is_none() || matches!(stop, Halt::Gone) {
+                        halt = Some(stop);
+                    }
+                }
+                // A bug, not the destination's doing: retried like a
+                // deferral so the recipients are not forgotten.
+                Err(e) => {
+                    tracing::error!(queue_id = %entry.id, "delivery to a destination failed: {e}");
+                    let list = lists.remove(&e.id()).unwrap_or_default();
+                    results.extend(failed_group(
+                        &list,
+                        RouteFailure::Temporary("451 4.3.0 internal error in delivery".to_owned()),
+                    ));
+                }
+            }
+        }
+        (results, halt)
+    }
+
+    /// One destination's recipients: its slot, a global slot, its targets,
+    /// one transaction.
+    async fn deliver_remote(
+        &self,
+        entry: &QueueEntry,
+        destination: &Destination,
+        list: &[(usize, String)],
+    ) -> Result<Vec<Result1>, Halt> {
+        let Some(_slots) = self.slots(Some(destination.key())).await else {
+            return Err(Halt::Stopping);
+        };
+        Ok(
+            match route::targets(&self.settings, &self.dns, destination).await {
                 Ok(targets) => {
-                    let message = match self.message(entry.id) {
-                        Ok(message) => message,
-                        Err(halt) => return (results, Some(halt)),
-                    };
+                    let message = self.message(entry.id)?;
                     self.transaction(
                         entry,
                         &message,
-                        &list,
+                        list,
                         &targets,
                         Protocol::Smtp,
                         destination.tls(),
@@ -402,12 +449,10 @@ impl Deliverer {
                 }
                 Err(failure) => {
                     tracing::info!(queue_id = %entry.id, destination = destination.key(), failure = ?failure, "no route");
-                    failed_group(&list, failure)
+                    failed_group(list, failure)
                 }
-            };
-            results.extend(group);
-        }
-        (results, None)
+            },
+        )
     }
 
     async fn maildir(
