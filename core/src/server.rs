@@ -503,7 +503,6 @@ fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) ->
         queue: config.queue.clone(),
         maildir_root: config.server.data_dir.join("mail"),
         own_addresses: own_addresses.to_vec(),
-        client_timeouts: Default::default(),
         idle_timeout: Duration::from_secs(5),
     }
 }

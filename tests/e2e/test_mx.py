@@ -34,7 +34,8 @@ def start(sluice_factory, tmp_path, zone, smtp_port, queue_extra="", servfail=()
         port,
         tmp_path / "data",
         extra=f"{queue_extra}\n[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\ntimeout = \"2s\"\n"
-        f"[delivery]\nsmtp_port = {smtp_port}\n",
+        # The MX hosts are on loopback, which MX delivery skips by default.
+        f"[delivery]\nsmtp_port = {smtp_port}\nignore_target_hosts = []\n",
     )
     server = Server(tmp_path, text)
     sluice_factory.append(server)
@@ -179,7 +180,7 @@ def test_mx_pointing_back_at_this_server_is_a_loop(servers, tmp_path, dns_zone):
     text = config(
         port,
         tmp_path / "data",
-        extra=f"[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n[delivery]\nsmtp_port = {port}\n",
+        extra=f"[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n[delivery]\nsmtp_port = {port}\nignore_target_hosts = []\n",
     )
     server = Server(tmp_path, text)
     servers.append(server)

@@ -463,6 +463,55 @@ pub struct DeliveryConfig {
     pub tls: OutboundTls,
     /// CA bundle (PEM) for `required` TLS; None: the bundled web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Deliveries (connections, Maildir writes) running at once over all
+    /// destinations; a destination's own cap is taken before one of these.
+    pub max_concurrent_deliveries: usize,
+    /// MX hosts of a domain looked up per attempt, most preferred first.
+    pub max_mx_hosts: usize,
+    /// Addresses tried per attempt over all of a domain's MX hosts (or a
+    /// route's next hop): what one hostile DNS answer can cost.
+    pub max_addresses: usize,
+    /// MX-derived (and implicit-MX) addresses never connected to; explicit
+    /// routes are exempt.
+    pub ignore_target_hosts: Vec<ipnet::IpNet>,
+    pub timeouts: DeliveryTimeouts,
+}
+
+/// Deadlines of outbound SMTP/LMTP (`[delivery.timeouts]`): every read and
+/// write waits at most this long, so a silent next hop costs its own
+/// deliveries and nothing else. Defaults after RFC 5321 §4.5.3.2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryTimeouts {
+    /// TCP (or unix socket) connect.
+    pub connect: Duration,
+    /// The 220 greeting.
+    pub greeting: Duration,
+    /// Writing a command and reading its reply (EHLO, STARTTLS and the TLS
+    /// handshake, RSET, MAIL, RCPT).
+    pub command: Duration,
+    /// The 354 reply to DATA.
+    pub data_init: Duration,
+    /// The longest a write of the message may make no progress (the
+    /// server stopped reading).
+    pub data_block: Duration,
+    /// The reply after the final dot (each one, under LMTP).
+    pub data_end: Duration,
+    /// One attempt over all of a destination's targets, connects included.
+    pub attempt: Duration,
+}
+
+impl Default for DeliveryTimeouts {
+    fn default() -> Self {
+        DeliveryTimeouts {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(300),
+            command: Duration::from_secs(300),
+            data_init: Duration::from_secs(120),
+            data_block: Duration::from_secs(180),
+            data_end: Duration::from_secs(600),
+            attempt: Duration::from_secs(1800),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

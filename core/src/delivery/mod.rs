@@ -1,11 +1,13 @@
 //! Delivery: from the spool to the recipient's mailbox or the next hop.
 //!
 //! - `route`: where a domain's mail goes (route, MX hosts, or local)
+//! - `ignore`: the networks MX-derived targets may not be in
 //! - `smtp_client` over `transport`: SMTP/LMTP to the next hop, with
 //!   STARTTLS, pipelining and pooled connections
 //! - `maildir`: local domains written to `<data_dir>/mail/<domain>/<local>/`
 //! - `dsn`: the reports senders get about failed or delayed recipients
-//! - `limits`: per-destination connection and rate limits
+//! - `limits`: per-destination connection and rate limits, taken before
+//!   a global slot so a destination at its cap holds none
 //! - `scheduler`: one task fed by a channel that decides when each queued
 //!   message is attempted and records the outcome in the spool
 //!
@@ -13,6 +15,7 @@
 //! Maildir file was fsynced.
 
 mod dsn;
+mod ignore;
 mod limits;
 mod maildir;
 mod route;
@@ -27,7 +30,6 @@ use std::time::Duration;
 use crate::config::{DeliveryConfig, DomainsConfig, QueueConfig, Route};
 
 pub use scheduler::{spawn, DeliveryHandle};
-pub use smtp_client::ClientTimeouts;
 pub use transport::{OutboundTlsConfig, TlsSetupError};
 
 /// What the scheduler works from: the resolved `[delivery]`, `[queue]` and
@@ -38,8 +40,8 @@ pub struct DeliverySettings {
     pub hostname: String,
     /// Local domains are delivered locally unless they have a route.
     pub domains: DomainsConfig,
-    /// Local delivery, routes, per-destination limits, STARTTLS policy,
-    /// the port MX hosts are contacted on.
+    /// Local delivery, routes, per-destination and global limits, STARTTLS
+    /// policy, the port MX hosts are contacted on, target filter, timeouts.
     pub delivery: DeliveryConfig,
     /// Retry schedule, maximum age, delay warning.
     pub queue: QueueConfig,
@@ -47,7 +49,6 @@ pub struct DeliverySettings {
     pub maildir_root: PathBuf,
     /// This server's listeners: an MX pointing here is a loop.
     pub own_addresses: Vec<SocketAddr>,
-    pub client_timeouts: ClientTimeouts,
     pub idle_timeout: Duration,
 }
 
@@ -90,7 +91,7 @@ fn split_address(address: &str) -> (&str, &str) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{LocalDelivery, OutboundTls};
+    use crate::config::{DeliveryTimeouts, LocalDelivery, OutboundTls};
 
     pub(crate) fn settings(routes: &[(&str, &str)]) -> DeliverySettings {
         DeliverySettings {
@@ -113,6 +114,11 @@ pub(crate) mod tests {
                 smtp_port: 25,
                 tls: OutboundTls::Opportunistic,
                 ca_file: None,
+                max_concurrent_deliveries: 100,
+                max_mx_hosts: 5,
+                max_addresses: 10,
+                ignore_target_hosts: Vec::new(),
+                timeouts: DeliveryTimeouts::default(),
             },
             queue: QueueConfig {
                 retry: vec![Duration::from_secs(60)],
@@ -123,7 +129,6 @@ pub(crate) mod tests {
             },
             maildir_root: "/nonexistent".into(),
             own_addresses: Vec::new(),
-            client_timeouts: ClientTimeouts::default(),
             idle_timeout: Duration::from_secs(1),
         }
     }

@@ -4,9 +4,16 @@
 //! MX records is its own implicit MX (its A/AAAA records); a null MX (RFC
 //! 7505) or a domain that does not exist fails at once; and this server is
 //! never a target of its own, so a misconfigured MX cannot loop mail back.
+//!
+//! What a domain's DNS can make sluice do is bounded: at most
+//! `max_mx_hosts` MX hosts are looked up and `max_addresses` addresses
+//! tried per attempt, and addresses in `ignore_target_hosts` (loopback,
+//! unspecified, link-local by default) are never targets. Routes are the
+//! operator's own word and exempt from the filter.
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::ignore::is_ignored;
 use super::smtp_client::{Target, TargetAddress};
 use super::DeliverySettings;
 use crate::config::OutboundTls;
@@ -67,7 +74,11 @@ pub async fn targets(
     destination: &Destination,
 ) -> Result<Vec<Target>, RouteFailure> {
     match destination {
-        Destination::Route { next_hop, .. } => next_hop_targets(next_hop).await,
+        Destination::Route { next_hop, .. } => {
+            let mut targets = next_hop_targets(next_hop).await?;
+            targets.truncate(settings.delivery.max_addresses);
+            Ok(targets)
+        }
         Destination::Mx { domain, .. } => mx_targets(settings, dns, domain).await,
     }
 }
@@ -108,6 +119,7 @@ async fn mx_targets(
     dns: &Dns,
     domain: &str,
 ) -> Result<Vec<Target>, RouteFailure> {
+    let limits = &settings.delivery;
     let records = match dns.mx(domain).await {
         Ok(records) => records,
         Err(e) => return Err(lookup_failure(domain, e)),
@@ -125,11 +137,16 @@ async fn mx_targets(
             .into_iter()
             .map(|r| r.exchange)
             .filter(|host| !host.is_empty())
+            .take(limits.max_mx_hosts)
             .collect()
     };
     let mut targets = Vec::new();
+    let mut ignored = Vec::new();
     let mut temporary = None;
     for host in hosts {
+        if targets.len() >= limits.max_addresses {
+            break;
+        }
         let ips = match dns.ips(&host).await {
             Ok(ips) => ips,
             Err(e) => {
@@ -147,20 +164,47 @@ async fn mx_targets(
             }
             break;
         }
-        targets.extend(ips.into_iter().map(|ip| Target {
-            host: host.clone(),
-            address: TargetAddress::Tcp(SocketAddr::new(ip, settings.delivery.smtp_port)),
-        }));
+        for ip in ips {
+            if is_ignored(&limits.ignore_target_hosts, ip) {
+                tracing::info!(%domain, mx = %host, address = %ip, "target ignored (delivery.ignore_target_hosts)");
+                ignored.push(format!("{host} [{ip}]"));
+                continue;
+            }
+            if targets.len() < limits.max_addresses {
+                targets.push(Target {
+                    host: host.clone(),
+                    address: TargetAddress::Tcp(SocketAddr::new(ip, limits.smtp_port)),
+                });
+            }
+        }
     }
     if targets.is_empty() {
         return Err(match temporary {
-            Some(RouteFailure::Permanent(_)) | None => RouteFailure::Permanent(format!(
+            Some(failure @ RouteFailure::Temporary(_)) => failure,
+            // As Exim: a domain whose every target is ignored has no
+            // usable MX. Deferred, not bounced, so a DNS mistake that is
+            // fixed within `max_age` costs no mail; the DSN at expiry
+            // carries this reason.
+            _ if !ignored.is_empty() => RouteFailure::Temporary(format!(
+                "451 4.4.4 no usable mail host for {domain}: {} in delivery.ignore_target_hosts",
+                ignored_list(&ignored)
+            )),
+            _ => RouteFailure::Permanent(format!(
                 "550 5.1.2 no mail host for {domain} has an address"
             )),
-            Some(failure) => failure,
         });
     }
     Ok(targets)
+}
+
+/// "mx [127.0.0.1] is", or the first few of many.
+fn ignored_list(ignored: &[String]) -> String {
+    const SHOWN: usize = 3;
+    match ignored.len() {
+        1 => format!("{} is", ignored[0]),
+        n if n <= SHOWN => format!("{} are", ignored.join(", ")),
+        n => format!("{} and {} more are", ignored[..SHOWN].join(", "), n - SHOWN),
+    }
 }
 
 fn lookup_failure(name: &str, error: LookupError) -> RouteFailure {

@@ -2,6 +2,12 @@
 //! attempted at once, deferred ones when their retry time comes (the retry
 //! schedule's last interval repeats until `max_age`), and everything the
 //! spool holds is rescheduled at start.
+//!
+//! An attempt waits for its destination's slot first and only then for one
+//! of the `max_concurrent_deliveries` global slots, so messages queued to a
+//! destination at its cap (a tarpit, a slow next hop) wait without holding
+//! anything the other destinations need. Message bytes are read from the
+//! spool only once both slots are held.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -11,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sluice_spool::{
     MessageBytes, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool,
 };
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use super::dsn::{self, RecipientReport, ReportKind};
 use super::limits::DestinationLimits;
@@ -22,9 +29,6 @@ use super::{maildir, split_address, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
 use crate::dns::Dns;
 use crate::metrics::METRICS;
-
-/// Attempts running at once, over all destinations.
-const MAX_PARALLEL_ATTEMPTS: usize = 100;
 
 #[derive(Clone)]
 pub struct DeliveryHandle {
@@ -73,6 +77,11 @@ struct Deliverer {
     dns: Dns,
     client: ClientContext,
     limits: DestinationLimits,
+    /// The global slots (`max_concurrent_deliveries`): Maildir writes and
+    /// transactions running at once.
+    slots: Arc<Semaphore>,
+    /// Set at shutdown: attempts waiting for a slot give up.
+    stopping: watch::Receiver<bool>,
 }
 
 /// Starts the scheduler.
@@ -85,7 +94,7 @@ pub fn spawn(
 ) -> (DeliveryHandle, tokio::task::JoinHandle<()>) {
     let client = ClientContext {
         hostname: settings.hostname.clone(),
-        timeouts: settings.client_timeouts.clone(),
+        timeouts: settings.delivery.timeouts.clone(),
         tls,
         pool: smtp_client::ConnectionPool::new(settings.idle_timeout),
     };
@@ -93,12 +102,15 @@ pub fn spawn(
         settings.delivery.max_connections_per_domain,
         settings.delivery.messages_per_second_per_domain,
     );
+    let slots = Arc::new(Semaphore::new(settings.delivery.max_concurrent_deliveries));
     let deliverer = Arc::new(Deliverer {
         settings,
         spool,
         dns,
         client,
         limits,
+        slots,
+        stopping: shutdown.clone(),
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = DeliveryHandle { tx: tx.clone() };
@@ -124,7 +136,7 @@ async fn run(
     // (the operator flushed the message meanwhile) is stale and ignored.
     let mut scheduled: HashMap<QueueId, u64> = HashMap::new();
     let mut running: HashSet<QueueId> = HashSet::new();
-    let permits = Arc::new(Semaphore::new(MAX_PARALLEL_ATTEMPTS));
+    let mut attempts: JoinSet<()> = JoinSet::new();
     match deliverer.spool.entries() {
         Ok(entries) => {
             for entry in entries.iter().filter(|e| attemptable(e)) {
@@ -164,9 +176,8 @@ async fn run(
                 if !running.insert(id) {
                     continue;
                 }
-                let (deliverer, tx, permits) = (deliverer.clone(), tx.clone(), permits.clone());
-                tokio::spawn(async move {
-                    let _permit = permits.acquire_owned().await;
+                let (deliverer, tx) = (deliverer.clone(), tx.clone());
+                attempts.spawn(async move {
                     let next = deliverer.attempt(id, &tx).await;
                     let _ = tx.send(Event::Finished(id, next));
                 });
@@ -195,6 +206,7 @@ async fn run(
             },
             Some(Event::Finished(id, next)) => {
                 running.remove(&id);
+                while attempts.try_join_next().is_some() {}
                 match next {
                     Some(at) => {
                         timers.push(Reverse((at, id)));
@@ -207,8 +219,9 @@ async fn run(
             }
         }
     }
-    // Let attempts in flight record their results.
-    let _ = permits.acquire_many(MAX_PARALLEL_ATTEMPTS as u32).await;
+    // Let attempts in flight record their results; those still waiting
+    // for a slot see the shutdown and end at once.
+    while attempts.join_next().await.is_some() {}
 }
 
 fn attemptable(entry: &QueueEntry) -> bool {
@@ -228,34 +241,91 @@ struct Result1 {
     host: Option<String>,
 }
 
+/// Why an attempt stopped before every recipient was tried.
+enum Halt {
+    /// The message left the queue meanwhile (deleted by the operator).
+    Gone,
+    /// The spool could not be read; tried again in a minute.
+    Unreadable,
+    /// The server is shutting down.
+    Stopping,
+}
+
 impl Deliverer {
     /// One delivery attempt of a queued message; returns when to try again.
-    async fn attempt(&self, id: QueueId, tx: &mpsc::UnboundedSender<Event>) -> Option<u64> {
+    async fn attempt(
+        self: &Arc<Self>,
+        id: QueueId,
+        tx: &mpsc::UnboundedSender<Event>,
+    ) -> Option<u64> {
         let entry = match self.spool.entry(id) {
-            Ok(Some(entry)) if attemptable(&entry) => entry,
+            Ok(Some(entry)) if attemptable(&entry) => Arc::new(entry),
             Ok(_) => return None,
             Err(e) => {
                 tracing::error!(queue_id = %id, "cannot read queue entry: {e}");
                 return Some(now() + 60);
             }
         };
-        let message = match self.spool.message(id) {
-            Ok(Some(message)) => message,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::error!(queue_id = %id, "cannot read message: {e}");
-                return Some(now() + 60);
+        let (results, halt) = self.deliver_all(&entry).await;
+        if results.is_empty() {
+            return match halt {
+                Some(Halt::Gone) => None,
+                _ => Some(now() + 60),
+            };
+        }
+        self.record(&entry, results, tx).await
+    }
+
+    /// Waits for the destination's slot (none for local delivery), then a
+    /// global one, in that order; None once the server is stopping.
+    async fn slots(
+        &self,
+        destination: Option<&str>,
+    ) -> Option<(Option<OwnedSemaphorePermit>, OwnedSemaphorePermit)> {
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            // A dropped sender is no shutdown signal: wait forever then.
+            if stopping.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
             }
         };
-        let results = self.deliver_all(&entry, &message).await;
-        self.record(&entry, &message, results, tx).await
+        let wait = async {
+            let own = match destination {
+                Some(key) => Some(self.limits.acquire(key).await?),
+                None => None,
+            };
+            let global = self.slots.clone().acquire_owned().await.ok()?;
+            Some((own, global))
+        };
+        tokio::select! {
+            slots = wait => slots,
+            () = stopped => None,
+        }
+    }
+
+    /// The message's bytes, read once the slots for a delivery are held.
+    fn message(&self, id: QueueId) -> Result<MessageBytes, Halt> {
+        match self.spool.message(id) {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => Err(Halt::Gone),
+            Err(e) => {
+                tracing::error!(queue_id = %id, "cannot read message: {e}");
+                Err(Halt::Unreadable)
+            }
+        }
     }
 
     /// Delivers to every recipient still due, grouped so each destination
-    /// gets one transaction.
-    async fn deliver_all(&self, entry: &QueueEntry, message: &MessageBytes) -> Vec<Result1> {
+    /// gets one transaction, the destinations concurrently; a group stops
+    /// early when the message is gone or the server stops, and what the
+    /// others did is kept.
+    async fn deliver_all(
+        self: &Arc<Self>,
+        entry: &Arc<QueueEntry>,
+    ) -> (Vec<Result1>, Option<Halt>) {
         let id_text = entry.id.to_string();
         let mut results = Vec::new();
+        let mut maildir: Vec<(usize, String)> = Vec::new();
         let mut lmtp: Vec<(usize, String)> = Vec::new();
         let mut remote: Vec<(Destination, Vec<(usize, String)>)> = Vec::new();
         for (index, rcpt) in entry.recipients.iter().enumerate() {
@@ -265,19 +335,10 @@ impl Deliverer {
             ) {
                 continue;
             }
-            let (local, domain) = split_address(&rcpt.address);
+            let (_, domain) = split_address(&rcpt.address);
             if self.settings.is_local(domain) && self.settings.route(domain).is_none() {
                 match &self.settings.delivery.local {
-                    LocalDelivery::Maildir => {
-                        let result = self
-                            .maildir(&id_text, &entry.reverse_path, local, domain, message)
-                            .await;
-                        results.push(Result1 {
-                            index,
-                            result,
-                            host: None,
-                        });
-                    }
+                    LocalDelivery::Maildir => maildir.push((index, rcpt.address.clone())),
                     LocalDelivery::Lmtp(_) => lmtp.push((index, rcpt.address.clone())),
                 }
                 continue;
@@ -288,36 +349,98 @@ impl Deliverer {
                 None => remote.push((destination, vec![(index, rcpt.address.clone())])),
             }
         }
-        if let (LocalDelivery::Lmtp(target), false) =
-            (&self.settings.delivery.local, lmtp.is_empty())
-        {
-            let target = lmtp_target(target).await;
-            let group = match target {
-                Ok(targets) => {
-                    self.transaction(
-                        entry,
-                        message,
-                        &lmtp,
-                        &targets,
-                        Protocol::Lmtp,
-                        OutboundTls::None,
-                    )
-                    .await
-                }
-                Err(reply) => failed_group(&lmtp, RouteFailure::Temporary(reply)),
+        if !maildir.is_empty() || !lmtp.is_empty() {
+            let Some(_slots) = self.slots(None).await else {
+                return (results, Some(Halt::Stopping));
             };
-            results.extend(group);
+            let message = match self.message(entry.id) {
+                Ok(message) => message,
+                Err(halt) => return (results, Some(halt)),
+            };
+            for (index, address) in &maildir {
+                let (local, domain) = split_address(address);
+                let result = self
+                    .maildir(&id_text, &entry.reverse_path, local, domain, &message)
+                    .await;
+                results.push(Result1 {
+                    index: *index,
+                    result,
+                    host: None,
+                });
+            }
+            if let (LocalDelivery::Lmtp(target), false) =
+                (&self.settings.delivery.local, lmtp.is_empty())
+            {
+                let group = match lmtp_target(target).await {
+                    Ok(targets) => {
+                        self.transaction(
+                            entry,
+                            &message,
+                            &lmtp,
+                            &targets,
+                            Protocol::Lmtp,
+                            OutboundTls::None,
+                        )
+                        .await
+                    }
+                    Err(reply) => failed_group(&lmtp, RouteFailure::Temporary(reply)),
+                };
+                results.extend(group);
+            }
         }
+        // Destinations run side by side: a slow one delays only its own
+        // recipients.
+        let mut groups = JoinSet::new();
+        let mut lists = HashMap::new();
         for (destination, list) in remote {
-            let Some(_permit) = self.limits.acquire(destination.key()).await else {
-                continue;
-            };
-            let group = match route::targets(&self.settings, &self.dns, &destination).await {
+            let (this, entry, recipients) = (Arc::clone(self), Arc::clone(entry), list.clone());
+            let task = groups
+                .spawn(async move { this.deliver_remote(&entry, &destination, &recipients).await });
+            lists.insert(task.id(), list);
+        }
+        let mut halt = None;
+        while let Some(joined) = groups.join_next_with_id().await {
+            match joined {
+                Ok((_, Ok(group))) => results.extend(group),
+                Ok((_, Err(stop))) => {
+                    if halt.is_none() || matches!(stop, Halt::Gone) {
+                        halt = Some(stop);
+                    }
+                }
+                // A bug, not the destination's doing: retried like a
+                // deferral so the recipients are not forgotten.
+                Err(e) => {
+                    tracing::error!(queue_id = %entry.id, "delivery to a destination failed: {e}");
+                    let list = lists.remove(&e.id()).unwrap_or_default();
+                    results.extend(failed_group(
+                        &list,
+                        RouteFailure::Temporary("451 4.3.0 internal error in delivery".to_owned()),
+                    ));
+                }
+            }
+        }
+        (results, halt)
+    }
+
+    /// One destination's recipients: its slot, a global slot, its targets,
+    /// one transaction.
+    async fn deliver_remote(
+        &self,
+        entry: &QueueEntry,
+        destination: &Destination,
+        list: &[(usize, String)],
+    ) -> Result<Vec<Result1>, Halt> {
+        let Some(_slots) = self.slots(Some(destination.key())).await else {
+            return Err(Halt::Stopping);
+        };
+        Ok(
+            match route::targets(&self.settings, &self.dns, destination).await {
                 Ok(targets) => {
+                    let message = self.message(entry.id)?;
                     self.transaction(
                         entry,
-                        message,
-                        &list,
+                        &message,
+                        list,
                         &targets,
                         Protocol::Smtp,
                         destination.tls(),
@@ -326,12 +449,10 @@ impl Deliverer {
                 }
                 Err(failure) => {
                     tracing::info!(queue_id = %entry.id, destination = destination.key(), failure = ?failure, "no route");
-                    failed_group(&list, failure)
+                    failed_group(list, failure)
                 }
-            };
-            results.extend(group);
-        }
-        results
+            },
+        )
     }
 
     async fn maildir(
@@ -410,7 +531,6 @@ impl Deliverer {
     async fn record(
         &self,
         entry: &QueueEntry,
-        message: &[u8],
         results: Vec<Result1>,
         tx: &mpsc::UnboundedSender<Event>,
     ) -> Option<u64> {
@@ -470,15 +590,27 @@ impl Deliverer {
                     .map(|d| d.as_secs().max(1))
                     .unwrap_or(300)
         });
+        let warn = queue
+            .warn_after
+            .is_some_and(|after| age >= after && !entry.warned && !deferred.is_empty());
+        // A DSN quotes the message's headers; without them nothing is
+        // recorded, so the attempt (and its DSN) comes again.
+        let message = if !failed.is_empty() || warn {
+            match self.message(entry.id) {
+                Ok(message) => Some(message),
+                Err(Halt::Gone) => return None,
+                Err(_) => return Some(now() + 60),
+            }
+        } else {
+            None
+        };
+        let message = message.as_deref().unwrap_or_default();
         // The DSN is queued before the attempt is recorded: a crash in
         // between repeats the attempt (and maybe the DSN), never loses it.
         if !failed.is_empty() {
             self.notify(entry, message, ReportKind::Failed, &failed, tx)
                 .await;
         }
-        let warn = queue
-            .warn_after
-            .is_some_and(|after| age >= after && !entry.warned && !deferred.is_empty());
         if warn
             && self
                 .notify(entry, message, ReportKind::Delayed, &deferred, tx)

@@ -11,17 +11,24 @@
 //! route's addresses) until one takes the transaction; idle connections
 //! are pooled per target so the next message skips connect, greeting,
 //! EHLO and the TLS handshake.
+//!
+//! Every read and write has a deadline (`[delivery.timeouts]`), and the
+//! whole attempt one more, so a next hop that stops answering or reading
+//! costs the deliveries waiting on it and nothing else. A timeout before
+//! the message was sent moves on to the next target; once the final dot
+//! went out the message may have arrived, so its recipients are deferred
+//! without offering it to another host (RFC 5321 §6.1 duplicates).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::transport::{server_name, ClientStream, OutboundTlsConfig};
 use super::RecipientResult;
-use crate::config::OutboundTls;
+use crate::config::{DeliveryTimeouts, OutboundTls};
 use crate::smtp::data::dot_stuff;
 
 /// A reply line longer than this is a broken or hostile server.
@@ -31,28 +38,6 @@ const MAX_REPLY_LINES: usize = 200;
 /// A pooled connection keeps its write buffer up to this size; the buffer
 /// of a larger message is freed rather than held while idle.
 const KEPT_BUFFER: usize = 256 * 1024;
-
-/// Client timeouts, RFC 5321 §4.5.3.2.
-#[derive(Debug, Clone)]
-pub struct ClientTimeouts {
-    pub connect: Duration,
-    pub greeting: Duration,
-    pub command: Duration,
-    pub data_init: Duration,
-    pub data_end: Duration,
-}
-
-impl Default for ClientTimeouts {
-    fn default() -> Self {
-        ClientTimeouts {
-            connect: Duration::from_secs(30),
-            greeting: Duration::from_secs(300),
-            command: Duration::from_secs(300),
-            data_init: Duration::from_secs(120),
-            data_end: Duration::from_secs(600),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -87,7 +72,7 @@ pub struct Target {
 /// What stays the same for every delivery.
 pub struct ClientContext {
     pub hostname: String,
-    pub timeouts: ClientTimeouts,
+    pub timeouts: DeliveryTimeouts,
     pub tls: OutboundTlsConfig,
     pub pool: ConnectionPool,
 }
@@ -154,12 +139,50 @@ impl Capabilities {
     }
 }
 
+/// What a timed-out client was waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Connect,
+    Greeting,
+    /// The reply to this command (or its write).
+    Reply(&'static str),
+    /// The server to read more of the message.
+    MessageWrite,
+    /// The reply after the final dot.
+    FinalReply,
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::Connect => f.write_str("connecting"),
+            Waiting::Greeting => f.write_str("waiting for the greeting"),
+            Waiting::Reply(verb) => write!(f, "waiting for the reply to {verb}"),
+            Waiting::MessageWrite => {
+                f.write_str("writing the message (the server stopped reading)")
+            }
+            Waiting::FinalReply => f.write_str("waiting for the reply to the message"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ClientError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("timed out")]
-    Timeout,
+    #[error("timed out after {} {waiting}", humantime::format_duration(*.after))]
+    Timeout { waiting: Waiting, after: Duration },
+    /// The attempt's overall deadline (`delivery.timeouts.attempt`) passed.
+    #[error("attempt deadline of {} passed", humantime::format_duration(*.0))]
+    Deadline(Duration),
+    /// The message was sent, its final reply never came: it may have been
+    /// delivered. `results` holds the replies that did come (LMTP, rejected
+    /// RCPTs); None where the outcome is unknown.
+    #[error("message sent, then {cause}")]
+    Unconfirmed {
+        results: Vec<Option<RecipientResult>>,
+        cause: Box<ClientError>,
+    },
     #[error("malformed reply {0:?}")]
     Malformed(String),
     #[error("connection closed by the server")]
@@ -217,11 +240,60 @@ struct Connection {
     out: Vec<u8>,
 }
 
+impl ClientError {
+    /// The enhanced status of a deferral for this error (RFC 3463): no
+    /// answer from the host (X.4.1), or a connection that went bad (X.4.2).
+    fn enhanced(&self) -> &'static str {
+        match self {
+            ClientError::Timeout {
+                waiting: Waiting::Connect | Waiting::Greeting,
+                ..
+            } => "4.4.1",
+            ClientError::Timeout { .. }
+            | ClientError::Deadline(_)
+            | ClientError::Unconfirmed { .. } => "4.4.2",
+            _ => "4.4.1",
+        }
+    }
+}
+
+/// `future`, or a timeout naming what was awaited.
+async fn bounded<T>(
+    after: Duration,
+    waiting: Waiting,
+    future: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(after, future)
+        .await
+        .map_err(|_| ClientError::Timeout { waiting, after })?
+}
+
+/// Writes all of `bytes`, each write allowed `idle` to make progress: a
+/// slow reader is served, a server that stopped reading is given up on.
+async fn write_bounded<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    mut bytes: &[u8],
+    idle: Duration,
+    waiting: Waiting,
+) -> Result<(), ClientError> {
+    while !bytes.is_empty() {
+        let n = bounded(idle, waiting, async { Ok(stream.write(bytes).await?) }).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        bytes = &bytes[n..];
+    }
+    // TLS may still hold the tail in its buffer.
+    bounded(idle, waiting, async { Ok(stream.flush().await?) }).await
+}
+
 impl Connection {
-    async fn read_reply(&mut self, timeout: Duration) -> Result<ServerReply, ClientError> {
-        tokio::time::timeout(timeout, self.read_reply_untimed())
-            .await
-            .map_err(|_| ClientError::Timeout)?
+    async fn read_reply(
+        &mut self,
+        timeout: Duration,
+        waiting: Waiting,
+    ) -> Result<ServerReply, ClientError> {
+        bounded(timeout, waiting, self.read_reply_untimed()).await
     }
 
     async fn read_reply_untimed(&mut self) -> Result<ServerReply, ClientError> {
@@ -253,24 +325,37 @@ impl Connection {
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream.get_mut().write_all(bytes).await?;
-        Ok(())
+    async fn send(
+        &mut self,
+        bytes: &[u8],
+        timeout: Duration,
+        waiting: Waiting,
+    ) -> Result<(), ClientError> {
+        write_bounded(self.stream.get_mut(), bytes, timeout, waiting).await
     }
 
     /// Writes what was built in `out`.
-    async fn send_out(&mut self) -> Result<(), ClientError> {
-        self.stream.get_mut().write_all(&self.out).await?;
-        Ok(())
+    async fn send_out(&mut self, timeout: Duration, waiting: Waiting) -> Result<(), ClientError> {
+        write_bounded(self.stream.get_mut(), &self.out, timeout, waiting).await
     }
 
-    async fn command(&mut self, line: &str, timeout: Duration) -> Result<ServerReply, ClientError> {
-        self.send(format!("{line}\r\n").as_bytes()).await?;
-        self.read_reply(timeout).await
+    /// Sends `line` and reads its reply, both within `timeout`; `verb`
+    /// names the command in a timeout.
+    async fn command(
+        &mut self,
+        line: &str,
+        verb: &'static str,
+        timeout: Duration,
+    ) -> Result<ServerReply, ClientError> {
+        let waiting = Waiting::Reply(verb);
+        self.send(format!("{line}\r\n").as_bytes(), timeout, waiting)
+            .await?;
+        self.read_reply(timeout, waiting).await
     }
 }
 
-/// Delivers one message to the first target that takes the transaction.
+/// Delivers one message to the first target that takes the transaction,
+/// within the attempt's deadline.
 pub async fn deliver(
     ctx: &ClientContext,
     targets: &[Target],
@@ -278,21 +363,45 @@ pub async fn deliver(
     tls: OutboundTls,
     envelope: &Envelope<'_>,
 ) -> Outcome {
-    let mut last_error = String::from("no host to deliver to");
+    let deadline = tokio::time::Instant::now() + ctx.timeouts.attempt;
+    let mut last_error = String::from("4.4.1 no host to deliver to");
     for target in targets {
-        match deliver_to(ctx, target, protocol, tls, envelope).await {
+        let tried =
+            tokio::time::timeout_at(deadline, deliver_to(ctx, target, protocol, tls, envelope))
+                .await
+                .unwrap_or(Err(ClientError::Deadline(ctx.timeouts.attempt)));
+        let e = match tried {
             Ok(outcome) => return outcome,
-            Err(e) => {
-                tracing::info!(host = %target.host, address = %target.address, "cannot deliver: {e}");
-                last_error = format!("{} [{}]: {e}", target.host, target.address);
+            Err(e) => e,
+        };
+        tracing::info!(host = %target.host, address = %target.address, "cannot deliver: {e}");
+        let reason = format!("{} {} [{}]: {e}", e.enhanced(), target.host, target.address);
+        match e {
+            // Offering it to another host could deliver it twice.
+            ClientError::Unconfirmed { results, .. } => {
+                let unknown =
+                    format!("451 {reason}; not offered to another host, it may have arrived");
+                return Outcome {
+                    results: results
+                        .into_iter()
+                        .map(|r| r.unwrap_or_else(|| RecipientResult::Deferred(unknown.clone())))
+                        .collect(),
+                    host: Some(target.host.clone()),
+                    tls: None,
+                };
             }
+            ClientError::Deadline(_) => {
+                last_error = reason;
+                break;
+            }
+            _ => last_error = reason,
         }
     }
     Outcome {
         results: envelope
             .recipients
             .iter()
-            .map(|_| RecipientResult::Deferred(format!("451 4.4.1 {last_error}")))
+            .map(|_| RecipientResult::Deferred(format!("451 {last_error}")))
             .collect(),
         host: None,
         tls: None,
@@ -350,16 +459,18 @@ async fn deliver_to(
 async fn connect(address: &TargetAddress, timeout: Duration) -> Result<ClientStream, ClientError> {
     let stream = match address {
         TargetAddress::Tcp(addr) => {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| ClientError::Timeout)??;
+            let stream = bounded(timeout, Waiting::Connect, async {
+                Ok(TcpStream::connect(addr).await?)
+            })
+            .await?;
             stream.set_nodelay(true)?;
             ClientStream::Tcp(stream)
         }
         TargetAddress::Unix(path) => ClientStream::Unix(
-            tokio::time::timeout(timeout, UnixStream::connect(path))
-                .await
-                .map_err(|_| ClientError::Timeout)??,
+            bounded(timeout, Waiting::Connect, async {
+                Ok(UnixStream::connect(path).await?)
+            })
+            .await?,
         ),
     };
     Ok(stream)
@@ -380,7 +491,7 @@ async fn open(
         tls: None,
         out: Vec::new(),
     };
-    let greeting = conn.read_reply(t.greeting).await?;
+    let greeting = conn.read_reply(t.greeting, Waiting::Greeting).await?;
     if greeting.code != 220 {
         return Err(ClientError::Refused(greeting.line()));
     }
@@ -407,7 +518,7 @@ async fn open(
     let name = server_name(&target.host).ok_or_else(|| {
         ClientError::TlsRequired(format!("{:?} is not a valid server name", target.host))
     })?;
-    let reply = conn.command("STARTTLS", t.command).await?;
+    let reply = conn.command("STARTTLS", "STARTTLS", t.command).await?;
     if reply.code != 220 {
         return match tls {
             OutboundTls::Required => Err(ClientError::TlsRequired(reply.line())),
@@ -455,13 +566,17 @@ async fn hello(
         Protocol::Smtp => "EHLO",
         Protocol::Lmtp => "LHLO",
     };
-    let reply = conn.command(&format!("{verb} {hostname}"), timeout).await?;
+    let reply = conn
+        .command(&format!("{verb} {hostname}"), verb, timeout)
+        .await?;
     if reply.code == 250 {
         conn.caps = Capabilities::parse(&reply);
         return Ok(());
     }
     if protocol == Protocol::Smtp && reply.code / 100 == 5 {
-        let helo = conn.command(&format!("HELO {hostname}"), timeout).await?;
+        let helo = conn
+            .command(&format!("HELO {hostname}"), "HELO", timeout)
+            .await?;
         if helo.code == 250 {
             conn.caps = Capabilities::default();
             return Ok(());
@@ -499,7 +614,7 @@ fn mail_command(caps: &Capabilities, envelope: &Envelope<'_>, utf8: bool) -> Str
 /// when the server allows; `Stale` if that RSET fails.
 async fn transaction(
     conn: &mut Connection,
-    timeouts: &ClientTimeouts,
+    timeouts: &DeliveryTimeouts,
     protocol: Protocol,
     envelope: &Envelope<'_>,
     reset: bool,
@@ -536,11 +651,16 @@ async fn transaction(
             out.extend_from_slice(b">\r\n");
         }
         out.extend_from_slice(b"DATA\r\n");
-        let sent = conn.send_out().await;
+        let sent = conn
+            .send_out(timeouts.command, Waiting::Reply("MAIL"))
+            .await;
         if reset {
             // A closed connection shows at the write or at the first reply.
             let rset = match sent {
-                Ok(()) => conn.read_reply(timeouts.command).await,
+                Ok(()) => {
+                    conn.read_reply(timeouts.command, Waiting::Reply("RSET"))
+                        .await
+                }
                 Err(e) => Err(e),
             };
             if !matches!(rset, Ok(ServerReply { code: 250, .. })) {
@@ -549,28 +669,35 @@ async fn transaction(
         } else {
             sent?;
         }
-        let mail_reply = conn.read_reply(timeouts.command).await?;
+        let mail_reply = conn
+            .read_reply(timeouts.command, Waiting::Reply("MAIL"))
+            .await?;
         let mut rcpt_replies = Vec::with_capacity(recipients.len());
         for _ in recipients {
-            rcpt_replies.push(conn.read_reply(timeouts.command).await?);
+            rcpt_replies.push(
+                conn.read_reply(timeouts.command, Waiting::Reply("RCPT"))
+                    .await?,
+            );
         }
-        let data_reply = conn.read_reply(timeouts.data_init).await?;
+        let data_reply = conn
+            .read_reply(timeouts.data_init, Waiting::Reply("DATA"))
+            .await?;
         (mail_reply, rcpt_replies, Some(data_reply))
     } else {
         if reset
             && !matches!(
-                conn.command("RSET", timeouts.command).await,
+                conn.command("RSET", "RSET", timeouts.command).await,
                 Ok(ServerReply { code: 250, .. })
             )
         {
             return Err(ClientError::Stale);
         }
-        let mail_reply = conn.command(&mail, timeouts.command).await?;
+        let mail_reply = conn.command(&mail, "MAIL", timeouts.command).await?;
         let mut rcpt_replies = Vec::with_capacity(recipients.len());
         if mail_reply.code == 250 {
             for rcpt in recipients {
                 rcpt_replies.push(
-                    conn.command(&format!("RCPT TO:<{rcpt}>"), timeouts.command)
+                    conn.command(&format!("RCPT TO:<{rcpt}>"), "RCPT", timeouts.command)
                         .await?,
                 );
             }
@@ -605,7 +732,7 @@ async fn transaction(
     }
     let data_reply = match data_reply {
         Some(reply) => reply,
-        None => conn.command("DATA", timeouts.data_init).await?,
+        None => conn.command("DATA", "DATA", timeouts.data_init).await?,
     };
     if data_reply.code != 354 {
         return Ok(results
@@ -615,20 +742,35 @@ async fn transaction(
     }
     conn.out.clear();
     dot_stuff(envelope.message, &mut conn.out);
-    conn.send_out().await?;
-    match protocol {
-        Protocol::Smtp => {
-            let reply = conn.read_reply(timeouts.data_end).await?;
-            for slot in results.iter_mut().filter(|r| r.is_none()) {
-                *slot = Some(classify(&reply));
+    // Until the final dot is out nothing was delivered: an error here lets
+    // the next target be tried.
+    conn.send_out(timeouts.data_block, Waiting::MessageWrite)
+        .await?;
+    // From here on a missing reply leaves the outcome unknown.
+    let open: Vec<usize> = (0..results.len())
+        .filter(|&i| results[i].is_none())
+        .collect();
+    // SMTP answers once for all; LMTP (RFC 2033 §4.2) once per accepted
+    // recipient, in order.
+    let groups: Vec<&[usize]> = match protocol {
+        Protocol::Smtp => vec![&open[..]],
+        Protocol::Lmtp => open.chunks(1).collect(),
+    };
+    for group in groups {
+        let reply = match conn
+            .read_reply(timeouts.data_end, Waiting::FinalReply)
+            .await
+        {
+            Ok(reply) => classify(&reply),
+            Err(cause) => {
+                return Err(ClientError::Unconfirmed {
+                    results,
+                    cause: Box::new(cause),
+                })
             }
-        }
-        // RFC 2033 §4.2: one reply per accepted recipient, in order.
-        Protocol::Lmtp => {
-            for slot in results.iter_mut().filter(|r| r.is_none()) {
-                let reply = conn.read_reply(timeouts.data_end).await?;
-                *slot = Some(classify(&reply));
-            }
+        };
+        for &i in group {
+            results[i] = Some(reply.clone());
         }
     }
     Ok(results.into_iter().flatten().collect())
@@ -636,10 +778,12 @@ async fn transaction(
 
 async fn end_empty_data(
     conn: &mut Connection,
-    timeouts: &ClientTimeouts,
+    timeouts: &DeliveryTimeouts,
 ) -> Result<(), ClientError> {
-    conn.send(b".\r\n").await?;
-    conn.read_reply(timeouts.data_end).await?;
+    conn.send(b".\r\n", timeouts.data_end, Waiting::FinalReply)
+        .await?;
+    conn.read_reply(timeouts.data_end, Waiting::FinalReply)
+        .await?;
     Ok(())
 }
 
@@ -791,7 +935,7 @@ mod tests {
         let server = tokio::spawn(scripted_next_hop(listener, Arc::clone(&log)));
         let ctx = ClientContext {
             hostname: "client.test".into(),
-            timeouts: ClientTimeouts::default(),
+            timeouts: DeliveryTimeouts::default(),
             tls: OutboundTlsConfig::new(None).unwrap(),
             pool: ConnectionPool::new(Duration::from_secs(3600)),
         };
@@ -833,6 +977,79 @@ mod tests {
             Some(
                 &b"RSET\r\nMAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n"[..]
             )
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_stops_reading_times_out_and_a_slow_reader_does_not() {
+        // The peer never reads: the pipe fills and the write makes no
+        // progress for the idle bound.
+        let (mut ours, _theirs) = tokio::io::duplex(1024);
+        let message = vec![b'x'; 64 * 1024];
+        let begin = tokio::time::Instant::now();
+        let err = write_bounded(
+            &mut ours,
+            &message,
+            Duration::from_secs(3),
+            Waiting::MessageWrite,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Timeout {
+                    waiting: Waiting::MessageWrite,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(begin.elapsed(), Duration::from_secs(3));
+        assert_eq!(
+            err.to_string(),
+            "timed out after 3s writing the message (the server stopped reading)"
+        );
+
+        // A reader taking 1 KiB a second takes a minute for the message,
+        // yet never leaves a write idle for the bound: it all arrives.
+        let (mut ours, mut theirs) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0u8; 1024];
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match theirs.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got += n,
+                }
+            }
+        });
+        write_bounded(
+            &mut ours,
+            &message,
+            Duration::from_secs(3),
+            Waiting::MessageWrite,
+        )
+        .await
+        .unwrap();
+        drop(ours);
+        assert_eq!(reader.await.unwrap(), message.len());
+    }
+
+    #[test]
+    fn timeouts_before_the_greeting_are_no_answer_and_later_ones_a_bad_connection() {
+        let after = Duration::from_secs(1);
+        let timeout = |waiting| ClientError::Timeout { waiting, after };
+        assert_eq!(timeout(Waiting::Connect).enhanced(), "4.4.1");
+        assert_eq!(timeout(Waiting::Greeting).enhanced(), "4.4.1");
+        assert_eq!(timeout(Waiting::Reply("EHLO")).enhanced(), "4.4.2");
+        assert_eq!(timeout(Waiting::MessageWrite).enhanced(), "4.4.2");
+        assert_eq!(ClientError::Deadline(after).enhanced(), "4.4.2");
+        assert_eq!(ClientError::Closed.enhanced(), "4.4.1");
+        assert_eq!(
+            timeout(Waiting::Reply("EHLO")).to_string(),
+            "timed out after 1s waiting for the reply to EHLO"
         );
     }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::super::*;
-use super::{valid_domain, valid_host_port, Diagnostics, Size};
+use super::{networks, valid_domain, valid_host_port, Diagnostics, Size};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +22,24 @@ pub(super) struct RawDelivery {
     smtp_port: Option<u16>,
     tls: Option<OutboundTls>,
     ca_file: Option<String>,
+    max_concurrent_deliveries: Option<Spanned<usize>>,
+    max_mx_hosts: Option<Spanned<usize>>,
+    max_addresses: Option<Spanned<usize>>,
+    ignore_target_hosts: Option<Vec<Spanned<String>>>,
+    timeouts: Option<RawDeliveryTimeouts>,
+}
+
+/// `[delivery.timeouts]`: durations such as "30s" or "5m".
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDeliveryTimeouts {
+    connect: Option<Spanned<String>>,
+    greeting: Option<Spanned<String>>,
+    command: Option<Spanned<String>>,
+    data_init: Option<Spanned<String>>,
+    data_block: Option<Spanned<String>>,
+    data_end: Option<Spanned<String>>,
+    attempt: Option<Spanned<String>>,
 }
 
 /// `local = "maildir"` or `local = { lmtp = "127.0.0.1:24" }`.
@@ -138,6 +156,14 @@ pub(super) fn resolve_delivery(
         });
     }
 
+    let ignore_target_hosts = match &delivery.ignore_target_hosts {
+        None => DEFAULT_IGNORE_TARGET_HOSTS
+            .iter()
+            .map(|net| net.parse().expect("literal network"))
+            .collect(),
+        Some(list) => networks(d, list, "delivery.ignore_target_hosts"),
+    };
+
     DeliveryConfig {
         local: local_delivery,
         routes,
@@ -146,6 +172,77 @@ pub(super) fn resolve_delivery(
         smtp_port: delivery.smtp_port.unwrap_or(25),
         tls: delivery.tls.unwrap_or(OutboundTls::Opportunistic),
         ca_file: delivery.ca_file.as_ref().map(PathBuf::from),
+        max_concurrent_deliveries: at_least_one(
+            d,
+            &delivery.max_concurrent_deliveries,
+            "delivery.max_concurrent_deliveries",
+            100,
+        ),
+        max_mx_hosts: at_least_one(d, &delivery.max_mx_hosts, "delivery.max_mx_hosts", 5),
+        max_addresses: at_least_one(d, &delivery.max_addresses, "delivery.max_addresses", 10),
+        ignore_target_hosts,
+        timeouts: resolve_delivery_timeouts(d, delivery.timeouts.as_ref()),
+    }
+}
+
+/// Where MX-derived targets never go (as Exim's `ignore_target_hosts`): a
+/// DNS answer must not aim delivery at this host's own services or at
+/// addresses that are no host's. IPv4-mapped forms are listed too.
+const DEFAULT_IGNORE_TARGET_HOSTS: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "0.0.0.0/8",
+    "::/128",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "::ffff:127.0.0.0/104",
+    "::ffff:0.0.0.0/104",
+    "::ffff:169.254.0.0/112",
+];
+
+fn at_least_one(
+    d: &mut Diagnostics<'_>,
+    value: &Option<Spanned<usize>>,
+    key: &str,
+    default: usize,
+) -> usize {
+    match value {
+        None => default,
+        Some(n) if *n.get_ref() == 0 => {
+            d.add(n.span(), key, "must be at least 1");
+            default
+        }
+        Some(n) => *n.get_ref(),
+    }
+}
+
+fn resolve_delivery_timeouts(
+    d: &mut Diagnostics<'_>,
+    raw: Option<&RawDeliveryTimeouts>,
+) -> DeliveryTimeouts {
+    let default = RawDeliveryTimeouts::default();
+    let raw = raw.unwrap_or(&default);
+    let defaults = DeliveryTimeouts::default();
+    // A zero deadline would fail every delivery; it is refused, not obeyed.
+    let mut timeout = |value: &Option<Spanned<String>>, name: &str, default: Duration| {
+        let key = format!("delivery.timeouts.{name}");
+        let duration = d.duration(value, &key, default);
+        match value {
+            Some(v) if duration.is_zero() => {
+                d.add(v.span(), key, "must be greater than 0");
+                default
+            }
+            _ => duration,
+        }
+    };
+    DeliveryTimeouts {
+        connect: timeout(&raw.connect, "connect", defaults.connect),
+        greeting: timeout(&raw.greeting, "greeting", defaults.greeting),
+        command: timeout(&raw.command, "command", defaults.command),
+        data_init: timeout(&raw.data_init, "data_init", defaults.data_init),
+        data_block: timeout(&raw.data_block, "data_block", defaults.data_block),
+        data_end: timeout(&raw.data_end, "data_end", defaults.data_end),
+        attempt: timeout(&raw.attempt, "attempt", defaults.attempt),
     }
 }
 

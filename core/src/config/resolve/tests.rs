@@ -537,3 +537,80 @@ fn reverse_lookup_is_on_unless_switched_off() {
     let err = load_str(&text, "c.toml").unwrap_err().to_string();
     assert!(err.contains("c.toml:2:"), "{err}");
 }
+
+#[test]
+fn delivery_caps_timeouts_and_target_filter() {
+    let base =
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+    let defaults = load_str(base, "c.toml").unwrap().delivery;
+    assert_eq!(defaults.max_concurrent_deliveries, 100);
+    assert_eq!((defaults.max_mx_hosts, defaults.max_addresses), (5, 10));
+    assert_eq!(defaults.timeouts, DeliveryTimeouts::default());
+    assert!(defaults
+        .ignore_target_hosts
+        .contains(&"127.0.0.0/8".parse().unwrap()));
+
+    let text = format!(
+        "{base}[delivery]\nmax_concurrent_deliveries = 4\nmax_mx_hosts = 2\nmax_addresses = 3\n\
+         ignore_target_hosts = [\"10.0.0.0/8\", \"192.0.2.7\"]\n\
+         [delivery.timeouts]\nconnect = \"1s\"\ngreeting = \"2s\"\ncommand = \"3s\"\n\
+         data_init = \"4s\"\ndata_block = \"5s\"\ndata_end = \"6s\"\nattempt = \"7s\"\n"
+    );
+    let delivery = load_str(&text, "c.toml").unwrap().delivery;
+    assert_eq!(delivery.max_concurrent_deliveries, 4);
+    assert_eq!((delivery.max_mx_hosts, delivery.max_addresses), (2, 3));
+    assert_eq!(
+        delivery.ignore_target_hosts,
+        vec![
+            "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+            "192.0.2.7/32".parse().unwrap()
+        ]
+    );
+    let secs = Duration::from_secs;
+    assert_eq!(
+        delivery.timeouts,
+        DeliveryTimeouts {
+            connect: secs(1),
+            greeting: secs(2),
+            command: secs(3),
+            data_init: secs(4),
+            data_block: secs(5),
+            data_end: secs(6),
+            attempt: secs(7),
+        }
+    );
+
+    // An empty list switches the filter off.
+    let text = format!("{base}[delivery]\nignore_target_hosts = []\n");
+    assert!(load_str(&text, "c.toml")
+        .unwrap()
+        .delivery
+        .ignore_target_hosts
+        .is_empty());
+}
+
+#[test]
+fn bad_delivery_caps_timeouts_and_networks_name_key_and_line() {
+    let text =
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n\
+                [delivery]\nmax_mx_hosts = 0\nmax_addresses = 0\nmax_concurrent_deliveries = 0\n\
+                ignore_target_hosts = [\"127.0.0.0/33\"]\n[delivery.timeouts]\ncommand = \"0s\"\n\
+                data_block = \"soon\"\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    for (line, key) in [
+        (7, "delivery.max_mx_hosts"),
+        (8, "delivery.max_addresses"),
+        (9, "delivery.max_concurrent_deliveries"),
+        (10, "delivery.ignore_target_hosts"),
+        (12, "delivery.timeouts.command"),
+        (13, "delivery.timeouts.data_block"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("c.toml:{line}:")) && l.contains(key)),
+            "{key} at line {line}: {err}"
+        );
+    }
+    assert!(err.contains("must be at least 1"), "{err}");
+    assert!(err.contains("must be greater than 0"), "{err}");
+}
