@@ -7,6 +7,7 @@ syncfs'ed). sync_file_range does not count. Small messages and messages of
 several MiB are checked."""
 import os
 import re
+import signal
 import smtplib
 import subprocess
 import time
@@ -120,6 +121,26 @@ def check_windows(trace_text, data_dir, cwd):
     return windows, problems
 
 
+def stop_traced(strace):
+    """Stops the traced server itself: strace, signalled, would only detach
+    and leave it running."""
+    def signal_server(sig):
+        found = subprocess.run(["pgrep", "-P", str(strace.pid)], capture_output=True, text=True)
+        for pid in found.stdout.split():
+            try:
+                os.kill(int(pid), sig)
+            except ProcessLookupError:
+                pass
+
+    signal_server(signal.SIGTERM)
+    try:
+        strace.wait(30)
+    except subprocess.TimeoutExpired:
+        signal_server(signal.SIGKILL)
+        strace.kill()
+        strace.wait(10)
+
+
 def test_every_acknowledged_message_was_synced_before_its_250(tmp_path):
     port = free_port()
     data = tmp_path / "data"
@@ -154,12 +175,7 @@ def test_every_acknowledged_message_was_synced_before_its_250(tmp_path):
             for body in bodies:
                 assert smtp.sendmail("a@example.org", ["user@example.test"], body) == {}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_traced(proc)
         log.close()
 
     windows, problems = check_windows(trace.read_text(errors="replace"), data, tmp_path)
