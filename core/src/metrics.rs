@@ -37,6 +37,7 @@ pub struct Metrics {
     pub delivery_attempts: CounterVec,
     pub tls_handshakes: CounterVec,
     pub auth_attempts: CounterVec,
+    pub auth_verifications: CounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -131,6 +132,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "SMTP AUTH attempts by outcome: success, failure, locked_out.",
         &["outcome"],
     ),
+    auth_verifications: CounterVec::new(
+        "sluice_auth_verifications_total",
+        "SMTP AUTH passwords checked (argon2 run); attempts refused by the lockout are not checked.",
+        &[],
+    ),
 }
 });
 
@@ -157,6 +163,7 @@ impl Metrics {
             &self.delivery_attempts,
             &self.tls_handshakes,
             &self.auth_attempts,
+            &self.auth_verifications,
         ] {
             counter.render(&mut out);
         }

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use lockout::{FailureLimiter, Locked};
 
+use crate::metrics::METRICS;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
     #[error("{path}: {source}")]
@@ -327,7 +329,11 @@ impl Authenticator {
         };
         let store = self.store.clone();
         let (name, secret) = (user.to_owned(), password.to_owned());
-        let verified = tokio::task::spawn_blocking(move || store.verify(&name, &secret)).await;
+        let verified = tokio::task::spawn_blocking(move || {
+            METRICS.auth_verifications.inc(&[]);
+            store.verify(&name, &secret)
+        })
+        .await;
         match verified {
             Ok(true) => {
                 self.limiter.record_success(user);
