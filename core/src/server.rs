@@ -213,10 +213,13 @@ impl Server {
         let admin_state = Arc::new(AdminState::new(self.spool.clone(), delivery.clone()));
         admin_state.set_reloader(reloader.clone());
         let admin = self.admin.spawn(admin_state.clone());
-        let limits = Arc::new(ConnectionLimits::new(
-            config.server.max_connections,
-            config.server.max_connections_per_ip,
-        ));
+        let limits = Arc::new(
+            ConnectionLimits::new(
+                config.server.max_connections,
+                config.server.max_connections_per_ip,
+            )
+            .with_ipv6_prefix(config.server.ipv6_prefix),
+        );
         let ctx = Arc::new(SessionContext {
             config: config.clone(),
             pipelines: self.pipelines.clone(),
