@@ -84,6 +84,8 @@ pub struct Server {
     certificates: Vec<Arc<ReloadableTls>>,
     admin: AdminListeners,
     dkim: DkimSigners,
+    /// Built once: its lockout counts outlive reloads.
+    authenticator: Arc<Authenticator>,
 }
 
 /// A bound listener with what its sessions need from it.
@@ -115,6 +117,14 @@ impl Server {
         let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
         let dkim = assets.dkim.clone();
+        let authenticator = Arc::new(
+            Authenticator::new(
+                Arc::new(UserStore::new(&config.server.data_dir)),
+                config.auth.max_failures,
+                config.auth.lockout,
+            )
+            .with_ipv6_prefix(config.server.ipv6_prefix),
+        );
 
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
         let mut self_signed = None;
@@ -167,6 +177,7 @@ impl Server {
             certificates,
             admin,
             dkim,
+            authenticator,
         })
     }
 
@@ -226,11 +237,7 @@ impl Server {
             spool: self.spool.clone(),
             delivery,
             shutdown: shutdown_rx.clone(),
-            authenticator: Arc::new(Authenticator::new(
-                Arc::new(UserStore::new(&config.server.data_dir)),
-                config.auth.max_failures,
-                config.auth.lockout,
-            )),
+            authenticator: self.authenticator.clone(),
             dkim: self.dkim.clone(),
             limits: limits.clone(),
             dns: self.dns.clone(),
