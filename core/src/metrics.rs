@@ -38,6 +38,7 @@ pub struct Metrics {
     pub tls_handshakes: CounterVec,
     pub auth_attempts: CounterVec,
     pub auth_verifications: CounterVec,
+    pub auth_lockout_fallbacks: CounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -137,6 +138,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "SMTP AUTH passwords checked (argon2 run); attempts refused by the lockout are not checked.",
         &[],
     ),
+    auth_lockout_fallbacks: CounterVec::new(
+        "sluice_auth_lockout_fallbacks_total",
+        "SMTP AUTH attempts whose lockout was counted on this node alone because the shared Redis state could not be reached.",
+        &[],
+    ),
 }
 });
 
@@ -164,6 +170,7 @@ impl Metrics {
             &self.tls_handshakes,
             &self.auth_attempts,
             &self.auth_verifications,
+            &self.auth_lockout_fallbacks,
         ] {
             counter.render(&mut out);
         }

@@ -29,6 +29,7 @@ use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::reload::{self, Reloader, Trigger};
 use crate::session::{Session, SessionContext};
 use crate::smtp::reply::Reply;
+use crate::state::{StateBackend, StateError};
 use crate::tls::{ReloadableTls, TlsError};
 use crate::users::{Authenticator, UserStore};
 use sluice_spool::Spool;
@@ -64,6 +65,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// A server that has opened its spool, built its pipelines and bound its
@@ -117,14 +120,7 @@ impl Server {
         let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
         let dkim = assets.dkim.clone();
-        let authenticator = Arc::new(
-            Authenticator::new(
-                Arc::new(UserStore::new(&config.server.data_dir)),
-                config.auth.max_failures,
-                config.auth.lockout,
-            )
-            .with_ipv6_prefix(config.server.ipv6_prefix),
-        );
+        let authenticator = authenticator(&config, &spool)?;
 
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
         let mut self_signed = None;
@@ -325,6 +321,22 @@ fn count_panic(finished: Result<(), tokio::task::JoinError>) {
             METRICS.session_panics.inc(&[]);
         }
     }
+}
+
+/// The AUTH checker: users from the data dir, lockout counts in Redis when
+/// `[state]` shares state through it (Redis is not contacted here).
+fn authenticator(config: &Config, spool: &Spool) -> Result<Arc<Authenticator>, StateError> {
+    let authenticator = Authenticator::new(
+        Arc::new(UserStore::new(&config.server.data_dir)),
+        config.auth.max_failures,
+        config.auth.lockout,
+    )
+    .with_ipv6_prefix(config.server.ipv6_prefix);
+    let state = StateBackend::open(&config.state, spool)?;
+    Ok(Arc::new(match state.redis() {
+        Some(redis) => authenticator.with_shared_lockout(redis),
+        None => authenticator,
+    }))
 }
 
 /// Pending connections the kernel may queue for accept (capped by

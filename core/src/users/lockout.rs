@@ -9,7 +9,8 @@
 //! verified (argon2) per window: the others are refused without hashing.
 //!
 //! State is in memory and bounded; the caller passes the clock, so the
-//! rules are tested without waiting.
+//! rules are tested without waiting. [`super::shared_lockout`] keeps the
+//! same counts in Redis for several nodes.
 
 use std::collections::HashMap;
 use std::hash::Hash;

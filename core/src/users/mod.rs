@@ -7,18 +7,20 @@
 //! rename); the server re-reads it when its modification time, size or
 //! inode changes, so a new user can log in without a restart.
 //!
-//! [`Authenticator`] is what sessions call: the lockout reservation,
-//! argon2 verification on the blocking pool (bounded), then the
-//! reservation settled.
+//! [`Authenticator`] is what sessions call: the lockout reservation (on
+//! this node, or in Redis shared by every node), argon2 verification on the
+//! blocking pool (bounded), then the reservation settled.
 
 pub mod lockout;
 pub mod password;
+pub mod shared_lockout;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,7 +29,9 @@ pub use lockout::{FailureLimiter, Locked};
 use crate::client_key::ClientKey;
 use crate::config::DEFAULT_IPV6_PREFIX;
 use crate::metrics::METRICS;
+use crate::state::RedisState;
 use lockout::{Outcome, Refused};
+use shared_lockout::{SharedAttempt, SharedLockout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -308,12 +312,25 @@ pub enum AuthOutcome {
 /// bounded argon2 work off the async threads, then the reservation settled.
 pub struct Authenticator {
     store: Arc<UserStore>,
+    /// This node's lockout counts: the only ones without shared state, the
+    /// fallback while Redis cannot be reached.
     limiter: FailureLimiter,
+    /// The counts every node shares (`[state] backend = "redis"`).
+    shared: Option<SharedLockout>,
+    /// Whether the last shared call failed, so the fallback is logged when
+    /// it starts and ends rather than once per attempt.
+    shared_down: AtomicBool,
     /// How IPv6 clients are grouped into one client (`[server] ipv6_prefix`).
     ipv6_prefix: u8,
     /// argon2id takes ~19 MiB and tens of milliseconds per check: bound the
     /// checks in flight so a flood of AUTH cannot exhaust memory.
     slots: tokio::sync::Semaphore,
+}
+
+/// Where an attempt was counted, so it is settled there.
+enum Reservation {
+    Local(lockout::Attempt),
+    Shared(SharedAttempt),
 }
 
 impl Authenticator {
@@ -322,9 +339,22 @@ impl Authenticator {
         Authenticator {
             store,
             limiter: FailureLimiter::new(max_failures, lockout),
+            shared: None,
+            shared_down: AtomicBool::new(false),
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
             slots: tokio::sync::Semaphore::new(parallel * 2),
         }
+    }
+
+    /// Keeps the lockout counts in `redis`, shared with every node using
+    /// it; this node's table serves while Redis cannot be reached.
+    pub fn with_shared_lockout(mut self, redis: &RedisState) -> Authenticator {
+        self.shared = Some(SharedLockout::new(
+            redis,
+            self.limiter.max_failures(),
+            self.limiter.window(),
+        ));
+        self
     }
 
     /// Groups IPv6 clients by networks of `bits` bits instead of /64.
@@ -342,7 +372,7 @@ impl Authenticator {
         let client = self.client_key(client);
         // Counted before waiting for a hashing slot: concurrent attempts
         // beyond max_failures are refused here, without an argon2 run.
-        let reservation = match self.reserve(client, user) {
+        let reservation = match self.reserve(client, user).await {
             Ok(reservation) => reservation,
             Err(Refused::Locked(locked)) => return AuthOutcome::Locked(locked),
             Err(Refused::Full) => {
@@ -358,7 +388,7 @@ impl Authenticator {
             Some(false) => (AuthOutcome::BadCredentials, Outcome::Failed),
             None => (AuthOutcome::Unavailable, Outcome::Abandoned),
         };
-        self.settle(reservation, settled);
+        self.settle(reservation, settled).await;
         outcome
     }
 
@@ -381,12 +411,42 @@ impl Authenticator {
         }
     }
 
-    fn reserve(&self, client: ClientKey, user: &str) -> Result<lockout::Attempt, Refused> {
-        self.limiter.reserve(client, user, Instant::now())
+    async fn reserve(&self, client: ClientKey, user: &str) -> Result<Reservation, Refused> {
+        if let Some(shared) = &self.shared {
+            match shared.reserve(client, user).await {
+                Ok(reserved) => {
+                    if self.shared_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!("AUTH lockout counts shared through redis again");
+                    }
+                    return reserved.map(Reservation::Shared).map_err(Refused::Locked);
+                }
+                Err(e) => {
+                    METRICS.auth_lockout_fallbacks.inc(&[]);
+                    if !self.shared_down.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "{e}; AUTH lockout counted on this node alone until redis answers"
+                        );
+                    }
+                }
+            }
+        }
+        self.limiter
+            .reserve(client, user, Instant::now())
+            .map(Reservation::Local)
     }
 
-    fn settle(&self, attempt: lockout::Attempt, outcome: Outcome) {
-        self.limiter.settle(attempt, outcome, Instant::now());
+    async fn settle(&self, reservation: Reservation, outcome: Outcome) {
+        match reservation {
+            Reservation::Local(attempt) => self.limiter.settle(attempt, outcome, Instant::now()),
+            Reservation::Shared(attempt) => {
+                let Some(shared) = &self.shared else { return };
+                if let Err(e) = shared.settle(attempt, outcome).await {
+                    // The attempt stays counted as a failure until its
+                    // window passes: the safe side for a lockout.
+                    tracing::warn!("{e}; the AUTH attempt stays counted as failed");
+                }
+            }
+        }
     }
 }
 
