@@ -9,6 +9,7 @@
 //! - [`session`]: one SMTP session over any byte stream: an explicit state,
 //!   one file per verb, the intake between the end of DATA and its reply
 //! - [`limits`]: the global and per-client connection caps, "under load"
+//! - [`client_key`]: what per-client caps count by (IPv4 address, IPv6 /64)
 //! - [`tls`]: certificates and the rustls configuration of TLS listeners
 //! - [`users`]: SMTP AUTH users (the users file, argon2, lockout)
 //! - [`smtp`]: sans-IO protocol code: commands, addresses, replies, DATA
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod assets;
 pub mod authn;
 pub mod cli;
+pub mod client_key;
 pub mod config;
 pub mod delivery;
 pub mod dkim;

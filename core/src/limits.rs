@@ -1,5 +1,6 @@
 //! The connection caps of the listeners: a global cap on open connections
-//! and a per-client-IP cap, held by a permit for the whole session, and the
+//! and a per-client cap (per IPv4 address, per IPv6 network: see
+//! [`ClientKey`]), held by a permit for the whole session, and the
 //! "under load" signal that makes sessions shorten idle timeouts.
 
 use std::collections::HashMap;
@@ -8,18 +9,23 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-/// The global connection cap and the per-client-IP cap.
+use crate::client_key::ClientKey;
+use crate::config::DEFAULT_IPV6_PREFIX;
+
+/// The global connection cap and the per-client cap.
 pub struct ConnectionLimits {
     max_total: usize,
     total: Arc<Semaphore>,
     per_ip_max: usize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// How IPv6 clients are grouped into one client (`[server] ipv6_prefix`).
+    ipv6_prefix: u8,
+    per_ip: Mutex<HashMap<ClientKey, usize>>,
 }
 
 /// Holds a connection's place under both caps until the session ends.
 pub struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    client: ClientKey,
     _total: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -29,8 +35,15 @@ impl ConnectionLimits {
             max_total,
             total: Arc::new(Semaphore::new(max_total)),
             per_ip_max,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             per_ip: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Groups IPv6 clients by networks of `bits` bits instead of /64.
+    pub fn with_ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits;
+        self
     }
 
     /// True while open connections are at 80% of the global cap or more:
@@ -44,15 +57,16 @@ impl ConnectionLimits {
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
         let total = self.total.clone().try_acquire_owned().ok()?;
+        let client = ClientKey::new(ip, self.ipv6_prefix);
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_ip.entry(ip).or_insert(0);
+        let count = per_ip.entry(client).or_insert(0);
         if *count >= self.per_ip_max {
             return None;
         }
         *count += 1;
         Some(ConnectionPermit {
             limits: self.clone(),
-            ip,
+            client,
             _total: total,
         })
     }
@@ -61,10 +75,10 @@ impl ConnectionLimits {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
+        if let Some(count) = per_ip.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&self.client);
             }
         }
     }
@@ -86,5 +100,40 @@ mod tests {
         assert!(limits.under_load());
         permits.pop();
         assert!(!limits.under_load());
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_in_one_64_share_the_per_client_cap() {
+        let limits = Arc::new(ConnectionLimits::new(100, 2));
+        let a = limits.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _b = limits.admit(ip("2001:db8:1:2::2")).unwrap();
+        assert!(limits.admit(ip("2001:db8:1:2:abcd::9")).is_none());
+        // Another /64, and IPv4, have their own places.
+        let _c = limits.admit(ip("2001:db8:1:3::1")).unwrap();
+        let _d = limits.admit(ip("192.0.2.1")).unwrap();
+        drop(a);
+        assert!(limits.admit(ip("2001:db8:1:2::3")).is_some());
+    }
+
+    #[test]
+    fn prefix_128_caps_each_ipv6_address() {
+        let limits = Arc::new(ConnectionLimits::new(100, 1).with_ipv6_prefix(128));
+        let _a = limits.admit(ip("2001:db8::1")).unwrap();
+        let _b = limits.admit(ip("2001:db8::2")).unwrap();
+        assert!(limits.admit(ip("2001:db8::1")).is_none());
+    }
+
+    #[test]
+    fn mapped_ipv4_counts_as_the_ipv4_client() {
+        let limits = Arc::new(ConnectionLimits::new(100, 2));
+        let _a = limits.admit(ip("192.0.2.7")).unwrap();
+        let _b = limits.admit(ip("::ffff:192.0.2.7")).unwrap();
+        assert!(limits.admit(ip("192.0.2.7")).is_none());
+        assert!(limits.admit(ip("::ffff:192.0.2.7")).is_none());
+        let _c = limits.admit(ip("192.0.2.8")).unwrap();
     }
 }

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub delivery_attempts: CounterVec,
     pub tls_handshakes: CounterVec,
     pub auth_attempts: CounterVec,
+    pub auth_verifications: CounterVec,
+    pub auth_lockout_fallbacks: CounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -131,6 +133,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "SMTP AUTH attempts by outcome: success, failure, locked_out.",
         &["outcome"],
     ),
+    auth_verifications: CounterVec::new(
+        "sluice_auth_verifications_total",
+        "SMTP AUTH passwords checked (argon2 run); attempts refused by the lockout are not checked.",
+        &[],
+    ),
+    auth_lockout_fallbacks: CounterVec::new(
+        "sluice_auth_lockout_fallbacks_total",
+        "SMTP AUTH attempts whose lockout was counted on this node alone because the shared Redis state could not be reached.",
+        &[],
+    ),
 }
 });
 
@@ -157,6 +169,8 @@ impl Metrics {
             &self.delivery_attempts,
             &self.tls_handshakes,
             &self.auth_attempts,
+            &self.auth_verifications,
+            &self.auth_lockout_fallbacks,
         ] {
             counter.render(&mut out);
         }

@@ -29,6 +29,7 @@ use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::reload::{self, Reloader, Trigger};
 use crate::session::{Session, SessionContext};
 use crate::smtp::reply::Reply;
+use crate::state::{StateBackend, StateError};
 use crate::tls::{ReloadableTls, TlsError};
 use crate::users::{Authenticator, UserStore};
 use sluice_spool::Spool;
@@ -64,6 +65,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// A server that has opened its spool, built its pipelines and bound its
@@ -84,6 +87,8 @@ pub struct Server {
     certificates: Vec<Arc<ReloadableTls>>,
     admin: AdminListeners,
     dkim: DkimSigners,
+    /// Built once: its lockout counts outlive reloads.
+    authenticator: Arc<Authenticator>,
 }
 
 /// A bound listener with what its sessions need from it.
@@ -115,6 +120,7 @@ impl Server {
         let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
         let dkim = assets.dkim.clone();
+        let authenticator = authenticator(&config, &spool)?;
 
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
         let mut self_signed = None;
@@ -167,6 +173,7 @@ impl Server {
             certificates,
             admin,
             dkim,
+            authenticator,
         })
     }
 
@@ -213,21 +220,20 @@ impl Server {
         let admin_state = Arc::new(AdminState::new(self.spool.clone(), delivery.clone()));
         admin_state.set_reloader(reloader.clone());
         let admin = self.admin.spawn(admin_state.clone());
-        let limits = Arc::new(ConnectionLimits::new(
-            config.server.max_connections,
-            config.server.max_connections_per_ip,
-        ));
+        let limits = Arc::new(
+            ConnectionLimits::new(
+                config.server.max_connections,
+                config.server.max_connections_per_ip,
+            )
+            .with_ipv6_prefix(config.server.ipv6_prefix),
+        );
         let ctx = Arc::new(SessionContext {
             config: config.clone(),
             pipelines: self.pipelines.clone(),
             spool: self.spool.clone(),
             delivery,
             shutdown: shutdown_rx.clone(),
-            authenticator: Arc::new(Authenticator::new(
-                Arc::new(UserStore::new(&config.server.data_dir)),
-                config.auth.max_failures,
-                config.auth.lockout,
-            )),
+            authenticator: self.authenticator.clone(),
             dkim: self.dkim.clone(),
             limits: limits.clone(),
             dns: self.dns.clone(),
@@ -315,6 +321,22 @@ fn count_panic(finished: Result<(), tokio::task::JoinError>) {
             METRICS.session_panics.inc(&[]);
         }
     }
+}
+
+/// The AUTH checker: users from the data dir, lockout counts in Redis when
+/// `[state]` shares state through it (Redis is not contacted here).
+fn authenticator(config: &Config, spool: &Spool) -> Result<Arc<Authenticator>, StateError> {
+    let authenticator = Authenticator::new(
+        Arc::new(UserStore::new(&config.server.data_dir)),
+        config.auth.max_failures,
+        config.auth.lockout,
+    )
+    .with_ipv6_prefix(config.server.ipv6_prefix);
+    let state = StateBackend::open(&config.state, spool)?;
+    Ok(Arc::new(match state.redis() {
+        Some(redis) => authenticator.with_shared_lockout(redis),
+        None => authenticator,
+    }))
 }
 
 /// Pending connections the kernel may queue for accept (capped by

@@ -121,12 +121,38 @@ impl StateBackend {
         }
     }
 
+    /// The Redis server, when state is shared through one (the AUTH
+    /// lockout keeps its counts there too).
+    pub fn redis(&self) -> Option<&RedisState> {
+        match self {
+            StateBackend::Sled(_) => None,
+            StateBackend::Redis(redis) => Some(redis),
+        }
+    }
+
     /// Where the state lives, for the start-up log.
     pub fn describe(&self) -> String {
         match self {
             StateBackend::Sled(_) => "sled (data_dir)".to_owned(),
             StateBackend::Redis(redis) => format!("redis {}", redis.url),
         }
+    }
+}
+
+impl RedisState {
+    /// A handle on the shared connection (cheap: it is a clone).
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// `[state] key_prefix`: every key sluice writes starts with it.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// The URL without its password, for logs and errors.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 }
 

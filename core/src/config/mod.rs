@@ -304,6 +304,9 @@ pub struct DnsConfig {
     pub attempts: usize,
 }
 
+/// `[server] ipv6_prefix` when unset: one site's usual IPv6 network.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub hostname: String,
@@ -313,6 +316,10 @@ pub struct ServerConfig {
     pub max_received_headers: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Per-client caps (connections, AUTH lockout) count an IPv6 client by
+    /// its network of this many bits; 128 counts each address. IPv4 is
+    /// always per address.
+    pub ipv6_prefix: u8,
     /// Clients never held for a listener's `greet_delay` (postscreen's
     /// `permit_mynetworks`): loopback by default.
     pub greet_exempt: Vec<ipnet::IpNet>,

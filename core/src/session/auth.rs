@@ -74,7 +74,9 @@ impl<S: SessionStream> Session<S> {
                 self.error(Reply::auth_failed())
             }
             AuthOutcome::Locked(Locked::Client) => {
-                tracing::warn!(session = %session, client = %client, user = ?user, "authentication refused: client locked out");
+                // The lockout counts an IPv6 client by its network.
+                let counted_as = self.ctx.authenticator.client_key(client);
+                tracing::warn!(session = %session, client = %client, counted_as = %counted_as, user = ?user, "authentication refused: client locked out");
                 METRICS.auth_attempts.inc(&["locked_out"]);
                 self.error(Reply::auth_locked_out())
             }

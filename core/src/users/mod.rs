@@ -7,21 +7,31 @@
 //! rename); the server re-reads it when its modification time, size or
 //! inode changes, so a new user can log in without a restart.
 //!
-//! [`Authenticator`] is what sessions call: lockout check, argon2
-//! verification on the blocking pool (bounded), failure accounting.
+//! [`Authenticator`] is what sessions call: the lockout reservation (on
+//! this node, or in Redis shared by every node), argon2 verification on the
+//! blocking pool (bounded), then the reservation settled.
 
 pub mod lockout;
 pub mod password;
+pub mod shared_lockout;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use lockout::{FailureLimiter, Locked};
+
+use crate::client_key::ClientKey;
+use crate::config::DEFAULT_IPV6_PREFIX;
+use crate::metrics::METRICS;
+use crate::state::RedisState;
+use lockout::{Outcome, Refused};
+use shared_lockout::{SharedAttempt, SharedLockout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -298,14 +308,29 @@ pub enum AuthOutcome {
     Unavailable,
 }
 
-/// Checks credentials for sessions: lockout, bounded argon2 work off the
-/// async threads, failure accounting.
+/// Checks credentials for sessions: the lockout reservation first, then
+/// bounded argon2 work off the async threads, then the reservation settled.
 pub struct Authenticator {
     store: Arc<UserStore>,
+    /// This node's lockout counts: the only ones without shared state, the
+    /// fallback while Redis cannot be reached.
     limiter: FailureLimiter,
+    /// The counts every node shares (`[state] backend = "redis"`).
+    shared: Option<SharedLockout>,
+    /// Whether the last shared call failed, so the fallback is logged when
+    /// it starts and ends rather than once per attempt.
+    shared_down: AtomicBool,
+    /// How IPv6 clients are grouped into one client (`[server] ipv6_prefix`).
+    ipv6_prefix: u8,
     /// argon2id takes ~19 MiB and tens of milliseconds per check: bound the
     /// checks in flight so a flood of AUTH cannot exhaust memory.
     slots: tokio::sync::Semaphore,
+}
+
+/// Where an attempt was counted, so it is settled there.
+enum Reservation {
+    Local(lockout::Attempt),
+    Shared(SharedAttempt),
 }
 
 impl Authenticator {
@@ -314,32 +339,112 @@ impl Authenticator {
         Authenticator {
             store,
             limiter: FailureLimiter::new(max_failures, lockout),
+            shared: None,
+            shared_down: AtomicBool::new(false),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             slots: tokio::sync::Semaphore::new(parallel * 2),
         }
     }
 
+    /// Keeps the lockout counts in `redis`, shared with every node using
+    /// it; this node's table serves while Redis cannot be reached.
+    pub fn with_shared_lockout(mut self, redis: &RedisState) -> Authenticator {
+        self.shared = Some(SharedLockout::new(
+            redis,
+            self.limiter.max_failures(),
+            self.limiter.window(),
+        ));
+        self
+    }
+
+    /// Groups IPv6 clients by networks of `bits` bits instead of /64.
+    pub fn with_ipv6_prefix(mut self, bits: u8) -> Authenticator {
+        self.ipv6_prefix = bits;
+        self
+    }
+
+    /// What the lockout counts `ip` as (its IPv6 network, or itself).
+    pub fn client_key(&self, ip: IpAddr) -> ClientKey {
+        ClientKey::new(ip, self.ipv6_prefix)
+    }
+
     pub async fn authenticate(&self, client: IpAddr, user: &str, password: &str) -> AuthOutcome {
-        if let Some(locked) = self.limiter.check(client, user, Instant::now()) {
-            return AuthOutcome::Locked(locked);
-        }
-        let Ok(_slot) = self.slots.acquire().await else {
-            return AuthOutcome::Unavailable;
+        let client = self.client_key(client);
+        // Counted before waiting for a hashing slot: concurrent attempts
+        // beyond max_failures are refused here, without an argon2 run.
+        let reservation = match self.reserve(client, user).await {
+            Ok(reservation) => reservation,
+            Err(Refused::Locked(locked)) => return AuthOutcome::Locked(locked),
+            Err(Refused::Full) => {
+                tracing::warn!(client = %client, "AUTH refused for now: the lockout table is full of locked clients and users");
+                return AuthOutcome::Unavailable;
+            }
         };
+        let (outcome, settled) = match self.verify(user, password).await {
+            Some(true) => (
+                AuthOutcome::Success(user.to_lowercase()),
+                Outcome::Succeeded,
+            ),
+            Some(false) => (AuthOutcome::BadCredentials, Outcome::Failed),
+            None => (AuthOutcome::Unavailable, Outcome::Abandoned),
+        };
+        self.settle(reservation, settled).await;
+        outcome
+    }
+
+    /// Whether `password` is `user`'s; None when the check could not run.
+    async fn verify(&self, user: &str, password: &str) -> Option<bool> {
+        let _slot = self.slots.acquire().await.ok()?;
         let store = self.store.clone();
         let (name, secret) = (user.to_owned(), password.to_owned());
-        let verified = tokio::task::spawn_blocking(move || store.verify(&name, &secret)).await;
+        let verified = tokio::task::spawn_blocking(move || {
+            METRICS.auth_verifications.inc(&[]);
+            store.verify(&name, &secret)
+        })
+        .await;
         match verified {
-            Ok(true) => {
-                self.limiter.record_success(user);
-                AuthOutcome::Success(user.to_lowercase())
-            }
-            Ok(false) => {
-                self.limiter.record_failure(client, user, Instant::now());
-                AuthOutcome::BadCredentials
-            }
+            Ok(verified) => Some(verified),
             Err(e) => {
                 tracing::error!("password verification failed to run: {e}");
-                AuthOutcome::Unavailable
+                None
+            }
+        }
+    }
+
+    async fn reserve(&self, client: ClientKey, user: &str) -> Result<Reservation, Refused> {
+        if let Some(shared) = &self.shared {
+            match shared.reserve(client, user).await {
+                Ok(reserved) => {
+                    if self.shared_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!("AUTH lockout counts shared through redis again");
+                    }
+                    return reserved.map(Reservation::Shared).map_err(Refused::Locked);
+                }
+                Err(e) => {
+                    METRICS.auth_lockout_fallbacks.inc(&[]);
+                    if !self.shared_down.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "{e}; AUTH lockout counted on this node alone until redis answers"
+                        );
+                    }
+                }
+            }
+        }
+        self.limiter
+            .reserve(client, user, Instant::now())
+            .map(Reservation::Local)
+    }
+
+    async fn settle(&self, reservation: Reservation, outcome: Outcome) {
+        match reservation {
+            Reservation::Local(attempt) => self.limiter.settle(attempt, outcome, Instant::now()),
+            Reservation::Shared(attempt) => {
+                let Some(shared) = &self.shared else { return };
+                if let Err(e) = shared.settle(attempt, outcome).await {
+                    // The attempt stays counted as a failure until its
+                    // window passes: the safe side for a lockout.
+                    tracing::warn!("{e}; the AUTH attempt stays counted as failed");
+                }
             }
         }
     }
@@ -459,6 +564,97 @@ mod tests {
         assert_eq!(
             auth.authenticate(other, "alice", "a-long-secret-1").await,
             AuthOutcome::Success("alice".into())
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_wrong_attempts_verify_at_most_max_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        UserFile::in_data_dir(dir.path())
+            .add("alice", &fast_hash("a-long-secret-1"))
+            .unwrap();
+        let auth = Arc::new(Authenticator::new(
+            Arc::new(UserStore::new(dir.path())),
+            5,
+            Duration::from_secs(600),
+        ));
+        // 40 clients at once (distinct addresses: only the user's count
+        // can stop them), all started before any check ends.
+        let attempts: Vec<_> = (0..40u8)
+            .map(|i| {
+                let auth = auth.clone();
+                tokio::spawn(async move {
+                    let ip = IpAddr::from([127, 0, 1, i]);
+                    auth.authenticate(ip, "alice", "wrong-guess").await
+                })
+            })
+            .collect();
+        let mut checked = 0;
+        for attempt in attempts {
+            match attempt.await.unwrap() {
+                AuthOutcome::BadCredentials => checked += 1,
+                AuthOutcome::Locked(Locked::User) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(checked, 5);
+        // Locked: the right password is refused too.
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert_eq!(
+            auth.authenticate(ip, "alice", "a-long-secret-1").await,
+            AuthOutcome::Locked(Locked::User)
+        );
+    }
+
+    #[tokio::test]
+    async fn ipv6_clients_of_one_64_share_the_client_lockout() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Authenticator::new(
+            Arc::new(UserStore::new(dir.path())),
+            2,
+            Duration::from_secs(600),
+        );
+        let ip = |text: &str| -> IpAddr { text.parse().unwrap() };
+        for (client, user) in [("2001:db8:5:6::1", "a"), ("2001:db8:5:6::2", "b")] {
+            assert_eq!(
+                auth.authenticate(ip(client), user, "x").await,
+                AuthOutcome::BadCredentials
+            );
+        }
+        assert_eq!(
+            auth.authenticate(ip("2001:db8:5:6:ffff::3"), "c", "x")
+                .await,
+            AuthOutcome::Locked(Locked::Client)
+        );
+        assert_eq!(
+            auth.authenticate(ip("2001:db8:5:7::1"), "d", "x").await,
+            AuthOutcome::BadCredentials
+        );
+        // Per address with 128.
+        let per_address = Authenticator::new(
+            Arc::new(UserStore::new(dir.path())),
+            1,
+            Duration::from_secs(600),
+        )
+        .with_ipv6_prefix(128);
+        assert_eq!(
+            per_address.authenticate(ip("2001:db8::1"), "a", "x").await,
+            AuthOutcome::BadCredentials
+        );
+        assert_eq!(
+            per_address.authenticate(ip("2001:db8::2"), "b", "x").await,
+            AuthOutcome::BadCredentials
+        );
+        // Mapped IPv4 is the IPv4 client.
+        assert_eq!(
+            per_address
+                .authenticate(ip("::ffff:192.0.2.1"), "c", "x")
+                .await,
+            AuthOutcome::BadCredentials
+        );
+        assert_eq!(
+            per_address.authenticate(ip("192.0.2.1"), "d", "x").await,
+            AuthOutcome::Locked(Locked::Client)
         );
     }
 }

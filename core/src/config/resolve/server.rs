@@ -35,6 +35,7 @@ pub(super) struct RawServer {
     max_received_headers: Option<usize>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    ipv6_prefix: Option<Spanned<i64>>,
     greet_exempt: Option<Vec<Spanned<String>>>,
     timeouts: Option<RawTimeouts>,
     shutdown_grace: Option<Spanned<String>>,
@@ -134,6 +135,20 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
         ],
         Some(list) => networks(d, list, "server.greet_exempt"),
     };
+    let ipv6_prefix = match &server.ipv6_prefix {
+        None => DEFAULT_IPV6_PREFIX,
+        Some(p) => match u8::try_from(*p.get_ref()) {
+            Ok(bits @ 1..=128) => bits,
+            _ => {
+                d.add(
+                    p.span(),
+                    "server.ipv6_prefix",
+                    "must be between 1 and 128 (64: per /64 network, 128: per address)",
+                );
+                DEFAULT_IPV6_PREFIX
+            }
+        },
+    };
     let shutdown_grace = d.duration(
         &server.shutdown_grace,
         "server.shutdown_grace",
@@ -151,6 +166,7 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
         max_received_headers: server.max_received_headers.unwrap_or(50),
         max_connections: server.max_connections.unwrap_or(1000).max(1),
         max_connections_per_ip: server.max_connections_per_ip.unwrap_or(50).max(1),
+        ipv6_prefix,
         greet_exempt,
         timeouts: Timeouts {
             command: command_timeout,

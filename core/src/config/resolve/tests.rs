@@ -614,3 +614,25 @@ fn bad_delivery_caps_timeouts_and_networks_name_key_and_line() {
     assert!(err.contains("must be at least 1"), "{err}");
     assert!(err.contains("must be greater than 0"), "{err}");
 }
+
+#[test]
+fn ipv6_prefix_defaults_to_64_and_bad_values_name_key_and_line() {
+    let listener =
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+    let config = load_str(listener, "c.toml").unwrap();
+    assert_eq!(config.server.ipv6_prefix, 64);
+    let config = load_str(
+        &format!("[server]\nipv6_prefix = 128\n{listener}"),
+        "c.toml",
+    )
+    .unwrap();
+    assert_eq!(config.server.ipv6_prefix, 128);
+    for bad in ["0", "129", "-1", "4096"] {
+        let text = format!("[server]\nhostname = \"a.test\"\nipv6_prefix = {bad}\n{listener}");
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:3:") && err.contains("server.ipv6_prefix"),
+            "{bad}: {err}"
+        );
+    }
+}
