@@ -1,5 +1,6 @@
 //! The files a configuration names: the certificate and key pairs of
-//! `[tls]` and the listeners, and the `[[dkim.sign]]` keys, loaded once.
+//! `[tls]` and the listeners, the `[[dkim.sign]]` keys, and the admin
+//! token of `[admin] token_file`, loaded once.
 //! `config` only checks their paths' form; [`Assets::load`] opens them and
 //! reports every failure as a [`ConfigDiagnostic`] on the key that named the
 //! file, so `sluice check-config` prints file and value errors alike. The
@@ -9,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::admin::AdminToken;
 use crate::config::{Config, ConfigDiagnostic, TlsFiles, TlsFilesConfig, TlsMode};
 use crate::dkim::DkimSigners;
 use crate::tls::{self, ReloadableTls, TlsError};
@@ -29,6 +31,8 @@ pub struct Assets {
     listener_certificates: BTreeMap<String, Arc<ReloadableTls>>,
     /// The `[[dkim.sign]]` keys.
     pub dkim: DkimSigners,
+    /// The token of `[admin] token_file`, if configured.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Assets {
@@ -70,10 +74,21 @@ impl Assets {
                 None
             }
         };
+        let admin_token = match &config.admin.token_file {
+            None => None,
+            Some(path) => match AdminToken::read(path) {
+                Ok(token) => Some(token),
+                Err(e) => {
+                    diagnostics.push(path.origin.diagnostic(e.to_string()));
+                    None
+                }
+            },
+        };
         match dkim {
             Some(dkim) if diagnostics.is_empty() => Ok(Assets {
                 listener_certificates,
                 dkim,
+                admin_token,
             }),
             _ => Err(AssetError { diagnostics }),
         }
@@ -267,6 +282,35 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn admin_token_is_read_and_exposed_files_are_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin.token");
+        std::fs::write(&token, "0123456789abcdef-secret\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n{PIPELINE}\
+             [admin]\ntoken_file = \"{}\"\n",
+            token.display()
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        let assets = Assets::load(&config).unwrap();
+        let loaded = assets.admin_token.unwrap();
+        assert!(loaded.matches(b"0123456789abcdef-secret"));
+
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load_err(&text);
+        assert!(
+            has_line(
+                &err,
+                "c.toml:7:",
+                &["admin.token_file:", "mode 0640", "chmod 600"]
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub delivery_attempts: CounterVec,
     pub tls_handshakes: CounterVec,
     pub auth_attempts: CounterVec,
+    pub admin_refused: CounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -131,6 +132,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "SMTP AUTH attempts by outcome: success, failure, locked_out.",
         &["outcome"],
     ),
+    admin_refused: CounterVec::new(
+        "sluice_admin_requests_refused_total",
+        "Admin API requests over TCP refused, by reason: origin, host (403), missing_token, wrong_token (401), no_token_configured (403).",
+        &["reason"],
+    ),
 }
 });
 
@@ -157,6 +163,7 @@ impl Metrics {
             &self.delivery_attempts,
             &self.tls_handshakes,
             &self.auth_attempts,
+            &self.admin_refused,
         ] {
             counter.render(&mut out);
         }

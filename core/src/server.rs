@@ -153,7 +153,8 @@ impl Server {
         // data_dir, so a leftover socket is stale) and after the SMTP
         // listeners, so the socket appears only when the server is about to
         // serve.
-        let admin = AdminListeners::bind(&data_dir, &config.admin).await?;
+        let admin =
+            AdminListeners::bind(&data_dir, &config.admin, assets.admin_token.clone()).await?;
         Ok(Server {
             config: Arc::new(config),
             spool,
