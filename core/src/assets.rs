@@ -1,5 +1,7 @@
 //! The files a configuration names: the certificate and key pairs of
-//! `[tls]` and the listeners, and the `[[dkim.sign]]` keys, loaded once.
+//! `[tls]` and the listeners, the `[[dkim.sign]]` keys, and the admin
+//! token of `[admin] token_file`, loaded once. Private keys that group or
+//! others may read are loaded but reported as warnings.
 //! `config` only checks their paths' form; [`Assets::load`] opens them and
 //! reports every failure as a [`ConfigDiagnostic`] on the key that named the
 //! file, so `sluice check-config` prints file and value errors alike. The
@@ -7,9 +9,12 @@
 //! its sessions; SIGHUP re-reads the same files later.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigDiagnostic, TlsFiles, TlsFilesConfig, TlsMode};
+use crate::admin::AdminToken;
+use crate::config::{Config, ConfigDiagnostic, Located, TlsFiles, TlsFilesConfig, TlsMode};
 use crate::dkim::DkimSigners;
 use crate::tls::{self, ReloadableTls, TlsError};
 
@@ -29,6 +34,11 @@ pub struct Assets {
     listener_certificates: BTreeMap<String, Arc<ReloadableTls>>,
     /// The `[[dkim.sign]]` keys.
     pub dkim: DkimSigners,
+    /// The token of `[admin] token_file`, if configured.
+    pub admin_token: Option<AdminToken>,
+    /// Loaded, but worth the operator's attention: private keys group or
+    /// others may read.
+    pub warnings: Vec<ConfigDiagnostic>,
 }
 
 impl Assets {
@@ -70,10 +80,22 @@ impl Assets {
                 None
             }
         };
+        let admin_token = match &config.admin.token_file {
+            None => None,
+            Some(path) => match AdminToken::read(path) {
+                Ok(token) => Some(token),
+                Err(e) => {
+                    diagnostics.push(path.origin.diagnostic(e.to_string()));
+                    None
+                }
+            },
+        };
         match dkim {
             Some(dkim) if diagnostics.is_empty() => Ok(Assets {
                 listener_certificates,
                 dkim,
+                admin_token,
+                warnings: exposed_keys(config),
             }),
             _ => Err(AssetError { diagnostics }),
         }
@@ -84,6 +106,41 @@ impl Assets {
     pub fn listener_certificate(&self, listener: &str) -> Option<Arc<ReloadableTls>> {
         self.listener_certificates.get(listener).cloned()
     }
+}
+
+/// A warning for each configured private key (TLS, DKIM) that group or
+/// others may read: it loaded, but anyone who can read it can sign as
+/// this server. Each file once, on the first key naming it.
+fn exposed_keys(config: &Config) -> Vec<ConfigDiagnostic> {
+    let tls = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls_files.as_ref())
+        .chain(config.tls.as_ref())
+        .map(|pair| &pair.key);
+    let dkim = config.dkim.sign.iter().map(|entry| &entry.key);
+    let mut seen: Vec<&PathBuf> = Vec::new();
+    let mut warnings = Vec::new();
+    for key in tls.chain(dkim) {
+        let key: &Located<PathBuf> = key;
+        if seen.contains(&&key.value) {
+            continue;
+        }
+        seen.push(&key.value);
+        // Unreadable files were reported by the loaders already.
+        let Ok(meta) = std::fs::metadata(&key.value) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o044 != 0 {
+            warnings.push(key.origin.diagnostic(format!(
+                "private key {} is readable by group or others (mode {mode:04o}); \
+                 chmod 600 it",
+                key.value.display()
+            )));
+        }
+    }
+    warnings
 }
 
 /// Each distinct pair loaded once, however many keys name it.
@@ -267,6 +324,79 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn admin_token_is_read_and_exposed_files_are_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin.token");
+        std::fs::write(&token, "0123456789abcdef-secret\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n{PIPELINE}\
+             [admin]\ntoken_file = \"{}\"\n",
+            token.display()
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        let assets = Assets::load(&config).unwrap();
+        let loaded = assets.admin_token.unwrap();
+        assert!(loaded.matches(b"0123456789abcdef-secret"));
+        assert!(assets.warnings.is_empty());
+
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load_err(&text);
+        assert!(
+            has_line(
+                &err,
+                "c.toml:7:",
+                &["admin.token_file:", "mode 0640", "chmod 600"]
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn readable_private_keys_are_warnings_not_errors() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_pair(dir.path(), "mx.test");
+        let generated =
+            crate::dkim::keygen::generate(crate::dkim::keygen::KeyType::Ed25519, "a.test", "s1")
+                .unwrap();
+        let dkim = dir.path().join("dkim.pem");
+        std::fs::write(&dkim, &generated.private_pem).unwrap();
+        let text = format!(
+            "[tls]\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [[listener]]\nname = \"a\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\ntls = \"starttls\"\n\
+             certificate = \"{cert}\"\nkey = \"{key}\"\n{PIPELINE}\
+             [[dkim.sign]]\ndomain = \"a.test\"\nselector = \"s1\"\nkey = \"{}\"\nalgorithm = \"ed25519-sha256\"\n",
+            dkim.display()
+        );
+        let config = load_str(&text, "c.toml").unwrap();
+        for (path, mode) in [(&key, 0o600), (&dkim.display().to_string(), 0o600)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        assert!(Assets::load(&config).unwrap().warnings.is_empty());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(&dkim, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let warnings: Vec<String> = Assets::load(&config)
+            .unwrap()
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
+        // The shared TLS key once, on the first key naming it; then DKIM.
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("c.toml:10:") && warnings[0].contains("listener[0].key"),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("mode 0640"), "{warnings:?}");
+        assert!(
+            warnings[1].contains("dkim.sign[0].key") && warnings[1].contains("mode 0604"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

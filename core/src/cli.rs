@@ -188,7 +188,19 @@ fn version() -> &'static str {
     )
 }
 
+/// Taken off the mode of everything this process creates: nothing under
+/// the data directory (mail, spool, caches, keys, sockets) is ever open to
+/// other users, whatever umask the process was started with; the group
+/// keeps read access (a delivery agent sharing the Maildir, say).
+const UMASK: u32 = 0o027;
+
 pub fn main() -> ExitCode {
+    // Before anything is created. Bits the inherited umask takes off too
+    // stay off (a umask of 077 stays 077).
+    let inherited = rustix::process::umask(rustix::fs::Mode::from_raw_mode(UMASK));
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(
+        UMASK | inherited.as_raw_mode(),
+    ));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, log_format } => serve(config, log_format),
@@ -455,8 +467,13 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         config,
         mut problems,
     } = config::check_file(file)?;
-    if let Err(e) = crate::assets::Assets::load(&config) {
-        problems.extend(e.diagnostics);
+    match crate::assets::Assets::load(&config) {
+        Ok(assets) => {
+            for warning in assets.warnings {
+                eprintln!("warning: {warning}");
+            }
+        }
+        Err(e) => problems.extend(e.diagnostics),
     }
     if !problems.is_empty() {
         return Err(config::ConfigError::Invalid(problems).into());

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub auth_attempts: CounterVec,
     pub auth_verifications: CounterVec,
     pub auth_lockout_fallbacks: CounterVec,
+    pub admin_refused: CounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -143,6 +144,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "SMTP AUTH attempts whose lockout was counted on this node alone because the shared Redis state could not be reached.",
         &[],
     ),
+    admin_refused: CounterVec::new(
+        "sluice_admin_requests_refused_total",
+        "Admin API requests over TCP refused, by reason: origin, host (403), missing_token, wrong_token (401), no_token_configured (403).",
+        &["reason"],
+    ),
 }
 });
 
@@ -171,6 +177,7 @@ impl Metrics {
             &self.auth_attempts,
             &self.auth_verifications,
             &self.auth_lockout_fallbacks,
+            &self.admin_refused,
         ] {
             counter.render(&mut out);
         }

@@ -103,8 +103,11 @@ impl Server {
         // The configured files first, each read once: one that does not
         // load stops the start before anything is created.
         let assets = Assets::load(&config)?;
+        for warning in &assets.warnings {
+            tracing::warn!("{warning}");
+        }
         let data_dir = config.server.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+        private_data_dir(&data_dir).map_err(|source| ServerError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
@@ -159,7 +162,8 @@ impl Server {
         // data_dir, so a leftover socket is stale) and after the SMTP
         // listeners, so the socket appears only when the server is about to
         // serve.
-        let admin = AdminListeners::bind(&data_dir, &config.admin).await?;
+        let admin =
+            AdminListeners::bind(&data_dir, &config.admin, assets.admin_token.clone()).await?;
         Ok(Server {
             config: Arc::new(config),
             spool,
@@ -337,6 +341,28 @@ fn authenticator(config: &Config, spool: &Spool) -> Result<Arc<Authenticator>, S
         Some(redis) => authenticator.with_shared_lockout(redis),
         None => authenticator,
     }))
+}
+
+/// Creates the data directory (and its parents) mode 0750, so mail, the
+/// spool and keys under it are out of other users' reach whatever the
+/// umask; an existing one of ours that others may enter is closed to them.
+fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o007 != 0 {
+        if meta.uid() == rustix::process::geteuid().as_raw() {
+            tracing::warn!(path = %dir.display(), "data directory was mode {mode:04o}; removing others' access");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o007))?;
+        } else {
+            tracing::warn!(path = %dir.display(), "data directory (mode {mode:04o}, owned by uid {}) is open to other users", meta.uid());
+        }
+    }
+    Ok(())
 }
 
 /// Pending connections the kernel may queue for accept (capped by

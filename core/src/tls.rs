@@ -7,6 +7,7 @@
 //! session record and the Received header.
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -181,7 +182,12 @@ pub fn self_signed(data_dir: &Path, hostname: &str) -> Result<TlsFiles, TlsError
         path: dir.clone(),
         detail,
     };
-    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    // Holds a private key: the owner's alone, whatever the umask.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| fail(e.to_string()))?;
     let mut params = rcgen::CertificateParams::new(vec![hostname.to_owned()])
         .map_err(|e| fail(e.to_string()))?;
     params
@@ -208,10 +214,15 @@ pub fn self_signed(data_dir: &Path, hostname: &str) -> Result<TlsFiles, TlsError
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // A leftover (from an earlier process with this pid) is removed, not
+    // written through: it could be a symbolic link to anywhere.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
     file.write_all(contents)?;
@@ -252,7 +263,29 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "key must be private: {mode:o}");
+        let mode = std::fs::metadata(dir.path().join("tls"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "key directory must be private: {mode:o}");
         tls.reload().unwrap();
+    }
+
+    #[test]
+    fn a_planted_temporary_file_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("tls");
+        std::fs::create_dir(&tls_dir).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let planted = tls_dir.join(format!("key.tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let files = self_signed(dir.path(), "mx.example.test").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(std::fs::read_to_string(&files.key)
+            .unwrap()
+            .contains("PRIVATE KEY"));
+        assert!(std::fs::symlink_metadata(&planted).is_err());
     }
 
     #[test]

@@ -276,10 +276,8 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         let listeners = super::super::AdminListeners::bind(
             dir.path(),
-            &crate::config::AdminConfig {
-                address: None,
-                allow_remote: false,
-            },
+            &crate::config::AdminConfig::default(),
+            None,
         )
         .await
         .unwrap();

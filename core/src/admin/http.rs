@@ -1,7 +1,8 @@
 //! The admin endpoint's listeners and HTTP/1.1 framing (hyper): the unix
 //! socket `<data_dir>/admin.sock` that every server has, and the optional
-//! loopback TCP address from `[admin] address`. Each request is routed and
-//! answered by `api.rs`.
+//! loopback TCP address from `[admin] address`. Each request is routed by
+//! `api.rs`, let through or refused by `guard.rs` when it came over TCP,
+//! and answered by `api.rs`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -23,7 +24,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::api::{metrics_text, respond, route, AdminState, ApiResponse, Method, Route};
+use super::guard::{Refusal, TcpPolicy};
+use super::token::AdminToken;
 use crate::config::AdminConfig;
+use crate::metrics::METRICS;
 
 /// Admin connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 32;
@@ -79,14 +83,32 @@ impl Drop for SocketFile {
 pub struct AdminListeners {
     unix: UnixListener,
     socket: SocketFile,
-    tcp: Option<TcpListener>,
+    /// The TCP listener and what it lets through.
+    tcp: Option<(TcpListener, Arc<TcpPolicy>)>,
+}
+
+/// Which listener a connection came in on, which decides what it may do.
+#[derive(Clone)]
+pub enum Transport {
+    /// The unix socket: only this user (or root) gets here; the whole API.
+    Socket,
+    /// TCP: metrics and health, the rest with the token (`guard`).
+    Tcp {
+        policy: Arc<TcpPolicy>,
+        peer: SocketAddr,
+    },
 }
 
 impl AdminListeners {
     /// Creates `<data_dir>/admin.sock` (mode 0600, replacing a stale socket
     /// left by a crashed server: the caller holds the spool's lock, so no
-    /// live server owns it) and binds `config.address` if set.
-    pub async fn bind(data_dir: &Path, config: &AdminConfig) -> Result<Self, AdminError> {
+    /// live server owns it) and binds `config.address` if set; `token` (read
+    /// from `config.token_file` by `assets`) unlocks the whole API there.
+    pub async fn bind(
+        data_dir: &Path,
+        config: &AdminConfig,
+        token: Option<AdminToken>,
+    ) -> Result<Self, AdminError> {
         let path = socket_path(data_dir);
         let socket_error = |error| AdminError::Socket {
             path: path.clone(),
@@ -120,11 +142,12 @@ impl AdminListeners {
         }
         let socket = SocketFile(path);
         let tcp = match config.address {
-            Some(address) => Some(
+            Some(address) => Some((
                 TcpListener::bind(address)
                     .await
                     .map_err(|error| AdminError::Bind { address, error })?,
-            ),
+                Arc::new(TcpPolicy::new(token, config.allow_remote)),
+            )),
             None => None,
         };
         Ok(AdminListeners { unix, socket, tcp })
@@ -136,7 +159,7 @@ impl AdminListeners {
 
     /// The TCP address actually bound, if any (useful with port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Starts serving the API on every listener.
@@ -166,7 +189,11 @@ impl AdminServer {
     }
 }
 
-async fn accept_loop(unix: UnixListener, tcp: Option<TcpListener>, state: Arc<AdminState>) {
+async fn accept_loop(
+    unix: UnixListener,
+    tcp: Option<(TcpListener, Arc<TcpPolicy>)>,
+    state: Arc<AdminState>,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // Dropping the set (when this task is aborted) ends every connection.
     let mut connections = JoinSet::new();
@@ -188,12 +215,12 @@ async fn accept_loop(unix: UnixListener, tcp: Option<TcpListener>, state: Arc<Ad
                             continue;
                         }
                     }
-                    admit(&mut connections, &limit, stream, &state);
+                    admit(&mut connections, &limit, stream, Transport::Socket, &state);
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept_tcp(tcp.as_ref()) => match accepted {
-                Ok(stream) => admit(&mut connections, &limit, stream, &state),
+                Ok((stream, transport)) => admit(&mut connections, &limit, stream, transport, &state),
                 Err(e) => accept_failed(e).await,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -201,9 +228,14 @@ async fn accept_loop(unix: UnixListener, tcp: Option<TcpListener>, state: Arc<Ad
     }
 }
 
-async fn accept_tcp(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+async fn accept_tcp(
+    listener: Option<&(TcpListener, Arc<TcpPolicy>)>,
+) -> std::io::Result<(tokio::net::TcpStream, Transport)> {
     match listener {
-        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        Some((listener, policy)) => listener.accept().await.map(|(stream, peer)| {
+            let policy = policy.clone();
+            (stream, Transport::Tcp { policy, peer })
+        }),
         None => std::future::pending().await,
     }
 }
@@ -214,8 +246,13 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn admit<I>(connections: &mut JoinSet<()>, limit: &Arc<Semaphore>, io: I, state: &Arc<AdminState>)
-where
+fn admit<I>(
+    connections: &mut JoinSet<()>,
+    limit: &Arc<Semaphore>,
+    io: I,
+    transport: Transport,
+    state: &Arc<AdminState>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -224,7 +261,7 @@ where
     };
     let state = state.clone();
     connections.spawn(async move {
-        serve_connection(io, state).await;
+        serve_connection(io, transport, state).await;
         drop(permit);
     });
 }
@@ -232,13 +269,14 @@ where
 /// Serves HTTP/1.1 requests on one connection until the client closes it,
 /// goes idle past `HEADER_TIMEOUT`, or sends something unparsable (hyper
 /// answers 400/431 then).
-pub async fn serve_connection<I>(io: I, state: Arc<AdminState>)
+pub async fn serve_connection<I>(io: I, transport: Transport, state: Arc<AdminState>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, &request).await) }
+        let transport = transport.clone();
+        async move { Ok::<_, Infallible>(handle(&state, &transport, &request).await) }
     });
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -252,10 +290,28 @@ where
 }
 
 /// Answers one request. Request bodies are not read: no endpoint takes one.
-async fn handle<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
+async fn handle<B>(
+    state: &AdminState,
+    transport: &Transport,
+    request: &Request<B>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let method = Method::parse(request.method().as_str());
-    let answer = match route(method, path) {
+    let routed = route(method, path);
+    if let Transport::Tcp { policy, peer } = transport {
+        if let Err(refusal) = policy.check(request, &routed) {
+            METRICS.admin_refused.inc(&[refusal.reason()]);
+            tracing::warn!(
+                client = %peer,
+                method = %request.method(),
+                path,
+                reason = refusal.reason(),
+                "admin request refused"
+            );
+            return refused(refusal);
+        }
+    }
+    let answer = match routed {
         Ok(Route::Metrics) => {
             let mut response = Response::new(Full::new(Bytes::from(metrics_text(state).await)));
             response.headers_mut().insert(
@@ -269,6 +325,17 @@ async fn handle<B>(state: &AdminState, request: &Request<B>) -> Response<Full<By
     };
     tracing::debug!(method = %request.method(), path, status = answer.status, "admin request");
     to_http(answer)
+}
+
+fn refused(refusal: Refusal) -> Response<Full<Bytes>> {
+    let mut response = to_http(ApiResponse::error(refusal.status(), refusal.message()));
+    if refusal.status() == 401 {
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"sluice admin\""),
+        );
+    }
+    response
 }
 
 fn to_http(answer: ApiResponse) -> Response<Full<Bytes>> {
@@ -331,8 +398,13 @@ mod tests {
 
     /// Sends raw bytes on a fresh in-memory connection, returns all it got.
     async fn exchange(state: &Arc<AdminState>, request: &[u8]) -> String {
+        exchange_on(state, Transport::Socket, request).await
+    }
+
+    /// The same over a connection that came in on `transport`.
+    async fn exchange_on(state: &Arc<AdminState>, transport: Transport, request: &[u8]) -> String {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let serving = tokio::spawn(serve_connection(server, state.clone()));
+        let serving = tokio::spawn(serve_connection(server, transport, state.clone()));
         client.write_all(request).await.unwrap();
         let mut out = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out))
@@ -402,16 +474,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let deep = dir.path().join("d".repeat(120));
         std::fs::create_dir_all(&deep).unwrap();
-        let config = AdminConfig {
-            address: None,
-            allow_remote: false,
-        };
-        let err = AdminListeners::bind(&deep, &config)
+        let config = AdminConfig::default();
+        let err = AdminListeners::bind(&deep, &config, None)
             .await
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("too long for a unix socket"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tcp_connections_are_guarded_and_refusals_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _stop) = test_state(dir.path());
+        let token = AdminToken::new(b"0123456789abcdef-secret").unwrap();
+        let tcp = Transport::Tcp {
+            policy: Arc::new(TcpPolicy::new(Some(token), false)),
+            peer: "127.0.0.1:40000".parse().unwrap(),
+        };
+        let refused = |reason: &str| {
+            let series = format!("sluice_admin_requests_refused_total{{reason=\"{reason}\"}} ");
+            METRICS
+                .render(&[])
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_owned))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let before = refused("missing_token");
+        let no_token =
+            b"POST /queue/flush HTTP/1.1\r\nHost: [::1]:8025\r\nConnection: close\r\n\r\n";
+        let r = exchange_on(&state, tcp.clone(), no_token).await;
+        assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+        assert!(r.contains("www-authenticate: Bearer"), "{r}");
+        assert_eq!(refused("missing_token"), before + 1);
+        // The same request on the socket is served.
+        let r = exchange(&state, &request("POST", "/queue/flush")).await;
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+
+        let with_token = b"POST /queue/flush HTTP/1.1\r\nHost: 127.0.0.1:8025\r\n\
+            Authorization: Bearer 0123456789abcdef-secret\r\nConnection: close\r\n\r\n";
+        let r = exchange_on(&state, tcp.clone(), with_token).await;
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+        // `Host: sluice` is what the CLI sends on the socket; over TCP it is
+        // not a loopback name.
+        let r = exchange_on(&state, tcp.clone(), &get("/metrics")).await;
+        assert!(r.starts_with("HTTP/1.1 403 "), "{r}");
+        let r = exchange_on(
+            &state,
+            tcp,
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
     }
 
     #[tokio::test]

@@ -545,13 +545,20 @@ pub struct QueueConfig {
 }
 
 /// The admin endpoint. Its unix socket (`<data_dir>/admin.sock`) always
-/// exists; this adds an optional TCP listener for the same HTTP API.
-#[derive(Debug, Clone)]
+/// exists and serves the whole API; this adds an optional TCP listener
+/// that serves metrics and health to anyone and the rest only to a
+/// request bearing the token of `token_file`.
+#[derive(Debug, Clone, Default)]
 pub struct AdminConfig {
     /// TCP address of the admin HTTP API; loopback unless `allow_remote`.
     pub address: Option<SocketAddr>,
-    /// Allows a non-loopback `address` (the API has no authentication).
+    /// Allows a non-loopback `address` (and Host headers naming an IP
+    /// address rather than a loopback name).
     pub allow_remote: bool,
+    /// The file holding the bearer token that unlocks the whole API over
+    /// TCP; without it TCP serves metrics and health only. `assets` reads
+    /// it (and refuses one that group or others may open).
+    pub token_file: Option<Located<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

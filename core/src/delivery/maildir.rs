@@ -3,9 +3,12 @@
 //! `Return-Path` header to `tmp/` (a new name, never over an existing file),
 //! fsynced, renamed into `new/`, and both directories fsynced, so a
 //! delivered message survives a power cut; directories this delivery
-//! creates are synced into their parents.
+//! creates are synced into their parents. Messages are created 0640: the
+//! mailbox's group (a delivery agent reading it) may read them, other users
+//! may not (directories get the process umask, see `cli`).
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -67,16 +70,33 @@ fn write(
         "{secs}.{queue_id}_{n}.{}",
         hostname.replace(['/', ':'], "_")
     );
-    let tmp = dir.join("tmp").join(&name);
-    let new = dir.join("new").join(&name);
+    store(dir, &name, reverse_path, message)
+}
+
+/// Writes the message as `tmp/<name>`, then moves it to `new/<name>`.
+fn store(dir: &Path, name: &str, reverse_path: &str, message: &[u8]) -> std::io::Result<PathBuf> {
+    let tmp = dir.join("tmp").join(name);
+    let new = dir.join("new").join(name);
+    // create_new: whatever already sits under this name (a file, or a
+    // symbolic link planted by someone with access to tmp/) is neither
+    // followed nor overwritten; the delivery is deferred and retried under
+    // a new name.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o640)
         .open(&tmp)?;
-    file.write_all(format!("Return-Path: <{reverse_path}>\r\n").as_bytes())?;
-    file.write_all(message)?;
-    file.sync_all()?;
+    let written = (|| {
+        file.write_all(format!("Return-Path: <{reverse_path}>\r\n").as_bytes())?;
+        file.write_all(message)?;
+        file.sync_all()
+    })();
     drop(file);
+    if let Err(e) = written {
+        // A half-written message left in tmp/ would only be swept later.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, &new)?;
     // The rename changed both directories.
     durable::sync_dir(&dir.join("new"))?;
@@ -113,6 +133,28 @@ mod tests {
             b"Return-Path: <s@x.test>\r\nSubject: x\r\n\r\nbody\r\n"
         );
         assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn never_writes_through_what_already_sits_in_tmp() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("example.org/user");
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let victim = root.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("tmp/1.id_0.mx")).unwrap();
+        let err = store(&dir, "1.id_0.mx", "s@x.test", b"x\r\n").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(std::fs::read_dir(dir.join("new")).unwrap().count(), 0);
+
+        // Not readable by others even under a umask that would allow it.
+        let stored = store(&dir, "2.id_1.mx", "s@x.test", b"x\r\n").unwrap();
+        let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
+        assert_eq!(mode & 0o007, 0, "{mode:o}");
     }
 
     #[test]

@@ -210,10 +210,16 @@ impl UserFile {
             text.push('\n');
         }
         let tmp = self.path.with_extension("tmp");
+        // Under the lock, a leftover is a crashed edit's: removed, never
+        // written through (it could be a symbolic link to anywhere), so the
+        // new file is created afresh with its mode.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+            _ => {}
+        }
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io(&tmp))?;
@@ -498,6 +504,19 @@ mod tests {
             Err(UserError::NotFound(_))
         ));
         assert_eq!(file.list().unwrap(), vec!["bob"]);
+    }
+
+    #[test]
+    fn a_leftover_temporary_file_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = UserFile::in_data_dir(dir.path());
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, file.path().with_extension("tmp")).unwrap();
+        file.add("alice", "$argon2id$a").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert_eq!(file.list().unwrap(), vec!["alice"]);
+        assert!(!file.path().with_extension("tmp").exists());
     }
 
     #[test]

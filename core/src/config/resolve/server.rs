@@ -2,6 +2,7 @@
 //! the server's own settings, resolved into their typed forms.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -23,6 +24,7 @@ pub(super) struct RawAuth {
 pub(super) struct RawAdmin {
     address: Option<Spanned<String>>,
     allow_remote: Option<bool>,
+    token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -206,8 +208,8 @@ pub(super) fn resolve_admin(d: &mut Diagnostics<'_>, raw: Option<&RawAdmin>) -> 
                     text.span(),
                     "admin.address",
                     format!(
-                        "{a} is not a loopback address and the admin API has no \
-                         authentication; set admin.allow_remote = true to bind it anyway"
+                        "{a} is not a loopback address and would serve the admin API \
+                         beyond this host; set admin.allow_remote = true to bind it anyway"
                     ),
                 );
                 None
@@ -226,9 +228,21 @@ pub(super) fn resolve_admin(d: &mut Diagnostics<'_>, raw: Option<&RawAdmin>) -> 
             }
         },
     };
+    let token_file = match &admin.token_file {
+        None => None,
+        Some(path) if path.get_ref().is_empty() => {
+            d.add(path.span(), "admin.token_file", "must not be empty");
+            None
+        }
+        Some(path) => Some(Located {
+            value: PathBuf::from(path.get_ref()),
+            origin: d.origin(path.span(), "admin.token_file"),
+        }),
+    };
     AdminConfig {
         address: admin_address,
         allow_remote,
+        token_file,
     }
 }
 

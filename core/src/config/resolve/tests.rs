@@ -499,6 +499,26 @@ fn admin_and_free_space_keys() {
     let text = format!("{base}[admin]\naddress = \"0.0.0.0:8025\"\nallow_remote = true\n");
     assert!(load_str(&text, "c.toml").unwrap().admin.allow_remote);
 
+    let text = format!(
+        "{base}[admin]\naddress = \"127.0.0.1:8025\"\ntoken_file = \"/etc/sluice/admin.token\"\n"
+    );
+    let config = load_str(&text, "c.toml").unwrap();
+    let token_file = config.admin.token_file.unwrap();
+    assert_eq!(
+        token_file.value,
+        std::path::Path::new("/etc/sluice/admin.token")
+    );
+    assert_eq!(
+        (token_file.origin.line, token_file.origin.key.as_str()),
+        (8, "admin.token_file")
+    );
+    let text = format!("{base}[admin]\ntoken_file = \"\"\n");
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:7:") && err.contains("admin.token_file"),
+        "{err}"
+    );
+
     let text = format!("{base}[admin]\nadress = \"127.0.0.1:1\"\n");
     let err = load_str(&text, "c.toml").unwrap_err().to_string();
     assert!(err.contains("c.toml:7:") && err.contains("adress"), "{err}");
