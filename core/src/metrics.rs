@@ -23,6 +23,7 @@ pub struct Metrics {
     pub connections: CounterVec,
     pub connections_refused: CounterVec,
     pub pregreet_drops: CounterVec,
+    pub session_timeouts: CounterVec,
     pub session_panics: CounterVec,
     pub messages: CounterVec,
     pub message_bytes: CounterVec,
@@ -63,6 +64,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "sluice_pregreet_drops_total",
         "SMTP clients that talked before the greeting and were dropped with 554.",
         &["listener"],
+    ),
+    session_timeouts: CounterVec::new(
+        "sluice_session_timeouts_total",
+        "SMTP sessions closed because the client stalled, by phase: command (idle), data (DATA too slow), write (replies not read), tls_handshake.",
+        &["listener", "phase"],
     ),
     session_panics: CounterVec::new(
         "sluice_session_panics_total",
@@ -162,6 +168,7 @@ impl Metrics {
             &self.connections,
             &self.connections_refused,
             &self.pregreet_drops,
+            &self.session_timeouts,
             &self.session_panics,
             &self.messages,
             &self.message_bytes,

@@ -1,6 +1,8 @@
 """Hostile clients: talking before the greeting (postscreen's pregreet
-test), floods of idle connections from one address, control characters
-and UTF-8 in EHLO, and every SMTP smuggling end-of-data variant."""
+test), floods of idle connections from one address, clients that never
+read their replies or trickle their message, sessions that stall under
+load, control characters and UTF-8 in EHLO, and every SMTP smuggling
+end-of-data variant."""
 import resource
 import select
 import socket
@@ -230,14 +232,15 @@ def test_smuggled_second_transaction_never_becomes_a_message(sluice, fake_end):
         sink.stop()
 
 
-def test_idle_sessions_are_let_go_sooner_under_load(tmp_path, servers):
+def test_stalled_sessions_are_let_go_sooner_under_load(tmp_path, servers):
     # An idle session waits for its command; then 8 of 10 slots fill with
-    # sessions inside DATA (timed by data_block, not cut): "under load"
-    # (80%), so the idle session, already waiting, gets 421 after
-    # command_under_load instead of the 10 minutes of command.
+    # sessions inside DATA: "under load" (80%). The idle session, already
+    # waiting, gets 421 after command_under_load instead of the 10 minutes
+    # of command; so does a session that stops sending its message, and
+    # nothing of that message is kept. Those that keep sending are not cut.
     server = start(tmp_path, servers, server_extra=(
         'max_connections = 10\nmax_connections_per_ip = 100\n'
-        '[server.timeouts]\ncommand = "10m"\ncommand_under_load = "1s"'))
+        '[server.timeouts]\ncommand = "10m"\ncommand_under_load = "2s"'))
     time.sleep(0.5)  # the readiness probe has left
     idle = session(server.port)
     busy = []
@@ -246,14 +249,28 @@ def test_idle_sessions_are_let_go_sooner_under_load(tmp_path, servers):
         for line in (b"EHLO client.test", b"MAIL FROM:<a@example.org>", b"RCPT TO:<postmaster@localhost>"):
             assert raw.cmd(line)[0] == 250, line
         assert raw.cmd(b"DATA")[0] == 354
+        raw.send(b"Subject: x\r\n\r\n")
+        for earlier in busy:
+            earlier.send(b"x")
         busy.append(raw)
-    code, text = idle.reply(timeout=60)
-    assert code == 421 and b"4.4.2" in text, text
-    idle.close()
-    # The sessions in DATA are not cut: they finish their messages.
+    stalled = busy.pop()
+    waiting = {idle.sock, stalled.sock}
+    deadline = time.monotonic() + 60
+    while waiting and time.monotonic() < deadline:
+        for raw in busy:
+            raw.send(b"x")
+        readable, _, _ = select.select(list(waiting), [], [], 0.2)
+        waiting -= set(readable)
+    for raw in (idle, stalled):
+        code, text = raw.reply(timeout=10)
+        assert code == 421 and b"4.4.2" in text, text
+        assert closed(raw)
+    # The sessions that kept sending finish their messages.
     for raw in busy:
-        assert raw.cmd(b"Subject: x\r\n\r\nbody\r\n.")[0] == 250
+        assert raw.cmd(b"\r\n.")[0] == 250
         raw.close()
+    time.sleep(1)
+    assert server.log.read_text().count("message queued") == len(busy)
     # Without the load, an idle session keeps the full command timeout.
     time.sleep(0.5)
     calm = session(server.port)
@@ -262,3 +279,113 @@ def test_idle_sessions_are_let_go_sooner_under_load(tmp_path, servers):
         calm.sock.recv(4096)
     assert calm.cmd(b"NOOP")[0] == 250
     calm.close()
+
+
+def never_reading(port):
+    """A client with a small receive window that pipelines EHLO after EHLO
+    and never reads a reply, until the server has stopped taking them for
+    a second (its writes are blocked) after at least 1 MiB: the replies
+    to that much (8 MiB of EHLO replies) cannot all fit in the socket
+    buffers (4 MiB at most here), so a server that is merely slow blocks
+    too. Returns the socket and the octets it sent."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    assert s.recv(4096).startswith(b"220")
+    storm = b"EHLO storm.test\r\n" * 4096
+    s.settimeout(0.25)
+    sent = 0
+    started = progress = time.monotonic()
+    while time.monotonic() - started < 60:
+        try:
+            sent += s.send(storm)
+            progress = time.monotonic()
+        except (socket.timeout, TimeoutError):
+            if sent >= 1 << 20 and time.monotonic() - progress >= 1:
+                break
+        except OSError:
+            break  # the server already let it go
+    return s, sent
+
+
+def hung_up(sock, timeout=30):
+    """True when the server closes the connection; unread replies are
+    read and dropped."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(1 << 16):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except (socket.timeout, TimeoutError):
+        return False
+
+
+def test_clients_that_never_read_their_replies_do_not_hold_the_slots(tmp_path, servers):
+    # Measured before: 40 such clients filled max_connections = 40 and a
+    # new client got 421 for as long as they stayed. Every write now waits
+    # at most command (command_under_load under load): then the session is
+    # closed, counted and logged.
+    admin = free_port()
+    server = start(tmp_path, servers, server_extra=(
+        'max_connections = 8\nmax_connections_per_ip = 100\n'
+        '[server.timeouts]\ncommand = "30s"\ncommand_under_load = "12s"'),
+        extra=f'[admin]\naddress = "127.0.0.1:{admin}"\n')
+    time.sleep(0.5)  # the readiness probe has left
+    filling = time.monotonic()
+    stuck = [never_reading(server.port) for _ in range(8)]
+    filled_in = time.monotonic() - filling
+    assert all(sent > 0 for _, sent in stuck)
+    probe = Raw(server.port)
+    first = probe.reply()[0]
+    probe.close()
+    if filled_in < 11:
+        # No stuck session can have been let go yet (the earliest goes 12 s
+        # after its first blocked write): every slot is theirs.
+        assert first == 421, first
+    # A new client is greeted once they are let go.
+    deadline = time.monotonic() + 60
+    while first != 220 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        probe = Raw(server.port)
+        first = probe.reply()[0]
+        probe.close()
+    assert first == 220
+    # Each stuck session is let go in turn (command once the load is
+    # gone); reading a stuck socket would unblock it, so wait first.
+    series = 'sluice_session_timeouts_total{listener="mx",phase="write"}'
+    deadline = time.monotonic() + 60
+    while value(scrape(admin), series) != 8 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    text = scrape(admin)
+    assert value(text, series) == 8, text
+    assert all(hung_up(sock) for sock, _ in stuck)
+    assert server.log.read_text().count("client stalled: closing the session") >= 8
+
+
+def test_a_trickled_message_is_cut_at_the_data_deadline(tmp_path, servers):
+    # A byte every 0.2 s is never idle for data_block, but the message text
+    # as a whole has the data deadline: 421, closed, nothing kept.
+    server = start(tmp_path, servers, server_extra='[server.timeouts]\ndata = "3s"\ndata_block = "1m"')
+    raw = session(server.port)
+    for line in (b"EHLO client.test", b"MAIL FROM:<a@example.org>", b"RCPT TO:<postmaster@localhost>"):
+        assert raw.cmd(line)[0] == 250, line
+    assert raw.cmd(b"DATA")[0] == 354
+    raw.send(b"Subject: slow\r\n\r\n")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            raw.send(b"x")
+        except OSError:
+            break
+        readable, _, _ = select.select([raw.sock], [], [], 0.2)
+        if readable:
+            break
+    code, text = raw.reply(timeout=10)
+    assert code == 421 and b"4.4.2" in text, text
+    assert closed(raw)
+    time.sleep(1)
+    assert "message queued" not in server.log.read_text()
+    assert server.maildir("postmaster") == []

@@ -28,3 +28,29 @@ def test_idle_client_times_out_with_421(sluice):
     code, text = raw.reply(timeout=10)
     assert code == 421 and b"4.4.2" in text
     assert time.time() - started < 8
+
+
+def test_refused_recipients_reach_the_error_limit(sluice):
+    # 127.0.0.2 is not in trusted_networks: every foreign recipient is
+    # relaying denied, and each refusal counts as an error, so one
+    # connection cannot probe recipients without limit.
+    server = sluice()
+    raw = Raw(server.port, source="127.0.0.2")
+    assert raw.reply()[0] == 220
+    assert raw.cmd(b"EHLO client.test")[0] == 250
+    assert raw.cmd(b"MAIL FROM:<a@example.org>")[0] == 250
+    codes = []
+    for i in range(40):
+        if not raw.buf:
+            try:
+                raw.send(b"RCPT TO:<user%d@elsewhere.test>\r\n" % i)
+            except OSError:
+                pass
+        try:
+            code, _ = raw.reply()
+        except ConnectionError:
+            break
+        codes.append(code)
+        if code == 421:
+            break
+    assert codes == [554] * 20 + [421], codes

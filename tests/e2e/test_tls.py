@@ -138,8 +138,9 @@ def test_failed_handshake_ends_only_that_session(env):
     ehlo_lines(other)
 
 
-def test_stalled_handshake_is_bounded_by_the_command_timeout(env):
-    e = env(server_extra='[server.timeouts]\ncommand = "1s"\n')
+def test_stalled_handshake_is_bounded_by_its_own_timeout(env):
+    # tls_handshake, not the (here ten minutes) command timeout.
+    e = env(server_extra='[server.timeouts]\ncommand = "10m"\ntls_handshake = "1s"\n')
     # Connected to the implicit listener, never sends a ClientHello.
     stalled = Raw(e.smtps)
     stalled.sock.settimeout(60)

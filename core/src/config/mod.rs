@@ -330,17 +330,39 @@ pub struct ServerConfig {
     pub reverse_lookup: bool,
 }
 
-/// Server-side timeouts, RFC 5321 §4.5.3.2.
+/// Server-side timeouts, RFC 5321 §4.5.3.2, and the bounds that keep a
+/// client that stalls on purpose from holding a session slot.
 #[derive(Debug, Clone)]
 pub struct Timeouts {
-    /// Waiting for the next command (5 minutes).
+    /// Waiting for the next command, and writing the replies to the
+    /// client (5 minutes).
     pub command: Duration,
     /// Waiting for the next chunk of DATA (3 minutes).
     pub data_block: Duration,
-    /// Waiting for the next command while the server is under load (open
-    /// connections at 80% of `max_connections` or more): idle clients are
-    /// let go sooner, like Postfix's stress mode (10 seconds).
+    /// The whole of the message text, from the 354 to the final dot (10
+    /// minutes, RFC 5321 §4.5.3.2.6's data block): a client trickling one
+    /// byte per `data_block` cannot keep the session for ever.
+    pub data: Duration,
+    /// Waiting for the next command or chunk of DATA, and writing replies,
+    /// while the server is under load (open connections at 80% of
+    /// `max_connections` or more): clients that stall are let go sooner,
+    /// like Postfix's stress mode (10 seconds).
     pub command_under_load: Duration,
+    /// A TLS handshake, after STARTTLS or on an implicit-TLS listener (10
+    /// seconds): an honest client finishes it in a few round trips.
+    pub tls_handshake: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            command: Duration::from_secs(300),
+            data_block: Duration::from_secs(180),
+            data: Duration::from_secs(600),
+            command_under_load: Duration::from_secs(10),
+            tls_handshake: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ impl<S: SessionStream> Session<S> {
                 tracing::warn!(session = %self.client.id, client = %self.client.ip, "client talked before the greeting: dropped");
                 METRICS.pregreet_drops.inc(&[&self.listener.name]);
                 self.conn.queue(&Reply::pregreet());
-                self.conn.flush().await?;
+                self.flush().await?;
                 self.conn.drain().await;
                 return Ok(false);
             }
@@ -32,7 +32,7 @@ impl<S: SessionStream> Session<S> {
         match self.run_stage(HookArg::Connect, None).await {
             StageOutcome::Accept | StageOutcome::Discard | StageOutcome::Quarantine(_) => {
                 self.conn.queue(&Reply::greeting(self.hostname()));
-                self.conn.flush().await?;
+                self.flush().await?;
                 Ok(true)
             }
             StageOutcome::Reject(reply)
@@ -46,7 +46,7 @@ impl<S: SessionStream> Session<S> {
                     reply
                 };
                 self.conn.queue(&reply);
-                self.conn.flush().await?;
+                self.flush().await?;
                 Ok(false)
             }
         }

@@ -6,11 +6,16 @@
 //!
 //! Replies to pipelined commands (RFC 2920) are queued and written in one
 //! go when the client has no more complete commands waiting.
+//!
+//! Reads and writes take the instant at which they give up: how long to
+//! wait on the client is the session's decision (`wait`), and a write that
+//! cannot finish in time leaves its rest queued for the session to judge.
 
 use std::io;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::stream::{SessionStream, Stream};
@@ -36,6 +41,28 @@ pub enum Read {
     Idle,
 }
 
+/// What one step of receiving DATA brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// The receiver found the end of the message.
+    Done,
+    /// More of the message, not its end.
+    More,
+    /// The client closed the connection.
+    Closed,
+    /// Nothing in time.
+    Idle,
+}
+
+/// How a flush ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Every queued reply was written.
+    Done,
+    /// The client did not take them all in time; the rest stays queued.
+    Stalled,
+}
+
 /// What a client did before the greeting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pregreet {
@@ -53,6 +80,8 @@ pub struct Connection<S> {
     input: LineBuffer,
     /// Replies waiting to be written.
     output: Vec<u8>,
+    /// How much of `output` a flush that stalled has written already.
+    written: usize,
     /// Where reads land before they go to the line buffer or the DATA
     /// receiver; one allocation for the whole session.
     read_buf: Box<[u8]>,
@@ -64,6 +93,7 @@ impl<S: SessionStream> Connection<S> {
             stream: Stream::Plain(stream),
             input: LineBuffer::new(MAX_AUTH_LINE),
             output: Vec::with_capacity(1024),
+            written: 0,
             read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
         }
     }
@@ -77,15 +107,33 @@ impl<S: SessionStream> Connection<S> {
         reply.write_to(&mut self.output);
     }
 
-    /// Writes every queued reply.
-    pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.output.is_empty() {
-            self.stream.write_all(&self.output).await?;
-            // TLS buffers records until flushed.
-            self.stream.flush().await?;
-            self.output.clear();
+    /// Writes the queued replies until they are all out or `until` comes;
+    /// a client that stopped reading blocks the writes once the socket
+    /// buffers are full, and must not block the session with them.
+    pub async fn flush(&mut self, until: Instant) -> io::Result<Flush> {
+        if self.output.is_empty() {
+            return Ok(Flush::Done);
         }
-        Ok(())
+        let write = async {
+            while self.written < self.output.len() {
+                let n = self.stream.write(&self.output[self.written..]).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                self.written += n;
+            }
+            // TLS buffers records until flushed.
+            self.stream.flush().await
+        };
+        match tokio::time::timeout_at(until, write).await {
+            Ok(Ok(())) => {
+                self.output.clear();
+                self.written = 0;
+                Ok(Flush::Done)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_elapsed) => Ok(Flush::Stalled),
+        }
     }
 
     /// The next complete command line already received, if any.
@@ -99,9 +147,9 @@ impl<S: SessionStream> Connection<S> {
         self.input.take_remaining()
     }
 
-    /// One read of at most `timeout` into the line buffer.
-    pub async fn read(&mut self, timeout: Duration) -> io::Result<Read> {
-        match tokio::time::timeout(timeout, self.stream.read(&mut self.read_buf)).await {
+    /// One read into the line buffer, giving up at `until`.
+    pub async fn read(&mut self, until: Instant) -> io::Result<Read> {
+        match tokio::time::timeout_at(until, self.stream.read(&mut self.read_buf)).await {
             Ok(Ok(0)) => Ok(Read::Closed),
             Ok(Ok(n)) => {
                 self.input.push(&self.read_buf[..n]);
@@ -112,35 +160,36 @@ impl<S: SessionStream> Connection<S> {
         }
     }
 
-    /// Feeds the message text to `receiver` until it finds the end of
-    /// DATA: first what is already buffered, then reads of at most
-    /// `timeout` each. Whatever follows the terminator goes back to the
-    /// line buffer as the next commands. `Read::Data` means the receiver
-    /// is done.
+    /// One step of feeding the message text to `receiver`: what is already
+    /// buffered if anything, else one read giving up at `until`. Whatever
+    /// follows the end of DATA goes back to the line buffer as the next
+    /// commands.
     pub async fn receive(
         &mut self,
         receiver: &mut DataReceiver,
-        timeout: Duration,
-    ) -> io::Result<Read> {
-        let pending = self.input.take_remaining();
-        if let DataProgress::Done { consumed } = receiver.feed(&pending) {
-            self.input.push(&pending[consumed..]);
-            return Ok(Read::Data);
-        }
-        loop {
-            match tokio::time::timeout(timeout, self.stream.read(&mut self.read_buf)).await {
-                Ok(Ok(0)) => return Ok(Read::Closed),
-                // Fed straight from the read buffer: the receiver copies
-                // only the message.
-                Ok(Ok(n)) => {
-                    if let DataProgress::Done { consumed } = receiver.feed(&self.read_buf[..n]) {
-                        self.input.push(&self.read_buf[consumed..n]);
-                        return Ok(Read::Data);
-                    }
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(Read::Idle),
+        until: Instant,
+    ) -> io::Result<Received> {
+        if self.input.has_pending() {
+            let pending = self.input.take_remaining();
+            if let DataProgress::Done { consumed } = receiver.feed(&pending) {
+                self.input.push(&pending[consumed..]);
+                return Ok(Received::Done);
             }
+            return Ok(Received::More);
+        }
+        match tokio::time::timeout_at(until, self.stream.read(&mut self.read_buf)).await {
+            Ok(Ok(0)) => Ok(Received::Closed),
+            // Fed straight from the read buffer: the receiver copies only
+            // the message.
+            Ok(Ok(n)) => match receiver.feed(&self.read_buf[..n]) {
+                DataProgress::Done { consumed } => {
+                    self.input.push(&self.read_buf[consumed..n]);
+                    Ok(Received::Done)
+                }
+                DataProgress::NeedMore => Ok(Received::More),
+            },
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(Received::Idle),
         }
     }
 

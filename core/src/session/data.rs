@@ -2,8 +2,14 @@
 //! the lone dot, under the size and line limits of `smtp::data`. DATA
 //! consumes the transaction: whatever happens next (a reply from `intake`,
 //! a size error, a timeout) the session is greeted again.
+//!
+//! The message text has a deadline as a whole (`timeouts.data`) besides
+//! the wait for each chunk (`timeouts.data_block`, shorter under load): a
+//! client that trickles a byte now and then is cut at the deadline with
+//! 421, and nothing of its message is kept.
 
-use super::connection::Read;
+use super::connection::Received;
+use super::wait::{Stall, Wait};
 use super::{Flow, Session, SessionStream};
 use crate::smtp::data::{DataError, DataLimits, DataReceiver};
 use crate::smtp::reply::Reply;
@@ -21,17 +27,27 @@ impl<S: SessionStream> Session<S> {
             return Ok(self.error(Reply::bad_sequence()));
         };
         self.conn.queue(&Reply::start_data());
-        self.conn.flush().await?;
+        self.flush().await?;
 
         let mut receiver = DataReceiver::new(DataLimits {
             max_size: self.ctx.config.server.max_message_size,
             max_line: MAX_TEXT_LINE,
         });
-        let timeout = self.ctx.config.server.timeouts.data_block;
-        match self.conn.receive(&mut receiver, timeout).await? {
-            Read::Data => {}
-            Read::Closed => return Ok(Flow::Close),
-            Read::Idle => {
+        let timeouts = &self.ctx.config.server.timeouts;
+        let mut wait = Wait::new(timeouts.data_block, timeouts.command_under_load)
+            .until(tokio::time::Instant::now() + timeouts.data);
+        loop {
+            let stalled = match self.conn.receive(&mut receiver, wait.step_end()).await? {
+                Received::Done => break,
+                Received::Closed => return Ok(Flow::Close),
+                Received::More => {
+                    wait.progressed();
+                    wait.overdue()
+                }
+                Received::Idle => wait.expired(self.ctx.limits.under_load()),
+            };
+            if stalled {
+                self.stalled(Stall::Data);
                 self.conn.queue(&Reply::timeout(self.hostname()));
                 return Ok(Flow::Close);
             }

@@ -14,6 +14,8 @@
 //!   mail transaction) and the envelope
 //! - `connection` and `stream`: the stream (plain or TLS, over any
 //!   `AsyncRead + AsyncWrite`), line buffer, queued replies, reads, flushes
+//! - `wait`: how long a read or write may wait on the client (timeouts,
+//!   deadlines, the shorter timeout under load)
 //! - one file per verb: `ehlo` (EHLO/HELO), `mail`, `rcpt`, `data`,
 //!   `auth`, `starttls`, `misc` (NOOP, RSET, VRFY/EXPN, HELP, QUIT)
 //! - `intake`: between the end of DATA and its reply (data stage, header
@@ -39,13 +41,13 @@ mod starttls;
 pub mod state;
 mod stream;
 pub mod trace;
+mod wait;
 
 #[cfg(test)]
 mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -61,17 +63,19 @@ use crate::smtp::line::Line;
 use crate::smtp::reply::Reply;
 use crate::tls::{ReloadableTls, TlsInfo};
 use crate::users::Authenticator;
-use connection::{Connection, Read};
+use connection::{Connection, Flush, Read};
 use sluice_spool::Spool;
 use state::State;
 pub use stream::SessionStream;
 use trace::StageTrace;
+use wait::{Stall, Wait};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 const MAX_COMMAND_LINE: usize = 512;
 /// Errors a client may make before it is disconnected (like Postfix's
 /// smtpd_hard_error_limit): a confused or hostile client cannot keep a
-/// session slot forever.
+/// session slot forever, nor probe for recipients without limit (every
+/// refused RCPT counts).
 const MAX_ERRORS: u32 = 20;
 
 /// What the server shares with every session. Every part can be built on
@@ -224,16 +228,16 @@ impl<S: SessionStream> Session<S> {
         loop {
             while let Some(flow) = self.next_command().await? {
                 if matches!(flow, Flow::Close) {
-                    return self.conn.flush().await;
+                    return self.flush().await;
                 }
                 if self.errors >= MAX_ERRORS {
                     self.conn.queue(&Reply::too_many_errors());
-                    return self.conn.flush().await;
+                    return self.flush().await;
                 }
             }
-            self.conn.flush().await?;
+            self.flush().await?;
             if !self.read_command().await? {
-                return self.conn.flush().await;
+                return self.flush().await;
             }
         }
     }
@@ -266,24 +270,44 @@ impl<S: SessionStream> Session<S> {
         self.command(&line).await.map(Some)
     }
 
+    /// Writes every queued reply within `timeouts.command`, or within
+    /// `timeouts.command_under_load` while the server is under load. A
+    /// client that does not read its replies (it pipelines commands and
+    /// never reads) blocks the writes once the socket buffers are full:
+    /// it is then let go, with an error that ends the session.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let timeouts = &self.ctx.config.server.timeouts;
+        let wait = Wait::new(timeouts.command, timeouts.command_under_load);
+        loop {
+            match self.conn.flush(wait.step_end()).await? {
+                Flush::Done => return Ok(()),
+                Flush::Stalled if wait.expired(self.ctx.limits.under_load()) => {
+                    self.stalled(Stall::Write);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client does not read its replies",
+                    ));
+                }
+                Flush::Stalled => {}
+            }
+        }
+    }
+
     /// Waits for more command input: up to `timeouts.command`, but an idle
     /// client is let go after `timeouts.command_under_load` while the
     /// server is under load, also when the load arrived while it was
-    /// already waiting (the wait is cut into slices of that length).
-    /// Returns false when the session must end: the client closed, went
-    /// idle, or the server is shutting down (the reply for the last two is
-    /// queued).
+    /// already waiting. Returns false when the session must end: the
+    /// client closed, went idle, or the server is shutting down (the reply
+    /// for the last two is queued).
     async fn read_command(&mut self) -> std::io::Result<bool> {
         let timeouts = &self.ctx.config.server.timeouts;
-        let slice = timeouts.command_under_load.min(timeouts.command);
-        let deadline = tokio::time::Instant::now() + timeouts.command;
+        let wait = Wait::new(timeouts.command, timeouts.command_under_load);
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let last = left <= slice || self.ctx.limits.under_load();
-            match self.read_some(left.min(slice)).await? {
+            match self.read_some(wait.step_end()).await? {
                 Read::Data => return Ok(true),
                 Read::Closed => return Ok(false),
-                Read::Idle if last => {
+                Read::Idle if wait.expired(self.ctx.limits.under_load()) => {
+                    self.stalled(Stall::Command);
                     self.conn.queue(&Reply::timeout(self.hostname()));
                     return Ok(false);
                 }
@@ -292,20 +316,28 @@ impl<S: SessionStream> Session<S> {
         }
     }
 
-    /// One read of at most `timeout`; a shutdown queues its reply and
+    /// One read, giving up at `until`; a shutdown queues its reply and
     /// reads as a close.
-    async fn read_some(&mut self, timeout: Duration) -> std::io::Result<Read> {
+    async fn read_some(&mut self, until: tokio::time::Instant) -> std::io::Result<Read> {
         if *self.shutdown.borrow() {
             self.conn.queue(&Reply::shutting_down(self.hostname()));
             return Ok(Read::Closed);
         }
         tokio::select! {
-            read = self.conn.read(timeout) => read,
+            read = self.conn.read(until) => read,
             _ = self.shutdown.changed() => {
                 self.conn.queue(&Reply::shutting_down(&self.ctx.config.server.hostname));
                 Ok(Read::Closed)
             }
         }
+    }
+
+    /// Logs and counts a session ended because its client stalled.
+    fn stalled(&self, phase: Stall) {
+        tracing::info!(session = %self.client.id, client = %self.client.ip, phase = phase.as_str(), "client stalled: closing the session");
+        METRICS
+            .session_timeouts
+            .inc(&[&self.listener.name, phase.as_str()]);
     }
 
     /// Parses one command line and answers it from the session's state.

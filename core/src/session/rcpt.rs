@@ -1,6 +1,7 @@
 //! RCPT (RFC 5321 §4.1.1.3): a recipient joins the transaction when the
 //! recipient limit and the rcpt stage of the pipeline let it (the rcpt
-//! chain is closed: some plugin must vouch for it).
+//! chain is closed: some plugin must vouch for it). Every refusal of the
+//! stage counts toward the session's error limit.
 
 use super::state::State;
 use super::{Flow, Session, SessionStream};
@@ -25,6 +26,9 @@ impl<S: SessionStream> Session<S> {
             .run_stage(HookArg::Rcpt(&argument), Some(address.clone()))
             .await;
         if let Some(flow) = self.refused(outcome) {
+            // A refused recipient is a client error (as in Postfix): one
+            // connection cannot probe for valid addresses without limit.
+            self.errors += 1;
             return flow;
         }
         match &mut self.state {

@@ -3,6 +3,7 @@
 //! forgets everything said before it.
 
 use super::state::State;
+use super::wait::Stall;
 use super::{Flow, Session, SessionStream};
 use crate::config::TlsMode;
 use crate::metrics::METRICS;
@@ -24,7 +25,7 @@ impl<S: SessionStream> Session<S> {
             tracing::info!(session = %self.client.id, bytes = injected.len(), "discarded cleartext sent after STARTTLS");
         }
         self.conn.queue(&Reply::starttls_ready());
-        self.conn.flush().await?;
+        self.flush().await?;
         if let Err(e) = self.handshake().await {
             tracing::info!(session = %self.client.id, "TLS handshake failed: {e}");
             return Err(e);
@@ -35,17 +36,21 @@ impl<S: SessionStream> Session<S> {
         Ok(Flow::Continue)
     }
 
-    /// The TLS handshake, bounded by the command timeout. Records what was
-    /// negotiated for plugins and the Received header.
+    /// The TLS handshake, bounded by `timeouts.tls_handshake`: a client
+    /// that connects and never finishes it costs its session that long.
+    /// Records what was negotiated for plugins and the Received header.
     pub(super) async fn handshake(&mut self) -> std::io::Result<()> {
         let Some(tls) = &self.tls else {
             return Err(std::io::Error::other("the listener has no certificate"));
         };
-        let timeout = self.ctx.config.server.timeouts.command;
+        let timeout = self.ctx.config.server.timeouts.tls_handshake;
         let info = match self.conn.upgrade(tls.acceptor(), timeout).await {
             Ok(info) => info,
             Err(e) => {
                 METRICS.tls_handshakes.inc(&["failed", ""]);
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    self.stalled(Stall::TlsHandshake);
+                }
                 return Err(e);
             }
         };

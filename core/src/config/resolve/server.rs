@@ -49,7 +49,9 @@ pub(super) struct RawServer {
 pub(super) struct RawTimeouts {
     command: Option<Spanned<String>>,
     data_block: Option<Spanned<String>>,
+    data: Option<Spanned<String>>,
     command_under_load: Option<Spanned<String>>,
+    tls_handshake: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -106,30 +108,7 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
             }
         },
     };
-    let (command_timeout, data_timeout, stress_timeout) = match &server.timeouts {
-        Some(t) => (
-            d.duration(
-                &t.command,
-                "server.timeouts.command",
-                Duration::from_secs(300),
-            ),
-            d.duration(
-                &t.data_block,
-                "server.timeouts.data_block",
-                Duration::from_secs(180),
-            ),
-            d.duration(
-                &t.command_under_load,
-                "server.timeouts.command_under_load",
-                Duration::from_secs(10),
-            ),
-        ),
-        None => (
-            Duration::from_secs(300),
-            Duration::from_secs(180),
-            Duration::from_secs(10),
-        ),
-    };
+    let timeouts = resolve_timeouts(d, server.timeouts.as_ref());
     let greet_exempt = match &server.greet_exempt {
         None => vec![
             "127.0.0.0/8".parse().expect("literal network"),
@@ -170,13 +149,46 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
         max_connections_per_ip: server.max_connections_per_ip.unwrap_or(50).max(1),
         ipv6_prefix,
         greet_exempt,
-        timeouts: Timeouts {
-            command: command_timeout,
-            data_block: data_timeout,
-            command_under_load: stress_timeout,
-        },
+        timeouts,
         shutdown_grace,
         reverse_lookup: server.reverse_lookup.unwrap_or(true),
+    }
+}
+
+/// `[server.timeouts]`; each key absent or wrong takes its default.
+fn resolve_timeouts(d: &mut Diagnostics<'_>, raw: Option<&RawTimeouts>) -> Timeouts {
+    let defaults = Timeouts::default();
+    let Some(t) = raw else {
+        return defaults;
+    };
+    let mut positive = |value: &Option<Spanned<String>>, key: &str, default: Duration| {
+        let resolved = d.duration(value, key, default);
+        match value {
+            Some(v) if resolved.is_zero() => {
+                d.add(v.span(), key, "must be greater than 0");
+                default
+            }
+            _ => resolved,
+        }
+    };
+    Timeouts {
+        command: positive(&t.command, "server.timeouts.command", defaults.command),
+        data_block: positive(
+            &t.data_block,
+            "server.timeouts.data_block",
+            defaults.data_block,
+        ),
+        data: positive(&t.data, "server.timeouts.data", defaults.data),
+        command_under_load: positive(
+            &t.command_under_load,
+            "server.timeouts.command_under_load",
+            defaults.command_under_load,
+        ),
+        tls_handshake: positive(
+            &t.tls_handshake,
+            "server.timeouts.tls_handshake",
+            defaults.tls_handshake,
+        ),
     }
 }
 

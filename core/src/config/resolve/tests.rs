@@ -656,3 +656,28 @@ fn ipv6_prefix_defaults_to_64_and_bad_values_name_key_and_line() {
         );
     }
 }
+
+#[test]
+fn session_timeouts_resolve_with_defaults_and_name_bad_values() {
+    let defaults = load_str(LISTENERS, "c.toml").unwrap().server.timeouts;
+    assert_eq!(defaults.data, Duration::from_secs(600));
+    assert_eq!(defaults.tls_handshake, Duration::from_secs(10));
+    let text = format!("[server.timeouts]\ndata = \"2m\"\ntls_handshake = \"3s\"\n{LISTENERS}");
+    let timeouts = load_str(&text, "c.toml").unwrap().server.timeouts;
+    assert_eq!(timeouts.data, Duration::from_secs(120));
+    assert_eq!(timeouts.tls_handshake, Duration::from_secs(3));
+    assert_eq!(timeouts.command, Duration::from_secs(300));
+    let text = format!(
+        "[server.timeouts]\ncommand = \"1m\"\ntls_handshake = \"0s\"\ndata = \"soon\"\n{LISTENERS}"
+    );
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:3:")
+            && err.contains("server.timeouts.tls_handshake: must be greater than 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c.toml:4:") && err.contains("server.timeouts.data: invalid duration"),
+        "{err}"
+    );
+}

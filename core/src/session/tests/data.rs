@@ -187,3 +187,50 @@ async fn a_stalled_data_phase_times_out() {
     assert!(h.closed().await);
     assert!(h.spool.entries().expect("lists").is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_trickled_message_is_cut_at_the_data_deadline_and_not_stored() {
+    let mut h = in_data(Harness::start().await).await;
+    let timeouts = h.ctx.config.server.timeouts.clone();
+    // A byte every 70 s: each well within data_block, never the end.
+    let every = Duration::from_secs(70);
+    assert!(every < timeouts.data_block);
+    let started = tokio::time::Instant::now();
+    let mut reply = String::new();
+    for _ in 0..30 {
+        h.send(b"x").await;
+        if let Ok(answer) = tokio::time::timeout(every, h.reply()).await {
+            reply = answer;
+            break;
+        }
+    }
+    assert_eq!(
+        reply,
+        "421 4.4.2 mx.test Error: timeout exceeded, closing connection\r\n"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= timeouts.data && took < timeouts.data + every,
+        "{took:?}"
+    );
+    assert!(h.closed().await);
+    assert!(h.spool.entries().expect("lists").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_load_a_stalled_data_phase_times_out_sooner() {
+    let mut h = in_data(Harness::start().await).await;
+    let _load = h.load();
+    h.send(b"Subject: slow\r\n").await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        h.reply().await,
+        "421 4.4.2 mx.test Error: timeout exceeded, closing connection\r\n"
+    );
+    assert_eq!(
+        started.elapsed(),
+        h.ctx.config.server.timeouts.command_under_load
+    );
+    assert!(h.closed().await);
+    assert!(h.spool.entries().expect("lists").is_empty());
+}

@@ -197,3 +197,28 @@ async fn a_helo_stage_refusal_keeps_the_session_ungreeted() {
         "503 5.5.1 Bad sequence of commands: send HELO/EHLO first\r\n"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_reads_its_replies_is_let_go_after_the_command_timeout() {
+    let mut h = Harness::start().await.greeted().await;
+    let took = h.never_read().await;
+    let timeout = h.ctx.config.server.timeouts.command;
+    assert!(
+        took >= timeout && took < timeout + Duration::from_secs(10),
+        "{took:?}"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_load_a_client_that_never_reads_is_let_go_sooner() {
+    let mut h = Harness::start().await.greeted().await;
+    let _load = h.load();
+    let took = h.never_read().await;
+    let timeout = h.ctx.config.server.timeouts.command_under_load;
+    assert!(
+        took >= timeout && took < timeout + Duration::from_secs(5),
+        "{took:?}"
+    );
+    h.finish().await;
+}

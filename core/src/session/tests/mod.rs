@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::delivery::DeliveryHandle;
 use crate::dkim::DkimSigners;
 use crate::dns::Dns;
-use crate::limits::ConnectionLimits;
+use crate::limits::{ConnectionLimits, ConnectionPermit};
 use crate::pipeline::{PipelineSet, PluginEngine};
 use crate::tls::ReloadableTls;
 use crate::users::{Authenticator, UserStore};
@@ -279,6 +279,31 @@ pipeline = "test"
     /// Reads until the session closes the pipe; true if nothing else came.
     pub async fn closed(&mut self) -> bool {
         self.reply().await.is_empty()
+    }
+
+    /// Holds 80 of the session's 100 connection slots, putting the server
+    /// under load until the permits are dropped.
+    pub fn load(&self) -> Vec<ConnectionPermit> {
+        (0..80u8)
+            .map(|i| {
+                let ip = std::net::IpAddr::from([127, 0, 1, i]);
+                self.ctx.limits.admit(ip).expect("a free slot")
+            })
+            .collect()
+    }
+
+    /// Pipelines NOOPs and never reads a reply, until the session hangs
+    /// up; returns how long that took. The pipe's buffers fill after a few
+    /// thousand replies, so the session's writes block.
+    pub async fn never_read(&mut self) -> Duration {
+        let storm = b"NOOP\r\n".repeat(200_000);
+        let started = tokio::time::Instant::now();
+        let written =
+            tokio::time::timeout(Duration::from_secs(3600), self.client.write_all(&storm))
+                .await
+                .expect("the session hangs up within the hour");
+        assert!(written.is_err(), "the session stopped reading and hung up");
+        started.elapsed()
     }
 
     /// Waits for the session to end and returns its trace.

@@ -1,6 +1,6 @@
 //! STARTTLS over the in-memory pipe with a real rustls client: the upgrade,
-//! the state reset of RFC 3207 §4.2, and the cleartext injection of
-//! CVE-2011-0411.
+//! the state reset of RFC 3207 §4.2, the cleartext injection of
+//! CVE-2011-0411, and the handshake timeout.
 
 use std::sync::Arc;
 
@@ -11,8 +11,13 @@ use crate::delivery::OutboundTlsConfig;
 use crate::tls::ReloadableTls;
 
 async fn starttls_session(setup: Setup) -> Harness {
+    tls_session("starttls", setup).await.greeted().await
+}
+
+/// A session on a listener with `tls` mode and a self-signed certificate.
+async fn tls_session(mode: &str, setup: Setup) -> Harness {
     let setup = Setup {
-        listener: format!("tls = \"starttls\"\n{}", setup.listener),
+        listener: format!("tls = \"{mode}\"\n{}", setup.listener),
         ..setup
     };
     Harness::build(setup, |config, dir| {
@@ -21,8 +26,6 @@ async fn starttls_session(setup: Setup) -> Harness {
             ReloadableTls::load(files).expect("the certificate loads"),
         ))
     })
-    .await
-    .greeted()
     .await
 }
 
@@ -136,4 +139,30 @@ async fn starttls_without_a_certificate_is_not_offered() {
     let ehlo = h.cmd("EHLO client.example").await;
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
     assert!(h.cmd("STARTTLS").await.starts_with("454 4.7.0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_finishes_the_handshake_is_let_go() {
+    let mut h = starttls_session(Setup::default()).await;
+    h.cmd("EHLO client.example").await;
+    assert_eq!(h.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS\r\n");
+    let started = tokio::time::Instant::now();
+    assert!(h.closed().await);
+    // Its own timeout, much shorter than the command timeout.
+    let timeouts = &h.ctx.config.server.timeouts;
+    assert_eq!(started.elapsed(), timeouts.tls_handshake);
+    assert!(timeouts.tls_handshake < timeouts.command);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_implicit_tls_client_that_never_says_hello_is_let_go() {
+    let started = tokio::time::Instant::now();
+    let mut h = tls_session("implicit", Setup::default()).await;
+    assert!(h.closed().await);
+    let timeouts = &h.ctx.config.server.timeouts;
+    let took = started.elapsed();
+    assert!(
+        took >= timeouts.tls_handshake && took < timeouts.command,
+        "{took:?}"
+    );
 }

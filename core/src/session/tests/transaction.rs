@@ -217,3 +217,25 @@ async fn the_envelope_reaches_the_spool() {
     );
     assert_eq!(entry.client, "127.0.0.1:40000");
 }
+
+// Paused: without the limit the session would wait out its command
+// timeout instead of answering 421, and the test would fail at once.
+#[tokio::test(start_paused = true)]
+async fn refused_recipients_count_toward_the_error_limit() {
+    let mut h = Harness::with(Setup::gate("rcpt", "reject 550 5.1.1 unknown user"))
+        .await
+        .ehlo()
+        .await;
+    h.cmd("MAIL FROM:<a@example.org>").await;
+    for i in 0..20 {
+        assert_eq!(
+            h.cmd(&format!("RCPT TO:<user{i}@localhost>")).await,
+            "550 5.1.1 unknown user\r\n"
+        );
+    }
+    assert_eq!(
+        h.reply().await,
+        "421 4.7.0 Too many errors, closing connection\r\n"
+    );
+    assert!(h.closed().await);
+}
