@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import subprocess
 import time
 
@@ -144,10 +145,14 @@ def stop_traced(strace):
 def test_every_acknowledged_message_was_synced_before_its_250(tmp_path):
     port = free_port()
     data = tmp_path / "data"
-    # Relayed to a next hop that is not there: nothing but the spool writes
-    # while the messages arrive.
+    # Relayed to a next hop that takes the connection and never greets, so
+    # no delivery attempt finishes (and writes its record) while messages
+    # arrive: every write in a window is the message's own.
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(64)
     text = config(port, data, extra='[[delivery.route]]\ndomain = "example.test"\n'
-                                    f'next_hop = "127.0.0.1:{free_port()}"\n')
+                                    f'next_hop = "127.0.0.1:{tarpit.getsockname()[1]}"\n')
     cfg = tmp_path / "sluice.toml"
     cfg.write_text(text)
     trace = tmp_path / "trace.txt"
@@ -177,6 +182,7 @@ def test_every_acknowledged_message_was_synced_before_its_250(tmp_path):
     finally:
         stop_traced(proc)
         log.close()
+        tarpit.close()
 
     windows, problems = check_windows(trace.read_text(errors="replace"), data, tmp_path)
     assert len(windows) == SMALL + len(LARGE_MIB), f"found {len(windows)} DATA windows"
