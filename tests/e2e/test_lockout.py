@@ -13,7 +13,7 @@ import pytest
 from conftest import free_port
 from test_auth import ALICE, plain
 from test_metrics import scrape, value
-from test_redis_state import Redis, redis_state
+from test_redis_state import redis, redis_state  # noqa: F401 - redis is a fixture
 from tlsenv import TlsEnv, TlsRaw
 
 VERIFICATIONS = "sluice_auth_verifications_total"
@@ -38,20 +38,6 @@ def nodes(tmp_path):
     yield start
     for e in started:
         e.stop()
-
-
-@pytest.fixture
-def redis(tmp_path):
-    servers = []
-
-    def start(port=None):
-        server = Redis(tmp_path, port)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def lockout(max_failures):
