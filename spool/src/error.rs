@@ -102,6 +102,15 @@ pub enum SyncError {
     },
 }
 
+impl SpoolError {
+    /// Maps an I/O error on `path` (a segment, one of sled's files, the
+    /// spool directory) into [`SpoolError::Segment`].
+    pub(crate) fn io_at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SpoolError {
+        let path = path.to_path_buf();
+        move |source| SpoolError::Segment { path, source }
+    }
+}
+
 impl SyncError {
     pub(crate) fn file(path: PathBuf, source: std::io::Error) -> SyncError {
         SyncError::File {

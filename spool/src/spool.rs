@@ -167,18 +167,14 @@ impl Spool {
         let db = open_db(dir)?;
         // sled writes its `conf` without syncing it, nor the directory: the
         // files it created must outlive a power cut.
-        let file_io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SpoolError::Segment { path, source }
-        };
         let conf = dir.join(SLED_CONF);
         std::fs::File::open(&conf)
             .and_then(|f| f.sync_all())
-            .map_err(file_io(&conf))?;
+            .map_err(SpoolError::io_at(&conf))?;
         let db_path = dir.join(SLED_LOG);
-        let db_file = std::fs::File::open(&db_path).map_err(file_io(&db_path))?;
-        db_file.sync_all().map_err(file_io(&db_path))?;
-        durable::sync_dir(dir).map_err(file_io(dir))?;
+        let db_file = std::fs::File::open(&db_path).map_err(SpoolError::io_at(&db_path))?;
+        db_file.sync_all().map_err(SpoolError::io_at(&db_path))?;
+        durable::sync_dir(dir).map_err(SpoolError::io_at(dir))?;
         let entries = db.open_tree(ENTRIES_TREE)?;
         let messages = db.open_tree(MESSAGES_TREE)?;
         let (segments, good) = Segments::open(dir, options.segment_limit)?;

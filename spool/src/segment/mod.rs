@@ -108,14 +108,10 @@ impl Segments {
         limit: u64,
     ) -> Result<(Segments, GoodRecords), SpoolError> {
         let dir = spool_dir.join(SEGMENTS_DIR);
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SpoolError::Segment { path, source }
-        };
-        durable::create_dir_all(&dir).map_err(io_err(&dir))?;
+        durable::create_dir_all(&dir).map_err(SpoolError::io_at(&dir))?;
         let mut numbers = Vec::new();
-        for item in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let item = item.map_err(io_err(&dir))?;
+        for item in std::fs::read_dir(&dir).map_err(SpoolError::io_at(&dir))? {
+            let item = item.map_err(SpoolError::io_at(&dir))?;
             let name = item.file_name();
             match name.to_str().and_then(segment_number) {
                 Some(n) => numbers.push(n),
@@ -135,14 +131,14 @@ impl Segments {
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(io_err(&path))?;
-            match scan::segment(&file, &path, n, &mut good).map_err(io_err(&path))? {
+                .map_err(SpoolError::io_at(&path))?;
+            match scan::segment(&file, &path, n, &mut good).map_err(SpoolError::io_at(&path))? {
                 scan::Outcome::Usable => {
                     files.insert(n, Arc::new(file));
                 }
                 scan::Outcome::Empty => {
                     // Created just before a crash, header not yet written.
-                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                    std::fs::remove_file(&path).map_err(SpoolError::io_at(&path))?;
                     removed_any = true;
                 }
                 scan::Outcome::Foreign => {
@@ -153,7 +149,7 @@ impl Segments {
 
         let next = numbers.last().map_or(1, |n| n + 1);
         let file = create_segment(&dir, next)?;
-        durable::sync_dir(&dir).map_err(io_err(&dir))?;
+        durable::sync_dir(&dir).map_err(SpoolError::io_at(&dir))?;
         let file = Arc::new(file);
         files.insert(next, Arc::clone(&file));
         let counts = files.keys().map(|&n| (n, 0)).collect();
