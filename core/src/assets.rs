@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::admin::AdminToken;
-use crate::config::{Config, ConfigDiagnostic, Located, TlsFiles, TlsFilesConfig, TlsMode};
+use crate::config::{
+    CertificatesConfig, Config, ConfigDiagnostic, Located, TlsCertificates, TlsFilesConfig, TlsMode,
+};
 use crate::dkim::DkimSigners;
 use crate::tls::{self, ReloadableTls, TlsError};
 
@@ -117,6 +119,7 @@ fn exposed_keys(config: &Config) -> Vec<ConfigDiagnostic> {
         .iter()
         .filter_map(|l| l.tls_files.as_ref())
         .chain(config.tls.as_ref())
+        .flat_map(CertificatesConfig::pairs)
         .map(|pair| &pair.key);
     let dkim = config.dkim.sign.iter().map(|entry| &entry.key);
     let mut seen: Vec<&PathBuf> = Vec::new();
@@ -143,72 +146,86 @@ fn exposed_keys(config: &Config) -> Vec<ConfigDiagnostic> {
     warnings
 }
 
-/// Each distinct pair loaded once, however many keys name it.
+/// Each distinct set of certificates loaded once, however many keys name
+/// it. One that fails is read again for each use, so every key naming it
+/// gets its error.
 #[derive(Default)]
 struct Certificates {
-    loaded: Vec<(TlsFiles, Result<Arc<ReloadableTls>, PairFailure>)>,
-}
-
-/// Why a pair did not load: the certificate, the key, or both as a pair.
-#[derive(Clone)]
-struct PairFailure {
-    certificate: Option<String>,
-    key: Option<String>,
+    loaded: Vec<(TlsCertificates, Arc<ReloadableTls>)>,
 }
 
 impl Certificates {
-    /// The loaded pair, or None after adding its errors, on the keys of
-    /// `pair`, to `diagnostics`.
+    /// The loaded certificates, or None after adding each pair's errors, on
+    /// the keys that named its files, to `diagnostics`.
     fn load(
         &mut self,
-        pair: &TlsFilesConfig,
+        configured: &CertificatesConfig,
         diagnostics: &mut Vec<ConfigDiagnostic>,
     ) -> Option<Arc<ReloadableTls>> {
-        let files = pair.files();
-        let outcome = match self.loaded.iter().find(|(f, _)| *f == files) {
-            Some((_, outcome)) => outcome.clone(),
-            None => {
-                let outcome = load_pair(&files);
-                self.loaded.push((files, outcome.clone()));
-                outcome
-            }
-        };
-        match outcome {
-            Ok(tls) => Some(tls),
-            Err(failure) => {
-                if let Some(message) = failure.certificate {
-                    diagnostics.push(pair.certificate.origin.diagnostic(message));
-                }
-                if let Some(message) = failure.key {
-                    diagnostics.push(pair.key.origin.diagnostic(message));
-                }
-                None
-            }
+        let certificates = configured.certificates();
+        if let Some((_, tls)) = self.loaded.iter().find(|(c, _)| *c == certificates) {
+            return Some(tls.clone());
+        }
+        let tls = load_certificates(configured, diagnostics)?;
+        self.loaded.push((certificates, tls.clone()));
+        Some(tls)
+    }
+}
+
+fn load_certificates(
+    configured: &CertificatesConfig,
+    diagnostics: &mut Vec<ConfigDiagnostic>,
+) -> Option<Arc<ReloadableTls>> {
+    let before = diagnostics.len();
+    let default = read_pair(&configured.default, diagnostics);
+    let named: Vec<_> = configured
+        .named
+        .iter()
+        .map(|n| read_pair(&n.files, diagnostics).map(|pair| (n.names.clone(), pair)))
+        .collect();
+    if diagnostics.len() > before {
+        return None;
+    }
+    let (default, named) = (default?, named.into_iter().collect::<Option<Vec<_>>>()?);
+    // A key that does not fit its certificate is reported on the key.
+    let key_origin = |path: &PathBuf| {
+        configured
+            .pairs()
+            .find(|p| p.key.value == *path)
+            .map(|p| p.key.origin.clone())
+    };
+    match tls::server_config_from(default, named) {
+        Ok(config) => Some(Arc::new(ReloadableTls::new(
+            configured.certificates(),
+            config,
+        ))),
+        Err(e) => {
+            let origin = match &e {
+                TlsError::Rejected { key, .. } => key_origin(key),
+                _ => None,
+            };
+            let origin = origin.unwrap_or_else(|| configured.default.key.origin.clone());
+            diagnostics.push(origin.diagnostic(e.to_string()));
+            None
         }
     }
 }
 
-/// Reads the chain and the key (each file once, each error on its own
-/// key), then builds the rustls configuration; a key that does not fit
-/// the certificate is reported on the key.
-fn load_pair(files: &TlsFiles) -> Result<Arc<ReloadableTls>, PairFailure> {
-    let certs = tls::read_certificates(&files.certificate);
-    let key = tls::read_private_key(&files.key);
-    let (certs, key) = match (certs, key) {
-        (Ok(certs), Ok(key)) => (certs, key),
+/// Reads the chain and the key of one pair, each error on its own key.
+fn read_pair(pair: &TlsFilesConfig, diagnostics: &mut Vec<ConfigDiagnostic>) -> Option<tls::Pair> {
+    let certs = tls::read_certificates(&pair.certificate.value);
+    let key = tls::read_private_key(&pair.key.value);
+    match (certs, key) {
+        (Ok(certs), Ok(key)) => Some((pair.files(), certs, key)),
         (certs, key) => {
-            return Err(PairFailure {
-                certificate: certs.err().as_ref().map(TlsError::to_string),
-                key: key.err().as_ref().map(TlsError::to_string),
-            })
+            if let Err(e) = certs {
+                diagnostics.push(pair.certificate.origin.diagnostic(e.to_string()));
+            }
+            if let Err(e) = key {
+                diagnostics.push(pair.key.origin.diagnostic(e.to_string()));
+            }
+            None
         }
-    };
-    match tls::server_config_from(files, certs, key) {
-        Ok(config) => Ok(Arc::new(ReloadableTls::new(files.clone(), config))),
-        Err(e) => Err(PairFailure {
-            certificate: None,
-            key: Some(e.to_string()),
-        }),
     }
 }
 
@@ -420,7 +437,10 @@ mod tests {
         let c = assets.listener_certificate("c").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
-        assert_eq!(c.files().certificate.display().to_string(), own_cert);
+        assert_eq!(
+            c.certificates().default.certificate.display().to_string(),
+            own_cert
+        );
         assert!(assets.listener_certificate("plain").is_none());
         assert!(assets.dkim.is_empty());
     }

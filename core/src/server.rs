@@ -426,7 +426,7 @@ async fn reload_on_sighup(certificates: Vec<Arc<ReloadableTls>>, reloader: Arc<R
     while hangup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading certificates and pipelines");
         for tls in &certificates {
-            let certificate = tls.files().certificate.display().to_string();
+            let certificate = tls.certificates().default.certificate.display().to_string();
             let reloaded = tokio::task::spawn_blocking({
                 let tls = tls.clone();
                 move || tls.reload()

@@ -6,6 +6,7 @@
 //! implicit TLS; what they negotiated ([`TlsInfo`]) goes to the plugins'
 //! session record and the Received header.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -14,11 +15,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::ServerConnection;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConnection};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsFiles;
+use crate::config::{TlsCertificates, TlsFiles};
 
 /// What a finished handshake negotiated, as plugins and the Received
 /// header report it.
@@ -101,65 +103,154 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 /// A server configuration for one certificate: TLS 1.2 and 1.3 only, no
 /// client certificates.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    server_config_for(&TlsCertificates {
+        default: files.clone(),
+        named: Vec::new(),
+    })
+}
+
+/// A server configuration choosing among `certificates` by the client's
+/// server name.
+pub fn server_config_for(certificates: &TlsCertificates) -> Result<ServerConfig, TlsError> {
+    let default = read_pair(&certificates.default)?;
+    let named = certificates
+        .named
+        .iter()
+        .map(|n| Ok((n.names.clone(), read_pair(&n.files)?)))
+        .collect::<Result<Vec<_>, TlsError>>()?;
+    server_config_from(default, named)
+}
+
+/// A chain and its key, read.
+pub type Pair = (
+    TlsFiles,
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+);
+
+fn read_pair(files: &TlsFiles) -> Result<Pair, TlsError> {
     let certs = read_certificates(&files.certificate)?;
     let key = read_private_key(&files.key)?;
-    server_config_from(files, certs, key)
+    Ok((files.clone(), certs, key))
 }
 
-/// [`server_config`] for a chain and key already read from `files` (which
-/// only name them in errors).
+/// [`server_config_for`] with the pairs already read: TLS 1.2 and 1.3 only,
+/// no client certificates. A key that does not belong to its certificate
+/// is refused, naming both files.
 pub fn server_config_from(
-    files: &TlsFiles,
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    default: Pair,
+    named: Vec<(Vec<String>, Pair)>,
 ) -> Result<ServerConfig, TlsError> {
-    let rejected = |source| TlsError::Rejected {
-        certificate: files.certificate.clone(),
-        key: files.key.clone(),
-        source,
-    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    ServerConfig::builder_with_provider(provider)
+    let certified = |(files, certs, key): Pair| {
+        CertifiedKey::from_der(certs, key, &provider)
+            .map(Arc::new)
+            .map_err(|source| TlsError::Rejected {
+                certificate: files.certificate,
+                key: files.key,
+                source,
+            })
+    };
+    let default_files = default.0.clone();
+    let mut resolver = ByServerName {
+        default: certified(default)?,
+        exact: BTreeMap::new(),
+        wildcard: BTreeMap::new(),
+    };
+    for (names, pair) in named {
+        let key = certified(pair)?;
+        for name in names {
+            match name.strip_prefix("*.") {
+                Some(parent) => resolver.wildcard.insert(parent.to_owned(), key.clone()),
+                None => resolver.exact.insert(name, key.clone()),
+            };
+        }
+    }
+    ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(rejected)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(rejected)
+        .map_err(|source| TlsError::Rejected {
+            certificate: default_files.certificate,
+            key: default_files.key,
+            source,
+        })
+        .map(|builder| {
+            builder
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(resolver))
+        })
 }
 
-/// One certificate in use: the files it came from and the configuration
-/// new handshakes read. Sessions already in TLS keep what they negotiated.
+/// Picks the certificate for a handshake from the client's server name
+/// (RFC 6066 §3): an exact name first, then a `*.` name one label up,
+/// else the default, so clients without SNI (most MTAs verify nothing,
+/// RFC 7435) still get TLS.
+#[derive(Debug)]
+struct ByServerName {
+    default: Arc<CertifiedKey>,
+    exact: BTreeMap<String, Arc<CertifiedKey>>,
+    wildcard: BTreeMap<String, Arc<CertifiedKey>>,
+}
+
+impl ByServerName {
+    fn choose(&self, server_name: Option<&str>) -> &Arc<CertifiedKey> {
+        let Some(name) = server_name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+            return &self.default;
+        };
+        if let Some(key) = self.exact.get(&name) {
+            return key;
+        }
+        name.split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .unwrap_or(&self.default)
+    }
+}
+
+impl ResolvesServerCert for ByServerName {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.choose(client_hello.server_name()).clone())
+    }
+}
+
+/// The certificates in use: the files they came from and the
+/// configuration new handshakes read. Sessions already in TLS keep what
+/// they negotiated.
 pub struct ReloadableTls {
-    files: TlsFiles,
+    certificates: TlsCertificates,
     current: ArcSwap<ServerConfig>,
 }
 
 impl ReloadableTls {
     pub fn load(files: TlsFiles) -> Result<ReloadableTls, TlsError> {
         let config = server_config(&files)?;
-        Ok(ReloadableTls::new(files, config))
+        Ok(ReloadableTls::new(
+            TlsCertificates {
+                default: files,
+                named: Vec::new(),
+            },
+            config,
+        ))
     }
 
-    /// A certificate already loaded from `files` (which a reload reads).
-    pub fn new(files: TlsFiles, config: ServerConfig) -> ReloadableTls {
+    /// Certificates already loaded from their files (which a reload reads).
+    pub fn new(certificates: TlsCertificates, config: ServerConfig) -> ReloadableTls {
         ReloadableTls {
-            files,
+            certificates,
             current: ArcSwap::from_pointee(config),
         }
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
+    pub fn certificates(&self) -> &TlsCertificates {
+        &self.certificates
     }
 
-    /// Re-reads the files; on error the previous certificate stays.
+    /// Re-reads the files; on error the previous certificates stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.files)?;
+        let config = server_config_for(&self.certificates)?;
         self.current.store(Arc::new(config));
         Ok(())
     }
 
-    /// An acceptor on the current certificate, for one handshake.
+    /// An acceptor on the current certificates, for one handshake.
     pub fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.load_full())
     }
@@ -324,5 +415,30 @@ mod tests {
         std::fs::write(&first.certificate, "broken").unwrap();
         assert!(tls.reload().is_err());
         assert!(Arc::ptr_eq(&before, &tls.current.load_full()));
+    }
+
+    #[test]
+    fn server_names_choose_exact_then_one_label_wildcard_then_default() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let pair =
+            |i: usize, host: &str| read_pair(&self_signed(dirs[i].path(), host).unwrap()).unwrap();
+        let provider = rustls::crypto::ring::default_provider();
+        let key = |p: Pair| Arc::new(CertifiedKey::from_der(p.1, p.2, &provider).unwrap());
+        let (d, a, w) = (
+            key(pair(0, "d.test")),
+            key(pair(1, "a.test")),
+            key(pair(2, "w.b.test")),
+        );
+        let resolver = ByServerName {
+            default: d.clone(),
+            exact: BTreeMap::from([("a.test".to_owned(), a.clone())]),
+            wildcard: BTreeMap::from([("b.test".to_owned(), w.clone())]),
+        };
+        let chosen = |name| resolver.choose(name).clone();
+        assert!(Arc::ptr_eq(&chosen(Some("A.Test.")), &a));
+        assert!(Arc::ptr_eq(&chosen(Some("x.b.test")), &w));
+        assert!(Arc::ptr_eq(&chosen(Some("b.test")), &d));
+        assert!(Arc::ptr_eq(&chosen(Some("y.x.b.test")), &d));
+        assert!(Arc::ptr_eq(&chosen(None), &d));
     }
 }

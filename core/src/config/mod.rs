@@ -103,7 +103,7 @@ pub struct Config {
     pub log: LogConfig,
     /// `[tls]`: the certificate of TLS listeners without one of their own;
     /// None makes the server generate a self-signed one under data_dir.
-    pub tls: Option<TlsFilesConfig>,
+    pub tls: Option<CertificatesConfig>,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
     /// `[state]`: where the plugins' kv state lives.
@@ -253,6 +253,74 @@ impl Default for ReloadConfig {
 pub struct TlsFiles {
     pub certificate: PathBuf,
     pub key: PathBuf,
+}
+
+/// The certificates a TLS listener serves: the pair for clients that send
+/// no server name (SNI, RFC 6066 §3) or one no pair is for, and the pairs
+/// chosen by server name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsCertificates {
+    pub default: TlsFiles,
+    pub named: Vec<NamedTlsFiles>,
+}
+
+/// A pair served to clients asking for one of `names` (lowercase; a
+/// leading `*.` matches exactly one label).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedTlsFiles {
+    pub names: Vec<String>,
+    pub files: TlsFiles,
+}
+
+impl TlsCertificates {
+    /// Every pair, the default first.
+    pub fn pairs(&self) -> impl Iterator<Item = &TlsFiles> {
+        std::iter::once(&self.default).chain(self.named.iter().map(|n| &n.files))
+    }
+}
+
+/// `[tls]`'s or a listener's certificates as configured: either one pair
+/// (`certificate` and `key`) or `[[tls.certificate]]` tables, each with
+/// its own pair and the server `names` it is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatesConfig {
+    pub default: TlsFilesConfig,
+    pub named: Vec<NamedCertificateConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedCertificateConfig {
+    pub names: Vec<String>,
+    pub files: TlsFilesConfig,
+}
+
+impl CertificatesConfig {
+    /// One pair for every client.
+    pub fn single(files: TlsFilesConfig) -> CertificatesConfig {
+        CertificatesConfig {
+            default: files,
+            named: Vec::new(),
+        }
+    }
+
+    /// Every pair as configured, the default first.
+    pub fn pairs(&self) -> impl Iterator<Item = &TlsFilesConfig> {
+        std::iter::once(&self.default).chain(self.named.iter().map(|n| &n.files))
+    }
+
+    pub fn certificates(&self) -> TlsCertificates {
+        TlsCertificates {
+            default: self.default.files(),
+            named: self
+                .named
+                .iter()
+                .map(|n| NamedTlsFiles {
+                    names: n.names.clone(),
+                    files: n.files.files(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A certificate and key pair as configured (`[tls]` or a listener's
@@ -432,8 +500,8 @@ pub struct ListenerConfig {
     pub pipeline: String,
     pub tls: TlsMode,
     pub auth: AuthMode,
-    /// The listener's own certificate (overrides `[tls]`).
-    pub tls_files: Option<TlsFilesConfig>,
+    /// The listener's own certificates (override `[tls]`).
+    pub tls_files: Option<CertificatesConfig>,
     /// Allow AUTH over a cleartext connection (for loopback testing only).
     pub auth_without_tls: bool,
     /// A message submission listener (RFC 6409): senders must be the

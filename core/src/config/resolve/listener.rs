@@ -1,6 +1,5 @@
-//! `[[listener]]` and `[tls]`: where sluice listens, with which pipeline,
-//! TLS mode and AUTH policy, and the certificate paths (checked for form
-//! only; `assets` opens them).
+//! `[[listener]]`: where sluice listens, with which pipeline, TLS mode and
+//! AUTH policy, and its own certificates (`certificates`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,6 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::super::*;
+use super::certificates::RawCertificate;
 use super::Diagnostics;
 
 #[derive(Deserialize)]
@@ -20,60 +20,11 @@ pub(super) struct RawListener {
     pipeline: Spanned<String>,
     tls: Option<Spanned<TlsMode>>,
     auth: Option<Spanned<AuthMode>>,
-    certificate: Option<Spanned<String>>,
+    certificate: Option<Spanned<RawCertificate>>,
     key: Option<Spanned<String>>,
     auth_without_tls: Option<bool>,
     submission: Option<bool>,
     greet_delay: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawTls {
-    certificate: Option<Spanned<String>>,
-    key: Option<Spanned<String>>,
-}
-
-impl Diagnostics<'_> {
-    /// A certificate and key pair given as two keys of one table: both or
-    /// neither. Relative paths are relative to the working directory, like
-    /// `server.data_dir`.
-    fn tls_files(
-        &mut self,
-        certificate: &Option<Spanned<String>>,
-        key: &Option<Spanned<String>>,
-        table: &str,
-    ) -> Option<TlsFilesConfig> {
-        match (certificate, key) {
-            (None, None) => None,
-            (Some(c), None) => {
-                self.add(
-                    c.span(),
-                    format!("{table}.key"),
-                    "certificate is set but key is missing",
-                );
-                None
-            }
-            (None, Some(k)) => {
-                self.add(
-                    k.span(),
-                    format!("{table}.certificate"),
-                    "key is set but certificate is missing",
-                );
-                None
-            }
-            (Some(c), Some(k)) => Some(TlsFilesConfig {
-                certificate: Located {
-                    value: c.get_ref().into(),
-                    origin: self.origin(c.span(), format!("{table}.certificate")),
-                },
-                key: Located {
-                    value: k.get_ref().into(),
-                    origin: self.origin(k.span(), format!("{table}.key")),
-                },
-            }),
-        }
-    }
 }
 
 /// Every listener; each must name a pipeline of `pipelines`.
@@ -127,11 +78,13 @@ pub(super) fn resolve_listeners(
             .as_ref()
             .map_or(AuthMode::None, |a| *a.get_ref());
         let auth_without_tls = listener.auth_without_tls.unwrap_or(false);
-        let tls_files = d.tls_files(&listener.certificate, &listener.key, &key);
+        let tls_files = d.certificates(listener.certificate.as_ref(), listener.key.as_ref(), &key);
         if tls == TlsMode::None {
-            if let Some(first) = listener.certificate.as_ref().or(listener.key.as_ref()) {
+            let first = (listener.certificate.as_ref().map(Spanned::span))
+                .or(listener.key.as_ref().map(Spanned::span));
+            if let Some(span) = first {
                 d.add(
-                    first.span(),
+                    span,
                     format!("{key}.certificate"),
                     "a certificate is only used by a listener with tls = \"starttls\" or \"implicit\"",
                 );
@@ -198,17 +151,4 @@ pub(super) fn resolve_listeners(
         d.add(0..0, "listener", "at least one [[listener]] is required");
     }
     listeners
-}
-
-/// `[tls]`: the certificate of TLS listeners without their own.
-pub(super) fn resolve_tls(d: &mut Diagnostics<'_>, raw: Option<&RawTls>) -> Option<TlsFilesConfig> {
-    let raw = raw?;
-    if raw.certificate.is_none() && raw.key.is_none() {
-        d.add(
-            0..0,
-            "tls",
-            "[tls] needs certificate and key (leave [tls] out to use a generated self-signed certificate)",
-        );
-    }
-    d.tls_files(&raw.certificate, &raw.key, "tls")
 }

@@ -4,6 +4,7 @@
 //! form and its `resolve_*` function; this one holds the whole file's raw
 //! form, the diagnostics collector and the value syntaxes sections share.
 
+mod certificates;
 mod delivery;
 mod listener;
 mod plugins;
@@ -20,8 +21,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Config, ConfigDiagnostic, Origin};
+use certificates::RawTls;
 use delivery::{RawDelivery, RawDns, RawQueue};
-use listener::{RawListener, RawTls};
+use listener::RawListener;
 use plugins::{RawPipeline, RawPlugin, RawPluginCache};
 use server::{RawAdmin, RawAuth, RawDomains, RawLog, RawReload, RawServer};
 use state::RawState;
@@ -191,7 +193,7 @@ pub(super) fn resolve(
     let dns = delivery::resolve_dns(&mut d, raw.dns.as_ref());
     let admin = server::resolve_admin(&mut d, raw.admin.as_ref());
     let log = server::resolve_log(raw.log.as_ref());
-    let tls = listener::resolve_tls(&mut d, raw.tls.as_ref());
+    let tls = certificates::resolve_tls(&mut d, raw.tls.as_ref());
     let auth = server::resolve_auth(&mut d, raw.auth.as_ref());
     let state = state::resolve_state(&mut d, raw.state.as_ref());
     let reload = server::resolve_reload(&mut d, raw.reload.as_ref());

@@ -321,6 +321,7 @@ fn tls_listeners_certificates_and_auth() {
             .tls
             .as_ref()
             .unwrap()
+            .default
             .certificate
             .display()
             .to_string(),
@@ -337,7 +338,7 @@ fn tls_listeners_certificates_and_auth() {
     assert_eq!(smtps.tls, TlsMode::Implicit);
     assert_eq!(smtps.auth, AuthMode::None);
     assert!(!smtps.auth_offered(true));
-    let files = smtps.tls_files.as_ref().unwrap();
+    let files = &smtps.tls_files.as_ref().unwrap().default;
     assert_eq!(
         (files.key.origin.line, files.key.origin.key.as_str()),
         (20, "listener[1].key")
@@ -680,4 +681,77 @@ fn session_timeouts_resolve_with_defaults_and_name_bad_values() {
         err.contains("c.toml:4:") && err.contains("server.timeouts.data: invalid duration"),
         "{err}"
     );
+}
+
+#[test]
+fn certificates_by_server_name() {
+    let text = "[tls]\n\
+         [[tls.certificate]]\nnames = [\"MX.A.example\", \"*.b.example.\"]\n\
+         certificate = \"/a.pem\"\nkey = \"/a.key\"\n\
+         [[tls.certificate]]\ncertificate = \"/d.pem\"\nkey = \"/d.key\"\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n\
+         tls = \"starttls\"\n\
+         [[listener.certificate]]\nnames = [\"c.example\"]\ncertificate = \"/c.pem\"\nkey = \"/c.key\"\n\
+         [pipeline.p]\n";
+    let config = load_str(text, "c.toml").unwrap();
+    let tls = config.tls.as_ref().unwrap().certificates();
+    assert_eq!(tls.default.certificate, std::path::Path::new("/d.pem"));
+    assert_eq!(tls.named.len(), 1);
+    assert_eq!(tls.named[0].names, ["mx.a.example", "*.b.example"]);
+    assert_eq!(tls.named[0].files.key, std::path::Path::new("/a.key"));
+    // A listener whose tables all have names serves the first by default.
+    let own = config.listeners[0].tls_files.as_ref().unwrap();
+    assert_eq!(
+        own.default.certificate.value,
+        std::path::Path::new("/c.pem")
+    );
+    assert_eq!(own.named[0].names, ["c.example"]);
+    assert_eq!(
+        own.named[0].files.key.origin.key,
+        "listener[0].certificate[0].key"
+    );
+}
+
+#[test]
+fn bad_certificate_tables_name_key_and_line() {
+    let text = "[tls]\nkey = \"/x.key\"\n\
+         [[tls.certificate]]\nnames = [\"a.example\"]\ncertificate = \"/a.pem\"\nkey = \"/a.key\"\n\
+         [[tls.certificate]]\nnames = [\"A.example\", \"bad name\"]\ncertificate = \"/b.pem\"\n\
+         [[tls.certificate]]\ncertificate = \"/c.pem\"\nkey = \"/c.key\"\n\
+         [[tls.certificate]]\ncertificate = \"/d.pem\"\nkey = \"/d.key\"\n\
+         [[tls.certificate]]\nnames = [\"e.example\"]\nchain = \"/e.pem\"\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n\
+         [pipeline.p]\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    // Unknown keys in a table stop parsing first: that one alone.
+    assert!(err.contains("c.toml:18:") && err.contains("chain"), "{err}");
+    let text = text.replace(
+        "chain = \"/e.pem\"\n",
+        "certificate = \"/e.pem\"\nkey = \"/e.key\"\n",
+    );
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    for (line, what) in [
+        (
+            "c.toml:2:",
+            "tls.key: with [[certificate]] tables each table has its own key",
+        ),
+        (
+            "c.toml:8:",
+            "tls.certificate[1].names: a.example is already the name of certificate[0]",
+        ),
+        ("c.toml:8:", "\"bad name\" is not a server name"),
+        (
+            "c.toml:9:",
+            "tls.certificate[1].key: certificate is set but key is missing",
+        ),
+        (
+            "tls.certificate[3].names:",
+            "only one [[certificate]] table may leave out names",
+        ),
+    ] {
+        assert!(
+            err.lines().any(|l| l.contains(line) && l.contains(what)),
+            "{line} {what} in:\n{err}"
+        );
+    }
 }
