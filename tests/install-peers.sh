@@ -2,7 +2,7 @@
 # Installs the Debian packages the end-to-end suite's real peers come from
 # (Postfix with smtp-source/smtp-sink, Dovecot LMTP, Prometheus with promtool,
 # swaks with Net::SSLeay for its TLS modes, openssl, systemd-analyze, nmap
-# with its smtp-open-relay script, redis-server, strace, FUSE), each
+# with its smtp-open-relay script, redis-server, strace, FUSE, HAProxy), each
 # only when missing. The tests run their own instances; no system MTA or
 # mailbox server is left running on the standard ports.
 set -euo pipefail
@@ -15,6 +15,8 @@ packages+=(redis-server)
 # The durability tests: strace for the syscall trace, FUSE (libfuse2 for
 # fusepy, fusermount) for the filesystem that loses unsynced writes.
 packages+=(strace fuse libfuse2)
+# PROXY protocol: HAProxy in front of a listener (send-proxy, send-proxy-v2).
+packages+=(haproxy)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -44,7 +46,7 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 
 # Should a service have started anyway (an init that ignores policy-rc.d),
 # stop and disable it: the tests start their own instances.
-for svc in postfix dovecot prometheus; do
+for svc in postfix dovecot prometheus haproxy; do
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   elif [ -x "/etc/init.d/$svc" ]; then

@@ -8,6 +8,7 @@
 //!   message over an in-memory pipe
 //! - [`session`]: one SMTP session over any byte stream: an explicit state,
 //!   one file per verb, the intake between the end of DATA and its reply
+//! - [`proxy`]: the PROXY protocol header a load balancer sends first
 //! - [`limits`]: the global and per-client connection caps, "under load"
 //! - [`client_key`]: what per-client caps count by (IPv4 address, IPv6 /64)
 //! - [`tls`]: certificates and the rustls configuration of TLS listeners
@@ -41,6 +42,7 @@ pub mod dns;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;
+pub mod proxy;
 pub mod reload;
 pub mod replay;
 pub mod server;

@@ -26,6 +26,7 @@ use crate::dns::Dns;
 use crate::limits::ConnectionLimits;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
+use crate::proxy::{self, ProxiedPeer};
 use crate::reload::{self, Reloader, Trigger};
 use crate::session::{Session, SessionContext};
 use crate::smtp::reply::Reply;
@@ -498,35 +499,26 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let ip = peer.ip();
-        let Some(permit) = limits.admit(ip) else {
-            tracing::warn!(client = %peer, listener = %listener.name, "connection refused: limit reached");
+        if listener.proxy_protocol
+            && !listener
+                .proxy_trusted_networks
+                .iter()
+                .any(|net| net.contains(&peer.ip()))
+        {
+            // Anyone else could name any client: no header is read.
+            tracing::warn!(client = %peer, listener = %listener.name, "connection refused: not a trusted PROXY protocol sender");
             METRICS.connections_refused.inc(&[&listener.name]);
-            if listener.tls == TlsMode::Implicit {
-                // A cleartext reply means nothing to a client expecting TLS.
-                continue;
-            }
-            let reply = Reply::too_many_connections().to_bytes();
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut stream = stream;
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
-            });
             continue;
-        };
+        }
         let n = SESSION_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let session_id = format!("{:x}{:04x}", std::process::id(), n);
-        let Some(session) = Session::new(
+        let connection = Connection {
             stream,
             peer,
-            session_id,
-            listener.clone(),
-            tls.clone(),
-            ctx.clone(),
-        ) else {
-            tracing::error!(listener = %listener.name, "listener's pipeline is missing");
-            continue;
+            session_id: format!("{:x}{:04x}", std::process::id(), n),
+            listener: listener.clone(),
+            tls: tls.clone(),
+            ctx: ctx.clone(),
+            limits: limits.clone(),
         };
         let mut running = lock_sessions(&sessions);
         // Reap finished sessions here, so the set stays as small as the
@@ -534,10 +526,71 @@ async fn accept_loop(
         while let Some(finished) = running.try_join_next() {
             count_panic(finished);
         }
-        running.spawn(async move {
-            session.run().await;
-            drop(permit);
-        });
+        running.spawn(connection.serve());
+    }
+}
+
+/// One accepted connection, from its PROXY header (where the listener
+/// expects one) through the per-client limits to the end of its session.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    session_id: String,
+    listener: Arc<ListenerConfig>,
+    tls: Option<Arc<ReloadableTls>>,
+    ctx: Arc<SessionContext>,
+    limits: Arc<ConnectionLimits>,
+}
+
+impl Connection {
+    async fn serve(mut self) {
+        let listener = self.listener.clone();
+        let mut peer = self.peer;
+        if listener.proxy_protocol {
+            // A preamble like a handshake, and bounded like one.
+            let timeout = self.ctx.config.server.timeouts.tls_handshake;
+            let header = tokio::time::timeout(timeout, proxy::read_header(&mut self.stream)).await;
+            match header {
+                Ok(Ok(ProxiedPeer::Client(client))) => peer = client,
+                Ok(Ok(ProxiedPeer::Local)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(proxy = %peer, listener = %listener.name, "connection closed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(proxy = %peer, listener = %listener.name, "connection closed: no PROXY header within {timeout:?}");
+                    METRICS
+                        .session_timeouts
+                        .inc(&[&listener.name, "proxy_header"]);
+                    return;
+                }
+            }
+        }
+        let Some(permit) = self.limits.admit(peer.ip()) else {
+            tracing::warn!(client = %peer, listener = %listener.name, "connection refused: limit reached");
+            METRICS.connections_refused.inc(&[&listener.name]);
+            if listener.tls != TlsMode::Implicit {
+                // A cleartext reply means nothing to a client expecting TLS.
+                use tokio::io::AsyncWriteExt;
+                let reply = Reply::too_many_connections().to_bytes();
+                let write = self.stream.write_all(&reply);
+                let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+            }
+            return;
+        };
+        let Some(session) = Session::new(
+            self.stream,
+            peer,
+            self.session_id,
+            listener.clone(),
+            self.tls,
+            self.ctx,
+        ) else {
+            tracing::error!(listener = %listener.name, "listener's pipeline is missing");
+            return;
+        };
+        session.run().await;
+        drop(permit);
     }
 }
 

@@ -508,6 +508,11 @@ pub struct ListenerConfig {
     /// authenticated user's, Date and Message-ID are added when missing.
     /// Defaults to `auth == required`.
     pub submission: bool,
+    /// Connections start with a PROXY protocol header (v1 or v2) naming
+    /// the client; accepted only from `proxy_trusted_networks`.
+    pub proxy_protocol: bool,
+    /// Who may send the PROXY header (default loopback).
+    pub proxy_trusted_networks: Vec<ipnet::IpNet>,
     /// How long the greeting waits; a client that talks before it is
     /// refused with 554 and dropped (postscreen's pregreet test). Zero turns
     /// the check off; clients in `server.greet_exempt` skip it.

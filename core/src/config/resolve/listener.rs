@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::super::*;
 use super::certificates::RawCertificate;
-use super::Diagnostics;
+use super::{loopback_networks, networks, Diagnostics};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +25,8 @@ pub(super) struct RawListener {
     auth_without_tls: Option<bool>,
     submission: Option<bool>,
     greet_delay: Option<Spanned<String>>,
+    proxy_protocol: Option<bool>,
+    proxy_trusted_networks: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Every listener; each must name a pipeline of `pipelines`.
@@ -135,6 +137,20 @@ pub(super) fn resolve_listeners(
                 );
             }
         }
+        let proxy_protocol = listener.proxy_protocol.unwrap_or(false);
+        let proxy_trusted_networks = match &listener.proxy_trusted_networks {
+            None => loopback_networks(),
+            Some(list) => {
+                if !proxy_protocol {
+                    d.add(
+                        list.span(),
+                        format!("{key}.proxy_trusted_networks"),
+                        "only used with proxy_protocol = true",
+                    );
+                }
+                networks(d, list.get_ref(), &format!("{key}.proxy_trusted_networks"))
+            }
+        };
         listeners.push(ListenerConfig {
             name: listener.name.get_ref().clone(),
             address,
@@ -145,6 +161,8 @@ pub(super) fn resolve_listeners(
             auth_without_tls,
             submission,
             greet_delay,
+            proxy_protocol,
+            proxy_trusted_networks,
         });
     }
     if raw.is_empty() {

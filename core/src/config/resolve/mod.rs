@@ -222,6 +222,17 @@ pub(super) fn resolve(
     Ok((config, d.list))
 }
 
+/// 127.0.0.0/8 and ::1: the default of keys that trust only this host.
+fn loopback_networks() -> Vec<ipnet::IpNet> {
+    vec![
+        ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::LOCALHOST, 8)),
+        ipnet::IpNet::V6(ipnet::Ipv6Net::new_assert(
+            std::net::Ipv6Addr::LOCALHOST,
+            128,
+        )),
+    ]
+}
+
 /// A list of networks (`10.0.0.0/8`, or a bare address for one host).
 fn networks(d: &mut Diagnostics<'_>, list: &[Spanned<String>], key: &str) -> Vec<ipnet::IpNet> {
     let mut out = Vec::new();

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::super::*;
-use super::{networks, valid_domain, Diagnostics, Size};
+use super::{loopback_networks, networks, valid_domain, Diagnostics, Size};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,10 +110,7 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
     };
     let timeouts = resolve_timeouts(d, server.timeouts.as_ref());
     let greet_exempt = match &server.greet_exempt {
-        None => vec![
-            "127.0.0.0/8".parse().expect("literal network"),
-            "::1/128".parse().expect("literal network"),
-        ],
+        None => loopback_networks(),
         Some(list) => networks(d, list, "server.greet_exempt"),
     };
     let ipv6_prefix = match &server.ipv6_prefix {
