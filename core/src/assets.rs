@@ -1,6 +1,7 @@
 //! The files a configuration names: the certificate and key pairs of
-//! `[tls]` and the listeners, the `[[dkim.sign]]` keys, and the admin
-//! token of `[admin] token_file`, loaded once. Private keys that group or
+//! `[tls]` and the listeners, the `[[dkim.sign]]` keys, the admin token of
+//! `[admin] token_file` and the routes' `auth_file` credentials, loaded
+//! once. Private keys that group or
 //! others may read are loaded but reported as warnings.
 //! `config` only checks their paths' form; [`Assets::load`] opens them and
 //! reports every failure as a [`ConfigDiagnostic`] on the key that named the
@@ -17,6 +18,7 @@ use crate::admin::AdminToken;
 use crate::config::{
     CertificatesConfig, Config, ConfigDiagnostic, Located, TlsCertificates, TlsFilesConfig, TlsMode,
 };
+use crate::delivery::Credentials;
 use crate::dkim::DkimSigners;
 use crate::tls::{self, ReloadableTls, TlsError};
 
@@ -38,6 +40,9 @@ pub struct Assets {
     pub dkim: DkimSigners,
     /// The token of `[admin] token_file`, if configured.
     pub admin_token: Option<AdminToken>,
+    /// The credentials of each `[[delivery.route]]` with an `auth_file`,
+    /// by route domain.
+    pub route_credentials: BTreeMap<String, Arc<Credentials>>,
     /// Loaded, but worth the operator's attention: private keys group or
     /// others may read.
     pub warnings: Vec<ConfigDiagnostic>,
@@ -92,11 +97,24 @@ impl Assets {
                 }
             },
         };
+        let mut route_credentials = BTreeMap::new();
+        for route in &config.delivery.routes {
+            let Some(file) = &route.auth_file else {
+                continue;
+            };
+            match Credentials::read(&file.value) {
+                Ok(credentials) => {
+                    route_credentials.insert(route.domain.clone(), Arc::new(credentials));
+                }
+                Err(e) => diagnostics.push(file.origin.diagnostic(e.to_string())),
+            }
+        }
         match dkim {
             Some(dkim) if diagnostics.is_empty() => Ok(Assets {
                 listener_certificates,
                 dkim,
                 admin_token,
+                route_credentials,
                 warnings: exposed_keys(config),
             }),
             _ => Err(AssetError { diagnostics }),

@@ -25,6 +25,7 @@
 //! - [`config`]: the TOML file, parsed and checked value by value with the
 //!   key and line of every error; a leaf: it imports no other module and
 //!   opens no file it names
+//! - [`private_file`]: secrets read from files only their owner may open
 //! - [`state`]: the plugins' key-value state (sled, or Redis shared by nodes)
 //! - [`metrics`]: counters, gauges and histograms for Prometheus
 //! - [`admin`]: the operator's HTTP endpoint (queue, health) and its client
@@ -42,6 +43,7 @@ pub mod dns;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;
+pub mod private_file;
 pub mod proxy;
 pub mod reload;
 pub mod replay;

@@ -7,6 +7,7 @@
 //! tempfail, stop delivery, flush the spool). It also runs the admin
 //! endpoint, which reports ready only while the SMTP listeners accept.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::admin::{AdminError, AdminListeners, AdminState};
 use crate::assets::{AssetError, Assets};
 use crate::config::DkimKeyConfig;
 use crate::config::{Config, ListenerConfig, TlsMode};
-use crate::delivery::{self, DeliverySettings, OutboundTlsConfig};
+use crate::delivery::{self, Credentials, DeliverySettings, OutboundTlsConfig};
 use crate::dkim::DkimSigners;
 use crate::dns::Dns;
 use crate::limits::ConnectionLimits;
@@ -88,6 +89,8 @@ pub struct Server {
     certificates: Vec<Arc<ReloadableTls>>,
     admin: AdminListeners,
     dkim: DkimSigners,
+    /// The routes' AUTH credentials, read at start.
+    route_credentials: BTreeMap<String, Arc<Credentials>>,
     /// Built once: its lockout counts outlive reloads.
     authenticator: Arc<Authenticator>,
 }
@@ -178,6 +181,7 @@ impl Server {
             certificates,
             admin,
             dkim,
+            route_credentials: assets.route_credentials.clone(),
             authenticator,
         })
     }
@@ -207,7 +211,7 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let config = self.config.clone();
         let (delivery, delivery_task) = delivery::spawn(
-            delivery_settings(&config, &self.local_addrs()),
+            delivery_settings(&config, &self.local_addrs(), &self.route_credentials),
             self.spool.clone(),
             self.dns.clone(),
             self.outbound_tls.clone(),
@@ -596,7 +600,11 @@ impl Connection {
 
 /// The delivery's view of the configuration, and what it needs to know
 /// that is not configuration.
-fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) -> DeliverySettings {
+fn delivery_settings(
+    config: &Config,
+    own_addresses: &[std::net::SocketAddr],
+    route_credentials: &BTreeMap<String, Arc<Credentials>>,
+) -> DeliverySettings {
     DeliverySettings {
         hostname: config.server.hostname.clone(),
         domains: config.domains.clone(),
@@ -605,6 +613,7 @@ fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) ->
         maildir_root: config.server.data_dir.join("mail"),
         own_addresses: own_addresses.to_vec(),
         idle_timeout: Duration::from_secs(5),
+        route_credentials: route_credentials.clone(),
     }
 }
 

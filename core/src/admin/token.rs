@@ -3,11 +3,11 @@
 //! with what a TCP request presents. `assets` reads it at start; `guard`
 //! asks it whether a request's `Authorization` matches.
 
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use ring::digest;
+
+use crate::private_file::{self, PrivateFileError};
 
 /// Shortest token accepted: a guessable token is no lock.
 const MIN_TOKEN_LENGTH: usize = 16;
@@ -17,17 +17,9 @@ const MAX_TOKEN_LENGTH: usize = 4096;
 /// Why a token file is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("cannot read {}: {error}", path.display())]
-    Io {
-        path: std::path::PathBuf,
-        error: std::io::Error,
-    },
-    /// Group or others may open the file: the token is as good as public.
-    #[error(
-        "{} is accessible by group or others (mode {mode:04o}); it holds the admin token: \
-         chmod 600 it", path.display()
-    )]
-    Exposed { path: std::path::PathBuf, mode: u32 },
+    /// Unreadable, not a regular file, or open to group or others.
+    #[error(transparent)]
+    File(#[from] PrivateFileError),
     #[error(
         "{} holds no usable token: expected one line of {MIN_TOKEN_LENGTH} to \
          {MAX_TOKEN_LENGTH} visible ASCII characters", path.display()
@@ -53,33 +45,7 @@ impl AdminToken {
     /// Reads the token from its file: one line (a final newline is
     /// dropped), a regular file that only its owner may open.
     pub fn read(path: &Path) -> Result<AdminToken, TokenError> {
-        let io = |error| TokenError::Io {
-            path: path.to_owned(),
-            error,
-        };
-        // O_NOFOLLOW: the mode checked is the mode of the file read, not of
-        // whatever a symbolic link points at later.
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-            .map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(io(std::io::Error::other("not a regular file")));
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(TokenError::Exposed {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let mut text = Vec::new();
-        (&mut file)
-            .take(MAX_TOKEN_LENGTH as u64 + 2)
-            .read_to_end(&mut text)
-            .map_err(io)?;
+        let text = private_file::read(path, MAX_TOKEN_LENGTH as u64 + 2, "the admin token")?;
         let token = text.strip_suffix(b"\n").unwrap_or(&text);
         let token = token.strip_suffix(b"\r").unwrap_or(token);
         AdminToken::new(token).ok_or_else(|| TokenError::Malformed {
@@ -151,7 +117,10 @@ mod tests {
         for mode in [0o640, 0o604, 0o620, 0o644, 0o660] {
             let path = token_file(dir.path(), TOKEN, mode);
             let err = AdminToken::read(&path).unwrap_err();
-            assert!(matches!(err, TokenError::Exposed { .. }), "{mode:o}: {err}");
+            assert!(
+                matches!(err, TokenError::File(PrivateFileError::Exposed { .. })),
+                "{mode:o}: {err}"
+            );
             let text = err.to_string();
             assert!(
                 text.contains(&format!("mode 0{mode:o}")) && text.contains("chmod 600"),
@@ -182,7 +151,7 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(matches!(
             AdminToken::read(&link),
-            Err(TokenError::Io { .. })
+            Err(TokenError::File(PrivateFileError::Io { .. }))
         ));
         let err = AdminToken::read(&dir.path().join("missing")).unwrap_err();
         assert!(err.to_string().starts_with("cannot read "), "{err}");

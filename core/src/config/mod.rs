@@ -623,6 +623,9 @@ pub struct Route {
     /// "host:port".
     pub next_hop: String,
     pub tls: Option<OutboundTls>,
+    /// A file (0600) of `username:password` to AUTH to the next hop with;
+    /// only ever sent over verified TLS.
+    pub auth_file: Option<Located<PathBuf>>,
 }
 
 #[derive(Debug, Clone)]

@@ -3,7 +3,8 @@
 //! - `route`: where a domain's mail goes (route, MX hosts, or local)
 //! - `ignore`: the networks MX-derived targets may not be in
 //! - `smtp_client` over `transport`: SMTP/LMTP to the next hop, with
-//!   STARTTLS, pipelining and pooled connections
+//!   STARTTLS, pipelining, pooled connections and a route's AUTH
+//!   (`credentials`)
 //! - `maildir`: local domains written to `<data_dir>/mail/<domain>/<local>/`
 //! - `dsn`: the reports senders get about failed or delayed recipients
 //! - `limits`: per-destination connection and rate limits, taken before
@@ -14,6 +15,7 @@
 //! A recipient leaves the queue only after the next hop said 250 or the
 //! Maildir file was fsynced.
 
+mod credentials;
 mod dsn;
 mod ignore;
 mod limits;
@@ -23,12 +25,15 @@ mod scheduler;
 mod smtp_client;
 mod transport;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DeliveryConfig, DomainsConfig, QueueConfig, Route};
 
+pub use credentials::{Credentials, CredentialsError};
 pub use scheduler::{spawn, DeliveryHandle};
 pub use transport::{OutboundTlsConfig, TlsSetupError};
 
@@ -50,6 +55,8 @@ pub struct DeliverySettings {
     /// This server's listeners: an MX pointing here is a loop.
     pub own_addresses: Vec<SocketAddr>,
     pub idle_timeout: Duration,
+    /// The credentials of routes with an `auth_file`, by route domain.
+    pub route_credentials: BTreeMap<String, Arc<Credentials>>,
 }
 
 impl DeliverySettings {
@@ -107,6 +114,7 @@ pub(crate) mod tests {
                         domain: d.to_string(),
                         next_hop: h.to_string(),
                         tls: None,
+                        auth_file: None,
                     })
                     .collect(),
                 max_connections_per_domain: 1,
@@ -130,6 +138,7 @@ pub(crate) mod tests {
             maildir_root: "/nonexistent".into(),
             own_addresses: Vec::new(),
             idle_timeout: Duration::from_secs(1),
+            route_credentials: BTreeMap::new(),
         }
     }
 

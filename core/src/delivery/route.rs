@@ -12,7 +12,9 @@
 //! operator's own word and exempt from the filter.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
+use super::credentials::Credentials;
 use super::ignore::is_ignored;
 use super::smtp_client::{Target, TargetAddress};
 use super::DeliverySettings;
@@ -22,8 +24,12 @@ use crate::dns::{Dns, LookupError, MxRecord};
 /// Where the recipients of one domain are sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// A configured next hop, "host:port".
-    Route { next_hop: String, tls: OutboundTls },
+    /// A configured next hop, "host:port", and what to AUTH with there.
+    Route {
+        next_hop: String,
+        tls: OutboundTls,
+        auth: Option<Arc<Credentials>>,
+    },
     /// The domain's MX hosts.
     Mx { domain: String, tls: OutboundTls },
 }
@@ -40,6 +46,14 @@ impl Destination {
     pub fn tls(&self) -> OutboundTls {
         match self {
             Destination::Route { tls, .. } | Destination::Mx { tls, .. } => *tls,
+        }
+    }
+
+    /// A route's credentials; MX hosts are never sent any.
+    pub fn auth(&self) -> Option<&Credentials> {
+        match self {
+            Destination::Route { auth, .. } => auth.as_deref(),
+            Destination::Mx { .. } => None,
         }
     }
 }
@@ -59,6 +73,7 @@ pub fn destination(settings: &DeliverySettings, domain: &str) -> Destination {
         Some(route) => Destination::Route {
             next_hop: route.next_hop.clone(),
             tls: route.tls.unwrap_or(settings.delivery.tls),
+            auth: settings.route_credentials.get(&route.domain).cloned(),
         },
         None => Destination::Mx {
             domain: domain.to_ascii_lowercase(),

@@ -23,7 +23,9 @@ use tokio::task::JoinSet;
 use super::dsn::{self, RecipientReport, ReportKind};
 use super::limits::DestinationLimits;
 use super::route::{self, Destination, RouteFailure};
-use super::smtp_client::{self, ClientContext, Envelope, Protocol, Target, TargetAddress};
+use super::smtp_client::{
+    self, ClientContext, Envelope, HopPolicy, Protocol, Target, TargetAddress,
+};
 use super::transport::OutboundTlsConfig;
 use super::{maildir, split_address, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
@@ -378,8 +380,11 @@ impl Deliverer {
                             &message,
                             &lmtp,
                             &targets,
-                            Protocol::Lmtp,
-                            OutboundTls::None,
+                            HopPolicy {
+                                protocol: Protocol::Lmtp,
+                                tls: OutboundTls::None,
+                                auth: None,
+                            },
                         )
                         .await
                     }
@@ -442,8 +447,11 @@ impl Deliverer {
                         &message,
                         list,
                         &targets,
-                        Protocol::Smtp,
-                        destination.tls(),
+                        HopPolicy {
+                            protocol: Protocol::Smtp,
+                            tls: destination.tls(),
+                            auth: destination.auth(),
+                        },
                     )
                     .await
                 }
@@ -496,8 +504,7 @@ impl Deliverer {
         message: &[u8],
         list: &[(usize, String)],
         targets: &[Target],
-        protocol: Protocol,
-        tls: OutboundTls,
+        policy: HopPolicy<'_>,
     ) -> Vec<Result1> {
         let addresses: Vec<String> = list.iter().map(|(_, a)| a.clone()).collect();
         let envelope = Envelope {
@@ -505,7 +512,7 @@ impl Deliverer {
             recipients: &addresses,
             message,
         };
-        let outcome = smtp_client::deliver(&self.client, targets, protocol, tls, &envelope).await;
+        let outcome = smtp_client::deliver(&self.client, targets, policy, &envelope).await;
         list.iter()
             .zip(outcome.results)
             .map(|((index, address), result)| {

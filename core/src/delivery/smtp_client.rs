@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::credentials::Credentials;
 use super::transport::{server_name, ClientStream, OutboundTlsConfig};
 use super::RecipientResult;
 use crate::config::{DeliveryTimeouts, OutboundTls};
@@ -67,6 +68,15 @@ pub struct Target {
     /// certificate under `required` TLS, and logged.
     pub host: String,
     pub address: TargetAddress,
+}
+
+/// How to speak to one destination's targets.
+#[derive(Debug, Clone, Copy)]
+pub struct HopPolicy<'a> {
+    pub protocol: Protocol,
+    pub tls: OutboundTls,
+    /// What to AUTH with (a route's `auth_file`), after TLS.
+    pub auth: Option<&'a Credentials>,
 }
 
 /// What stays the same for every delivery.
@@ -117,6 +127,8 @@ struct Capabilities {
     smtputf8: bool,
     /// SIZE's fixed limit; Some(0) means "no fixed limit" (RFC 1870).
     size: Option<u64>,
+    /// The SASL mechanisms of `AUTH` (RFC 4954), upper-cased.
+    auth: Vec<String>,
 }
 
 impl Capabilities {
@@ -132,6 +144,13 @@ impl Capabilities {
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "AUTH" => caps.auth.extend(words.map(str::to_ascii_uppercase)),
+                // The pre-standard form some servers still send beside AUTH.
+                k if k.starts_with("AUTH=") => {
+                    let first = k.trim_start_matches("AUTH=").to_owned();
+                    caps.auth.push(first);
+                    caps.auth.extend(words.map(str::to_ascii_uppercase));
+                }
                 _ => {}
             }
         }
@@ -193,6 +212,10 @@ enum ClientError {
     TlsRequired(String),
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(String),
+    /// The next hop refused the route's credentials or offers no
+    /// mechanism sluice speaks.
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// A pooled connection failed its RSET: the server closed it while it
     /// was idle. Not a failure of the target; a fresh connection is tried.
     #[error("pooled connection no longer usable")]
@@ -252,6 +275,7 @@ impl ClientError {
             ClientError::Timeout { .. }
             | ClientError::Deadline(_)
             | ClientError::Unconfirmed { .. } => "4.4.2",
+            ClientError::Auth(_) => "4.7.0",
             _ => "4.4.1",
         }
     }
@@ -359,17 +383,15 @@ impl Connection {
 pub async fn deliver(
     ctx: &ClientContext,
     targets: &[Target],
-    protocol: Protocol,
-    tls: OutboundTls,
+    policy: HopPolicy<'_>,
     envelope: &Envelope<'_>,
 ) -> Outcome {
     let deadline = tokio::time::Instant::now() + ctx.timeouts.attempt;
     let mut last_error = String::from("4.4.1 no host to deliver to");
     for target in targets {
-        let tried =
-            tokio::time::timeout_at(deadline, deliver_to(ctx, target, protocol, tls, envelope))
-                .await
-                .unwrap_or(Err(ClientError::Deadline(ctx.timeouts.attempt)));
+        let tried = tokio::time::timeout_at(deadline, deliver_to(ctx, target, policy, envelope))
+            .await
+            .unwrap_or(Err(ClientError::Deadline(ctx.timeouts.attempt)));
         let e = match tried {
             Ok(outcome) => return outcome,
             Err(e) => e,
@@ -413,11 +435,17 @@ pub async fn deliver(
 async fn deliver_to(
     ctx: &ClientContext,
     target: &Target,
-    protocol: Protocol,
-    tls: OutboundTls,
+    policy: HopPolicy<'_>,
     envelope: &Envelope<'_>,
 ) -> Result<Outcome, ClientError> {
-    let key = format!("{protocol:?} {} {tls:?}", target.address);
+    let HopPolicy {
+        protocol,
+        tls,
+        auth,
+    } = policy;
+    // A pooled connection is as authenticated as it was when opened.
+    let user = auth.map_or("", Credentials::username);
+    let key = format!("{protocol:?} {} {tls:?} {user}", target.address);
     // A pooled connection the server closed meanwhile fails at RSET (sent
     // ahead of the transaction); a fresh one is opened then.
     let mut pooled = None;
@@ -440,6 +468,16 @@ async fn deliver_to(
                 }
                 other => other?,
             };
+            if let Some(credentials) = auth {
+                // Config makes such routes `tls = "required"`; this holds
+                // whatever the policy says.
+                if conn.tls.is_none() {
+                    return Err(ClientError::TlsRequired(
+                        "credentials are only sent over TLS".to_owned(),
+                    ));
+                }
+                authenticate(&mut conn, credentials, ctx.timeouts.command).await?;
+            }
             let results = transaction(&mut conn, &ctx.timeouts, protocol, envelope, false).await?;
             (conn, results)
         }
@@ -554,6 +592,40 @@ async fn open(
     // RFC 3207 §4.2: everything learned before TLS is forgotten.
     hello(&mut conn, &ctx.hostname, protocol, t.command).await?;
     Ok(conn)
+}
+
+/// AUTH PLAIN (with its initial response) when offered, else LOGIN
+/// (RFC 4954 §4). Any reply but 235 fails the target; the reply text is
+/// kept for the log and the deferral, the credentials are not.
+async fn authenticate(
+    conn: &mut Connection,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let offered = |mechanism: &str| conn.caps.auth.iter().any(|m| m == mechanism);
+    let reply = if offered("PLAIN") {
+        let command = format!("AUTH PLAIN {}", credentials.plain());
+        conn.command(&command, "AUTH", timeout).await?
+    } else if offered("LOGIN") {
+        let (username, password) = credentials.login();
+        let mut reply = conn.command("AUTH LOGIN", "AUTH", timeout).await?;
+        for answer in [username, password] {
+            if reply.code != 334 {
+                break;
+            }
+            reply = conn.command(&answer, "AUTH", timeout).await?;
+        }
+        reply
+    } else {
+        return Err(ClientError::Auth(format!(
+            "the server offers no AUTH PLAIN or LOGIN (offered: {})",
+            conn.caps.auth.join(" ")
+        )));
+    };
+    match reply.code {
+        235 => Ok(()),
+        _ => Err(ClientError::Auth(reply.line())),
+    }
 }
 
 async fn hello(
@@ -829,6 +901,20 @@ mod tests {
     }
 
     #[test]
+    fn auth_mechanisms_from_ehlo_in_both_forms() {
+        let caps = Capabilities::parse(&reply(
+            250,
+            &["hop greets", "AUTH login Plain", "AUTH=CRAM-MD5"],
+        ));
+        assert_eq!(caps.auth, ["LOGIN", "PLAIN", "CRAM-MD5"]);
+        assert!(
+            Capabilities::parse(&reply(250, &["hop greets", "PIPELINING"]))
+                .auth
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn mail_parameters_follow_capabilities() {
         let recipients = vec!["b@example.org".to_owned()];
         let envelope = Envelope {
@@ -951,8 +1037,17 @@ mod tests {
                 recipients: &recipients,
                 message: body,
             };
-            let outcome =
-                deliver(&ctx, &targets, Protocol::Smtp, OutboundTls::None, &envelope).await;
+            let outcome = deliver(
+                &ctx,
+                &targets,
+                HopPolicy {
+                    protocol: Protocol::Smtp,
+                    tls: OutboundTls::None,
+                    auth: None,
+                },
+                &envelope,
+            )
+            .await;
             assert!(
                 matches!(outcome.results[..], [RecipientResult::Delivered(_)]),
                 "{outcome:?}"

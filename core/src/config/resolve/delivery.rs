@@ -61,7 +61,8 @@ pub(super) struct RawLmtp {
 pub(super) struct RawRoute {
     domain: Spanned<String>,
     next_hop: Spanned<String>,
-    tls: Option<OutboundTls>,
+    tls: Option<Spanned<OutboundTls>>,
+    auth_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -149,10 +150,29 @@ pub(super) fn resolve_delivery(
                 format!("invalid next hop {hop:?} (expected HOST:PORT)"),
             );
         }
+        let auth_file = route.auth_file.as_ref().map(|file| Located {
+            value: PathBuf::from(file.get_ref()),
+            origin: d.origin(file.span(), format!("delivery.route[{i}].auth_file")),
+        });
+        let mut tls = route.tls.as_ref().map(|t| *t.get_ref());
+        if auth_file.is_some() {
+            match &route.tls {
+                // Credentials never travel in clear text or to a host
+                // whose certificate was not verified.
+                Some(t) if *t.get_ref() != OutboundTls::Required => d.add(
+                    t.span(),
+                    format!("delivery.route[{i}].tls"),
+                    "a route with auth_file sends its credentials only over verified TLS: \
+                     tls must be \"required\" (or left out)",
+                ),
+                _ => tls = Some(OutboundTls::Required),
+            }
+        }
         routes.push(Route {
             domain,
             next_hop: hop.clone(),
-            tls: route.tls,
+            tls,
+            auth_file,
         });
     }
 
