@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::super::*;
-use super::Diagnostics;
+use super::{valid_domain, Diagnostics};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,7 +192,7 @@ impl Diagnostics<'_> {
         for name in names {
             let lower = name.get_ref().trim_end_matches('.').to_ascii_lowercase();
             let host = lower.strip_prefix("*.").unwrap_or(&lower);
-            if !is_dns_name(host) {
+            if !valid_domain(host) {
                 self.add(
                     name.span(),
                     key.clone(),
@@ -215,20 +215,6 @@ impl Diagnostics<'_> {
         }
         Some(out)
     }
-}
-
-/// Letters, digits and hyphens in dot-separated labels of 1–63 octets.
-fn is_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// `[tls]`: the certificates of TLS listeners without their own.
