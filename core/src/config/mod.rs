@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 mod resolve;
 
+pub use resolve::valid_domain;
+
 /// The embedded default: what `sluice serve` runs without `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
 

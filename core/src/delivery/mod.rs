@@ -5,6 +5,7 @@
 //! - `smtp_client` over `transport`: SMTP/LMTP to the next hop, with
 //!   STARTTLS, pipelining, pooled connections and a route's AUTH
 //!   (`credentials`)
+//! - `mta_sts`: MTA-STS records and policies (RFC 8461)
 //! - `maildir`: local domains written to `<data_dir>/mail/<domain>/<local>/`
 //! - `dsn`: the reports senders get about failed or delayed recipients
 //! - `limits`: per-destination connection and rate limits, taken before
@@ -20,6 +21,7 @@ mod dsn;
 mod ignore;
 mod limits;
 mod maildir;
+mod mta_sts;
 mod route;
 mod scheduler;
 mod smtp_client;

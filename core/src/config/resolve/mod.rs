@@ -262,7 +262,7 @@ fn valid_host_port(text: &str) -> bool {
 }
 
 /// RFC 1035 host name syntax (letters, digits, hyphens; labels of 1–63).
-fn valid_domain(name: &str) -> bool {
+pub fn valid_domain(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
