@@ -613,6 +613,7 @@ fn delivery_settings(
         maildir_root: config.server.data_dir.join("mail"),
         own_addresses: own_addresses.to_vec(),
         idle_timeout: Duration::from_secs(5),
+        mta_sts_cache: config.server.data_dir.join("mta-sts"),
         route_credentials: route_credentials.clone(),
     }
 }

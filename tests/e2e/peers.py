@@ -104,10 +104,10 @@ def kill_all(pids):
 
 class Certs:
     """A throwaway CA and a server certificate it signed, for 127.0.0.1 and
-    localhost (a self-signed CA:TRUE certificate is refused as a server
+    `names` (default localhost) (a self-signed CA:TRUE certificate is refused as a server
     certificate by webpki, so the CA and the leaf are separate)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, names=("localhost",)):
         require("openssl")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ class Certs:
         ext.write_text("basicConstraints = critical, CA:FALSE\n"
                        "keyUsage = critical, digitalSignature, keyEncipherment\n"
                        "extendedKeyUsage = serverAuth\n"
-                       "subjectAltName = IP:127.0.0.1, DNS:localhost\n")
+                       "subjectAltName = IP:127.0.0.1, " + ", ".join(f"DNS:{n}" for n in names) + "\n")
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
         run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)
         run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(self.ca_file), "-days", "7",
@@ -127,7 +127,7 @@ class Certs:
             "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         csr = d / "leaf.csr"
-        run("req", "-new", *ec, "-keyout", str(self.key_file), "-out", str(csr), "-subj", "/CN=localhost")
+        run("req", "-new", *ec, "-keyout", str(self.key_file), "-out", str(csr), "-subj", f"/CN={names[0]}")
         run("x509", "-req", "-in", str(csr), "-CA", str(self.ca_file), "-CAkey", str(ca_key),
             "-CAcreateserial", "-out", str(self.cert_file), "-days", "7", "-extfile", str(ext))
         self.key_file.chmod(0o600)

@@ -567,6 +567,9 @@ pub struct DeliveryConfig {
     pub tls: OutboundTls,
     /// CA bundle (PEM) for `required` TLS; None: the bundled web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Honour the MTA-STS policies (RFC 8461) of the domains mail goes
+    /// to by MX.
+    pub mta_sts: bool,
     /// Deliveries (connections, Maildir writes) running at once over all
     /// destinations; a destination's own cap is taken before one of these.
     pub max_concurrent_deliveries: usize,

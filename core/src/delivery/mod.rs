@@ -36,6 +36,7 @@ use std::time::Duration;
 use crate::config::{DeliveryConfig, DomainsConfig, QueueConfig, Route};
 
 pub use credentials::{Credentials, CredentialsError};
+pub use mta_sts::MtaSts;
 pub use scheduler::{spawn, DeliveryHandle};
 pub use transport::{OutboundTlsConfig, TlsSetupError};
 
@@ -57,6 +58,8 @@ pub struct DeliverySettings {
     /// This server's listeners: an MX pointing here is a loop.
     pub own_addresses: Vec<SocketAddr>,
     pub idle_timeout: Duration,
+    /// `<data_dir>/mta-sts`: fetched MTA-STS policies.
+    pub mta_sts_cache: PathBuf,
     /// The credentials of routes with an `auth_file`, by route domain.
     pub route_credentials: BTreeMap<String, Arc<Credentials>>,
 }
@@ -124,6 +127,7 @@ pub(crate) mod tests {
                 smtp_port: 25,
                 tls: OutboundTls::Opportunistic,
                 ca_file: None,
+                mta_sts: false,
                 max_concurrent_deliveries: 100,
                 max_mx_hosts: 5,
                 max_addresses: 10,
@@ -140,6 +144,7 @@ pub(crate) mod tests {
             maildir_root: "/nonexistent".into(),
             own_addresses: Vec::new(),
             idle_timeout: Duration::from_secs(1),
+            mta_sts_cache: PathBuf::from("/nonexistent/mta-sts"),
             route_credentials: BTreeMap::new(),
         }
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::credentials::Credentials;
 use super::ignore::is_ignored;
+use super::mta_sts::{Mode, Policy};
 use super::smtp_client::{Target, TargetAddress};
 use super::DeliverySettings;
 use crate::config::OutboundTls;
@@ -82,11 +83,13 @@ pub fn destination(settings: &DeliverySettings, domain: &str) -> Destination {
     }
 }
 
-/// The hosts to try, in order.
+/// The hosts to try, in order; under an MTA-STS policy (`sts`) only the
+/// MX hosts it lists.
 pub async fn targets(
     settings: &DeliverySettings,
     dns: &Dns,
     destination: &Destination,
+    sts: Option<&Policy>,
 ) -> Result<Vec<Target>, RouteFailure> {
     match destination {
         Destination::Route { next_hop, .. } => {
@@ -94,7 +97,7 @@ pub async fn targets(
             targets.truncate(settings.delivery.max_addresses);
             Ok(targets)
         }
-        Destination::Mx { domain, .. } => mx_targets(settings, dns, domain).await,
+        Destination::Mx { domain, .. } => mx_targets(settings, dns, domain, sts).await,
     }
 }
 
@@ -129,10 +132,43 @@ async fn next_hop_targets(next_hop: &str) -> Result<Vec<Target>, RouteFailure> {
         .collect())
 }
 
+/// The MX hosts an MTA-STS policy lets mail go to (RFC 8461 §4.1): under
+/// `enforce` the others are dropped, and with none left the mail waits
+/// (§4.2: not delivered elsewhere); under `testing` all stay and what
+/// `enforce` would drop is logged.
+fn sts_hosts(
+    policy: &Policy,
+    domain: &str,
+    hosts: Vec<String>,
+) -> Result<Vec<String>, RouteFailure> {
+    let (listed, unlisted): (Vec<String>, Vec<String>) =
+        hosts.into_iter().partition(|host| policy.allows_mx(host));
+    match policy.mode {
+        Mode::Enforce if listed.is_empty() => Err(RouteFailure::Temporary(format!(
+            "451 4.7.5 no MX host of {domain} is in its MTA-STS policy (mx: {}; MX: {})",
+            policy.mx.join(", "),
+            unlisted.join(", ")
+        ))),
+        Mode::Enforce => {
+            for host in &unlisted {
+                tracing::info!(%domain, mx = %host, "MX host skipped: not in the MTA-STS policy");
+            }
+            Ok(listed)
+        }
+        _ => {
+            for host in &unlisted {
+                tracing::info!(%domain, mx = %host, "MTA-STS testing: this MX host is not in the policy");
+            }
+            Ok(listed.into_iter().chain(unlisted).collect())
+        }
+    }
+}
+
 async fn mx_targets(
     settings: &DeliverySettings,
     dns: &Dns,
     domain: &str,
+    sts: Option<&Policy>,
 ) -> Result<Vec<Target>, RouteFailure> {
     let limits = &settings.delivery;
     let records = match dns.mx(domain).await {
@@ -154,6 +190,10 @@ async fn mx_targets(
             .filter(|host| !host.is_empty())
             .take(limits.max_mx_hosts)
             .collect()
+    };
+    let hosts = match sts {
+        Some(policy) => sts_hosts(policy, domain, hosts)?,
+        None => hosts,
     };
     let mut targets = Vec::new();
     let mut ignored = Vec::new();

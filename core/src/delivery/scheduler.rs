@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use super::dsn::{self, RecipientReport, ReportKind};
 use super::limits::DestinationLimits;
+use super::mta_sts::{Mode as MtaStsMode, MtaSts};
 use super::route::{self, Destination, RouteFailure};
 use super::smtp_client::{
     self, ClientContext, Envelope, HopPolicy, Protocol, Target, TargetAddress,
@@ -77,6 +78,8 @@ struct Deliverer {
     settings: DeliverySettings,
     spool: Spool,
     dns: Dns,
+    /// Present when `[delivery] mta_sts` is on.
+    mta_sts: Option<MtaSts>,
     client: ClientContext,
     limits: DestinationLimits,
     /// The global slots (`max_concurrent_deliveries`): Maildir writes and
@@ -105,10 +108,19 @@ pub fn spawn(
         settings.delivery.messages_per_second_per_domain,
     );
     let slots = Arc::new(Semaphore::new(settings.delivery.max_concurrent_deliveries));
+    let mta_sts = settings.delivery.mta_sts.then(|| {
+        MtaSts::new(
+            dns.clone(),
+            client.tls.verified.clone(),
+            settings.mta_sts_cache.clone(),
+            settings.delivery.timeouts.connect,
+        )
+    });
     let deliverer = Arc::new(Deliverer {
         settings,
         spool,
         dns,
+        mta_sts,
         client,
         limits,
         slots,
@@ -438,8 +450,17 @@ impl Deliverer {
         let Some(_slots) = self.slots(Some(destination.key())).await else {
             return Err(Halt::Stopping);
         };
+        let sts = match (&self.mta_sts, destination) {
+            (Some(mta_sts), Destination::Mx { domain, .. }) => mta_sts.policy(domain).await,
+            _ => None,
+        };
+        // Under an enforced policy every MX host gets verified TLS.
+        let tls = match &sts {
+            Some(policy) if policy.mode == MtaStsMode::Enforce => OutboundTls::Required,
+            _ => destination.tls(),
+        };
         Ok(
-            match route::targets(&self.settings, &self.dns, destination).await {
+            match route::targets(&self.settings, &self.dns, destination, sts.as_ref()).await {
                 Ok(targets) => {
                     let message = self.message(entry.id)?;
                     self.transaction(
@@ -449,7 +470,7 @@ impl Deliverer {
                         &targets,
                         HopPolicy {
                             protocol: Protocol::Smtp,
-                            tls: destination.tls(),
+                            tls,
                             auth: destination.auth(),
                         },
                     )

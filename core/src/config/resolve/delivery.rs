@@ -22,6 +22,7 @@ pub(super) struct RawDelivery {
     smtp_port: Option<u16>,
     tls: Option<OutboundTls>,
     ca_file: Option<String>,
+    mta_sts: Option<bool>,
     max_concurrent_deliveries: Option<Spanned<usize>>,
     max_mx_hosts: Option<Spanned<usize>>,
     max_addresses: Option<Spanned<usize>>,
@@ -192,6 +193,7 @@ pub(super) fn resolve_delivery(
         smtp_port: delivery.smtp_port.unwrap_or(25),
         tls: delivery.tls.unwrap_or(OutboundTls::Opportunistic),
         ca_file: delivery.ca_file.as_ref().map(PathBuf::from),
+        mta_sts: delivery.mta_sts.unwrap_or(true),
         max_concurrent_deliveries: at_least_one(
             d,
             &delivery.max_concurrent_deliveries,
