@@ -558,6 +558,9 @@ pub struct QueueConfig {
     pub max_age: Duration,
     /// Send a delayed-delivery DSN once a message is this old; None: never.
     pub warn_after: Option<Duration>,
+    /// Quarantined mail older than this is removed; None: kept until the
+    /// operator releases or deletes it.
+    pub quarantine_retention: Option<Duration>,
     /// Below this many free bytes on the spool's filesystem, MAIL FROM is
     /// answered 452 4.3.1 (0 turns the check off).
     pub min_free_space: u64,

@@ -8,6 +8,21 @@ fn embedded_default_parses() {
     let config = default_config().unwrap();
     assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:2525");
     assert_eq!(config.pipelines["default"].rcpt, vec!["relay"]);
+    assert_eq!(
+        config.queue.quarantine_retention,
+        Some(Duration::from_secs(30 * 86400))
+    );
+}
+
+#[test]
+fn bad_quarantine_retention_names_key_and_line() {
+    let text = "[queue]\nretry = [\"1m\"]\nquarantine_retention = \"a month\"\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("c.toml:3:") && l.contains("queue.quarantine_retention")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -389,7 +404,7 @@ fn tls_and_auth_errors_name_key_and_line() {
 
 #[test]
 fn dns_and_delivery_settings() {
-    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[delivery]\nlocal = { lmtp = \"unix:/run/dovecot/lmtp\" }\nsmtp_port = 2525\ntls = \"required\"\n[queue]\nwarn_after = \"0s\"\n";
+    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[delivery]\nlocal = { lmtp = \"unix:/run/dovecot/lmtp\" }\nsmtp_port = 2525\ntls = \"required\"\n[queue]\nwarn_after = \"0s\"\nquarantine_retention = \"0s\"\n";
     let config = load_str(text, "c.toml").unwrap();
     assert_eq!(
         config.dns.nameservers,
@@ -405,6 +420,7 @@ fn dns_and_delivery_settings() {
     assert_eq!(config.delivery.smtp_port, 2525);
     assert_eq!(config.delivery.tls, OutboundTls::Required);
     assert_eq!(config.queue.warn_after, None);
+    assert_eq!(config.queue.quarantine_retention, None);
 }
 
 #[test]
