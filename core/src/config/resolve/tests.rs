@@ -151,11 +151,16 @@ fn plugin_cache_section() {
 fn plugin_capabilities_and_mode() {
     let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"builtin:relay\"\n[plugins.b]\npath = \"b.wasm\"\n[plugins.c]\npath = \"c.wasm\"\nallow = [\"dns\", \"message-body\"]\nmode = \"shadow\"\n";
     let config = load_str(text, "c.toml").unwrap();
-    assert_eq!(config.plugins["a"].allow, Capabilities::all());
+    assert_eq!(config.plugins["a"].allow, Capabilities::bundled());
+    assert!(!config.plugins["a"].allow.allows(Capability::Recipients));
     assert_eq!(config.plugins["b"].allow, Capabilities::NONE);
     assert_eq!(config.plugins["b"].mode, PluginMode::Enforce);
     assert_eq!(config.plugins["c"].allow.names(), ["dns", "message-body"]);
     assert_eq!(config.plugins["c"].mode, PluginMode::Shadow);
+
+    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"builtin:relay\"\nallow = [\"recipients\"]\n";
+    let config = load_str(text, "c.toml").unwrap();
+    assert_eq!(config.plugins["a"].allow.names(), ["recipients"]);
 
     let text = "[plugins.a]\npath = \"a.wasm\"\nallow = [\"dns\", \"sockets\"]\n";
     let err = load_str(text, "c.toml").unwrap_err().to_string();
