@@ -509,20 +509,20 @@ impl Spool {
         }
     }
 
-    /// Removes every quarantined message received at or before
-    /// `received_by` (unix seconds) and returns the removed entries, for
+    /// Removes every quarantined message received before `received_before`
+    /// (unix seconds) and returns the removed entries, for
     /// the caller to log. An entry released meanwhile is left alone (the
     /// removal is a compare-and-swap on what was read). Blocking (walks
     /// the entries tree); not waited for on disk: a removal lost to a
     /// crash is made again by the next sweep.
-    pub fn expire_quarantined(&self, received_by: u64) -> Result<Vec<QueueEntry>, SpoolError> {
+    pub fn expire_quarantined(&self, received_before: u64) -> Result<Vec<QueueEntry>, SpoolError> {
         let mut removed = Vec::new();
         for item in self.inner.entries.iter() {
             let (key, raw) = item?;
             let Some(entry) = self.usable_entry(&key, &raw).ok().flatten() else {
                 continue;
             };
-            if entry.quarantine.is_none() || entry.received_at > received_by {
+            if entry.quarantine.is_none() || entry.received_at >= received_before {
                 continue;
             }
             let swapped = self

@@ -30,24 +30,25 @@ pub(super) async fn run(spool: Spool, retention: Duration, mut shutdown: watch::
             _ = shutdown.changed() => return,
         }
         let now = super::scheduler::now();
-        let received_by = now.saturating_sub(retention.as_secs());
+        // Whole seconds: a message received in the second this names is
+        // kept to the next sweep, so none goes before its retention.
+        let received_before = now.saturating_sub(retention.as_secs());
         let sweep = spool.clone();
         // Walks the whole entries tree: off the async workers.
-        let removed = match tokio::task::spawn_blocking(move || {
-            sweep.expire_quarantined(received_by)
-        })
-        .await
-        {
-            Ok(Ok(removed)) => removed,
-            Ok(Err(e)) => {
-                tracing::warn!("sweeping expired quarantine: {e}");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("sweeping expired quarantine: {e}");
-                continue;
-            }
-        };
+        let removed =
+            match tokio::task::spawn_blocking(move || sweep.expire_quarantined(received_before))
+                .await
+            {
+                Ok(Ok(removed)) => removed,
+                Ok(Err(e)) => {
+                    tracing::warn!("sweeping expired quarantine: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("sweeping expired quarantine: {e}");
+                    continue;
+                }
+            };
         for entry in removed {
             let age = Duration::from_secs(now.saturating_sub(entry.received_at));
             tracing::info!(
