@@ -36,6 +36,7 @@ pub struct Metrics {
     pub plugin_loads: CounterVec,
     pub reloads: CounterVec,
     pub delivery_attempts: CounterVec,
+    pub quarantine_expired: CounterVec,
     pub tls_handshakes: CounterVec,
     pub auth_attempts: CounterVec,
     pub auth_verifications: CounterVec,
@@ -130,6 +131,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Per-recipient delivery attempts by result: delivered, deferred, failed (final, DSN sent when there is a reverse-path).",
         &["result"],
     ),
+    quarantine_expired: CounterVec::new(
+        "sluice_quarantine_expired_total",
+        "Quarantined messages removed because they outlived [queue] quarantine_retention.",
+        &[],
+    ),
     tls_handshakes: CounterVec::new(
         "sluice_tls_handshakes_total",
         "Inbound TLS handshakes by result and protocol version.",
@@ -180,6 +186,7 @@ impl Metrics {
             &self.plugin_loads,
             &self.reloads,
             &self.delivery_attempts,
+            &self.quarantine_expired,
             &self.tls_handshakes,
             &self.auth_attempts,
             &self.auth_verifications,

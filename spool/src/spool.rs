@@ -509,6 +509,38 @@ impl Spool {
         }
     }
 
+    /// Removes every quarantined message received before `received_before`
+    /// (unix seconds) and returns the removed entries, for
+    /// the caller to log. An entry released meanwhile is left alone (the
+    /// removal is a compare-and-swap on what was read). Blocking (walks
+    /// the entries tree); not waited for on disk: a removal lost to a
+    /// crash is made again by the next sweep.
+    pub fn expire_quarantined(&self, received_before: u64) -> Result<Vec<QueueEntry>, SpoolError> {
+        let mut removed = Vec::new();
+        for item in self.inner.entries.iter() {
+            let (key, raw) = item?;
+            let Some(entry) = self.usable_entry(&key, &raw).ok().flatten() else {
+                continue;
+            };
+            if entry.quarantine.is_none() || entry.received_at >= received_before {
+                continue;
+            }
+            let swapped = self
+                .inner
+                .entries
+                .compare_and_swap(&key, Some(&raw), None::<&[u8]>)?;
+            if swapped.is_err() {
+                continue;
+            }
+            // Entry first, as in every removal: bytes left behind by a
+            // crash here are deleted at open.
+            self.remove_location(entry.id)?;
+            self.decrement_count();
+            removed.push(entry);
+        }
+        Ok(removed)
+    }
+
     /// Removes an entry and its message (operator action). Durable when it
     /// returns; `Ok(false)` if neither existed.
     pub async fn remove(&self, id: QueueId) -> Result<bool, SpoolError> {

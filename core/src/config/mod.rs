@@ -639,6 +639,9 @@ pub struct QueueConfig {
     pub max_age: Duration,
     /// Send a delayed-delivery DSN once a message is this old; None: never.
     pub warn_after: Option<Duration>,
+    /// Quarantined mail older than this is removed; None: kept until the
+    /// operator releases or deletes it.
+    pub quarantine_retention: Option<Duration>,
     /// Below this many free bytes on the spool's filesystem, MAIL FROM is
     /// answered 452 4.3.1 (0 turns the check off).
     pub min_free_space: u64,
@@ -678,9 +681,10 @@ pub enum PluginSource {
     File(PathBuf),
 }
 
-/// A host interface a plugin may be allowed to call (`[plugins.NAME]
-/// allow`). `host` (log, clock, hostname, local domains) and the message's
-/// size and headers are always available.
+/// What a plugin may be allowed (`[plugins.NAME] allow`): a host
+/// interface to call, or a change to the envelope. `host` (log, clock,
+/// hostname, local domains) and the message's size and headers are always
+/// available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Capability {
     /// `dns`: A, AAAA, MX, TXT and PTR lookups through the server's resolver.
@@ -691,14 +695,19 @@ pub enum Capability {
     Auth,
     /// `message-body`: the message's bytes, body text and attachment list.
     MessageBody,
+    /// `recipients`: adding or removing envelope recipients at data. Never
+    /// held without the operator's grant, bundled plugins included: it
+    /// decides where mail goes.
+    Recipients,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 4] = [
+    pub const ALL: [Capability; 5] = [
         Capability::Dns,
         Capability::Kv,
         Capability::Auth,
         Capability::MessageBody,
+        Capability::Recipients,
     ];
 
     pub fn name(self) -> &'static str {
@@ -707,6 +716,7 @@ impl Capability {
             Capability::Kv => "kv",
             Capability::Auth => "auth",
             Capability::MessageBody => "message-body",
+            Capability::Recipients => "recipients",
         }
     }
 
@@ -715,9 +725,10 @@ impl Capability {
     }
 }
 
-/// The capabilities a plugin holds. Bundled plugins (`builtin:`) hold all
-/// of them unless `allow` says otherwise: they are built from this source
-/// tree. Plugins loaded from a file hold none unless `allow` lists them.
+/// The capabilities a plugin holds. Bundled plugins (`builtin:`) hold
+/// every host interface unless `allow` says otherwise: they are built from
+/// this source tree. Plugins loaded from a file hold none unless `allow`
+/// lists them. `recipients` is held only where `allow` lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities(u8);
 
@@ -726,6 +737,15 @@ impl Capabilities {
 
     pub fn all() -> Capabilities {
         Capabilities::from_iter(Capability::ALL)
+    }
+
+    /// What a bundled plugin holds without an `allow` list.
+    pub fn bundled() -> Capabilities {
+        Capabilities::from_iter(
+            Capability::ALL
+                .into_iter()
+                .filter(|c| *c != Capability::Recipients),
+        )
     }
 
     pub fn allows(self, capability: Capability) -> bool {

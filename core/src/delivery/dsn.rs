@@ -2,13 +2,19 @@
 //! when recipients finally fail, or, once, when delivery is delayed. It is
 //! a `multipart/report; report-type=delivery-status` from `<>` (so it can
 //! never cause another DSN) with a human-readable part, a machine-readable
-//! `message/delivery-status` part, and the original message's headers.
+//! `message/delivery-status` part, and the original message's headers
+//! (`text/rfc822-headers`, at most [`MAX_QUOTED_HEADERS`] of them, cut
+//! between two header fields).
 
 use crate::smtp::received::rfc5322_date;
 
 fn date(unix_seconds: u64) -> String {
     rfc5322_date(i64::try_from(unix_seconds).unwrap_or(i64::MAX))
 }
+
+/// The most of the original header section a report quotes: a message
+/// with megabytes of headers must not make its report as large.
+pub const MAX_QUOTED_HEADERS: usize = 64 * 1024;
 
 /// Failed (final) or delayed (still being retried).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +66,7 @@ pub fn report(
              Delivery is still being retried; you need not send it again.",
         ),
     };
+    let headers = quoted_headers(header_block(original.message));
     let mut out = String::with_capacity(2048);
     out.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
@@ -93,6 +100,14 @@ pub fn report(
             "<{}>: {}\r\n",
             rcpt.address,
             one_line(&rcpt.reply)
+        ));
+    }
+    if headers.cut {
+        out.push_str(&format!(
+            "\r\nThe original message's header section ({} octets) is too large\r\n\
+             to quote whole: only its first {} octets follow.\r\n",
+            headers.whole,
+            headers.bytes.len()
         ));
     }
     out.push_str("\r\n");
@@ -134,7 +149,7 @@ pub fn report(
         "--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
     ));
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(header_block(original.message));
+    bytes.extend_from_slice(headers.bytes);
     if !bytes.ends_with(b"\r\n") {
         bytes.extend_from_slice(b"\r\n");
     }
@@ -150,6 +165,48 @@ fn header_block(message: &[u8]) -> &[u8] {
     match message.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(end) => &message[..end + 2],
         None => message,
+    }
+}
+
+/// What of the original header section a report quotes.
+struct QuotedHeaders<'a> {
+    /// Whole header fields, CRLF-terminated, at most `MAX_QUOTED_HEADERS`.
+    bytes: &'a [u8],
+    /// Octets in the whole header section.
+    whole: usize,
+    /// Whether fields were left out.
+    cut: bool,
+}
+
+/// The header section, or as many of its first fields as fit in
+/// [`MAX_QUOTED_HEADERS`]: a cut falls only before a line that starts a
+/// new field, never inside a folded one.
+fn quoted_headers(block: &[u8]) -> QuotedHeaders<'_> {
+    let whole = block.len();
+    if whole <= MAX_QUOTED_HEADERS {
+        return QuotedHeaders {
+            bytes: block,
+            whole,
+            cut: false,
+        };
+    }
+    let mut end = 0;
+    let mut at = 0;
+    while let Some(line) = block[at..].windows(2).position(|w| w == b"\r\n") {
+        let next = at + line + 2;
+        if next > MAX_QUOTED_HEADERS {
+            break;
+        }
+        // A line starting with white space continues the field before it.
+        if !matches!(block.get(next), Some(b' ' | b'\t')) {
+            end = next;
+        }
+        at = next;
+    }
+    QuotedHeaders {
+        bytes: &block[..end],
+        whole,
+        cut: true,
     }
 }
 
@@ -236,6 +293,90 @@ mod tests {
             "{dsn}"
         );
         assert!(dsn.contains("Will-Retry-Until: "));
+    }
+
+    fn failed_report(message: &[u8]) -> String {
+        let original = Original {
+            queue_id: "00000000000000ac",
+            reverse_path: "alice@example.org",
+            received_at: 1_700_000_000,
+            message,
+        };
+        let recipients = vec![RecipientReport {
+            address: "bob@example.net".into(),
+            reply: "550 5.1.1 no such user".into(),
+            remote_mta: None,
+        }];
+        let dsn = report(
+            "mx.example.org",
+            ReportKind::Failed,
+            &original,
+            &recipients,
+            1_700_000_100,
+            None,
+        );
+        String::from_utf8(dsn).unwrap()
+    }
+
+    /// The `text/rfc822-headers` part's content.
+    fn quoted_part(dsn: &str) -> &str {
+        let start = dsn
+            .find("Content-Type: text/rfc822-headers\r\n\r\n")
+            .unwrap()
+            + "Content-Type: text/rfc822-headers\r\n\r\n".len();
+        // The part ends with the blank line before the closing boundary.
+        let end = dsn[start..].find("\r\n--").unwrap() + start;
+        &dsn[start..end]
+    }
+
+    #[test]
+    fn a_large_header_section_is_cut_between_fields_to_64_kib() {
+        // 3,000 fields of ~67 octets, each folded over two lines: ~200 KiB.
+        let mut headers = String::from("Subject: first\r\n");
+        for n in 0..3000 {
+            headers.push_str(&format!(
+                "X-Trace-{n:04}: a value long enough to need\r\n\tfolding {n:04} ........\r\n"
+            ));
+        }
+        let message = format!("{headers}\r\nthe body\r\n");
+        assert!(headers.len() > 2 * MAX_QUOTED_HEADERS);
+        let dsn = failed_report(message.as_bytes());
+        let quoted = quoted_part(&dsn);
+        assert!(quoted.len() <= MAX_QUOTED_HEADERS, "{}", quoted.len());
+        assert!(quoted.len() > MAX_QUOTED_HEADERS - 200, "{}", quoted.len());
+        // A prefix of the original made of whole fields: the last one kept
+        // ends with its continuation line.
+        assert!(headers.starts_with(quoted));
+        let last = quoted.trim_end().rsplit("\r\n").next().unwrap();
+        assert!(last.starts_with("\tfolding "), "{last:?}");
+        assert!(!dsn.contains("the body"));
+        assert!(
+            dsn.contains(&format!(
+                "The original message's header section ({} octets) is too large\r\n\
+                 to quote whole: only its first {} octets follow.\r\n",
+                headers.len(),
+                quoted.len()
+            )),
+            "{}",
+            &dsn[..dsn.len().min(1500)]
+        );
+        assert!(dsn.ends_with("--\r\n"));
+    }
+
+    #[test]
+    fn a_small_header_section_is_quoted_whole_without_a_note() {
+        let headers = "Subject: hello\r\nX-Folded: one\r\n two\r\n";
+        let dsn = failed_report(format!("{headers}\r\nbody\r\n").as_bytes());
+        assert_eq!(quoted_part(&dsn), headers);
+        assert!(!dsn.contains("too large"));
+    }
+
+    #[test]
+    fn one_field_larger_than_the_cap_is_left_out_whole() {
+        let giant = format!("X-Giant: {}\r\n", "x".repeat(MAX_QUOTED_HEADERS));
+        let dsn = failed_report(format!("{giant}Subject: s\r\n\r\nbody\r\n").as_bytes());
+        assert_eq!(quoted_part(&dsn), "");
+        assert!(dsn.contains("only its first 0 octets follow"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   a global slot so a destination at its cap holds none
 //! - `scheduler`: one task fed by a channel that decides when each queued
 //!   message is attempted and records the outcome in the spool
+//! - `quarantine`: removes quarantined mail older than its retention
 //!
 //! A recipient leaves the queue only after the next hop said 250 or the
 //! Maildir file was fsynced.
@@ -22,6 +23,7 @@ mod ignore;
 mod limits;
 mod maildir;
 mod mta_sts;
+mod quarantine;
 mod route;
 mod scheduler;
 mod smtp_client;
@@ -138,6 +140,7 @@ pub(crate) mod tests {
                 retry: vec![Duration::from_secs(60)],
                 max_age: Duration::from_secs(3600),
                 warn_after: None,
+                quarantine_retention: None,
                 min_free_space: 0,
                 min_free_inodes: 0,
             },

@@ -107,6 +107,14 @@ pub fn spawn(
         settings.delivery.max_connections_per_domain,
         settings.delivery.messages_per_second_per_domain,
     );
+    if let Some(retention) = settings.queue.quarantine_retention {
+        // Ends by itself at shutdown, like the scheduler.
+        tokio::spawn(super::quarantine::run(
+            spool.clone(),
+            retention,
+            shutdown.clone(),
+        ));
+    }
     let slots = Arc::new(Semaphore::new(settings.delivery.max_concurrent_deliveries));
     let mta_sts = settings.delivery.mta_sts.then(|| {
         MtaSts::new(
@@ -132,7 +140,7 @@ pub fn spawn(
     (handle, task)
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -15,6 +15,7 @@ use super::fault::PluginFault;
 use super::fold::{Flow, Fold};
 use super::message::MessageResource;
 use super::plugin::{LiveInstance, Plugin};
+use super::recipients;
 use super::session::{HookArg, MailboxArg, SessionInfo};
 use super::trace::{self, PluginStep, StepAnswer};
 use super::verdict::{DataOutcome, Modification, Stage, StageOutcome};
@@ -183,7 +184,11 @@ impl SessionFilters {
         let answer = invoke(&plugin, &mut live, session, arg).await?;
         // Only an instance that answered cleanly is kept for the next hook.
         self.instances[index] = Some(live);
-        Ok(answer)
+        let modifications = recipients::check(&plugin.name, plugin.allow, answer.modifications)?;
+        Ok(PluginAnswer {
+            modifications,
+            ..answer
+        })
     }
 }
 

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use super::sandbox::MemoryCapExceeded;
+use crate::smtp::address::AddressError;
 
 /// A failed plugin call: instantiation, `init` or a hook.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +51,13 @@ pub enum PluginFault {
     /// plugin its arguments.
     #[error("{0}")]
     Host(String),
+    /// A data-stage answer added or removed a recipient that is not a valid
+    /// RCPT mailbox (a CR or LF in it, bad syntax, over a length limit).
+    #[error("invalid recipient {address:?}: {reason}")]
+    BadRecipient {
+        address: String,
+        reason: AddressError,
+    },
 }
 
 fn deadline_text(backstop: &Option<Duration>) -> String {
@@ -70,7 +78,8 @@ impl PluginFault {
             PluginFault::InitRefused(_)
             | PluginFault::Instantiate(_)
             | PluginFault::PoolExhausted { .. }
-            | PluginFault::Host(_) => "error",
+            | PluginFault::Host(_)
+            | PluginFault::BadRecipient { .. } => "error",
         }
     }
 

@@ -13,6 +13,8 @@
 //!   the memory cap
 //! - `auth`: a session's SPF/DKIM/DMARC/ARC results, computed on first ask
 //! - `message`: the message resource of the data stage
+//! - `recipients`: the grant and the syntax a plugin's recipient changes
+//!   need
 //! - `directory`: files and mailbox servers granted to plugins
 //! - `verdict`, `session`: the host-side types the rest of sluice uses
 //! - `trace`: each plugin's answer, recorded for `sluice pipeline test`
@@ -33,6 +35,7 @@ pub mod fold;
 pub mod host;
 pub mod message;
 pub mod plugin;
+mod recipients;
 pub mod sandbox;
 pub mod session;
 pub mod trace;

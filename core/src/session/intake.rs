@@ -80,6 +80,10 @@ impl<S: SessionStream> Session<S> {
             }
         };
         let edits = apply_envelope_changes(&mut transaction, decision.modifications);
+        if let Some(reply) = self.over_recipient_limit(&transaction) {
+            count_message("tempfailed", message.len());
+            return self.reply(reply);
+        }
         if transaction.recipients.is_empty() {
             // Plugins removed every recipient: nobody is left to deliver to.
             tracing::info!(session = %self.client.id, "every recipient removed by the data stage");

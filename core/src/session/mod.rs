@@ -19,7 +19,8 @@
 //! - one file per verb: `ehlo` (EHLO/HELO), `mail`, `rcpt`, `data`,
 //!   `auth`, `starttls`, `misc` (NOOP, RSET, VRFY/EXPN, HELP, QUIT)
 //! - `intake`: between the end of DATA and its reply (data stage, header
-//!   edits, Received, DKIM, spool); `headers`: the header edits themselves
+//!   edits, Received, DKIM, spool); `headers`: the header edits themselves;
+//!   `recipient_limit`: `max_recipients` over the recipients plugins added
 //! - `trace`: each stage's outcome, kept for `sluice pipeline test`
 //!
 //! The session is generic over its stream ([`SessionStream`]): the server
@@ -36,6 +37,7 @@ mod intake;
 mod mail;
 mod misc;
 mod rcpt;
+mod recipient_limit;
 mod stage;
 mod starttls;
 pub mod state;

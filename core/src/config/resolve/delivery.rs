@@ -81,6 +81,7 @@ pub(super) struct RawQueue {
     retry: Option<Spanned<Vec<String>>>,
     max_age: Option<Spanned<String>>,
     warn_after: Option<Spanned<String>>,
+    quarantine_retention: Option<Spanned<String>>,
     min_free_space: Option<Spanned<Size>>,
     min_free_inodes: Option<u64>,
 }
@@ -312,6 +313,13 @@ pub(super) fn resolve_queue(d: &mut Diagnostics<'_>, raw: Option<&RawQueue>) -> 
         Duration::from_secs(4 * 3600),
     ))
     .filter(|d| !d.is_zero());
+    // "0s" keeps quarantined mail until the operator releases or deletes it.
+    let quarantine_retention = Some(d.duration(
+        &queue.quarantine_retention,
+        "queue.quarantine_retention",
+        Duration::from_secs(30 * 86400),
+    ))
+    .filter(|d| !d.is_zero());
 
     const DEFAULT_MIN_FREE_SPACE: u64 = 256 << 20;
     // Maildir delivery takes an inode per message; a full inode table
@@ -332,6 +340,7 @@ pub(super) fn resolve_queue(d: &mut Diagnostics<'_>, raw: Option<&RawQueue>) -> 
         retry,
         max_age,
         warn_after,
+        quarantine_retention,
         min_free_space,
         min_free_inodes: queue.min_free_inodes.unwrap_or(DEFAULT_MIN_FREE_INODES),
     }

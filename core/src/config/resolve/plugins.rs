@@ -162,7 +162,7 @@ pub(super) fn resolve_plugins(
             }
         }
         let allow = match &plugin.allow {
-            None if matches!(source, PluginSource::Builtin(_)) => Capabilities::all(),
+            None if matches!(source, PluginSource::Builtin(_)) => Capabilities::bundled(),
             None => Capabilities::NONE,
             Some(list) => {
                 let mut granted = Vec::new();

@@ -8,6 +8,21 @@ fn embedded_default_parses() {
     let config = default_config().unwrap();
     assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:2525");
     assert_eq!(config.pipelines["default"].rcpt, vec!["relay"]);
+    assert_eq!(
+        config.queue.quarantine_retention,
+        Some(Duration::from_secs(30 * 86400))
+    );
+}
+
+#[test]
+fn bad_quarantine_retention_names_key_and_line() {
+    let text = "[queue]\nretry = [\"1m\"]\nquarantine_retention = \"a month\"\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("c.toml:3:") && l.contains("queue.quarantine_retention")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -136,11 +151,16 @@ fn plugin_cache_section() {
 fn plugin_capabilities_and_mode() {
     let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"builtin:relay\"\n[plugins.b]\npath = \"b.wasm\"\n[plugins.c]\npath = \"c.wasm\"\nallow = [\"dns\", \"message-body\"]\nmode = \"shadow\"\n";
     let config = load_str(text, "c.toml").unwrap();
-    assert_eq!(config.plugins["a"].allow, Capabilities::all());
+    assert_eq!(config.plugins["a"].allow, Capabilities::bundled());
+    assert!(!config.plugins["a"].allow.allows(Capability::Recipients));
     assert_eq!(config.plugins["b"].allow, Capabilities::NONE);
     assert_eq!(config.plugins["b"].mode, PluginMode::Enforce);
     assert_eq!(config.plugins["c"].allow.names(), ["dns", "message-body"]);
     assert_eq!(config.plugins["c"].mode, PluginMode::Shadow);
+
+    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[plugins.a]\npath = \"builtin:relay\"\nallow = [\"recipients\"]\n";
+    let config = load_str(text, "c.toml").unwrap();
+    assert_eq!(config.plugins["a"].allow.names(), ["recipients"]);
 
     let text = "[plugins.a]\npath = \"a.wasm\"\nallow = [\"dns\", \"sockets\"]\n";
     let err = load_str(text, "c.toml").unwrap_err().to_string();
@@ -390,7 +410,7 @@ fn tls_and_auth_errors_name_key_and_line() {
 
 #[test]
 fn dns_and_delivery_settings() {
-    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[delivery]\nlocal = { lmtp = \"unix:/run/dovecot/lmtp\" }\nsmtp_port = 2525\ntls = \"required\"\n[queue]\nwarn_after = \"0s\"\n";
+    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[delivery]\nlocal = { lmtp = \"unix:/run/dovecot/lmtp\" }\nsmtp_port = 2525\ntls = \"required\"\n[queue]\nwarn_after = \"0s\"\nquarantine_retention = \"0s\"\n";
     let config = load_str(text, "c.toml").unwrap();
     assert_eq!(
         config.dns.nameservers,
@@ -406,6 +426,7 @@ fn dns_and_delivery_settings() {
     assert_eq!(config.delivery.smtp_port, 2525);
     assert_eq!(config.delivery.tls, OutboundTls::Required);
     assert_eq!(config.queue.warn_after, None);
+    assert_eq!(config.queue.quarantine_retention, None);
 }
 
 #[test]

@@ -234,3 +234,61 @@ async fn under_load_a_stalled_data_phase_times_out_sooner() {
     assert!(h.closed().await);
     assert!(h.spool.entries().expect("lists").is_empty());
 }
+
+/// A data stage whose plugin adds `recipients`, granted or not.
+fn adding(recipients: &str, allow: &str, server: &str) -> Setup {
+    Setup {
+        pipeline: "data = [\"adder\"]\nrcpt = [\"relay\"]".into(),
+        extra: format!(
+            "[plugins.adder]\npath = \"{}\"\nallow = {allow}\n[plugins.adder.config]\nadd_recipients = {recipients}\n",
+            super::fixture("fixture_verdict")
+        ),
+        server: server.into(),
+        ..Setup::default()
+    }
+}
+
+#[tokio::test]
+async fn a_granted_added_recipient_is_stored_in_rcpt_form() {
+    let setup = adding(r#"["Copy@LocalHost"]"#, r#"["recipients"]"#, "");
+    let mut h = in_data(Harness::with(setup).await).await;
+    let queued = h.cmd("Subject: s\r\n\r\nbody\r\n.").await;
+    assert!(queued.starts_with("250 2.0.0 Ok: queued as "), "{queued}");
+    let (entry, _) = queued_message(&h.spool);
+    let addresses: Vec<&str> = entry.recipients.iter().map(|r| &*r.address).collect();
+    assert_eq!(addresses, ["bob@localhost", "Copy@localhost"]);
+}
+
+#[tokio::test]
+async fn an_added_recipient_without_the_grant_or_with_crlf_is_not_stored() {
+    for (recipients, allow) in [
+        (r#"["copy@localhost"]"#, "[]"),
+        (
+            r#"["copy@localhost\r\nRCPT TO:<x@example.net>"]"#,
+            r#"["recipients"]"#,
+        ),
+    ] {
+        let mut h = in_data(Harness::with(adding(recipients, allow, "")).await).await;
+        assert_eq!(
+            h.cmd("Subject: s\r\n\r\nbody\r\n.").await,
+            "451 4.3.0 Temporary filter failure, try again later\r\n",
+            "{recipients} {allow}"
+        );
+        assert!(h.spool.entries().expect("lists").is_empty());
+    }
+}
+
+#[tokio::test]
+async fn added_recipients_count_toward_max_recipients() {
+    let setup = adding(
+        r#"["copy@localhost"]"#,
+        r#"["recipients"]"#,
+        "max_recipients = 1",
+    );
+    let mut h = in_data(Harness::with(setup).await).await;
+    assert_eq!(
+        h.cmd("Subject: s\r\n\r\nbody\r\n.").await,
+        "452 4.5.3 Too many recipients\r\n"
+    );
+    assert!(h.spool.entries().expect("lists").is_empty());
+}
