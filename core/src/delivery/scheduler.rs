@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sluice_spool::{
     MessageBytes, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool,
@@ -28,7 +28,7 @@ use super::smtp_client::{
     self, ClientContext, Envelope, HopPolicy, Protocol, Target, TargetAddress,
 };
 use super::transport::OutboundTlsConfig;
-use super::{maildir, split_address, DeliverySettings, RecipientResult};
+use super::{maildir, split_address, unix_now, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
 use crate::dns::Dns;
 use crate::metrics::METRICS;
@@ -140,13 +140,6 @@ pub fn spawn(
     (handle, task)
 }
 
-pub(super) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 async fn run(
     deliverer: Arc<Deliverer>,
     tx: mpsc::UnboundedSender<Event>,
@@ -172,7 +165,7 @@ async fn run(
     loop {
         let due = timers.peek().map(|Reverse((at, _))| *at);
         let sleep = match due {
-            Some(at) => Duration::from_secs(at.saturating_sub(now())),
+            Some(at) => Duration::from_secs(at.saturating_sub(unix_now())),
             None => Duration::from_secs(3600),
         };
         let event = tokio::select! {
@@ -180,7 +173,7 @@ async fn run(
             _ = tokio::time::sleep(sleep) => {
                 let mut ready = Vec::new();
                 while let Some(Reverse((at, id))) = timers.peek().copied() {
-                    if at > now() { break; }
+                    if at > unix_now() { break; }
                     timers.pop();
                     if scheduled.get(&id) == Some(&at) {
                         scheduled.remove(&id);
@@ -285,14 +278,14 @@ impl Deliverer {
             Ok(_) => return None,
             Err(e) => {
                 tracing::error!(queue_id = %id, "cannot read queue entry: {e}");
-                return Some(now() + 60);
+                return Some(unix_now() + 60);
             }
         };
         let (results, halt) = self.deliver_all(&entry).await;
         if results.is_empty() {
             return match halt {
                 Some(Halt::Gone) => None,
-                _ => Some(now() + 60),
+                _ => Some(unix_now() + 60),
             };
         }
         self.record(&entry, results, tx).await
@@ -571,7 +564,7 @@ impl Deliverer {
         tx: &mpsc::UnboundedSender<Event>,
     ) -> Option<u64> {
         let queue = &self.settings.queue;
-        let age = Duration::from_secs(now().saturating_sub(entry.received_at));
+        let age = Duration::from_secs(unix_now().saturating_sub(entry.received_at));
         let expired = age >= queue.max_age;
         let mut outcomes = Vec::with_capacity(results.len());
         let mut failed = Vec::new();
@@ -619,7 +612,7 @@ impl Deliverer {
         }
         let next = (!deferred.is_empty()).then(|| {
             let step = (entry.attempts as usize).min(queue.retry.len().saturating_sub(1));
-            now()
+            unix_now()
                 + queue
                     .retry
                     .get(step)
@@ -635,7 +628,7 @@ impl Deliverer {
             match self.message(entry.id) {
                 Ok(message) => Some(message),
                 Err(Halt::Gone) => return None,
-                Err(_) => return Some(now() + 60),
+                Err(_) => return Some(unix_now() + 60),
             }
         } else {
             None
@@ -658,7 +651,7 @@ impl Deliverer {
         }
         if let Err(e) = self.spool.record_attempt(entry.id, outcomes, next).await {
             tracing::error!(queue_id = %entry.id, "cannot record delivery attempt: {e}");
-            return Some(now() + 60);
+            return Some(unix_now() + 60);
         }
         next
     }
@@ -690,14 +683,14 @@ impl Deliverer {
             kind,
             &original,
             recipients,
-            now(),
+            unix_now(),
             Some(retry_until),
         );
         let dsn = NewMessage {
             reverse_path: String::new(),
             recipients: vec![entry.reverse_path.clone()],
             message: report,
-            received_at: now(),
+            received_at: unix_now(),
             client: "local delivery status notification".to_owned(),
             quarantine: None,
         };

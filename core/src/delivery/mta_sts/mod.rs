@@ -17,10 +17,11 @@ mod record;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustls::ClientConfig;
 
+use super::unix_now;
 use crate::dns::Dns;
 use cache::{Cached, PolicyCache};
 pub use policy::{Mode, Policy};
@@ -124,11 +125,4 @@ impl MtaSts {
         *cached = Some(fetched.clone());
         usable(Some(fetched))
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
