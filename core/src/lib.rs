@@ -27,6 +27,7 @@
 //! - [`state`]: the plugins' key-value state (sled, or Redis shared by nodes)
 //! - [`metrics`]: counters, gauges and histograms for Prometheus
 //! - [`admin`]: the operator's HTTP endpoint (queue, health) and its client
+//! - [`privilege`]: dropping root to `[server] user` after binding
 //! - [`cli`]: the `sluice` command line
 
 pub mod admin;
@@ -41,6 +42,7 @@ pub mod dns;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;
+pub mod privilege;
 pub mod reload;
 pub mod replay;
 pub mod server;

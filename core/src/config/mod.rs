@@ -328,6 +328,21 @@ pub struct ServerConfig {
     /// Look up each client's forward-confirmed reverse name at connect
     /// (`Dns::confirmed_reverse_name`), for Received and plugins.
     pub reverse_lookup: bool,
+    /// The account to become once the listeners are bound, when started
+    /// as root (`user`, `group`).
+    pub run_as: Option<RunAs>,
+    /// `allow_root`: keep running as root when started as root without
+    /// `user`. For tests and throwaway containers only; warned at start.
+    pub allow_root: bool,
+}
+
+/// `[server] user` and `group`: who the server runs as after binding its
+/// listeners as root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    /// None: the user's primary group.
+    pub group: Option<String>,
 }
 
 /// Server-side timeouts, RFC 5321 §4.5.3.2, and the bounds that keep a
