@@ -30,16 +30,20 @@ def fixture(name):
 
 
 def suite_config(text):
-    """A departure from sluice's defaults for the suite's configs:
+    """Two departures from sluice's defaults for the suite's configs:
     `allow_root = true` when it runs as root (as in CI, where sluice
     refuses root without `[server] user`; test_privilege_drop.py covers
-    the drop). A config that sets it itself keeps its own."""
+    the drop), and Maildir `create_mailboxes = true`, since the tests send
+    to names no one created (test_backscatter.py covers the default). A
+    config that sets either itself keeps its own."""
     if os.geteuid() == 0 and not re.search(r"(?m)^\s*allow_root\s*=", text):
         if re.search(r"(?m)^\[server\][ \t]*$", text):
             text = re.sub(r"(?m)^\[server\][ \t]*$", "[server]\nallow_root = true", text, count=1)
         else:
             # No top-level keys in a sluice config: a table header first is safe.
             text = "[server]\nallow_root = true\n" + text
+    if not re.search(r"(?m)^\[delivery\.maildir\]", text):
+        text += "\n[delivery.maildir]\ncreate_mailboxes = true\n"
     return text
 
 

@@ -519,6 +519,20 @@ pub struct DeliveryConfig {
     /// routes are exempt.
     pub ignore_target_hosts: Vec<ipnet::IpNet>,
     pub timeouts: DeliveryTimeouts,
+    pub maildir: MaildirConfig,
+}
+
+/// `[delivery.maildir]`: which local parts Maildir delivery has a mailbox
+/// for. By default only those whose directory exists (and postmaster), so
+/// mail for a made-up name bounces instead of creating a mailbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaildirConfig {
+    /// `catch_all`: the mailbox (a local part, lower-cased) of the same
+    /// domain that receives mail for local parts without one.
+    pub catch_all: Option<String>,
+    /// `create_mailboxes`: every local part gets a mailbox on its first
+    /// delivery (a test setup, a single-user host); invites backscatter.
+    pub create_mailboxes: bool,
 }
 
 /// Deadlines of outbound SMTP/LMTP (`[delivery.timeouts]`): every read and
