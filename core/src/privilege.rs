@@ -5,7 +5,7 @@
 //! user it refuses to run, like Postfix's daemons, unless `allow_root`
 //! says this is a test or a throwaway container.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -119,21 +119,39 @@ fn account(run_as: &RunAs) -> Result<Account, PrivilegeError> {
 /// Room for one passwd or group entry; grown on ERANGE.
 const ENTRY_BUFFER: usize = 4096;
 
-fn lookup_user(name: &str) -> Result<Option<(u32, u32)>, PrivilegeError> {
+/// Runs a reentrant user-database lookup (`getpwnam_r`, `getgrnam_r`):
+/// `call` gets the name and a buffer and returns the C return code and
+/// what it found; the buffer grows while the entry does not fit.
+fn nss_lookup<T>(
+    kind: &'static str,
+    name: &str,
+    mut call: impl FnMut(&CStr, &mut [libc::c_char]) -> (libc::c_int, Option<T>),
+) -> Result<Option<T>, PrivilegeError> {
     let fail = |source| PrivilegeError::Lookup {
-        kind: "user",
+        kind,
         name: name.to_owned(),
         source,
     };
     let c_name = CString::new(name).map_err(|e| fail(std::io::Error::other(e)))?;
     let mut buffer = vec![0 as libc::c_char; ENTRY_BUFFER];
     loop {
+        match call(&c_name, &mut buffer) {
+            (0, found) => return Ok(found),
+            (libc::ERANGE, _) if buffer.len() < 1 << 20 => buffer.resize(buffer.len() * 4, 0),
+            (errno, _) => return Err(fail(std::io::Error::from_raw_os_error(errno))),
+        }
+    }
+}
+
+/// The uid and primary gid of user `name`.
+fn lookup_user(name: &str) -> Result<Option<(u32, u32)>, PrivilegeError> {
+    nss_lookup("user", name, |c_name, buffer| {
         // SAFETY: all-zero is a valid `passwd` (null pointers, zero ids).
         let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
         let mut found: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call and `buffer.len()`
-        // is its real size; the entry's strings point into `buffer`, which
-        // outlives their only use (none: only the ids are read).
+        // is its real size; of the entry only the ids are read, not the
+        // strings that point into `buffer`.
         let rc = unsafe {
             libc::getpwnam_r(
                 c_name.as_ptr(),
@@ -143,24 +161,16 @@ fn lookup_user(name: &str) -> Result<Option<(u32, u32)>, PrivilegeError> {
                 &mut found,
             )
         };
-        match rc {
-            0 if found.is_null() => return Ok(None),
-            0 => return Ok(Some((entry.pw_uid, entry.pw_gid))),
-            libc::ERANGE if buffer.len() < 1 << 20 => buffer.resize(buffer.len() * 4, 0),
-            errno => return Err(fail(std::io::Error::from_raw_os_error(errno))),
-        }
-    }
+        (
+            rc,
+            (!found.is_null()).then_some((entry.pw_uid, entry.pw_gid)),
+        )
+    })
 }
 
+/// The gid of group `name`.
 fn lookup_group(name: &str) -> Result<Option<u32>, PrivilegeError> {
-    let fail = |source| PrivilegeError::Lookup {
-        kind: "group",
-        name: name.to_owned(),
-        source,
-    };
-    let c_name = CString::new(name).map_err(|e| fail(std::io::Error::other(e)))?;
-    let mut buffer = vec![0 as libc::c_char; ENTRY_BUFFER];
-    loop {
+    nss_lookup("group", name, |c_name, buffer| {
         // SAFETY: all-zero is a valid `group` (null pointers, zero id).
         let mut entry: libc::group = unsafe { std::mem::zeroed() };
         let mut found: *mut libc::group = std::ptr::null_mut();
@@ -174,13 +184,8 @@ fn lookup_group(name: &str) -> Result<Option<u32>, PrivilegeError> {
                 &mut found,
             )
         };
-        match rc {
-            0 if found.is_null() => return Ok(None),
-            0 => return Ok(Some(entry.gr_gid)),
-            libc::ERANGE if buffer.len() < 1 << 20 => buffer.resize(buffer.len() * 4, 0),
-            errno => return Err(fail(std::io::Error::from_raw_os_error(errno))),
-        }
-    }
+        (rc, (!found.is_null()).then_some(entry.gr_gid))
+    })
 }
 
 /// Gives `dir` and everything under it that root owns to the account,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, Server, config, free_port
+from test_file_modes import open_to_others, walk
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: starts sluice as root and creates a user")
 
@@ -98,35 +99,25 @@ def test_root_drops_to_the_configured_user_and_still_delivers(account, base, gro
         assert server.maildir("user"), server.log.read_text()
     finally:
         assert server.stop() == 0, server.log.read_text()
-    not_theirs = []
-    for directory, dirs, files in os.walk(data):
-        for path in [directory] + [os.path.join(directory, n) for n in dirs + files]:
-            st = os.lstat(path)
-            if (st.st_uid, st.st_gid) != (account.pw_uid, gid):
-                not_theirs.append((path, st.st_uid, st.st_gid))
-            assert st.st_mode & 0o007 == 0, (path, oct(st.st_mode))
-    assert not_theirs == []
+    owners = {(p, os.lstat(p).st_uid, os.lstat(p).st_gid) for p in walk(data)}
+    assert {o for o in owners if o[1:] != (account.pw_uid, gid)} == set()
+    assert open_to_others(data) == []
     assert "dropped root" in server.log.read_text()
 
 
-def test_root_without_user_is_refused_naming_the_key(base):
+@pytest.mark.parametrize("server_extra, error", [
+    ("", "started as root without [server] user"),
+    ('user = "no-such-sluice-user"\n', '[server] user: no such user "no-such-sluice-user"'),
+])
+def test_root_without_a_usable_user_is_refused_naming_the_key(base, server_extra, error):
     port = free_port()
     cfg = base / "sluice.toml"
-    cfg.write_text(without_escape(plain_config(port, base / "data", "")))
+    cfg.write_text(without_escape(plain_config(port, base / "data", server_extra)))
     result = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
-    assert "started as root without [server] user" in result.stderr, result.stderr
+    assert error in result.stderr, result.stderr
     # Refused before the spool exists.
     assert not (base / "data" / "spool").exists()
-
-
-def test_an_unknown_user_is_refused_naming_it(base):
-    port = free_port()
-    cfg = base / "sluice.toml"
-    cfg.write_text(without_escape(plain_config(port, base / "data", 'user = "no-such-sluice-user"\n')))
-    result = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
-    assert '[server] user: no such user "no-such-sluice-user"' in result.stderr, result.stderr
 
 
 def test_allow_root_keeps_root_and_warns(base):
