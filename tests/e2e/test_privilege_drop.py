@@ -97,6 +97,11 @@ def test_root_drops_to_the_configured_user_and_still_delivers(account, base, gro
         while time.time() < deadline and not server.maildir("user"):
             time.sleep(0.1)
         assert server.maildir("user"), server.log.read_text()
+        # The operator adds a user as root while the server runs as its
+        # own: the users file must stay the server's to read.
+        added = subprocess.run([BIN, "user", "add", "alice", "--password-stdin", "--config", str(base / "sluice.toml")],
+                               input="correct horse battery\n", capture_output=True, text=True, timeout=60)
+        assert added.returncode == 0, added.stderr
     finally:
         assert server.stop() == 0, server.log.read_text()
     owners = {(p, os.lstat(p).st_uid, os.lstat(p).st_gid) for p in walk(data)}
