@@ -29,6 +29,7 @@
 //! - [`state`]: the plugins' key-value state (sled, or Redis shared by nodes)
 //! - [`metrics`]: counters, gauges and histograms for Prometheus
 //! - [`admin`]: the operator's HTTP endpoint (queue, health) and its client
+//! - [`privilege`]: dropping root to `[server] user` after binding
 //! - [`cli`]: the `sluice` command line
 
 pub mod admin;
@@ -44,6 +45,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod private_file;
+pub mod privilege;
 pub mod proxy;
 pub mod reload;
 pub mod replay;

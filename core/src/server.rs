@@ -1,7 +1,8 @@
-//! The server: takes the certificates and DKIM keys `assets` loaded (and
-//! generates a self-signed certificate for TLS listeners without one),
-//! opens the spool, builds the plugin pipelines, binds the listeners, accepts connections
-//! under the global and per-client limits, reloads certificates and
+//! The server: takes the certificates and DKIM keys `assets` loaded,
+//! binds the listeners and drops root (`privilege`), opens the spool,
+//! builds the plugin pipelines, generates a self-signed certificate for
+//! TLS listeners without one, listens, accepts connections under the
+//! global and per-client limits, reloads certificates and
 //! pipelines on SIGHUP (pipelines also on `sluice reload` and file changes,
 //! see `reload`), and runs the shutdown sequence (stop accepting, let sessions finish or
 //! tempfail, stop delivery, flush the spool). It also runs the admin
@@ -27,6 +28,7 @@ use crate::dns::Dns;
 use crate::limits::ConnectionLimits;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
+use crate::privilege::{self, Outcome, PrivilegeError};
 use crate::proxy::{self, ProxiedPeer};
 use crate::reload::{self, Reloader, Trigger};
 use crate::session::{Session, SessionContext};
@@ -69,6 +71,8 @@ pub enum ServerError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
 }
 
 /// A server that has opened its spool, built its pipelines and bound its
@@ -115,6 +119,27 @@ impl Server {
             path: data_dir.clone(),
             source,
         })?;
+        // Bound (ports below 1024 need root) but not listening until the
+        // server is about to serve.
+        let mut sockets = Vec::new();
+        for listener in &config.listeners {
+            let socket = bind(listener.address).map_err(|source| ServerError::Bind {
+                name: listener.name.clone(),
+                address: listener.address,
+                source,
+            })?;
+            sockets.push(socket);
+        }
+        let cache_dir = config.plugin_cache.resolve(&data_dir);
+        let owned: Vec<&std::path::Path> = std::iter::once(data_dir.as_path())
+            .chain(cache_dir.as_deref())
+            .collect();
+        match privilege::drop_root(&config.server, &owned)? {
+            Outcome::Dropped { user, uid, gid } => {
+                tracing::info!(%user, uid, gid, "dropped root")
+            }
+            Outcome::StillRoot | Outcome::Unprivileged => {}
+        }
         let spool_dir = data_dir.join("spool");
         let spool = Spool::open(&spool_dir).map_err(|source| ServerError::Spool {
             path: spool_dir,
@@ -123,7 +148,6 @@ impl Server {
         let dns = Dns::new(&config.dns)?;
         let outbound_tls = OutboundTlsConfig::new(config.delivery.ca_file.as_deref())?;
         let max_memory = config.max_plugin_memory();
-        let cache_dir = config.plugin_cache.resolve(&data_dir);
         let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
         let dkim = assets.dkim.clone();
@@ -132,7 +156,7 @@ impl Server {
         let mut certificates: Vec<Arc<ReloadableTls>> = Vec::new();
         let mut self_signed = None;
         let mut listeners = Vec::new();
-        for listener in &config.listeners {
+        for (listener, socket) in config.listeners.iter().zip(sockets) {
             let tls = if listener.tls == TlsMode::None {
                 None
             } else {
@@ -151,11 +175,13 @@ impl Server {
                 }
                 Some(tls)
             };
-            let socket = bind(listener.address).map_err(|source| ServerError::Bind {
-                name: listener.name.clone(),
-                address: listener.address,
-                source,
-            })?;
+            let socket = socket
+                .listen(LISTEN_BACKLOG)
+                .map_err(|source| ServerError::Bind {
+                    name: listener.name.clone(),
+                    address: listener.address,
+                    source,
+                })?;
             listeners.push(Listener {
                 config: Arc::new(listener.clone()),
                 socket,
@@ -375,9 +401,9 @@ fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// dropped and waits out TCP's retransmission backoff, seconds per client.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// A listening socket with SO_REUSEADDR (restarts do not wait for
-/// TIME_WAIT) and a backlog sized for bursts.
-fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+/// A socket bound with SO_REUSEADDR (restarts do not wait for
+/// TIME_WAIT), to listen on with `LISTEN_BACKLOG`.
+fn bind(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -385,7 +411,7 @@ fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
-    socket.listen(LISTEN_BACKLOG)
+    Ok(socket)
 }
 
 /// Every running session, for the shutdown's grace period and abort.

@@ -43,6 +43,10 @@ return value
 pub enum StateError {
     #[error(transparent)]
     Sled(#[from] SpoolError),
+    /// The blocking-pool task running a sled call panicked or was
+    /// cancelled (at shutdown).
+    #[error("kv: the sled call did not finish: {0}")]
+    SledTask(#[from] tokio::task::JoinError),
     #[error("redis {op} {key}: {source}")]
     Redis {
         op: &'static str,
@@ -195,6 +199,19 @@ impl std::fmt::Debug for Kv {
     }
 }
 
+/// Runs one sled call on the blocking pool, not on an async worker: a
+/// write may wait for sled's IO buffers to drain to a slow disk and a read
+/// may fault pages in, and a worker held that long stalls every session
+/// scheduled on it. The caller's deadline (`bounded_kv`) then bounds the
+/// wait, which it cannot do for a call that never yields.
+async fn off_worker<T: Send + 'static>(
+    store: &KvStore,
+    call: impl FnOnce(&KvStore) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, StateError> {
+    let store = store.clone();
+    Ok(tokio::task::spawn_blocking(move || call(&store)).await??)
+}
+
 impl Kv {
     fn redis_error(op: &'static str, key: &str) -> impl FnOnce(redis::RedisError) -> StateError {
         let key = key.to_owned();
@@ -204,7 +221,10 @@ impl Kv {
     /// The value of `key`, or None if it is missing or expired.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         match self {
-            Kv::Sled(store) => Ok(store.get(key)?),
+            Kv::Sled(store) => {
+                let key = key.to_owned();
+                off_worker(store, move |store| store.get(&key)).await
+            }
             Kv::Redis { redis, prefix } => {
                 let mut conn = redis.connection.clone();
                 redis::cmd("GET")
@@ -224,7 +244,10 @@ impl Kv {
         ttl_seconds: Option<u32>,
     ) -> Result<(), StateError> {
         match self {
-            Kv::Sled(store) => Ok(store.set(key, value, ttl_seconds)?),
+            Kv::Sled(store) => {
+                let (key, value) = (key.to_owned(), value.to_owned());
+                off_worker(store, move |store| store.set(&key, &value, ttl_seconds)).await
+            }
             Kv::Redis { redis, prefix } => {
                 let mut conn = redis.connection.clone();
                 let full = format!("{prefix}{key}");
@@ -264,7 +287,10 @@ impl Kv {
         ttl_seconds: Option<u32>,
     ) -> Result<i64, StateError> {
         match self {
-            Kv::Sled(store) => Ok(store.incr(key, delta, ttl_seconds)?),
+            Kv::Sled(store) => {
+                let key = key.to_owned();
+                off_worker(store, move |store| store.incr(&key, delta, ttl_seconds)).await
+            }
             Kv::Redis { redis, prefix } => {
                 let mut conn = redis.connection.clone();
                 let ttl = ttl_seconds.map(|t| t.to_string()).unwrap_or_default();
@@ -283,7 +309,10 @@ impl Kv {
     /// Removes `key`; a missing key is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StateError> {
         match self {
-            Kv::Sled(store) => Ok(store.delete(key)?),
+            Kv::Sled(store) => {
+                let key = key.to_owned();
+                off_worker(store, move |store| store.delete(&key)).await
+            }
             Kv::Redis { redis, prefix } => {
                 let mut conn = redis.connection.clone();
                 let _: i64 = redis::cmd("DEL")

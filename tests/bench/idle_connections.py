@@ -47,6 +47,7 @@ def main():
 [server]
 hostname = "idle.sluice.test"
 data_dir = "{tmp}/data"
+allow_root = true  # only matters when run as root
 max_connections = {n + 100}
 max_connections_per_ip = {n}
 

@@ -44,7 +44,7 @@ def main():
         (tmp / "recipients").write_text("alice@example.org\n")
         config = (ROOT / "config" / "inbound.toml").read_text()
         config = config.replace("/etc/sluice/recipients", str(tmp / "recipients"))
-        config = config.replace('data_dir = "/var/lib/sluice"', f'data_dir = "{tmp / "data"}"')
+        config = config.replace('data_dir = "/var/lib/sluice"', f'data_dir = "{tmp / "data"}"\nallow_root = true')
         config = config.replace(
             "[plugins.greylist.config]\n",
             '[plugins.greylist.config]\nallow_recipients = ["alice@example.org"]\n',

@@ -104,6 +104,7 @@ cat > "$config" <<EOF
 [server]
 hostname = "bench.sluice.test"
 data_dir = "$spool"
+allow_root = true  # the bench runs as root; only matters then
 max_connections = 2000
 max_connections_per_ip = 2000
 

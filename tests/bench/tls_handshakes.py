@@ -70,6 +70,7 @@ def main():
 [server]
 hostname = "mx.example.test"
 data_dir = "{tmp}/data"
+allow_root = true  # only matters when run as root
 max_connections_per_ip = 1000
 [[listener]]
 name = "plain"

@@ -1,6 +1,7 @@
 """One harness for the end-to-end suite: start the real sluice binary on an
 inline TOML config, talk to it with real clients, stop it afterwards."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,24 @@ def fixture(name):
     return str(path)
 
 
+def suite_config(text):
+    """Two departures from sluice's defaults for the suite's configs:
+    `allow_root = true` when it runs as root (as in CI, where sluice
+    refuses root without `[server] user`; test_privilege_drop.py covers
+    the drop), and Maildir `create_mailboxes = true`, since the tests send
+    to names no one created (test_backscatter.py covers the default). A
+    config that sets either itself keeps its own."""
+    if os.geteuid() == 0 and not re.search(r"(?m)^\s*allow_root\s*=", text):
+        if re.search(r"(?m)^\[server\][ \t]*$", text):
+            text = re.sub(r"(?m)^\[server\][ \t]*$", "[server]\nallow_root = true", text, count=1)
+        else:
+            # No top-level keys in a sluice config: a table header first is safe.
+            text = "[server]\nallow_root = true\n" + text
+    if not re.search(r"(?m)^\[delivery\.maildir\]", text):
+        text += "\n[delivery.maildir]\ncreate_mailboxes = true\n"
+    return text
+
+
 class Server:
     def __init__(self, tmp, config, cwd=None, args=None):
         self.tmp = Path(tmp)
@@ -43,7 +62,7 @@ class Server:
         self.port = port
         if self.args is None:
             cfg = self.tmp / "sluice.toml"
-            cfg.write_text(self.config_text)
+            cfg.write_text(suite_config(self.config_text))
             args = [BIN, "serve", "--config", str(cfg)]
         else:
             args = [BIN] + self.args
@@ -82,7 +101,7 @@ class Server:
 
 
 def config(port, data, rcpt='["relay"]', extra="", trusted='["127.0.0.1/32"]', server_extra="", pipeline_extra=""):
-    return f"""
+    return suite_config(f"""
 [server]
 hostname = "mx.example.test"
 data_dir = "{data}"
@@ -109,7 +128,7 @@ trusted_networks = {trusted}
 [queue]
 retry = ["1s"]
 {extra}
-"""
+""")
 
 
 @pytest.fixture

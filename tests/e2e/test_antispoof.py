@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, Raw, Server, free_port
+from conftest import BIN, Raw, Server, free_port, suite_config
 from peers import wait_for
 
 USER = ("alice@example.org", "plum-orbit-window-47")
@@ -177,8 +177,8 @@ def test_authenticated_client_is_allowed(antispoof, tmp_path):
 
 def test_bad_config_is_refused_at_start(tmp_path):
     cfg = tmp_path / "sluice.toml"
-    cfg.write_text(antispoof_config(free_port(), free_port(), tmp_path / "data",
-                                    'allow_senders = ["@example.org"]'))
+    cfg.write_text(suite_config(antispoof_config(free_port(), free_port(), tmp_path / "data",
+                                                 'allow_senders = ["@example.org"]')))
     result = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert 'antispoof: allow_senders: "@example.org" is not an address or a domain' in result.stderr + result.stdout

@@ -247,11 +247,11 @@ def test_reject_at_connect(dnsbl):
 def test_bad_config_is_refused_at_start(tmp_path, dns_zone):
     import subprocess
 
-    from conftest import BIN
+    from conftest import BIN, suite_config
 
     dns_port = dns_zone(zone())
     cfg = tmp_path / "sluice.toml"
-    cfg.write_text(dnsbl_config(free_port(), tmp_path / "data", dns_port, "threshold = 0"))
+    cfg.write_text(suite_config(dnsbl_config(free_port(), tmp_path / "data", dns_port, "threshold = 0")))
     result = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "dnsbl: threshold: 0 must be a finite number above 0" in result.stderr + result.stdout

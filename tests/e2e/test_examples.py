@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Server, free_port
+from conftest import BIN, Server, free_port, suite_config
 
 LANGUAGES = ["rust", "python", "javascript", "c", "zig"]
 EXAMPLES_DIR = Path(
@@ -74,7 +74,7 @@ def test_example_filters_real_smtp_traffic(tmp_path, lang):
     # start. This first start also fills the compiled-component cache.
     port = free_port()
     bad = tmp_path / "bad.toml"
-    bad.write_text(example_config(port, data, lang, plugin_config='other = "x"'))
+    bad.write_text(suite_config(example_config(port, data, lang, plugin_config='other = "x"')))
     started = time.monotonic()
     refused = subprocess.run([BIN, "serve", "--config", str(bad)], capture_output=True, text=True, timeout=300)
     first_start = time.monotonic() - started

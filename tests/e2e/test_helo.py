@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, Raw, Server, free_port
+from conftest import BIN, Raw, Server, free_port, suite_config
 from dns_server import SERVFAIL
 
 USER = ("alice@localhost", "plum-orbit-window-47")
@@ -247,7 +247,7 @@ def test_authenticated_clients_skip_the_checks(helo, tmp_path):
 def test_bad_config_is_refused_at_start(tmp_path, dns_zone):
     dns_port = dns_zone(zone())
     cfg = tmp_path / "sluice.toml"
-    cfg.write_text(helo_config(free_port(), free_port(), tmp_path / "data", dns_port, "check_fcrdn = true"))
+    cfg.write_text(suite_config(helo_config(free_port(), free_port(), tmp_path / "data", dns_port, "check_fcrdn = true")))
     result = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "unknown field `check_fcrdn`" in result.stderr + result.stdout

@@ -7,6 +7,8 @@ STARTTLS, defers the mail and nothing goes in clear text; `testing`
 delivers; a fetched policy is kept across a restart while the policy host
 is down."""
 import http.server
+import random
+import socket
 import ssl
 import threading
 import time
@@ -19,15 +21,26 @@ from peers import Certs
 
 DOMAIN = "sts.example"
 MX = "mx.sts.example"
-# The policy host listens on 443, as RFC 8461 §3.3 has it, on an address
-# of its own.
-POLICY_IP = "127.0.0.61"
+
+
+def policy_address():
+    """The policy host listens on 443, as RFC 8461 §3.3 has it, so each one
+    gets a loopback address of its own (another suite may hold one)."""
+    for _ in range(50):
+        ip = f"127.61.{random.randrange(256)}.{random.randrange(1, 255)}"
+        with socket.socket() as s:
+            try:
+                s.bind((ip, 443))
+                return ip
+            except OSError:
+                continue
+    raise AssertionError("no free loopback address for port 443")
 
 
 class PolicyHost:
-    """HTTPS on POLICY_IP:443 serving /.well-known/mta-sts.txt."""
+    """HTTPS on ip:443 serving /.well-known/mta-sts.txt."""
 
-    def __init__(self, certs, body, content_type="text/plain"):
+    def __init__(self, certs, body, ip, content_type="text/plain"):
         self.requests = []
         host = self
 
@@ -48,7 +61,7 @@ class PolicyHost:
                 pass
 
         self.body, self.content_type = body, content_type
-        self.httpd = http.server.ThreadingHTTPServer((POLICY_IP, 443), Handler)
+        self.httpd = http.server.ThreadingHTTPServer((ip, 443), Handler)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(str(certs.cert_file), str(certs.key_file))
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
@@ -103,14 +116,14 @@ def world(tmp_path, certs, dns_zone):
     def start(body=None, starttls=True, record="v=STSv1; id=20261204a;"):
         mx = Mx(certs, starttls=starttls)
         started.append(mx)
-        host = None
+        host, ip = None, policy_address()
         if body is not None:
-            host = PolicyHost(certs, body)
+            host = PolicyHost(certs, body, ip)
             started.append(host)
         records = {
             DOMAIN: {"MX": [(10, MX)]},
             MX: {"A": ["127.0.0.1"]},
-            f"mta-sts.{DOMAIN}": {"A": [POLICY_IP]},
+            f"mta-sts.{DOMAIN}": {"A": [ip]},
         }
         if record:
             records[f"_mta-sts.{DOMAIN}"] = {"TXT": [record]}

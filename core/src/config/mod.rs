@@ -398,6 +398,21 @@ pub struct ServerConfig {
     /// Look up each client's forward-confirmed reverse name at connect
     /// (`Dns::confirmed_reverse_name`), for Received and plugins.
     pub reverse_lookup: bool,
+    /// The account to become once the listeners are bound, when started
+    /// as root (`user`, `group`).
+    pub run_as: Option<RunAs>,
+    /// `allow_root`: keep running as root when started as root without
+    /// `user`. For tests and throwaway containers only; warned at start.
+    pub allow_root: bool,
+}
+
+/// `[server] user` and `group`: who the server runs as after binding its
+/// listeners as root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    /// None: the user's primary group.
+    pub group: Option<String>,
 }
 
 /// Server-side timeouts, RFC 5321 §4.5.3.2, and the bounds that keep a
@@ -582,6 +597,20 @@ pub struct DeliveryConfig {
     /// routes are exempt.
     pub ignore_target_hosts: Vec<ipnet::IpNet>,
     pub timeouts: DeliveryTimeouts,
+    pub maildir: MaildirConfig,
+}
+
+/// `[delivery.maildir]`: which local parts Maildir delivery has a mailbox
+/// for. By default only those whose directory exists (and postmaster), so
+/// mail for a made-up name bounces instead of creating a mailbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaildirConfig {
+    /// `catch_all`: the mailbox (a local part, lower-cased) of the same
+    /// domain that receives mail for local parts without one.
+    pub catch_all: Option<String>,
+    /// `create_mailboxes`: every local part gets a mailbox on its first
+    /// delivery (a test setup, a single-user host); invites backscatter.
+    pub create_mailboxes: bool,
 }
 
 /// Deadlines of outbound SMTP/LMTP (`[delivery.timeouts]`): every read and

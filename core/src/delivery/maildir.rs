@@ -6,6 +6,12 @@
 //! creates are synced into their parents. Messages are created 0640: the
 //! mailbox's group (a delivery agent reading it) may read them, other users
 //! may not (directories get the process umask, see `cli`).
+//!
+//! A local part has a mailbox when its directory exists (the operator made
+//! it, or an earlier delivery did under `create_mailboxes`); postmaster
+//! always has one (RFC 5321 §4.5.1). Mail for any other local part goes to
+//! the `catch_all` mailbox when one is configured and otherwise fails
+//! permanently, creating nothing: a made-up name never becomes a mailbox.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sluice_spool::durable;
 
 use super::RecipientResult;
+use crate::config::MaildirConfig;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -32,21 +39,67 @@ pub fn mailbox_dir(root: &Path, local: &str, domain: &str) -> Option<PathBuf> {
     Some(root.join(domain).join(local))
 }
 
-pub fn deliver(
+/// Where mail for `local@domain` goes: its own mailbox, created if need
+/// be when it may be, or the catch-all; Err is the recipient's result.
+fn target_mailbox(
     root: &Path,
-    hostname: &str,
-    queue_id: &str,
-    reverse_path: &str,
+    mailboxes: &MaildirConfig,
     local: &str,
     domain: &str,
-    message: &[u8],
-) -> RecipientResult {
-    let Some(dir) = mailbox_dir(root, local, domain) else {
-        return RecipientResult::Failed("550 5.1.3 mailbox name not allowed".to_owned());
+) -> Result<PathBuf, RecipientResult> {
+    let Some(own) = mailbox_dir(root, local, domain) else {
+        return Err(RecipientResult::Failed(
+            "550 5.1.3 mailbox name not allowed".to_owned(),
+        ));
     };
-    match write(&dir, hostname, queue_id, reverse_path, message) {
-        Ok(path) => RecipientResult::Delivered(format!("maildir {}", path.display())),
-        Err(e) => RecipientResult::Deferred(format!("451 4.3.0 maildir write failed: {e}")),
+    match std::fs::metadata(&own) {
+        Ok(meta) if meta.is_dir() => return Ok(own),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(RecipientResult::Deferred(format!(
+                "451 4.3.0 maildir lookup failed: {e}"
+            )))
+        }
+    }
+    if mailboxes.create_mailboxes || local.eq_ignore_ascii_case("postmaster") {
+        return Ok(own);
+    }
+    match &mailboxes.catch_all {
+        Some(catch_all) => mailbox_dir(root, catch_all, domain).ok_or_else(|| {
+            RecipientResult::Failed("550 5.1.3 mailbox name not allowed".to_owned())
+        }),
+        None => Err(RecipientResult::Failed(
+            "550 5.1.1 no such mailbox".to_owned(),
+        )),
+    }
+}
+
+/// The Maildir tree local mail is delivered into, and who has a mailbox.
+pub struct Maildirs<'a> {
+    pub root: &'a Path,
+    pub mailboxes: &'a MaildirConfig,
+    /// This server's name, in the unique file names.
+    pub hostname: &'a str,
+}
+
+impl Maildirs<'_> {
+    pub fn deliver(
+        &self,
+        queue_id: &str,
+        reverse_path: &str,
+        local: &str,
+        domain: &str,
+        message: &[u8],
+    ) -> RecipientResult {
+        let dir = match target_mailbox(self.root, self.mailboxes, local, domain) {
+            Ok(dir) => dir,
+            Err(result) => return result,
+        };
+        match write(&dir, self.hostname, queue_id, reverse_path, message) {
+            Ok(path) => RecipientResult::Delivered(format!("maildir {}", path.display())),
+            Err(e) => RecipientResult::Deferred(format!("451 4.3.0 maildir write failed: {e}")),
+        }
     }
 }
 
@@ -108,12 +161,73 @@ fn store(dir: &Path, name: &str, reverse_path: &str, message: &[u8]) -> std::io:
 mod tests {
     use super::*;
 
+    const CREATE: MaildirConfig = MaildirConfig {
+        catch_all: None,
+        create_mailboxes: true,
+    };
+
+    fn to(root: &Path, mailboxes: &MaildirConfig, local: &str) -> RecipientResult {
+        let maildirs = Maildirs {
+            root,
+            mailboxes,
+            hostname: "h",
+        };
+        maildirs.deliver("id", "s@x.test", local, "example.org", b"x\r\n")
+    }
+
+    #[test]
+    fn only_existing_mailboxes_and_postmaster_receive_by_default() {
+        let root = tempfile::tempdir().unwrap();
+        let strict = MaildirConfig::default();
+        let result = to(root.path(), &strict, "nobody");
+        assert!(
+            matches!(&result, RecipientResult::Failed(reply) if reply.starts_with("550 5.1.1")),
+            "{result:?}"
+        );
+        assert!(!root.path().join("example.org").exists());
+
+        std::fs::create_dir_all(root.path().join("example.org/alice")).unwrap();
+        for local in ["Alice", "postmaster"] {
+            let result = to(root.path(), &strict, local);
+            assert!(
+                matches!(result, RecipientResult::Delivered(_)),
+                "{local}: {result:?}"
+            );
+        }
+        let new = |local: &str| root.path().join("example.org").join(local).join("new");
+        assert_eq!(std::fs::read_dir(new("alice")).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(new("postmaster")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_catch_all_receives_for_unknown_local_parts() {
+        let root = tempfile::tempdir().unwrap();
+        let catch_all = MaildirConfig {
+            catch_all: Some("everything".into()),
+            create_mailboxes: false,
+        };
+        let result = to(root.path(), &catch_all, "nobody");
+        assert!(
+            matches!(result, RecipientResult::Delivered(_)),
+            "{result:?}"
+        );
+        let domain = root.path().join("example.org");
+        assert!(!domain.join("nobody").exists());
+        let caught = std::fs::read_dir(domain.join("everything/new"))
+            .unwrap()
+            .count();
+        assert_eq!(caught, 1);
+    }
+
     #[test]
     fn writes_return_path_and_exact_bytes_into_new() {
         let root = tempfile::tempdir().unwrap();
-        let result = deliver(
-            root.path(),
-            "mx.test",
+        let maildirs = Maildirs {
+            root: root.path(),
+            mailboxes: &CREATE,
+            hostname: "mx.test",
+        };
+        let result = maildirs.deliver(
             "abc",
             "s@x.test",
             "User",
@@ -161,7 +275,7 @@ mod tests {
     fn unsafe_local_parts_fail_permanently() {
         let root = tempfile::tempdir().unwrap();
         for local in ["../etc", ".hidden", "a/b", ""] {
-            let result = deliver(root.path(), "h", "id", "", local, "example.org", b"x\r\n");
+            let result = to(root.path(), &CREATE, local);
             assert!(
                 matches!(result, RecipientResult::Failed(_)),
                 "{local}: {result:?}"

@@ -113,7 +113,7 @@ fn split_address(address: &str) -> (&str, &str) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{DeliveryTimeouts, LocalDelivery, OutboundTls};
+    use crate::config::{DeliveryTimeouts, LocalDelivery, MaildirConfig, OutboundTls};
 
     pub(crate) fn settings(routes: &[(&str, &str)]) -> DeliverySettings {
         DeliverySettings {
@@ -143,6 +143,11 @@ pub(crate) mod tests {
                 max_addresses: 10,
                 ignore_target_hosts: Vec::new(),
                 timeouts: DeliveryTimeouts::default(),
+                // The tests deliver to names nobody created a mailbox for.
+                maildir: MaildirConfig {
+                    catch_all: None,
+                    create_mailboxes: true,
+                },
             },
             queue: QueueConfig {
                 retry: vec![Duration::from_secs(60)],

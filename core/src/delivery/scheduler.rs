@@ -493,8 +493,9 @@ impl Deliverer {
         domain: &str,
         message: &MessageBytes,
     ) -> RecipientResult {
-        let (root, hostname, queue_id, reverse_path, local, domain, message) = (
+        let (root, mailboxes, hostname, queue_id, reverse_path, local, domain, message) = (
             self.settings.maildir_root.clone(),
+            self.settings.delivery.maildir.clone(),
             self.settings.hostname.clone(),
             queue_id.to_owned(),
             reverse_path.to_owned(),
@@ -504,15 +505,12 @@ impl Deliverer {
         );
         // File writes and fsyncs block: keep them off the async workers.
         tokio::task::spawn_blocking(move || {
-            maildir::deliver(
-                &root,
-                &hostname,
-                &queue_id,
-                &reverse_path,
-                &local,
-                &domain,
-                &message,
-            )
+            let maildirs = maildir::Maildirs {
+                root: &root,
+                mailboxes: &mailboxes,
+                hostname: &hostname,
+            };
+            maildirs.deliver(&queue_id, &reverse_path, &local, &domain, &message)
         })
         .await
         .unwrap_or_else(|e| {

@@ -175,9 +175,18 @@ impl Directory {
                 path: path.to_owned(),
             });
         }
-        let parsed = parse_table(path, &String::from_utf8_lossy(&bytes))
-            .map(Arc::new)
-            .map_err(|e| Arc::<str>::from(e.to_string()));
+        let len = bytes.len() as u64;
+        // A table of up to MAX_FILE_SIZE is a map built line by line, CPU
+        // time in proportion: on the blocking pool, so it holds no async
+        // worker and the sessions scheduled on it.
+        let name = path.to_owned();
+        let parsed = tokio::task::spawn_blocking(move || {
+            parse_table(&name, &String::from_utf8_lossy(&bytes))
+                .map(Arc::new)
+                .map_err(|e| Arc::<str>::from(e.to_string()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(Arc::from(format!("{path}: parsing failed: {e}"))));
         if let Ok(mut files) = self.files.lock() {
             files.insert(
                 granted,
@@ -185,7 +194,7 @@ impl Directory {
                     modified,
                     // The length read, so a file that changed between the
                     // stat and the read is read again next time.
-                    len: bytes.len() as u64,
+                    len,
                     parsed: parsed.clone(),
                 },
             );

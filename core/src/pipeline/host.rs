@@ -384,6 +384,18 @@ fn wit_spf(check: authn::SpfCheck) -> auth::SpfResult {
 
 impl mail::Host for HostState {}
 
+/// Runs `read` on the blocking pool. The first `body_text` or
+/// `attachments` of a transaction parses the MIME structure of the whole
+/// message, decoding included (about 110 ms of CPU for 16 MiB of base64
+/// parts, measured here), which must not hold an async worker and the
+/// sessions scheduled on it; later calls find the parse done (the
+/// resource is shared) and only copy.
+async fn parsed<T: Send + 'static>(
+    read: impl FnOnce() -> T + Send + 'static,
+) -> wasmtime::Result<T> {
+    Ok(tokio::task::spawn_blocking(read).await?)
+}
+
 impl mail::HostMessage for HostState {
     async fn size(&mut self, this: Resource<MessageResource>) -> wasmtime::Result<u64> {
         Ok(self.table.get(&this)?.size())
@@ -428,7 +440,8 @@ impl mail::HostMessage for HostState {
         this: Resource<MessageResource>,
     ) -> wasmtime::Result<Vec<String>> {
         self.permit_or_trap(Capability::MessageBody)?;
-        Ok(self.table.get(&this)?.body_text().to_vec())
+        let message = self.table.get(&this)?.clone();
+        parsed(move || message.body_text().to_vec()).await
     }
 
     async fn attachments(
@@ -436,17 +449,19 @@ impl mail::HostMessage for HostState {
         this: Resource<MessageResource>,
     ) -> wasmtime::Result<Vec<mail::Attachment>> {
         self.permit_or_trap(Capability::MessageBody)?;
-        Ok(self
-            .table
-            .get(&this)?
-            .attachments()
-            .iter()
-            .map(|a| mail::Attachment {
-                filename: a.filename.clone(),
-                content_type: a.content_type.clone(),
-                size: a.size,
-            })
-            .collect())
+        let message = self.table.get(&this)?.clone();
+        parsed(move || {
+            message
+                .attachments()
+                .iter()
+                .map(|a| mail::Attachment {
+                    filename: a.filename.clone(),
+                    content_type: a.content_type.clone(),
+                    size: a.size,
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn drop(&mut self, this: Resource<MessageResource>) -> wasmtime::Result<()> {

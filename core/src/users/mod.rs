@@ -199,6 +199,7 @@ impl UserFile {
             .open(&lock_path)
             .map_err(io(&lock_path))?;
         lock.lock().map_err(io(&lock_path))?;
+        keep_owner(dir, &lock).map_err(io(&lock_path))?;
 
         let mut users = read_users(&self.path)?;
         change(&mut users)?;
@@ -223,6 +224,7 @@ impl UserFile {
             .mode(0o600)
             .open(&tmp)
             .map_err(io(&tmp))?;
+        keep_owner(dir, &file).map_err(io(&tmp))?;
         file.write_all(text.as_bytes()).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
@@ -232,6 +234,17 @@ impl UserFile {
             .map_err(io(dir))?;
         Ok(())
     }
+}
+
+/// `sluice user` run as root next to a server that dropped to its
+/// `[server] user`: a file it creates gets the data directory's owner, or
+/// the server could no longer read it (or take the lock).
+fn keep_owner(dir: &Path, file: &std::fs::File) -> std::io::Result<()> {
+    let owner = std::fs::metadata(dir)?;
+    if rustix::process::geteuid().is_root() && owner.uid() != 0 {
+        std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))?;
+    }
+    Ok(())
 }
 
 /// What identifies one version of the file on disk.

@@ -28,6 +28,15 @@ pub(super) struct RawDelivery {
     max_addresses: Option<Spanned<usize>>,
     ignore_target_hosts: Option<Vec<Spanned<String>>>,
     timeouts: Option<RawDeliveryTimeouts>,
+    maildir: Option<RawMaildir>,
+}
+
+/// `[delivery.maildir]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMaildir {
+    catch_all: Option<Spanned<String>>,
+    create_mailboxes: Option<bool>,
 }
 
 /// `[delivery.timeouts]`: durations such as "30s" or "5m".
@@ -205,6 +214,34 @@ pub(super) fn resolve_delivery(
         max_addresses: at_least_one(d, &delivery.max_addresses, "delivery.max_addresses", 10),
         ignore_target_hosts,
         timeouts: resolve_delivery_timeouts(d, delivery.timeouts.as_ref()),
+        maildir: resolve_maildir(d, delivery.maildir.as_ref()),
+    }
+}
+
+/// `[delivery.maildir]`; `catch_all` must be a local part that can name a
+/// mailbox directory.
+fn resolve_maildir(d: &mut Diagnostics<'_>, raw: Option<&RawMaildir>) -> MaildirConfig {
+    let Some(raw) = raw else {
+        return MaildirConfig::default();
+    };
+    let catch_all = raw.catch_all.as_ref().and_then(|name| {
+        let text = name.get_ref();
+        let valid = !text.is_empty()
+            && !text.starts_with('.')
+            && !text.contains(['/', '\\', '\0', '@'])
+            && !text.chars().any(char::is_control);
+        if !valid {
+            d.add(
+                name.span(),
+                "delivery.maildir.catch_all",
+                format!("not a mailbox name (a local part without @): {text:?}"),
+            );
+        }
+        valid.then(|| text.to_lowercase())
+    });
+    MaildirConfig {
+        catch_all,
+        create_mailboxes: raw.create_mailboxes.unwrap_or(false),
     }
 }
 

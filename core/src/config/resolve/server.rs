@@ -42,6 +42,9 @@ pub(super) struct RawServer {
     timeouts: Option<RawTimeouts>,
     shutdown_grace: Option<Spanned<String>>,
     reverse_lookup: Option<bool>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    allow_root: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +130,7 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
             }
         },
     };
+    let run_as = resolve_run_as(d, server);
     let shutdown_grace = d.duration(
         &server.shutdown_grace,
         "server.shutdown_grace",
@@ -149,6 +153,35 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
         timeouts,
         shutdown_grace,
         reverse_lookup: server.reverse_lookup.unwrap_or(true),
+        run_as,
+        allow_root: server.allow_root.unwrap_or(false),
+    }
+}
+
+/// `user` and `group`: account names, checked for shape here; whether
+/// they exist is only known (and only matters) when started as root.
+fn resolve_run_as(d: &mut Diagnostics<'_>, server: &RawServer) -> Option<RunAs> {
+    let mut name = |value: &Spanned<String>, key: &str| {
+        let text = value.get_ref();
+        let valid = !text.is_empty()
+            && !text.starts_with('-')
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            d.add(value.span(), key, format!("not an account name: {text:?}"));
+        }
+        valid.then(|| text.clone())
+    };
+    let user = server.user.as_ref().and_then(|u| name(u, "server.user"));
+    let group = server.group.as_ref().and_then(|g| name(g, "server.group"));
+    match (user, &server.group) {
+        (Some(user), _) => Some(RunAs { user, group }),
+        (None, Some(g)) if server.user.is_none() => {
+            d.add(g.span(), "server.group", "needs server.user");
+            None
+        }
+        (None, _) => None,
     }
 }
 

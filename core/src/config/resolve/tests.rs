@@ -776,3 +776,37 @@ fn bad_certificate_tables_name_key_and_line() {
         );
     }
 }
+
+#[test]
+fn run_as_user_and_group_resolve_and_bad_names_are_refused() {
+    let listener = "\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\npipeline = \"p\"\n[pipeline.p]\n";
+    let load = |server: &str| load_str(&format!("{server}{listener}"), "c.toml");
+    let config = load("[server]\nuser = \"sluice\"\ngroup = \"mail\"\n").unwrap();
+    let run_as = config.server.run_as.expect("run_as");
+    assert_eq!(
+        (run_as.user.as_str(), run_as.group.as_deref()),
+        ("sluice", Some("mail"))
+    );
+    assert!(!config.server.allow_root);
+    assert!(
+        load("[server]\nallow_root = true\n")
+            .unwrap()
+            .server
+            .allow_root
+    );
+
+    let err = load("[server]\ngroup = \"mail\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("c.toml:2:")
+            && err.contains("server.group")
+            && err.contains("needs server.user"),
+        "{err}"
+    );
+    let err = load("[server]\nuser = \"../x\"\n").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:2:") && err.contains("server.user"),
+        "{err}"
+    );
+}
