@@ -11,6 +11,7 @@ import time
 from aiosmtpd.controller import Controller
 
 from conftest import BIN, Server, Sink, config, free_port
+from peers import wait_for
 
 
 def queue(server, *args):
@@ -25,13 +26,9 @@ def entries(server):
 
 
 def wait(condition, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not met within {timeout}s")
+    value = wait_for(condition, timeout)
+    assert value, f"{what} not met within {timeout}s"
+    return value
 
 
 def start(tmp_path, extra="", pipeline_extra="", trusted='["127.0.0.1/32"]'):

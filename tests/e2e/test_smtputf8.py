@@ -5,11 +5,11 @@ named by the UTF-8 local part, relayed to a next hop that offers SMTPUTF8
 recipient fails with a DSN (5.6.7), never a silent downgrade. Without the
 SMTPUTF8 parameter a UTF-8 address is refused at MAIL/RCPT."""
 import smtplib
-import time
 
 from aiosmtpd.controller import Controller
 
 from conftest import Raw, Recorder, Server, config, free_port
+from peers import wait_for
 
 SENDER = "sénder@localhost"
 LOCAL = "jösé"
@@ -33,13 +33,9 @@ class Hop:
 
 
 def wait(condition, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
+    value = wait_for(condition, timeout)
+    assert value, "timed out"
+    return value
 
 
 def start(tmp_path, extra=""):
