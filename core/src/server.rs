@@ -24,6 +24,7 @@ use crate::delivery::{self, DeliverySettings, OutboundTlsConfig};
 use crate::dkim::DkimSigners;
 use crate::dns::Dns;
 use crate::limits::ConnectionLimits;
+use crate::memory::MessageMemory;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::reload::{self, Reloader, Trigger};
@@ -205,8 +206,9 @@ impl Server {
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let config = self.config.clone();
+        let memory = MessageMemory::new(config.server.message_memory);
         let (delivery, delivery_task) = delivery::spawn(
-            delivery_settings(&config, &self.local_addrs()),
+            delivery_settings(&config, &self.local_addrs(), memory.clone()),
             self.spool.clone(),
             self.dns.clone(),
             self.outbound_tls.clone(),
@@ -241,6 +243,7 @@ impl Server {
             dkim: self.dkim.clone(),
             limits: limits.clone(),
             dns: self.dns.clone(),
+            memory,
         });
         // Accept loops spawn sessions into this set themselves: handing each
         // one to this (main-thread) task instead would cost a cross-thread
@@ -543,7 +546,11 @@ async fn accept_loop(
 
 /// The delivery's view of the configuration, and what it needs to know
 /// that is not configuration.
-fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) -> DeliverySettings {
+fn delivery_settings(
+    config: &Config,
+    own_addresses: &[std::net::SocketAddr],
+    memory: MessageMemory,
+) -> DeliverySettings {
     DeliverySettings {
         hostname: config.server.hostname.clone(),
         domains: config.domains.clone(),
@@ -552,6 +559,7 @@ fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) ->
         maildir_root: config.server.data_dir.join("mail"),
         own_addresses: own_addresses.to_vec(),
         idle_timeout: Duration::from_secs(5),
+        memory,
     }
 }
 

@@ -7,7 +7,7 @@
 //! mailbox's group (a delivery agent reading it) may read them, other users
 //! may not (directories get the process umask, see `cli`).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +39,7 @@ pub fn deliver(
     reverse_path: &str,
     local: &str,
     domain: &str,
-    message: &[u8],
+    message: &mut dyn Read,
 ) -> RecipientResult {
     let Some(dir) = mailbox_dir(root, local, domain) else {
         return RecipientResult::Failed("550 5.1.3 mailbox name not allowed".to_owned());
@@ -55,7 +55,7 @@ fn write(
     hostname: &str,
     queue_id: &str,
     reverse_path: &str,
-    message: &[u8],
+    message: &mut dyn Read,
 ) -> std::io::Result<PathBuf> {
     // A mailbox created by this delivery must outlive a power cut too.
     for sub in ["tmp", "new", "cur"] {
@@ -74,7 +74,12 @@ fn write(
 }
 
 /// Writes the message as `tmp/<name>`, then moves it to `new/<name>`.
-fn store(dir: &Path, name: &str, reverse_path: &str, message: &[u8]) -> std::io::Result<PathBuf> {
+fn store(
+    dir: &Path,
+    name: &str,
+    reverse_path: &str,
+    message: &mut dyn Read,
+) -> std::io::Result<PathBuf> {
     let tmp = dir.join("tmp").join(name);
     let new = dir.join("new").join(name);
     // create_new: whatever already sits under this name (a file, or a
@@ -88,7 +93,7 @@ fn store(dir: &Path, name: &str, reverse_path: &str, message: &[u8]) -> std::io:
         .open(&tmp)?;
     let written = (|| {
         file.write_all(format!("Return-Path: <{reverse_path}>\r\n").as_bytes())?;
-        file.write_all(message)?;
+        copy(message, &mut file)?;
         file.sync_all()
     })();
     drop(file);
@@ -102,6 +107,20 @@ fn store(dir: &Path, name: &str, reverse_path: &str, message: &[u8]) -> std::io:
     durable::sync_dir(&dir.join("new"))?;
     durable::sync_dir(&dir.join("tmp"))?;
     Ok(new)
+}
+
+/// Copies the message a block at a time: it is read from the spool, never
+/// held whole.
+fn copy(message: &mut dyn Read, file: &mut std::fs::File) -> std::io::Result<()> {
+    let mut block = vec![0u8; 64 << 10];
+    loop {
+        match message.read(&mut block) {
+            Ok(0) => return Ok(()),
+            Ok(n) => file.write_all(&block[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -118,7 +137,7 @@ mod tests {
             "s@x.test",
             "User",
             "Example.ORG",
-            b"Subject: x\r\n\r\nbody\r\n",
+            &mut &b"Subject: x\r\n\r\nbody\r\n"[..],
         );
         assert!(
             matches!(result, RecipientResult::Delivered(_)),
@@ -146,13 +165,13 @@ mod tests {
         let victim = root.path().join("victim");
         std::fs::write(&victim, b"untouched").unwrap();
         std::os::unix::fs::symlink(&victim, dir.join("tmp/1.id_0.mx")).unwrap();
-        let err = store(&dir, "1.id_0.mx", "s@x.test", b"x\r\n").unwrap_err();
+        let err = store(&dir, "1.id_0.mx", "s@x.test", &mut &b"x\r\n"[..]).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
         assert_eq!(std::fs::read_dir(dir.join("new")).unwrap().count(), 0);
 
         // Not readable by others even under a umask that would allow it.
-        let stored = store(&dir, "2.id_1.mx", "s@x.test", b"x\r\n").unwrap();
+        let stored = store(&dir, "2.id_1.mx", "s@x.test", &mut &b"x\r\n"[..]).unwrap();
         let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
         assert_eq!(mode & 0o007, 0, "{mode:o}");
     }
@@ -161,7 +180,15 @@ mod tests {
     fn unsafe_local_parts_fail_permanently() {
         let root = tempfile::tempdir().unwrap();
         for local in ["../etc", ".hidden", "a/b", ""] {
-            let result = deliver(root.path(), "h", "id", "", local, "example.org", b"x\r\n");
+            let result = deliver(
+                root.path(),
+                "h",
+                "id",
+                "",
+                local,
+                "example.org",
+                &mut &b"x\r\n"[..],
+            );
             assert!(
                 matches!(result, RecipientResult::Failed(_)),
                 "{local}: {result:?}"

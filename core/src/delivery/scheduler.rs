@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_spool::{
-    MessageBytes, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool,
+    MessageBytes, MessageReader, NewMessage, QueueEntry, QueueId, RecipientOutcome,
+    RecipientStatus, Spool,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -28,7 +29,11 @@ use super::transport::OutboundTlsConfig;
 use super::{maildir, split_address, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
 use crate::dns::Dns;
+use crate::memory::MemoryPermit;
 use crate::metrics::METRICS;
+
+/// Most of a message a DSN reads to quote its header section.
+const DSN_QUOTE_LIMIT: usize = 256 << 10;
 
 #[derive(Clone)]
 pub struct DeliveryHandle {
@@ -303,9 +308,25 @@ impl Deliverer {
         }
     }
 
-    /// The message's bytes, read once the slots for a delivery are held.
-    fn message(&self, id: QueueId) -> Result<MessageBytes, Halt> {
+    /// The message's bytes, read once the slots for a delivery are held and
+    /// its size is reserved in the memory budget (held by the permit).
+    async fn message(&self, entry: &QueueEntry) -> Result<(MessageBytes, MemoryPermit), Halt> {
+        let permit = self.settings.memory.reserve(entry.size).await;
+        let id = entry.id;
         match self.spool.message(id) {
+            Ok(Some(message)) => Ok((message, permit)),
+            Ok(None) => Err(Halt::Gone),
+            Err(e) => {
+                tracing::error!(queue_id = %id, "cannot read message: {e}");
+                Err(Halt::Unreadable)
+            }
+        }
+    }
+
+    /// A reader of the message's bytes, for copying it out a record at a
+    /// time.
+    fn reader(&self, id: QueueId) -> Result<MessageReader, Halt> {
+        match self.spool.reader(id) {
             Ok(Some(message)) => Ok(message),
             Ok(None) => Err(Halt::Gone),
             Err(e) => {
@@ -353,14 +374,14 @@ impl Deliverer {
             let Some(_slots) = self.slots(None).await else {
                 return (results, Some(Halt::Stopping));
             };
-            let message = match self.message(entry.id) {
-                Ok(message) => message,
+            let reader = match self.reader(entry.id) {
+                Ok(reader) => reader,
                 Err(halt) => return (results, Some(halt)),
             };
             for (index, address) in &maildir {
                 let (local, domain) = split_address(address);
                 let result = self
-                    .maildir(&id_text, &entry.reverse_path, local, domain, &message)
+                    .maildir(&id_text, &entry.reverse_path, local, domain, reader.fresh())
                     .await;
                 results.push(Result1 {
                     index: *index,
@@ -373,6 +394,10 @@ impl Deliverer {
             {
                 let group = match lmtp_target(target).await {
                     Ok(targets) => {
+                        let (message, _memory) = match self.message(entry).await {
+                            Ok(message) => message,
+                            Err(halt) => return (results, Some(halt)),
+                        };
                         self.transaction(
                             entry,
                             &message,
@@ -436,7 +461,7 @@ impl Deliverer {
         Ok(
             match route::targets(&self.settings, &self.dns, destination).await {
                 Ok(targets) => {
-                    let message = self.message(entry.id)?;
+                    let (message, _memory) = self.message(entry).await?;
                     self.transaction(
                         entry,
                         &message,
@@ -461,16 +486,15 @@ impl Deliverer {
         reverse_path: &str,
         local: &str,
         domain: &str,
-        message: &MessageBytes,
+        mut message: MessageReader,
     ) -> RecipientResult {
-        let (root, hostname, queue_id, reverse_path, local, domain, message) = (
+        let (root, hostname, queue_id, reverse_path, local, domain) = (
             self.settings.maildir_root.clone(),
             self.settings.hostname.clone(),
             queue_id.to_owned(),
             reverse_path.to_owned(),
             local.to_owned(),
             domain.to_owned(),
-            message.clone(),
         );
         // File writes and fsyncs block: keep them off the async workers.
         tokio::task::spawn_blocking(move || {
@@ -481,7 +505,7 @@ impl Deliverer {
                 &reverse_path,
                 &local,
                 &domain,
-                &message,
+                &mut message,
             )
         })
         .await
@@ -596,7 +620,15 @@ impl Deliverer {
         // A DSN quotes the message's headers; without them nothing is
         // recorded, so the attempt (and its DSN) comes again.
         let message = if !failed.is_empty() || warn {
-            match self.message(entry.id) {
+            match self.reader(entry.id).and_then(|mut reader| {
+                let mut head = vec![0u8; DSN_QUOTE_LIMIT.min(entry.size as usize)];
+                let n = reader.read_at(0, &mut head).map_err(|e| {
+                    tracing::error!(queue_id = %entry.id, "cannot read message: {e}");
+                    Halt::Unreadable
+                })?;
+                head.truncate(n);
+                Ok(head)
+            }) {
                 Ok(message) => Some(message),
                 Err(Halt::Gone) => return None,
                 Err(_) => return Some(now() + 60),

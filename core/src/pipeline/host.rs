@@ -420,7 +420,7 @@ impl mail::HostMessage for HostState {
         len: u32,
     ) -> wasmtime::Result<Vec<u8>> {
         self.permit_or_trap(Capability::MessageBody)?;
-        Ok(self.table.get(&this)?.read(offset, len).to_vec())
+        Ok(self.table.get(&this)?.read(offset, len)?)
     }
 
     async fn body_text(
@@ -428,7 +428,8 @@ impl mail::HostMessage for HostState {
         this: Resource<MessageResource>,
     ) -> wasmtime::Result<Vec<String>> {
         self.permit_or_trap(Capability::MessageBody)?;
-        Ok(self.table.get(&this)?.body_text().to_vec())
+        let message = self.table.get(&this)?.clone();
+        Ok(message.body_text().await.to_vec())
     }
 
     async fn attachments(
@@ -436,10 +437,10 @@ impl mail::HostMessage for HostState {
         this: Resource<MessageResource>,
     ) -> wasmtime::Result<Vec<mail::Attachment>> {
         self.permit_or_trap(Capability::MessageBody)?;
-        Ok(self
-            .table
-            .get(&this)?
+        let message = self.table.get(&this)?.clone();
+        Ok(message
             .attachments()
+            .await
             .iter()
             .map(|a| mail::Attachment {
                 filename: a.filename.clone(),

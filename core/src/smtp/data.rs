@@ -10,9 +10,12 @@
 //! `<LF>.<CRLF>` can never reach a next hop as a bare-LF dot line: it is
 //! stored as `<CRLF>.<CRLF>` content and dot-stuffed when relayed.
 //!
-//! Memory is bounded by `max_size` whatever the client sends: past the
-//! limit the receiver keeps consuming up to the end of data without
-//! storing, then reports the error, so the session stays in sync.
+//! The unstuffed message comes out as it is received: the caller takes it
+//! with [`DataReceiver::take_output`] after each feed (the session writes it
+//! to the spool), so memory stays at one input's worth; a caller that never
+//! takes it gets the whole message from `finish`. Past `max_size` the
+//! receiver keeps consuming up to the end of data without output, then
+//! reports the error, so the session stays in sync.
 
 use super::reply::Reply;
 
@@ -85,12 +88,15 @@ enum State {
 pub struct DataReceiver {
     limits: DataLimits,
     state: State,
-    /// The unstuffed, normalized message; never above `max_size` octets.
+    /// Unstuffed, normalized message octets not taken yet; never above
+    /// `max_size` octets.
     message: Vec<u8>,
     /// Octets the message has, counted on past `max_size`.
     size: u64,
     /// Octets in the current line so far, without its ending.
     line_len: usize,
+    /// What `take_output` handed out last; its buffer is reused.
+    taken: Vec<u8>,
     too_big: bool,
     line_too_long: bool,
 }
@@ -103,6 +109,7 @@ impl DataReceiver {
             message: Vec::new(),
             size: 0,
             line_len: 0,
+            taken: Vec::new(),
             too_big: false,
             line_too_long: false,
         }
@@ -183,6 +190,14 @@ impl DataReceiver {
             i += 1;
         }
         DataProgress::NeedMore
+    }
+
+    /// The message octets produced since the last call (nothing once the
+    /// message is over the size limit).
+    pub fn take_output(&mut self) -> &[u8] {
+        std::mem::swap(&mut self.message, &mut self.taken);
+        self.message.clear();
+        &self.taken
     }
 
     /// True once end-of-data was seen.
