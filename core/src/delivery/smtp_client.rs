@@ -1,8 +1,9 @@
 //! The SMTP and LMTP client that hands a message to the next hop: greeting,
 //! EHLO (HELO when refused) or LHLO, STARTTLS by policy, MAIL with SIZE,
 //! BODY and SMTPUTF8 when the server offers them, one RCPT per recipient
-//! with its own result, DATA with the dot-stuffed message and terminator in
-//! one write (TCP_NODELAY). With PIPELINING (RFC 2920) RSET (on a pooled
+//! with its own result, DATA with the dot-stuffed message in pieces of
+//! 128 KiB, the terminator in the write of the last (one write for a small
+//! message; TCP_NODELAY). With PIPELINING (RFC 2920) RSET (on a pooled
 //! connection), MAIL, every RCPT and DATA go out in one write, so a message
 //! costs two writes. LMTP (RFC 2033) reads one reply per accepted recipient
 //! after the message.
@@ -29,12 +30,15 @@ use tokio::net::{TcpStream, UnixStream};
 use super::transport::{server_name, ClientStream, OutboundTlsConfig};
 use super::RecipientResult;
 use crate::config::{DeliveryTimeouts, OutboundTls};
-use crate::smtp::data::dot_stuff;
+use crate::smtp::data::DotStuffer;
 
 /// A reply line longer than this is a broken or hostile server.
 const MAX_REPLY_LINE: u64 = 4096;
 /// Lines in one multi-line reply (EHLO lists a dozen or so).
 const MAX_REPLY_LINES: usize = 200;
+/// The message goes out stuffed in pieces of this many octets: the write
+/// buffer stays this small whatever the message's size.
+const SEND_PIECE: usize = 128 * 1024;
 /// A pooled connection keeps its write buffer up to this size; the buffer
 /// of a larger message is freed rather than held while idle.
 const KEPT_BUFFER: usize = 256 * 1024;
@@ -740,12 +744,27 @@ async fn transaction(
             .map(|r| r.unwrap_or_else(|| classify(&data_reply)))
             .collect());
     }
-    conn.out.clear();
-    dot_stuff(envelope.message, &mut conn.out);
     // Until the final dot is out nothing was delivered: an error here lets
-    // the next target be tried.
-    conn.send_out(timeouts.data_block, Waiting::MessageWrite)
-        .await?;
+    // the next target be tried. Stuffed and sent a piece at a time, the
+    // terminator with the last piece (one write for a small message).
+    let mut stuffer = DotStuffer::default();
+    let mut pieces = envelope.message.chunks(SEND_PIECE).peekable();
+    loop {
+        conn.out.clear();
+        let piece = pieces.next();
+        if let Some(piece) = piece {
+            stuffer.feed(piece, &mut conn.out);
+        }
+        let last = pieces.peek().is_none();
+        if last {
+            stuffer.finish(&mut conn.out);
+        }
+        conn.send_out(timeouts.data_block, Waiting::MessageWrite)
+            .await?;
+        if last {
+            break;
+        }
+    }
     // From here on a missing reply leaves the outcome unknown.
     let open: Vec<usize> = (0..results.len())
         .filter(|&i| results[i].is_none())

@@ -261,29 +261,76 @@ impl DataReceiver {
 /// receiver stores it.
 pub fn dot_stuff(message: &[u8], out: &mut Vec<u8>) {
     out.reserve(message.len() + message.len() / 64 + 5);
-    // Copies whole lines at a time: only a line end can call for a change
-    // (a CR before a bare LF, a dot after it).
-    if message.first() == Some(&b'.') {
-        out.push(b'.');
-    }
-    let mut start = 0;
-    for lf in memchr::memchr_iter(b'\n', message) {
-        if lf > 0 && message[lf - 1] == b'\r' {
-            out.extend_from_slice(&message[start..=lf]);
-        } else {
-            out.extend_from_slice(&message[start..lf]);
-            out.extend_from_slice(b"\r\n");
+    let mut stuffer = DotStuffer::default();
+    stuffer.feed(message, out);
+    stuffer.finish(out);
+}
+
+/// [`dot_stuff`] over a message given in pieces, split anywhere: the
+/// client sends a large message a piece at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct DotStuffer {
+    /// The last octet fed was a line end (or nothing was fed yet).
+    line_start: bool,
+    /// The last octet fed was a CR (an LF first in the next piece ends a
+    /// CRLF, not a bare LF).
+    after_cr: bool,
+    /// The last octet fed, if any.
+    last: Option<u8>,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            line_start: true,
+            after_cr: false,
+            last: None,
         }
-        start = lf + 1;
-        if message.get(start) == Some(&b'.') {
+    }
+}
+
+impl DotStuffer {
+    /// Appends the stuffed form of the next piece of the message to `out`.
+    pub fn feed(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = piece.last() else {
+            return;
+        };
+        // Copies whole lines at a time: only a line end can call for a
+        // change (a CR before a bare LF, a dot after it).
+        if self.line_start && piece[0] == b'.' {
             out.push(b'.');
         }
+        let mut start = 0;
+        for lf in memchr::memchr_iter(b'\n', piece) {
+            let cr_before = match lf.checked_sub(1) {
+                Some(before) => piece[before] == b'\r',
+                None => self.after_cr,
+            };
+            if cr_before {
+                out.extend_from_slice(&piece[start..=lf]);
+            } else {
+                out.extend_from_slice(&piece[start..lf]);
+                out.extend_from_slice(b"\r\n");
+            }
+            start = lf + 1;
+            if piece.get(start) == Some(&b'.') {
+                out.push(b'.');
+            }
+        }
+        out.extend_from_slice(&piece[start..]);
+        self.line_start = last == b'\n';
+        self.after_cr = last == b'\r';
+        self.last = Some(last);
     }
-    out.extend_from_slice(&message[start..]);
-    if message.last().is_some_and(|&b| b != b'\n') {
-        out.extend_from_slice(b"\r\n");
+
+    /// Ends the last line if it has no line end, then the terminator.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.last.is_some_and(|b| b != b'\n') {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        *self = DotStuffer::default();
     }
-    out.extend_from_slice(b".\r\n");
 }
 
 #[cfg(test)]
@@ -703,6 +750,31 @@ mod tests {
             let (consumed, received) = ok(&trailing);
             assert_eq!(consumed, wire.len(), "{message:?}");
             assert_eq!(received, normalized(&message), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn stuffing_in_pieces_matches_stuffing_whole() {
+        let messages: [&[u8]; 6] = [
+            b".lead\r\nline\n.dot\r\n..two\rcr\r\nend",
+            b"a\r\n.\r\n",
+            b"\n\n.\n",
+            b"no line end",
+            b"",
+            b"\r\n\r.\r\n\r",
+        ];
+        for message in messages {
+            let mut whole = Vec::new();
+            dot_stuff(message, &mut whole);
+            for size in 1..=message.len().max(1) {
+                let mut out = Vec::new();
+                let mut stuffer = DotStuffer::default();
+                for piece in message.chunks(size) {
+                    stuffer.feed(piece, &mut out);
+                }
+                stuffer.finish(&mut out);
+                assert_eq!(out, whole, "{message:?} in pieces of {size}");
+            }
         }
     }
 }
