@@ -10,6 +10,13 @@
 //! at once wait for each other instead of all being resident: 30 sessions of
 //! 20 MiB hold at most the budget, not 600 MiB. A message larger than the
 //! whole budget takes all of it and runs alone.
+//!
+//! The budget bounds resident memory only if a freed buffer goes back to
+//! the system: [`return_large_buffers`] makes glibc map every allocation of
+//! 1 MiB or more on its own and unmap it when freed. By default glibc
+//! raises that threshold after the first such free (up to 32 MiB) and keeps
+//! later message buffers in its arenas: with 30 sessions of 20 MiB checked
+//! by builtin:auth, RSS grew by 70 MiB that way, by 39 MiB with this.
 
 use std::sync::Arc;
 
@@ -57,6 +64,22 @@ impl MessageMemory {
     /// Octets not reserved right now.
     pub fn available(&self) -> usize {
         self.permits.available_permits()
+    }
+}
+
+/// Where allocations start being mapped on their own (see the module docs).
+const MMAP_THRESHOLD: i32 = 1 << 20;
+
+/// Makes large allocations go back to the system when freed (glibc; a
+/// no-op elsewhere). Called once at start.
+pub fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter, under glibc's own
+    // locks; it touches no memory of ours.
+    unsafe {
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 {
+            tracing::warn!("cannot set the allocator's mmap threshold");
+        }
     }
 }
 

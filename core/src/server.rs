@@ -206,6 +206,7 @@ impl Server {
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let config = self.config.clone();
+        crate::memory::return_large_buffers();
         let memory = MessageMemory::new(config.server.message_memory);
         let (delivery, delivery_task) = delivery::spawn(
             delivery_settings(&config, &self.local_addrs(), memory.clone()),

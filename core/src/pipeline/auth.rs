@@ -203,7 +203,7 @@ impl SessionAuth {
                 }
                 Err(_) => return Some(MessageChecks::unfinished(message.head())),
             };
-        let message = &message.bytes;
+        let message = &message[..];
         let left = budget.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, self.authenticator.message(message, &spf)).await {
             Ok(checks) if tx.spf_mail_from.is_some() => {

@@ -64,8 +64,26 @@ struct ParsedParts {
 
 /// A message read whole, with the memory reserved for it.
 pub struct WholeMessage {
-    pub bytes: Arc<[u8]>,
+    bytes: WholeBytes,
     _memory: Option<MemoryPermit>,
+}
+
+enum WholeBytes {
+    /// A message held in memory anyway.
+    Shared(Arc<[u8]>),
+    /// Read from the spool for this.
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for WholeMessage {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.bytes {
+            WholeBytes::Shared(bytes) => bytes,
+            WholeBytes::Read(bytes) => bytes,
+        }
+    }
 }
 
 impl MessageResource {
@@ -173,7 +191,7 @@ impl MessageResource {
     pub async fn whole(&self) -> Result<WholeMessage, SpoolError> {
         if self.0.tail.is_none() {
             return Ok(WholeMessage {
-                bytes: Arc::clone(&self.0.head),
+                bytes: WholeBytes::Shared(Arc::clone(&self.0.head)),
                 _memory: None,
             });
         }
@@ -184,7 +202,7 @@ impl MessageResource {
         let len = u32::try_from(self.0.size).unwrap_or(u32::MAX);
         let bytes = self.read(0, len)?;
         Ok(WholeMessage {
-            bytes: Arc::from(bytes),
+            bytes: WholeBytes::Read(bytes),
             _memory: permit,
         })
     }
@@ -203,7 +221,7 @@ impl MessageResource {
             .get_or_init(|| async {
                 match self.whole().await {
                     Ok(whole) => {
-                        let mut parts = parse_parts(&whole.bytes);
+                        let mut parts = parse_parts(&whole);
                         parts._memory = whole._memory;
                         parts
                     }
@@ -416,7 +434,7 @@ mod tests {
         assert_eq!(m.read(20, 100).unwrap(), &expected[20..]);
         assert_eq!(m.read(0, 1000).unwrap(), expected);
         let whole = m.whole().await.unwrap();
-        assert_eq!(&whole.bytes[..], expected);
+        assert_eq!(&whole[..], expected);
         assert_eq!(memory.available(), (1 << 20) - expected.len());
         drop(whole);
         assert!(m.body_text().await.iter().any(|t| t.contains("body line")));
