@@ -1,11 +1,11 @@
 //! The server-wide budget of message bytes held whole in memory.
 //!
 //! A message arrives and is kept in the spool's segment files, and most
-//! readers take it by positioned reads (see `pipeline::message` and
-//! delivery's Maildir writer). A few steps need it whole in one buffer:
-//! DKIM/ARC/DMARC verification (mail-auth), DKIM signing, the MIME parse
-//! behind a plugin's `body-text` and `attachments`, and SMTP or LMTP
-//! delivery. Each of them first reserves the message's size here
+//! readers take it by positioned reads (see `pipeline::message`, and
+//! delivery, which copies it to a Maildir or a next hop a piece at a time).
+//! A few steps need it whole in one buffer: DKIM/ARC/DMARC verification
+//! (mail-auth), DKIM signing, and the MIME parse behind a plugin's
+//! `body-text` and `attachments`. Each of them first reserves the message's size here
 //! (`[server] message_memory`, 64 MiB by default), so many large messages
 //! at once wait for each other instead of all being resident: 30 sessions of
 //! 20 MiB hold at most the budget, not 600 MiB. A message larger than the

@@ -209,7 +209,7 @@ impl Server {
         crate::memory::return_large_buffers();
         let memory = MessageMemory::new(config.server.message_memory);
         let (delivery, delivery_task) = delivery::spawn(
-            delivery_settings(&config, &self.local_addrs(), memory.clone()),
+            delivery_settings(&config, &self.local_addrs()),
             self.spool.clone(),
             self.dns.clone(),
             self.outbound_tls.clone(),
@@ -547,11 +547,7 @@ async fn accept_loop(
 
 /// The delivery's view of the configuration, and what it needs to know
 /// that is not configuration.
-fn delivery_settings(
-    config: &Config,
-    own_addresses: &[std::net::SocketAddr],
-    memory: MessageMemory,
-) -> DeliverySettings {
+fn delivery_settings(config: &Config, own_addresses: &[std::net::SocketAddr]) -> DeliverySettings {
     DeliverySettings {
         hostname: config.server.hostname.clone(),
         domains: config.domains.clone(),
@@ -560,7 +556,6 @@ fn delivery_settings(
         maildir_root: config.server.data_dir.join("mail"),
         own_addresses: own_addresses.to_vec(),
         idle_timeout: Duration::from_secs(5),
-        memory,
     }
 }
 

@@ -195,3 +195,27 @@ def run_load(server, added):
         assert len(delivered) == 1, f"message {sender.n} not delivered"
         assert file_sha256(delivered[0], added) == sender.sha256, f"message {sender.n} changed"
     assert len(server.maildir("small")) == 1
+
+
+def test_a_large_message_is_relayed_byte_for_byte(sluice):
+    """SMTP delivery reads the message from the spool and dot-stuffs it a
+    piece at a time: lines starting with a dot across many pieces, and an
+    8-bit octet only near the end, still arrive as sent."""
+    from conftest import Sink, free_port
+
+    sink_port = free_port()
+    sink = Sink(sink_port).start()
+    try:
+        server = sluice(extra=f'[[delivery.route]]\ndomain = "example.test"\nnext_hop = "127.0.0.1:{sink_port}"\n')
+        lines = [f".line {i:07d} starts with a dot".encode() if i % 7 == 0 else f"line {i:07d}".encode()
+                 for i in range(200_000)]
+        message = (b"From: a@example.org\r\nSubject: big\r\n\r\n" + b"\r\n".join(lines)
+                   + b"\r\ncaf\xc3\xa9 at the end\r\n")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=60) as smtp:
+            assert smtp.sendmail("a@example.org", ["r@example.test"], message) == {}
+        received = sink.wait(1, timeout=120)
+        assert len(received) == 1
+        assert "BODY=8BITMIME" in received[0].mail_options
+        assert strip_trace(received[0].original_content) == message
+    finally:
+        sink.stop()

@@ -317,7 +317,7 @@ pub struct ServerConfig {
     pub max_message_size: u64,
     /// Octets of messages held whole in memory at once, server-wide, by the
     /// steps that need a message whole (DKIM verification and signing, MIME
-    /// parsing for plugins, SMTP and LMTP delivery); see `memory`.
+    /// parsing for plugins); see `memory`.
     pub message_memory: u64,
     pub max_recipients: usize,
     pub max_received_headers: usize,

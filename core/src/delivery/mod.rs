@@ -28,7 +28,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{DeliveryConfig, DomainsConfig, QueueConfig, Route};
-use crate::memory::MessageMemory;
 
 pub use scheduler::{spawn, DeliveryHandle};
 pub use transport::{OutboundTlsConfig, TlsSetupError};
@@ -51,9 +50,6 @@ pub struct DeliverySettings {
     /// This server's listeners: an MX pointing here is a loop.
     pub own_addresses: Vec<SocketAddr>,
     pub idle_timeout: Duration,
-    /// Reserved before a message is read whole for SMTP or LMTP (Maildir
-    /// delivery copies it from the spool a record at a time).
-    pub memory: MessageMemory,
 }
 
 impl DeliverySettings {
@@ -134,7 +130,6 @@ pub(crate) mod tests {
             maildir_root: "/nonexistent".into(),
             own_addresses: Vec::new(),
             idle_timeout: Duration::from_secs(1),
-            memory: MessageMemory::new(crate::config::DEFAULT_MESSAGE_MEMORY),
         }
     }
 

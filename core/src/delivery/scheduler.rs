@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_spool::{
-    MessageBytes, MessageReader, NewMessage, QueueEntry, QueueId, RecipientOutcome,
-    RecipientStatus, Spool,
+    MessageReader, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -24,12 +23,11 @@ use tokio::task::JoinSet;
 use super::dsn::{self, RecipientReport, ReportKind};
 use super::limits::DestinationLimits;
 use super::route::{self, Destination, RouteFailure};
-use super::smtp_client::{self, ClientContext, Envelope, Protocol, Target, TargetAddress};
+use super::smtp_client::{self, ClientContext, Content, Envelope, Protocol, Target, TargetAddress};
 use super::transport::OutboundTlsConfig;
 use super::{maildir, split_address, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
 use crate::dns::Dns;
-use crate::memory::MemoryPermit;
 use crate::metrics::METRICS;
 
 /// Most of a message a DSN reads to quote its header section.
@@ -308,18 +306,25 @@ impl Deliverer {
         }
     }
 
-    /// The message's bytes, read once the slots for a delivery are held and
-    /// its size is reserved in the memory budget (held by the permit).
-    async fn message(&self, entry: &QueueEntry) -> Result<(MessageBytes, MemoryPermit), Halt> {
-        let permit = self.settings.memory.reserve(entry.size).await;
-        let id = entry.id;
-        match self.spool.message(id) {
-            Ok(Some(message)) => Ok((message, permit)),
-            Ok(None) => Err(Halt::Gone),
-            Err(e) => {
+    /// The message for an SMTP or LMTP transaction, opened once the slots
+    /// for it are held: a reader of the spool, and whether it needs
+    /// 8BITMIME (found by reading it through once, a record at a time).
+    fn spooled(&self, id: QueueId) -> Result<(MessageReader, bool), Halt> {
+        let mut reader = self.reader(id)?;
+        let mut piece = vec![0u8; 64 << 10];
+        let mut offset = 0;
+        loop {
+            let n = reader.read_at(offset, &mut piece).map_err(|e| {
                 tracing::error!(queue_id = %id, "cannot read message: {e}");
-                Err(Halt::Unreadable)
+                Halt::Unreadable
+            })?;
+            if n == 0 {
+                return Ok((reader, false));
             }
+            if smtp_client::has_eight_bit(&piece[..n]) {
+                return Ok((reader, true));
+            }
+            offset += n as u64;
         }
     }
 
@@ -394,13 +399,16 @@ impl Deliverer {
             {
                 let group = match lmtp_target(target).await {
                     Ok(targets) => {
-                        let (message, _memory) = match self.message(entry).await {
+                        let (reader, eight_bit) = match self.spooled(entry.id) {
                             Ok(message) => message,
                             Err(halt) => return (results, Some(halt)),
                         };
                         self.transaction(
                             entry,
-                            &message,
+                            Content::Spooled {
+                                reader: &reader,
+                                eight_bit,
+                            },
                             &lmtp,
                             &targets,
                             Protocol::Lmtp,
@@ -461,10 +469,13 @@ impl Deliverer {
         Ok(
             match route::targets(&self.settings, &self.dns, destination).await {
                 Ok(targets) => {
-                    let (message, _memory) = self.message(entry).await?;
+                    let (reader, eight_bit) = self.spooled(entry.id)?;
                     self.transaction(
                         entry,
-                        &message,
+                        Content::Spooled {
+                            reader: &reader,
+                            eight_bit,
+                        },
                         list,
                         &targets,
                         Protocol::Smtp,
@@ -517,7 +528,7 @@ impl Deliverer {
     async fn transaction(
         &self,
         entry: &QueueEntry,
-        message: &[u8],
+        message: Content<'_>,
         list: &[(usize, String)],
         targets: &[Target],
         protocol: Protocol,
