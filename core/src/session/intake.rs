@@ -7,9 +7,9 @@
 //! The received bytes are already in the spool (see `data`); only the
 //! header section is read back into memory. Every change is made to that
 //! header section: the message is queued as a prefix (Received, the DKIM
-//! signatures, and the header section if it changed) followed by the
-//! received bytes after their own header section — the body is never
-//! copied. Signing needs the message whole, within the server's
+//! signatures, the fields plugins prepended — or the whole edited header
+//! section when fields were removed or appended) followed by the received
+//! bytes (then past their own header section) — the body is never copied. Signing needs the message whole, within the server's
 //! [`MessageMemory`](crate::memory::MessageMemory) budget.
 
 use std::sync::Arc;
@@ -157,21 +157,20 @@ impl<S: SessionStream> Session<S> {
                 return Reply::local_error();
             }
         };
-        // The prefix: trace, signatures, and the header section when it is
-        // no longer the one received (which is then skipped).
-        let changed = body.head[..] != body.received_head[..];
+        // The prefix: trace, signatures, then what the header section gained
+        // on top (prepended fields), or the whole new header section when
+        // it changed otherwise (the received one is then skipped).
+        let (added, skip) = match body.head.strip_suffix(body.received_head) {
+            Some(on_top) => (on_top, 0),
+            None => (&body.head[..], body.received_head.len() as u64),
+        };
         let signatures_len: usize = signatures.iter().map(String::len).sum();
-        let mut prefix = Vec::with_capacity(trace.len() + signatures_len + body.head.len());
+        let mut prefix = Vec::with_capacity(trace.len() + signatures_len + added.len());
         prefix.extend_from_slice(trace.as_bytes());
         for signature in &signatures {
             prefix.extend_from_slice(signature.as_bytes());
         }
-        let skip = if changed {
-            prefix.extend_from_slice(&body.head);
-            body.received_head.len() as u64
-        } else {
-            0
-        };
+        prefix.extend_from_slice(added);
         drop(body);
 
         let sender = transaction.sender();
