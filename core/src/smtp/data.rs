@@ -754,6 +754,39 @@ mod tests {
     }
 
     #[test]
+    fn output_taken_piece_by_piece_is_the_message() {
+        let input: &[u8] = b"Subject: s\r\n\r\n..dot\nbare\r\nx\r.y\r\n.\r\nNEXT";
+        let (_, whole) = receive(input, BIG);
+        let whole = whole.unwrap();
+        for size in 1..input.len() {
+            let mut r = DataReceiver::new(BIG);
+            let mut taken = Vec::new();
+            for piece in input.chunks(size) {
+                if let DataProgress::Done { .. } = r.feed(piece) {
+                    taken.extend_from_slice(r.take_output());
+                    break;
+                }
+                taken.extend_from_slice(r.take_output());
+            }
+            assert_eq!(r.finish().unwrap(), b"");
+            assert_eq!(taken, whole, "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn nothing_comes_out_past_the_size_limit() {
+        let mut r = DataReceiver::new(DataLimits {
+            max_size: 10,
+            max_line: 1000,
+        });
+        r.feed(b"12345678");
+        assert_eq!(r.take_output(), b"12345678");
+        r.feed(b"90abc\r\n.\r\n");
+        assert_eq!(r.take_output(), b"");
+        assert_eq!(r.finish(), Err(DataError::TooBig));
+    }
+
+    #[test]
     fn stuffing_in_pieces_matches_stuffing_whole() {
         let messages: [&[u8]; 6] = [
             b".lead\r\nline\n.dot\r\n..two\rcr\r\nend",
