@@ -21,6 +21,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sluice::config::{self, DnsConfig};
 use sluice::dns::Dns;
+use sluice::pipeline::message::MessageResource;
 use sluice::pipeline::{
     HookArg, MailboxArg, PipelineSet, PluginEngine, SessionFilters, SessionInfo,
 };
@@ -180,7 +181,11 @@ fn plugins(c: &mut Criterion) {
         });
         if name != "relay" {
             group.bench_function(BenchmarkId::new("data_5KiB", name), |b| {
-                b.iter(|| rt.block_on(session.run_data(&info, &message)))
+                b.iter(|| {
+                    // A new resource per transaction, as the session makes one.
+                    let message = MessageResource::new(Arc::clone(&message));
+                    rt.block_on(session.run_data(&info, &message))
+                })
             });
         }
     }

@@ -18,6 +18,7 @@
 //! - [`reload`]: rebuilding and swapping the pipelines of a running server
 //! - the spool (crate `sluice-spool`): where accepted mail is kept durably
 //! - [`delivery`]: from the spool to Maildir or the next hop
+//! - [`memory`]: the server-wide budget of messages held whole in memory
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
 //! - [`dkim`]: outbound DKIM signing and `sluice dkim keygen`
 //! - [`authn`]: SPF, DKIM, DMARC and ARC for the plugins' `auth` interface
@@ -42,6 +43,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod private_file;

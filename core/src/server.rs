@@ -26,6 +26,7 @@ use crate::delivery::{self, Credentials, DeliverySettings, OutboundTlsConfig};
 use crate::dkim::DkimSigners;
 use crate::dns::Dns;
 use crate::limits::ConnectionLimits;
+use crate::memory::MessageMemory;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineError, PipelineSet, PluginEngine};
 use crate::privilege::{self, Outcome, PrivilegeError};
@@ -236,6 +237,8 @@ impl Server {
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let config = self.config.clone();
+        crate::memory::return_large_buffers();
+        let memory = MessageMemory::new(config.server.message_memory);
         let (delivery, delivery_task) = delivery::spawn(
             delivery_settings(&config, &self.local_addrs(), &self.route_credentials),
             self.spool.clone(),
@@ -272,6 +275,7 @@ impl Server {
             dkim: self.dkim.clone(),
             limits: limits.clone(),
             dns: self.dns.clone(),
+            memory,
         });
         // Accept loops spawn sessions into this set themselves: handing each
         // one to this (main-thread) task instead would cost a cross-thread

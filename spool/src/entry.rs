@@ -23,6 +23,35 @@ pub struct NewMessage {
     pub quarantine: Option<String>,
 }
 
+impl NewMessage {
+    /// Everything but the bytes.
+    pub fn envelope(&self) -> Envelope {
+        Envelope {
+            reverse_path: self.reverse_path.clone(),
+            recipients: self.recipients.clone(),
+            received_at: self.received_at,
+            client: self.client.clone(),
+            quarantine: self.quarantine.clone(),
+        }
+    }
+}
+
+/// What a staged message is committed with: [`NewMessage`] without the
+/// bytes, which are already in the spool.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The envelope sender; "" for the null reverse-path `<>`.
+    pub reverse_path: String,
+    /// Envelope recipients, in RCPT order.
+    pub recipients: Vec<String>,
+    /// Unix seconds at which the message was accepted.
+    pub received_at: u64,
+    /// "ip:port" of the submitting client, for the operator.
+    pub client: String,
+    /// Some(reason): every recipient starts Quarantined.
+    pub quarantine: Option<String>,
+}
+
 /// One spooled message: envelope and delivery state, without the bytes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct QueueEntry {

@@ -9,6 +9,9 @@
 //! - `segment/`: message bytes in append-only, checksummed segment files
 //!   (`record.rs` the record format, `location.rs` where a message's records
 //!   are, `scan.rs` recovery of a segment at open).
+//! - `staged.rs`: [`StagedMessage`], a message written to its segment as it
+//!   arrives and queued by its commit, with a header prefix.
+//! - `reader.rs`: [`MessageReader`], positioned reads of a message's bytes.
 //! - `commit.rs`: the group-commit thread that makes writes durable.
 //! - `durable.rs`: fsync helpers for directories (also used by Maildir
 //!   delivery).
@@ -22,15 +25,19 @@
 //! - `error.rs`: [`SpoolError`].
 //!
 //! # Storage
-//! - `segments/<n>.seg`: message bytes, as records of at most 1 MiB, each
-//!   with its queue id, length and CRC-32. Appended only; a segment rolls
+//! - `segments/<n>.seg`: message bytes, as records of at most 1 MiB (256 KiB
+//!   when received over SMTP), each with its queue id, length and CRC-32. Appended only; a segment rolls
 //!   at 64 MiB and is deleted once no live message has a record in it.
 //! - One sled database in the spool directory, with small values only:
 //!   - `entries`: [`QueueId`] as 8 big-endian bytes → JSON [`QueueEntry`]
 //!     (envelope and per-recipient state). Key order is id order, and ids
 //!     begin with the enqueue second, so iteration is oldest first.
 //!   - `messages`: the same key → where the message's records are
-//!     (segment, offset, length and checksum of each).
+//!     (segment, offset, length and checksum of each, and how much of its
+//!     start a record leaves out). A message received over SMTP is its
+//!     header prefix's records (Received, signatures, an edited header
+//!     section), then the received records, the first of them skipping the
+//!     header section the prefix replaces.
 //!   - `kv/<namespace>`: one tree per plugin namespace; each value is an
 //!     8-byte big-endian expiry (unix seconds, 0 = never) and the value
 //!     bytes.
@@ -70,17 +77,21 @@ mod entry;
 mod error;
 mod id;
 mod kv;
+mod reader;
 mod segment;
 mod space;
 mod spool;
+mod staged;
 
 pub use entry::{
-    AttemptRecord, AttemptRecorded, MessageBytes, NewMessage, QueueEntry, Recipient,
+    AttemptRecord, AttemptRecorded, Envelope, MessageBytes, NewMessage, QueueEntry, Recipient,
     RecipientOutcome, RecipientStatus, HISTORY_LIMIT,
 };
 pub use error::{SpoolError, SyncError};
 pub use id::{ParseQueueIdError, QueueId};
 pub use kv::KvStore;
+pub use reader::MessageReader;
 pub use segment::DEFAULT_SEGMENT_LIMIT;
 pub use space::Free;
 pub use spool::{Options, Spool};
+pub use staged::{StagedMessage, STAGE_RECORD};

@@ -20,8 +20,8 @@ use crate::kv::KvStore;
 use crate::segment::{GoodRecords, Location, Segments, DEFAULT_SEGMENT_LIMIT};
 use crate::space::{Free, FreeSpace};
 use crate::{
-    AttemptRecord, AttemptRecorded, MessageBytes, NewMessage, QueueEntry, QueueId, Recipient,
-    RecipientOutcome, RecipientStatus, SpoolError,
+    AttemptRecord, AttemptRecorded, Envelope, MessageBytes, MessageReader, NewMessage, QueueEntry,
+    QueueId, Recipient, RecipientOutcome, RecipientStatus, SpoolError, StagedMessage,
 };
 
 /// Tree holding `QueueId` (big-endian) → JSON `QueueEntry`.
@@ -238,16 +238,43 @@ impl Spool {
         if msg.recipients.is_empty() {
             return Err(SpoolError::NoRecipients);
         }
+        let location = self.inner.segments.append(id, &msg.message)?;
+        self.store(id, msg.envelope(), location).await
+    }
+
+    /// Starts writing a message under an id from [`Spool::allocate_id`]: its
+    /// bytes go to disk as they are written, and it is queued by
+    /// [`StagedMessage::commit`].
+    pub fn stage(&self, id: QueueId) -> StagedMessage {
+        StagedMessage::new(self.clone(), id)
+    }
+
+    pub(crate) fn segments(&self) -> &Arc<Segments> {
+        &self.inner.segments
+    }
+
+    /// Queues a message whose records are written: index, then entry, then
+    /// the group commit. Takes over `location`'s records (released on error).
+    pub(crate) async fn store(
+        &self,
+        id: QueueId,
+        envelope: Envelope,
+        location: Location,
+    ) -> Result<QueueId, SpoolError> {
         let inner = &self.inner;
-        let status = if msg.quarantine.is_some() {
+        if envelope.recipients.is_empty() {
+            inner.segments.release(&location);
+            return Err(SpoolError::NoRecipients);
+        }
+        let status = if envelope.quarantine.is_some() {
             RecipientStatus::Quarantined
         } else {
             RecipientStatus::Pending
         };
         let entry = QueueEntry {
             id,
-            reverse_path: msg.reverse_path,
-            recipients: msg
+            reverse_path: envelope.reverse_path,
+            recipients: envelope
                 .recipients
                 .into_iter()
                 .map(|address| Recipient {
@@ -258,24 +285,29 @@ impl Spool {
                     history: Vec::new(),
                 })
                 .collect(),
-            received_at: msg.received_at,
-            client: msg.client,
-            size: msg.message.len() as u64,
+            received_at: envelope.received_at,
+            client: envelope.client,
+            size: location.len(),
             attempts: 0,
             next_attempt: 0,
             held: false,
-            quarantine: msg.quarantine,
+            quarantine: envelope.quarantine,
             warned: false,
             damaged: None,
         };
-        let json = encode_entry(&entry)?;
+        let json = match encode_entry(&entry) {
+            Ok(json) => json,
+            Err(e) => {
+                inner.segments.release(&location);
+                return Err(e);
+            }
+        };
         let key = id.to_key();
         // Bytes, then location, then entry, and no sled transaction or batch:
         // those take sled's global write lock, which waits for every running
         // flush and would serialize writers behind fsyncs. A crash in between
         // leaves bytes or a location without entry, never acknowledged, which
         // `open` deletes.
-        let location = inner.segments.append(id, &msg.message)?;
         if let Err(e) = inner.messages.insert(key, location.encode()) {
             inner.segments.release(&location);
             return Err(e.into());
@@ -316,6 +348,20 @@ impl Spool {
         let location = decode_location(id, &raw)?;
         let bytes = self.inner.segments.read(id, &location)?;
         Ok(Some(MessageBytes(Arc::new(bytes))))
+    }
+
+    /// A reader of the message's bytes by offset, loading one record at a
+    /// time (see [`MessageReader`]).
+    pub fn reader(&self, id: QueueId) -> Result<Option<MessageReader>, SpoolError> {
+        let Some(raw) = self.inner.messages.get(id.to_key())? else {
+            return Ok(None);
+        };
+        let location = decode_location(id, &raw)?;
+        Ok(Some(MessageReader::new(
+            Arc::clone(&self.inner.segments),
+            id,
+            location,
+        )))
     }
 
     /// Every entry in the queue, oldest first (used for recovery at start and

@@ -374,6 +374,9 @@ pub struct DnsConfig {
     pub attempts: usize,
 }
 
+/// `[server] message_memory` when unset.
+pub const DEFAULT_MESSAGE_MEMORY: u64 = 64 << 20;
+
 /// `[server] ipv6_prefix` when unset: one site's usual IPv6 network.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
@@ -382,6 +385,10 @@ pub struct ServerConfig {
     pub hostname: String,
     pub data_dir: PathBuf,
     pub max_message_size: u64,
+    /// Octets of messages held whole in memory at once, server-wide, by the
+    /// steps that need a message whole (DKIM verification and signing, MIME
+    /// parsing for plugins); see `memory`.
+    pub message_memory: u64,
     pub max_recipients: usize,
     pub max_received_headers: usize,
     pub max_connections: usize,

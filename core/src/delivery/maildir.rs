@@ -13,7 +13,7 @@
 //! the `catch_all` mailbox when one is configured and otherwise fails
 //! permanently, creating nothing: a made-up name never becomes a mailbox.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +90,7 @@ impl Maildirs<'_> {
         reverse_path: &str,
         local: &str,
         domain: &str,
-        message: &[u8],
+        message: &mut dyn Read,
     ) -> RecipientResult {
         let dir = match target_mailbox(self.root, self.mailboxes, local, domain) {
             Ok(dir) => dir,
@@ -108,7 +108,7 @@ fn write(
     hostname: &str,
     queue_id: &str,
     reverse_path: &str,
-    message: &[u8],
+    message: &mut dyn Read,
 ) -> std::io::Result<PathBuf> {
     // A mailbox created by this delivery must outlive a power cut too.
     for sub in ["tmp", "new", "cur"] {
@@ -127,7 +127,12 @@ fn write(
 }
 
 /// Writes the message as `tmp/<name>`, then moves it to `new/<name>`.
-fn store(dir: &Path, name: &str, reverse_path: &str, message: &[u8]) -> std::io::Result<PathBuf> {
+fn store(
+    dir: &Path,
+    name: &str,
+    reverse_path: &str,
+    message: &mut dyn Read,
+) -> std::io::Result<PathBuf> {
     let tmp = dir.join("tmp").join(name);
     let new = dir.join("new").join(name);
     // create_new: whatever already sits under this name (a file, or a
@@ -141,7 +146,7 @@ fn store(dir: &Path, name: &str, reverse_path: &str, message: &[u8]) -> std::io:
         .open(&tmp)?;
     let written = (|| {
         file.write_all(format!("Return-Path: <{reverse_path}>\r\n").as_bytes())?;
-        file.write_all(message)?;
+        copy(message, &mut file)?;
         file.sync_all()
     })();
     drop(file);
@@ -155,6 +160,20 @@ fn store(dir: &Path, name: &str, reverse_path: &str, message: &[u8]) -> std::io:
     durable::sync_dir(&dir.join("new"))?;
     durable::sync_dir(&dir.join("tmp"))?;
     Ok(new)
+}
+
+/// Copies the message a block at a time: it is read from the spool, never
+/// held whole.
+fn copy(message: &mut dyn Read, file: &mut std::fs::File) -> std::io::Result<()> {
+    let mut block = vec![0u8; 64 << 10];
+    loop {
+        match message.read(&mut block) {
+            Ok(0) => return Ok(()),
+            Ok(n) => file.write_all(&block[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -172,7 +191,7 @@ mod tests {
             mailboxes,
             hostname: "h",
         };
-        maildirs.deliver("id", "s@x.test", local, "example.org", b"x\r\n")
+        maildirs.deliver("id", "s@x.test", local, "example.org", &mut &b"x\r\n"[..])
     }
 
     #[test]
@@ -232,7 +251,7 @@ mod tests {
             "s@x.test",
             "User",
             "Example.ORG",
-            b"Subject: x\r\n\r\nbody\r\n",
+            &mut &b"Subject: x\r\n\r\nbody\r\n"[..],
         );
         assert!(
             matches!(result, RecipientResult::Delivered(_)),
@@ -260,13 +279,13 @@ mod tests {
         let victim = root.path().join("victim");
         std::fs::write(&victim, b"untouched").unwrap();
         std::os::unix::fs::symlink(&victim, dir.join("tmp/1.id_0.mx")).unwrap();
-        let err = store(&dir, "1.id_0.mx", "s@x.test", b"x\r\n").unwrap_err();
+        let err = store(&dir, "1.id_0.mx", "s@x.test", &mut &b"x\r\n"[..]).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
         assert_eq!(std::fs::read_dir(dir.join("new")).unwrap().count(), 0);
 
         // Not readable by others even under a umask that would allow it.
-        let stored = store(&dir, "2.id_1.mx", "s@x.test", b"x\r\n").unwrap();
+        let stored = store(&dir, "2.id_1.mx", "s@x.test", &mut &b"x\r\n"[..]).unwrap();
         let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
         assert_eq!(mode & 0o007, 0, "{mode:o}");
     }

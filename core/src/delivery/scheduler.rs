@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_spool::{
-    MessageBytes, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool,
+    MessageReader, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -25,13 +25,16 @@ use super::limits::DestinationLimits;
 use super::mta_sts::{Mode as MtaStsMode, MtaSts};
 use super::route::{self, Destination, RouteFailure};
 use super::smtp_client::{
-    self, ClientContext, Envelope, HopPolicy, Protocol, Target, TargetAddress,
+    self, ClientContext, Content, Envelope, HopPolicy, Protocol, Target, TargetAddress,
 };
 use super::transport::OutboundTlsConfig;
 use super::{maildir, split_address, unix_now, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
 use crate::dns::Dns;
 use crate::metrics::METRICS;
+
+/// Most of a message a DSN reads to quote its header section.
+const DSN_QUOTE_LIMIT: usize = 256 << 10;
 
 #[derive(Clone)]
 pub struct DeliveryHandle {
@@ -318,9 +321,32 @@ impl Deliverer {
         }
     }
 
-    /// The message's bytes, read once the slots for a delivery are held.
-    fn message(&self, id: QueueId) -> Result<MessageBytes, Halt> {
-        match self.spool.message(id) {
+    /// The message for an SMTP or LMTP transaction, opened once the slots
+    /// for it are held: a reader of the spool, and whether it needs
+    /// 8BITMIME (found by reading it through once, a record at a time).
+    fn spooled(&self, id: QueueId) -> Result<(MessageReader, bool), Halt> {
+        let mut reader = self.reader(id)?;
+        let mut piece = vec![0u8; 64 << 10];
+        let mut offset = 0;
+        loop {
+            let n = reader.read_at(offset, &mut piece).map_err(|e| {
+                tracing::error!(queue_id = %id, "cannot read message: {e}");
+                Halt::Unreadable
+            })?;
+            if n == 0 {
+                return Ok((reader, false));
+            }
+            if smtp_client::has_eight_bit(&piece[..n]) {
+                return Ok((reader, true));
+            }
+            offset += n as u64;
+        }
+    }
+
+    /// A reader of the message's bytes, for copying it out a record at a
+    /// time.
+    fn reader(&self, id: QueueId) -> Result<MessageReader, Halt> {
+        match self.spool.reader(id) {
             Ok(Some(message)) => Ok(message),
             Ok(None) => Err(Halt::Gone),
             Err(e) => {
@@ -368,14 +394,14 @@ impl Deliverer {
             let Some(_slots) = self.slots(None).await else {
                 return (results, Some(Halt::Stopping));
             };
-            let message = match self.message(entry.id) {
-                Ok(message) => message,
+            let reader = match self.reader(entry.id) {
+                Ok(reader) => reader,
                 Err(halt) => return (results, Some(halt)),
             };
             for (index, address) in &maildir {
                 let (local, domain) = split_address(address);
                 let result = self
-                    .maildir(&id_text, &entry.reverse_path, local, domain, &message)
+                    .maildir(&id_text, &entry.reverse_path, local, domain, reader.fresh())
                     .await;
                 results.push(Result1 {
                     index: *index,
@@ -388,9 +414,16 @@ impl Deliverer {
             {
                 let group = match lmtp_target(target).await {
                     Ok(targets) => {
+                        let (reader, eight_bit) = match self.spooled(entry.id) {
+                            Ok(message) => message,
+                            Err(halt) => return (results, Some(halt)),
+                        };
                         self.transaction(
                             entry,
-                            &message,
+                            Content::Spooled {
+                                reader: &reader,
+                                eight_bit,
+                            },
                             &lmtp,
                             &targets,
                             HopPolicy {
@@ -463,10 +496,13 @@ impl Deliverer {
         Ok(
             match route::targets(&self.settings, &self.dns, destination, sts.as_ref()).await {
                 Ok(targets) => {
-                    let message = self.message(entry.id)?;
+                    let (reader, eight_bit) = self.spooled(entry.id)?;
                     self.transaction(
                         entry,
-                        &message,
+                        Content::Spooled {
+                            reader: &reader,
+                            eight_bit,
+                        },
                         list,
                         &targets,
                         HopPolicy {
@@ -491,9 +527,9 @@ impl Deliverer {
         reverse_path: &str,
         local: &str,
         domain: &str,
-        message: &MessageBytes,
+        mut message: MessageReader,
     ) -> RecipientResult {
-        let (root, mailboxes, hostname, queue_id, reverse_path, local, domain, message) = (
+        let (root, mailboxes, hostname, queue_id, reverse_path, local, domain) = (
             self.settings.maildir_root.clone(),
             self.settings.delivery.maildir.clone(),
             self.settings.hostname.clone(),
@@ -501,7 +537,6 @@ impl Deliverer {
             reverse_path.to_owned(),
             local.to_owned(),
             domain.to_owned(),
-            message.clone(),
         );
         // File writes and fsyncs block: keep them off the async workers.
         tokio::task::spawn_blocking(move || {
@@ -510,7 +545,7 @@ impl Deliverer {
                 mailboxes: &mailboxes,
                 hostname: &hostname,
             };
-            maildirs.deliver(&queue_id, &reverse_path, &local, &domain, &message)
+            maildirs.deliver(&queue_id, &reverse_path, &local, &domain, &mut message)
         })
         .await
         .unwrap_or_else(|e| {
@@ -521,7 +556,7 @@ impl Deliverer {
     async fn transaction(
         &self,
         entry: &QueueEntry,
-        message: &[u8],
+        message: Content<'_>,
         list: &[(usize, String)],
         targets: &[Target],
         policy: HopPolicy<'_>,
@@ -623,7 +658,15 @@ impl Deliverer {
         // A DSN quotes the message's headers; without them nothing is
         // recorded, so the attempt (and its DSN) comes again.
         let message = if !failed.is_empty() || warn {
-            match self.message(entry.id) {
+            match self.reader(entry.id).and_then(|mut reader| {
+                let mut head = vec![0u8; DSN_QUOTE_LIMIT.min(entry.size as usize)];
+                let n = reader.read_at(0, &mut head).map_err(|e| {
+                    tracing::error!(queue_id = %entry.id, "cannot read message: {e}");
+                    Halt::Unreadable
+                })?;
+                head.truncate(n);
+                Ok(head)
+            }) {
                 Ok(message) => Some(message),
                 Err(Halt::Gone) => return None,
                 Err(_) => return Some(unix_now() + 60),

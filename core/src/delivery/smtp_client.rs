@@ -1,8 +1,9 @@
 //! The SMTP and LMTP client that hands a message to the next hop: greeting,
 //! EHLO (HELO when refused) or LHLO, STARTTLS by policy, MAIL with SIZE,
 //! BODY and SMTPUTF8 when the server offers them, one RCPT per recipient
-//! with its own result, DATA with the dot-stuffed message and terminator in
-//! one write (TCP_NODELAY). With PIPELINING (RFC 2920) RSET (on a pooled
+//! with its own result, DATA with the dot-stuffed message in pieces of
+//! 128 KiB, the terminator in the write of the last (one write for a small
+//! message; TCP_NODELAY). With PIPELINING (RFC 2920) RSET (on a pooled
 //! connection), MAIL, every RCPT and DATA go out in one write, so a message
 //! costs two writes. LMTP (RFC 2033) reads one reply per accepted recipient
 //! after the message.
@@ -30,12 +31,16 @@ use super::credentials::Credentials;
 use super::transport::{server_name, ClientStream, OutboundTlsConfig};
 use super::RecipientResult;
 use crate::config::{DeliveryTimeouts, OutboundTls};
-use crate::smtp::data::dot_stuff;
+use crate::smtp::data::DotStuffer;
+use sluice_spool::{MessageReader, SpoolError};
 
 /// A reply line longer than this is a broken or hostile server.
 const MAX_REPLY_LINE: u64 = 4096;
 /// Lines in one multi-line reply (EHLO lists a dozen or so).
 const MAX_REPLY_LINES: usize = 200;
+/// The message goes out stuffed in pieces of this many octets: the write
+/// buffer stays this small whatever the message's size.
+const SEND_PIECE: usize = 128 * 1024;
 /// A pooled connection keeps its write buffer up to this size; the buffer
 /// of a larger message is freed rather than held while idle.
 const KEPT_BUFFER: usize = 256 * 1024;
@@ -91,7 +96,38 @@ pub struct ClientContext {
 pub struct Envelope<'a> {
     pub reverse_path: &'a str,
     pub recipients: &'a [String],
-    pub message: &'a [u8],
+    pub message: Content<'a>,
+}
+
+/// The message of a transaction: bytes in memory, or a spooled message
+/// read a piece at a time while it is sent.
+pub enum Content<'a> {
+    /// The client's own tests' messages.
+    #[cfg(test)]
+    Bytes(&'a [u8]),
+    Spooled {
+        reader: &'a MessageReader,
+        /// Whether any octet is above 127 (8BITMIME), found beforehand.
+        eight_bit: bool,
+    },
+}
+
+impl Content<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            #[cfg(test)]
+            Content::Bytes(bytes) => bytes.len() as u64,
+            Content::Spooled { reader, .. } => reader.len(),
+        }
+    }
+
+    fn eight_bit(&self) -> bool {
+        match self {
+            #[cfg(test)]
+            Content::Bytes(bytes) => has_eight_bit(bytes),
+            Content::Spooled { eight_bit, .. } => *eight_bit,
+        }
+    }
 }
 
 /// How a delivery to one destination went.
@@ -220,6 +256,9 @@ enum ClientError {
     /// was idle. Not a failure of the target; a fresh connection is tried.
     #[error("pooled connection no longer usable")]
     Stale,
+    /// The message could not be read back from the spool while it was sent.
+    #[error("reading the message from the spool: {0}")]
+    Spool(#[from] SpoolError),
 }
 
 /// Idle connections, kept after a transaction so the next message to the
@@ -659,7 +698,7 @@ async fn hello(
 }
 
 /// Whether a message needs 8BITMIME: any octet above 127.
-fn has_eight_bit(message: &[u8]) -> bool {
+pub fn has_eight_bit(message: &[u8]) -> bool {
     // std's check goes a word at a time.
     !message.is_ascii()
 }
@@ -670,7 +709,7 @@ fn mail_command(caps: &Capabilities, envelope: &Envelope<'_>, utf8: bool) -> Str
     if caps.size.is_some() {
         line.push_str(&format!(" SIZE={}", envelope.message.len()));
     }
-    if caps.eight_bit_mime && has_eight_bit(envelope.message) {
+    if caps.eight_bit_mime && envelope.message.eight_bit() {
         line.push_str(" BODY=8BITMIME");
     }
     if utf8 {
@@ -694,7 +733,7 @@ async fn transaction(
     let recipients = envelope.recipients;
     let all = |result: RecipientResult| recipients.iter().map(|_| result.clone()).collect();
     if let Some(limit) = conn.caps.size.filter(|l| *l > 0) {
-        if envelope.message.len() as u64 > limit {
+        if envelope.message.len() > limit {
             return Ok(all(RecipientResult::Failed(format!(
                 "552 5.3.4 message size {} exceeds the server's limit of {limit}",
                 envelope.message.len()
@@ -812,12 +851,9 @@ async fn transaction(
             .map(|r| r.unwrap_or_else(|| classify(&data_reply)))
             .collect());
     }
-    conn.out.clear();
-    dot_stuff(envelope.message, &mut conn.out);
     // Until the final dot is out nothing was delivered: an error here lets
     // the next target be tried.
-    conn.send_out(timeouts.data_block, Waiting::MessageWrite)
-        .await?;
+    send_content(conn, &envelope.message, timeouts).await?;
     // From here on a missing reply leaves the outcome unknown.
     let open: Vec<usize> = (0..results.len())
         .filter(|&i| results[i].is_none())
@@ -846,6 +882,50 @@ async fn transaction(
         }
     }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// Sends the message dot-stuffed, a piece at a time, the terminator in the
+/// write of the last piece (one write for a small message).
+async fn send_content(
+    conn: &mut Connection,
+    content: &Content<'_>,
+    timeouts: &DeliveryTimeouts,
+) -> Result<(), ClientError> {
+    let mut stuffer = DotStuffer::default();
+    let mut piece = Vec::new();
+    let mut reader = match content {
+        #[cfg(test)]
+        Content::Bytes(_) => None,
+        Content::Spooled { reader, .. } => Some(reader.fresh()),
+    };
+    let len = content.len();
+    let mut offset = 0u64;
+    loop {
+        conn.out.clear();
+        let end = (offset + SEND_PIECE as u64).min(len);
+        let bytes: &[u8] = match (content, &mut reader) {
+            #[cfg(test)]
+            (Content::Bytes(bytes), _) => &bytes[offset as usize..end as usize],
+            (_, Some(reader)) => {
+                piece.resize((end - offset) as usize, 0);
+                let n = reader.read_at(offset, &mut piece)?;
+                piece.truncate(n);
+                &piece
+            }
+            (Content::Spooled { .. }, None) => &[],
+        };
+        stuffer.feed(bytes, &mut conn.out);
+        offset += bytes.len() as u64;
+        let last = bytes.is_empty() || offset >= len;
+        if last {
+            stuffer.finish(&mut conn.out);
+        }
+        conn.send_out(timeouts.data_block, Waiting::MessageWrite)
+            .await?;
+        if last {
+            return Ok(());
+        }
+    }
 }
 
 async fn end_empty_data(
@@ -920,7 +1000,7 @@ mod tests {
         let envelope = Envelope {
             reverse_path: "a@example.org",
             recipients: &recipients,
-            message: "Subject: caf\u{e9}\r\n\r\n".as_bytes(),
+            message: Content::Bytes("Subject: caf\u{e9}\r\n\r\n".as_bytes()),
         };
         let none = Capabilities::default();
         assert_eq!(
@@ -1035,7 +1115,7 @@ mod tests {
             let envelope = Envelope {
                 reverse_path: "s@example.test",
                 recipients: &recipients,
-                message: body,
+                message: Content::Bytes(body),
             };
             let outcome = deliver(
                 &ctx,

@@ -10,11 +10,11 @@
 //! next ask starts again, and finds the answers the resolver already cached.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+use super::message::MessageResource;
 use super::session::HookArg;
 use super::session::SessionInfo;
 use crate::authn::{Authenticator, DkimCheck, DmarcCheck, MessageChecks, Outcome, SpfCheck};
@@ -36,7 +36,7 @@ struct Transaction {
     /// `local@domain`; "" for the null reverse-path; None before MAIL.
     reverse_path: Option<String>,
     /// The received message, during the data stage.
-    message: Option<Arc<[u8]>>,
+    message: Option<MessageResource>,
     spf_helo: Option<SpfCheck>,
     spf_mail_from: Option<SpfCheck>,
     message_checks: Option<MessageChecks>,
@@ -84,11 +84,10 @@ impl SessionAuth {
             }
             HookArg::Rcpt(_) => sync_helo(&mut tx, info),
             HookArg::Data(message) => {
-                let bytes = message.bytes();
                 sync_helo(&mut tx, info);
-                let same = tx.message.as_ref().is_some_and(|m| Arc::ptr_eq(m, bytes));
+                let same = tx.message.as_ref().is_some_and(|m| m.same(message));
                 if !same {
-                    tx.message = Some(Arc::clone(bytes));
+                    tx.message = Some(MessageResource::clone(message));
                     tx.message_checks = None;
                 }
             }
@@ -192,8 +191,21 @@ impl SessionAuth {
         }
         let message = tx.message.clone()?;
         let spf = self.spf_mail_from_locked(&mut tx, budget).await;
+        // Held whole (within the server's memory budget) while checked.
+        let message =
+            match tokio::time::timeout(budget.saturating_sub(started.elapsed()), message.whole())
+                .await
+            {
+                Ok(Ok(whole)) => whole,
+                Ok(Err(e)) => {
+                    tracing::error!("cannot read the message for DKIM/DMARC: {e}");
+                    return Some(MessageChecks::unfinished(message.head()));
+                }
+                Err(_) => return Some(MessageChecks::unfinished(message.head())),
+            };
+        let message = &message[..];
         let left = budget.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, self.authenticator.message(&message, &spf)).await {
+        match tokio::time::timeout(left, self.authenticator.message(message, &spf)).await {
             Ok(checks) if tx.spf_mail_from.is_some() => {
                 tx.message_checks = Some(checks.clone());
                 Some(checks)
@@ -201,7 +213,7 @@ impl SessionAuth {
             // DMARC ran on an SPF result cut short: right for this caller,
             // not to be kept.
             Ok(checks) => Some(checks),
-            Err(_) => Some(MessageChecks::unfinished(&message)),
+            Err(_) => Some(MessageChecks::unfinished(message)),
         }
     }
 }

@@ -71,9 +71,8 @@ impl SessionFilters {
     }
 
     /// Runs the data chain over the received message.
-    pub async fn run_data(&mut self, info: &SessionInfo, message: &Arc<[u8]>) -> DataOutcome {
-        let message = MessageResource::new(Arc::clone(message));
-        self.run_chain(info, HookArg::Data(&message)).await
+    pub async fn run_data(&mut self, info: &SessionInfo, message: &MessageResource) -> DataOutcome {
+        self.run_chain(info, HookArg::Data(message)).await
     }
 
     async fn run_chain(&mut self, info: &SessionInfo, arg: HookArg<'_>) -> DataOutcome {

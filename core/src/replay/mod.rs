@@ -174,6 +174,7 @@ pub async fn replay(config: &Config, input: ReplayInput) -> Result<ReplayReport,
         dkim: DkimSigners::default(),
         limits: Arc::new(ConnectionLimits::new(1, 1)),
         dns,
+        memory: crate::memory::MessageMemory::new(crate::config::DEFAULT_MESSAGE_MEMORY),
     });
     let (server_end, client_end) = tokio::io::duplex(64 * 1024);
     let peer = SocketAddr::new(input.client_ip, 0);

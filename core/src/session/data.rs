@@ -3,10 +3,18 @@
 //! consumes the transaction: whatever happens next (a reply from `intake`,
 //! a size error, a timeout) the session is greeted again.
 //!
+//! The message goes to the spool as it arrives (`Spool::stage`): a session
+//! holds one read and one spool record of it, whatever its size. A refused
+//! or abandoned message leaves only dead records, reclaimed with their
+//! segment. A write error in the middle is answered 451 once the client
+//! has sent the end of data.
+//!
 //! The message text has a deadline as a whole (`timeouts.data`) besides
 //! the wait for each chunk (`timeouts.data_block`, shorter under load): a
 //! client that trickles a byte now and then is cut at the deadline with
 //! 421, and nothing of its message is kept.
+
+use sluice_spool::{SpoolError, StagedMessage};
 
 use super::connection::Received;
 use super::wait::{Stall, Wait};
@@ -26,6 +34,14 @@ impl<S: SessionStream> Session<S> {
         let Some(transaction) = self.state.take_transaction() else {
             return Ok(self.error(Reply::bad_sequence()));
         };
+        // The id names the message's records, and goes into its Received.
+        let mut staged = match self.ctx.spool.allocate_id() {
+            Ok(id) => Ok(self.ctx.spool.stage(id)),
+            Err(e) => {
+                tracing::error!(session = %self.client.id, "spool id allocation failed: {e}");
+                return Ok(self.reply(Reply::local_error()));
+            }
+        };
         self.conn.queue(&Reply::start_data());
         self.flush().await?;
 
@@ -37,7 +53,9 @@ impl<S: SessionStream> Session<S> {
         let mut wait = Wait::new(timeouts.data_block, timeouts.command_under_load)
             .until(tokio::time::Instant::now() + timeouts.data);
         loop {
-            let stalled = match self.conn.receive(&mut receiver, wait.step_end()).await? {
+            let received = self.conn.receive(&mut receiver, wait.step_end()).await?;
+            spool_output(&mut staged, &mut receiver);
+            let stalled = match received {
                 Received::Done => break,
                 Received::Closed => return Ok(Flow::Close),
                 Received::More => {
@@ -52,10 +70,28 @@ impl<S: SessionStream> Session<S> {
                 return Ok(Flow::Close);
             }
         }
-        match receiver.finish() {
-            Ok(message) => Ok(self.intake(info, transaction, message).await),
-            Err(DataError::TooBig) => Ok(self.reply(Reply::message_too_big())),
-            Err(e @ (DataError::LineTooLong | DataError::Incomplete)) => Ok(self.error(e.reply())),
+        match (receiver.finish(), staged) {
+            (Ok(_), Ok(staged)) => Ok(self.intake(info, transaction, staged).await),
+            (Err(DataError::TooBig), _) => Ok(self.reply(Reply::message_too_big())),
+            (Err(e @ (DataError::LineTooLong | DataError::Incomplete)), _) => {
+                Ok(self.error(e.reply()))
+            }
+            (Ok(_), Err(e)) => {
+                tracing::error!(session = %self.client.id, "spool write failed: {e}");
+                Ok(self.reply(Reply::local_error()))
+            }
+        }
+    }
+}
+
+/// Writes what the receiver produced to the staged message; after a write
+/// error the rest is only consumed (the message is answered 451).
+fn spool_output(staged: &mut Result<StagedMessage, SpoolError>, receiver: &mut DataReceiver) {
+    let output = receiver.take_output();
+    if let Ok(message) = staged {
+        if let Err(e) = message.write(output) {
+            // Dropping the staging releases what it wrote.
+            *staged = Err(e);
         }
     }
 }

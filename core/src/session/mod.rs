@@ -58,6 +58,7 @@ use crate::delivery::DeliveryHandle;
 use crate::dkim::DkimSigners;
 use crate::dns::Dns;
 use crate::limits::ConnectionLimits;
+use crate::memory::MessageMemory;
 use crate::metrics::METRICS;
 use crate::pipeline::{PipelineSet, SessionFilters};
 use crate::smtp::command::{parse_command_with, Command};
@@ -97,6 +98,8 @@ pub struct SessionContext {
     pub limits: Arc<ConnectionLimits>,
     /// The resolver of the clients' reverse names.
     pub dns: Dns,
+    /// The budget of messages held whole in memory (DKIM, MIME parsing).
+    pub memory: MessageMemory,
 }
 
 /// Who is on the other end, fixed for the whole connection.

@@ -10,9 +10,12 @@
 //! `<LF>.<CRLF>` can never reach a next hop as a bare-LF dot line: it is
 //! stored as `<CRLF>.<CRLF>` content and dot-stuffed when relayed.
 //!
-//! Memory is bounded by `max_size` whatever the client sends: past the
-//! limit the receiver keeps consuming up to the end of data without
-//! storing, then reports the error, so the session stays in sync.
+//! The unstuffed message comes out as it is received: the caller takes it
+//! with [`DataReceiver::take_output`] after each feed (the session writes it
+//! to the spool), so memory stays at one input's worth; a caller that never
+//! takes it gets the whole message from `finish`. Past `max_size` the
+//! receiver keeps consuming up to the end of data without output, then
+//! reports the error, so the session stays in sync.
 
 use super::reply::Reply;
 
@@ -85,12 +88,15 @@ enum State {
 pub struct DataReceiver {
     limits: DataLimits,
     state: State,
-    /// The unstuffed, normalized message; never above `max_size` octets.
+    /// Unstuffed, normalized message octets not taken yet; never above
+    /// `max_size` octets.
     message: Vec<u8>,
     /// Octets the message has, counted on past `max_size`.
     size: u64,
     /// Octets in the current line so far, without its ending.
     line_len: usize,
+    /// What `take_output` handed out last; its buffer is reused.
+    taken: Vec<u8>,
     too_big: bool,
     line_too_long: bool,
 }
@@ -103,6 +109,7 @@ impl DataReceiver {
             message: Vec::new(),
             size: 0,
             line_len: 0,
+            taken: Vec::new(),
             too_big: false,
             line_too_long: false,
         }
@@ -185,6 +192,14 @@ impl DataReceiver {
         DataProgress::NeedMore
     }
 
+    /// The message octets produced since the last call (nothing once the
+    /// message is over the size limit).
+    pub fn take_output(&mut self) -> &[u8] {
+        std::mem::swap(&mut self.message, &mut self.taken);
+        self.message.clear();
+        &self.taken
+    }
+
     /// True once end-of-data was seen.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
@@ -246,29 +261,76 @@ impl DataReceiver {
 /// receiver stores it.
 pub fn dot_stuff(message: &[u8], out: &mut Vec<u8>) {
     out.reserve(message.len() + message.len() / 64 + 5);
-    // Copies whole lines at a time: only a line end can call for a change
-    // (a CR before a bare LF, a dot after it).
-    if message.first() == Some(&b'.') {
-        out.push(b'.');
-    }
-    let mut start = 0;
-    for lf in memchr::memchr_iter(b'\n', message) {
-        if lf > 0 && message[lf - 1] == b'\r' {
-            out.extend_from_slice(&message[start..=lf]);
-        } else {
-            out.extend_from_slice(&message[start..lf]);
-            out.extend_from_slice(b"\r\n");
+    let mut stuffer = DotStuffer::default();
+    stuffer.feed(message, out);
+    stuffer.finish(out);
+}
+
+/// [`dot_stuff`] over a message given in pieces, split anywhere: the
+/// client sends a large message a piece at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct DotStuffer {
+    /// The last octet fed was a line end (or nothing was fed yet).
+    line_start: bool,
+    /// The last octet fed was a CR (an LF first in the next piece ends a
+    /// CRLF, not a bare LF).
+    after_cr: bool,
+    /// The last octet fed, if any.
+    last: Option<u8>,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            line_start: true,
+            after_cr: false,
+            last: None,
         }
-        start = lf + 1;
-        if message.get(start) == Some(&b'.') {
+    }
+}
+
+impl DotStuffer {
+    /// Appends the stuffed form of the next piece of the message to `out`.
+    pub fn feed(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = piece.last() else {
+            return;
+        };
+        // Copies whole lines at a time: only a line end can call for a
+        // change (a CR before a bare LF, a dot after it).
+        if self.line_start && piece[0] == b'.' {
             out.push(b'.');
         }
+        let mut start = 0;
+        for lf in memchr::memchr_iter(b'\n', piece) {
+            let cr_before = match lf.checked_sub(1) {
+                Some(before) => piece[before] == b'\r',
+                None => self.after_cr,
+            };
+            if cr_before {
+                out.extend_from_slice(&piece[start..=lf]);
+            } else {
+                out.extend_from_slice(&piece[start..lf]);
+                out.extend_from_slice(b"\r\n");
+            }
+            start = lf + 1;
+            if piece.get(start) == Some(&b'.') {
+                out.push(b'.');
+            }
+        }
+        out.extend_from_slice(&piece[start..]);
+        self.line_start = last == b'\n';
+        self.after_cr = last == b'\r';
+        self.last = Some(last);
     }
-    out.extend_from_slice(&message[start..]);
-    if message.last().is_some_and(|&b| b != b'\n') {
-        out.extend_from_slice(b"\r\n");
+
+    /// Ends the last line if it has no line end, then the terminator.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.last.is_some_and(|b| b != b'\n') {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        *self = DotStuffer::default();
     }
-    out.extend_from_slice(b".\r\n");
 }
 
 #[cfg(test)]
@@ -688,6 +750,64 @@ mod tests {
             let (consumed, received) = ok(&trailing);
             assert_eq!(consumed, wire.len(), "{message:?}");
             assert_eq!(received, normalized(&message), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn output_taken_piece_by_piece_is_the_message() {
+        let input: &[u8] = b"Subject: s\r\n\r\n..dot\nbare\r\nx\r.y\r\n.\r\nNEXT";
+        let (_, whole) = receive(input, BIG);
+        let whole = whole.unwrap();
+        for size in 1..input.len() {
+            let mut r = DataReceiver::new(BIG);
+            let mut taken = Vec::new();
+            for piece in input.chunks(size) {
+                if let DataProgress::Done { .. } = r.feed(piece) {
+                    taken.extend_from_slice(r.take_output());
+                    break;
+                }
+                taken.extend_from_slice(r.take_output());
+            }
+            assert_eq!(r.finish().unwrap(), b"");
+            assert_eq!(taken, whole, "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn nothing_comes_out_past_the_size_limit() {
+        let mut r = DataReceiver::new(DataLimits {
+            max_size: 10,
+            max_line: 1000,
+        });
+        r.feed(b"12345678");
+        assert_eq!(r.take_output(), b"12345678");
+        r.feed(b"90abc\r\n.\r\n");
+        assert_eq!(r.take_output(), b"");
+        assert_eq!(r.finish(), Err(DataError::TooBig));
+    }
+
+    #[test]
+    fn stuffing_in_pieces_matches_stuffing_whole() {
+        let messages: [&[u8]; 6] = [
+            b".lead\r\nline\n.dot\r\n..two\rcr\r\nend",
+            b"a\r\n.\r\n",
+            b"\n\n.\n",
+            b"no line end",
+            b"",
+            b"\r\n\r.\r\n\r",
+        ];
+        for message in messages {
+            let mut whole = Vec::new();
+            dot_stuff(message, &mut whole);
+            for size in 1..=message.len().max(1) {
+                let mut out = Vec::new();
+                let mut stuffer = DotStuffer::default();
+                for piece in message.chunks(size) {
+                    stuffer.feed(piece, &mut out);
+                }
+                stuffer.finish(&mut out);
+                assert_eq!(out, whole, "{message:?} in pieces of {size}");
+            }
         }
     }
 }

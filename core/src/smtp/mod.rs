@@ -24,7 +24,7 @@ pub mod submission;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 pub use command::{parse_command, parse_command_with, Body, Command, MailParams, ParseError};
-pub use data::{dot_stuff, DataError, DataLimits, DataProgress, DataReceiver};
+pub use data::{dot_stuff, DataError, DataLimits, DataProgress, DataReceiver, DotStuffer};
 pub use line::{Line, LineBuffer};
 pub use received::{count_received, received_header, rfc5322_date};
 pub use reply::Reply;

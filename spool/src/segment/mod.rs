@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 pub(crate) use location::{Extent, Location};
-use record::{Header, HEADER_LEN, MAX_PAYLOAD};
+pub(crate) use record::MAX_PAYLOAD;
+use record::{Header, HEADER_LEN};
 pub(crate) use scan::GoodRecords;
 
 use crate::error::SyncError;
@@ -192,6 +193,15 @@ impl Segments {
         Ok(location)
     }
 
+    /// Appends one record of message `id` (at most [`MAX_PAYLOAD`] octets).
+    /// Records of messages staged concurrently interleave; each message's
+    /// location lists its own. Not durable until the next
+    /// [`Segments::sync_pending`].
+    pub(crate) fn append_one(&self, id: QueueId, payload: &[u8]) -> Result<Extent, SpoolError> {
+        let mut writer = lock(&self.writer);
+        self.append_record(&mut writer, id, payload)
+    }
+
     fn append_record(
         &self,
         writer: &mut Writer,
@@ -225,6 +235,7 @@ impl Segments {
             offset,
             len: header.len,
             crc: header.crc,
+            skip: 0,
         })
     }
 
@@ -267,17 +278,23 @@ impl Segments {
             id,
             reason: "message length does not fit in memory".into(),
         })?;
-        let mut out = vec![0u8; total];
-        let mut at = 0usize;
+        let mut out = Vec::with_capacity(total);
+        let mut payload = Vec::new();
         for extent in &location.extents {
-            let len = extent.len as usize;
-            self.read_extent(id, extent, &mut out[at..at + len])?;
-            at += len;
+            self.read_record(id, extent, &mut payload)?;
+            out.extend_from_slice(&payload[extent.skip as usize..]);
         }
         Ok(out)
     }
 
-    fn read_extent(&self, id: QueueId, extent: &Extent, out: &mut [u8]) -> Result<(), SpoolError> {
+    /// Reads one record's whole payload into `out` and checks it against
+    /// its extent.
+    pub(crate) fn read_record(
+        &self,
+        id: QueueId,
+        extent: &Extent,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SpoolError> {
         let corrupt = |reason: String| SpoolError::Corrupt { id, reason };
         let file = self
             .files
@@ -299,12 +316,13 @@ impl Segments {
             len: extent.len,
             crc: extent.crc,
         };
-        if header != expected {
+        if header != expected || extent.skip > extent.len {
             return Err(corrupt(format!(
                 "record at {}:{} is not this message's",
                 extent.segment, extent.offset
             )));
         }
+        out.resize(extent.len as usize, 0);
         file.read_exact_at(out, extent.offset + HEADER_LEN)
             .map_err(io)?;
         if !header.matches(out) {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::HISTORY_LIMIT;
+use crate::{HISTORY_LIMIT, STAGE_RECORD};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -968,4 +968,89 @@ async fn expired_quarantine_is_removed_and_its_segments_reclaimed() {
     let spool = Spool::open_with(dir.path(), options).unwrap();
     assert_eq!(spool.len(), 3);
     assert_eq!(spool.entry(old[0]).unwrap(), None);
+}
+
+fn envelope() -> Envelope {
+    new_message(0, 1).envelope()
+}
+
+#[tokio::test]
+async fn a_staged_message_is_its_prefix_then_its_bytes_past_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let body: Vec<u8> = (0..(3 * STAGE_RECORD + 1000))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let id = spool.allocate_id().unwrap();
+    let mut staged = spool.stage(id);
+    for piece in body.chunks(7000) {
+        staged.write(piece).unwrap();
+    }
+    let mut reader = staged.reader().unwrap();
+    assert_eq!(reader.read_all().unwrap(), body);
+    let mut range = vec![0u8; 300];
+    let from = STAGE_RECORD as u64 - 100;
+    assert_eq!(reader.read_at(from, &mut range).unwrap(), 300);
+    assert_eq!(range, body[from as usize..from as usize + 300]);
+
+    let skip = STAGE_RECORD as u64 + 10;
+    let prefix = b"Received: from here\r\nSubject: edited\r\n";
+    staged.commit(envelope(), prefix, skip).await.unwrap();
+    let mut expected = prefix.to_vec();
+    expected.extend_from_slice(&body[skip as usize..]);
+    assert_eq!(spool.message(id).unwrap().unwrap(), expected);
+    let mut stored = spool.reader(id).unwrap().unwrap();
+    assert_eq!(stored.len(), expected.len() as u64);
+    let mut copied = Vec::new();
+    std::io::Read::read_to_end(&mut stored, &mut copied).unwrap();
+    assert_eq!(copied, expected);
+    assert_eq!(
+        spool.entry(id).unwrap().unwrap().size,
+        expected.len() as u64
+    );
+
+    // It survives a restart like any other message.
+    drop((reader, stored));
+    drop(spool);
+    let spool = Spool::open(dir.path()).unwrap();
+    assert_eq!(spool.message(id).unwrap().unwrap(), expected);
+    assert_eq!(spool.damaged_at_open(), 0);
+}
+
+#[tokio::test]
+async fn a_small_staged_message_is_one_record_with_its_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let id = spool.allocate_id().unwrap();
+    let mut staged = spool.stage(id);
+    staged.write(b"Subject: s\r\n\r\nbody\r\n").unwrap();
+    staged
+        .commit(envelope(), b"Received: x\r\n", 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        spool.message(id).unwrap().unwrap(),
+        b"Received: x\r\nSubject: s\r\n\r\nbody\r\n".to_vec()
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_staging_leaves_nothing_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open_with(
+        dir.path(),
+        Options {
+            segment_limit: 2 * STAGE_RECORD as u64,
+        },
+    )
+    .unwrap();
+    let id = spool.allocate_id().unwrap();
+    let mut staged = spool.stage(id);
+    staged.write(&vec![b'x'; 6 * STAGE_RECORD]).unwrap();
+    assert!(spool.segment_count() >= 3, "{}", spool.segment_count());
+    drop(staged);
+    // Only the segment being written is left.
+    assert_eq!(spool.segment_count(), 1);
+    assert_eq!(spool.len(), 0);
+    assert_eq!(spool.message(id).unwrap(), None);
 }

@@ -33,6 +33,7 @@ pub(super) struct RawServer {
     hostname: Option<Spanned<String>>,
     data_dir: Option<String>,
     max_message_size: Option<Spanned<Size>>,
+    message_memory: Option<Spanned<Size>>,
     max_recipients: Option<usize>,
     max_received_headers: Option<usize>,
     max_connections: Option<usize>,
@@ -93,24 +94,18 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
         Some(h) => h.get_ref().to_ascii_lowercase(),
         None => "localhost".to_owned(),
     };
-    let max_message_size = match &server.max_message_size {
-        None => 25 << 20,
-        Some(size) => match size.get_ref().bytes() {
-            Ok(n) if n > 0 => n,
-            Ok(_) => {
-                d.add(
-                    size.span(),
-                    "server.max_message_size",
-                    "must be greater than 0",
-                );
-                25 << 20
-            }
-            Err(e) => {
-                d.add(size.span(), "server.max_message_size", e);
-                25 << 20
-            }
-        },
-    };
+    let max_message_size = positive_size(
+        d,
+        server.max_message_size.as_ref(),
+        "server.max_message_size",
+        25 << 20,
+    );
+    let message_memory = positive_size(
+        d,
+        server.message_memory.as_ref(),
+        "server.message_memory",
+        DEFAULT_MESSAGE_MEMORY,
+    );
     let timeouts = resolve_timeouts(d, server.timeouts.as_ref());
     let greet_exempt = match &server.greet_exempt {
         None => loopback_networks(),
@@ -144,6 +139,7 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
             .map(Into::into)
             .unwrap_or_else(|| "./data".into()),
         max_message_size,
+        message_memory,
         max_recipients: server.max_recipients.unwrap_or(100).max(1),
         max_received_headers: server.max_received_headers.unwrap_or(50),
         max_connections: server.max_connections.unwrap_or(1000).max(1),
@@ -182,6 +178,29 @@ fn resolve_run_as(d: &mut Diagnostics<'_>, server: &RawServer) -> Option<RunAs> 
             None
         }
         (None, _) => None,
+    }
+}
+
+/// A size that must be above 0; absent or wrong, `default`.
+fn positive_size(
+    d: &mut Diagnostics<'_>,
+    raw: Option<&Spanned<Size>>,
+    key: &str,
+    default: u64,
+) -> u64 {
+    let Some(size) = raw else {
+        return default;
+    };
+    match size.get_ref().bytes() {
+        Ok(n) if n > 0 => n,
+        Ok(_) => {
+            d.add(size.span(), key, "must be greater than 0");
+            default
+        }
+        Err(e) => {
+            d.add(size.span(), key, e);
+            default
+        }
     }
 }
 

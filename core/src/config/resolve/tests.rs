@@ -810,3 +810,24 @@ fn run_as_user_and_group_resolve_and_bad_names_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn message_memory_is_a_size_above_zero() {
+    let base =
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+    let config = load_str(
+        &format!("[server]\nmessage_memory = \"8MiB\"\n{base}"),
+        "c.toml",
+    )
+    .unwrap();
+    assert_eq!(config.server.message_memory, 8 << 20);
+    let config = load_str(base, "c.toml").unwrap();
+    assert_eq!(config.server.message_memory, DEFAULT_MESSAGE_MEMORY);
+    let err = load_str(&format!("[server]\nmessage_memory = 0\n{base}"), "c.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("c.toml:2:") && err.contains("server.message_memory"),
+        "{err}"
+    );
+}

@@ -195,6 +195,7 @@ pipeline = "test"
             dkim: DkimSigners::default(),
             limits: Arc::new(ConnectionLimits::new(100, 100)),
             dns,
+            memory: crate::memory::MessageMemory::new(crate::config::DEFAULT_MESSAGE_MEMORY),
         });
         let listener = Arc::new(ctx.config.listeners[0].clone());
         let (server_end, client) = tokio::io::duplex(256 * 1024);
