@@ -64,7 +64,9 @@ pub struct Config {
     pub positive_ttl: u32,
     /// Seconds a callout's "unknown" is remembered.
     pub negative_ttl: u32,
-    /// `+` makes `alice+news@` the mailbox `alice@`.
+    /// Each character separates a local part from its detail: `+` makes
+    /// `alice+news@` the mailbox `alice@` (as `[domains]
+    /// recipient_delimiter`, which should hold the same characters).
     pub delimiter: Option<String>,
 }
 
@@ -140,12 +142,13 @@ impl Config {
         })
     }
 
-    /// The mailbox a recipient is delivered to: lower-cased, its tag
-    /// (`+news`) removed when a delimiter is configured.
+    /// The mailbox a recipient is delivered to: lower-cased, its detail
+    /// (`+news`) removed at the first delimiter character when delimiters
+    /// are configured. A leading delimiter is part of the name.
     pub fn mailbox(&self, local_part: &str, domain: &str) -> (String, String) {
         let mut local = local_part.to_lowercase();
         if let Some(delimiter) = &self.delimiter {
-            if let Some(i) = local.find(delimiter.as_str()) {
+            if let Some(i) = local.find(|c| delimiter.contains(c)) {
                 if i > 0 {
                     local.truncate(i);
                 }
@@ -419,6 +422,13 @@ mod tests {
         assert_eq!(c.mailbox("+x", "example.org").0, "+x");
         let plain = config(r#"{"users":["alice@example.org"]}"#);
         assert_eq!(plain.mailbox("alice+news", "example.org").0, "alice+news");
+        // An unknown base name stays unknown with any detail.
+        let (l, d) = c.mailbox("bob+x", "example.org");
+        assert_eq!(lookup(&c, None, &l, &d), Ok(Lookup::Unknown));
+        // Several delimiters: each character splits, as Postfix's "+-".
+        let both = config(r#"{"users":["alice@example.org"],"recipient_delimiter":"+-"}"#);
+        assert_eq!(both.mailbox("Alice-lists+x", "example.org").0, "alice");
+        assert_eq!(both.mailbox("alice+a-b", "example.org").0, "alice");
     }
 
     #[test]

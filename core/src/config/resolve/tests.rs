@@ -810,3 +810,42 @@ fn run_as_user_and_group_resolve_and_bad_names_are_refused() {
         "{err}"
     );
 }
+
+const LISTENER: &str =
+    "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+
+#[test]
+fn recipient_delimiter_splits_at_any_of_its_characters() {
+    let text = "[domains]\nlocal = [\"example.org\"]\nrecipient_delimiter = \"+-\"\n";
+    let domains = load_str(&(text.to_owned() + LISTENER), "c.toml")
+        .unwrap()
+        .domains;
+    assert_eq!(domains.recipient_delimiter, "+-");
+    assert_eq!(domains.mailbox_local_part("alice+news"), "alice");
+    assert_eq!(domains.mailbox_local_part("alice-news+x"), "alice");
+    assert_eq!(domains.mailbox_local_part("postmaster+x"), "postmaster");
+    assert_eq!(domains.mailbox_local_part("+alice"), "+alice");
+    assert_eq!(domains.mailbox_local_part("alice"), "alice");
+    // Absent or "": off.
+    for text in ["[domains]\n", "[domains]\nrecipient_delimiter = \"\"\n"] {
+        let domains = load_str(&(text.to_owned() + LISTENER), "c.toml")
+            .unwrap()
+            .domains;
+        assert_eq!(domains.mailbox_local_part("alice+news"), "alice+news");
+    }
+}
+
+#[test]
+fn bad_recipient_delimiter_names_key_and_line() {
+    for bad in ["@", ".", " ", "+++++++++"] {
+        let text = format!(
+            "[domains]\nlocal = [\"example.org\"]\nrecipient_delimiter = {bad:?}\n{LISTENER}"
+        );
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("c.toml:3:") && l.contains("domains.recipient_delimiter")),
+            "{bad:?}: {err}"
+        );
+    }
+}
