@@ -4,11 +4,14 @@ delivered to alice's Maildir INBOX with `Delivered-To: alice+news@...`
 name deliverable; builtin:recipients with the same delimiter accepts
 `alice+news@` at RCPT and refuses `bob+x@`; LMTP delivery hands a real
 Dovecot the full address, which Dovecot splits with its own delimiter and
-files in alice's INBOX."""
+files in alice's INBOX, and whose Sieve (Pigeonhole) sees the detail and
+files `+news` mail into alice's `news` folder."""
+import shutil
 import smtplib
+import subprocess
 
 from conftest import Raw, Server, config, free_port
-from peers import wait_for
+from peers import peer_dir, require, wait_for
 from test_dovecot_lmtp import lmtp_config
 
 DOMAINS = 'local = ["localhost", "example.org"]\n'
@@ -30,7 +33,7 @@ def start(tmp_path, extra="", mailboxes=("alice", "sender")):
 
 
 def send(server, rcpts, subject, sender="sender@example.org"):
-    body = f"From: {sender}\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
+    body = f"From: {sender}\r\nMessage-ID: <{subject}@example.org>\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
     with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as smtp:
         return smtp.sendmail(sender, rcpts, body)
 
@@ -133,5 +136,52 @@ def test_lmtp_hands_dovecot_the_full_address(tmp_path, dovecot_lmtp):
         assert b"Subject: lmtp-tagged" in messages[0]
         assert server.maildir("alice", "example.org") == []
         assert b"lmtp-tagged" in dovecot.fetch("alice@example.org")
+        # Dovecot split off the detail itself: the user it delivered for is alice@
+        assert "lmtp(alice@example.org)" in dovecot.log() and "saved mail to INBOX" in dovecot.log(), dovecot.log()
     finally:
         server.stop()
+
+
+SIEVE_PLUGIN = "/usr/lib/dovecot/modules/lib90_sieve_plugin.so"
+
+# Run for every recipient before the user's own scripts: the envelope's
+# detail decides the folder.
+SIEVE_SCRIPT = """\
+require ["envelope", "subaddress", "fileinto", "mailbox"];
+if envelope :detail "to" "news" {
+  fileinto :create "news";
+}
+"""
+
+
+def test_dovecot_sieve_files_by_the_detail(tmp_path, dovecot_lmtp):
+    require(SIEVE_PLUGIN, "sievec")
+    scripts = peer_dir("sluice-sieve-")
+    try:
+        script = scripts / "before.sieve"
+        script.write_text(SIEVE_SCRIPT)
+        # Dovecot (as nobody) may not save a global script's binary itself.
+        compiled = subprocess.run(["sievec", str(script)], capture_output=True)
+        assert compiled.returncode == 0, compiled.stderr.decode(errors="replace")
+        dovecot = dovecot_lmtp(conf_extra=(
+            "protocol lmtp {\n  mail_plugins = $mail_plugins sieve\n}\n"
+            f"plugin {{\n  sieve_before = {script}\n  recipient_delimiter = +\n}}\n"))
+        port, data = free_port(), tmp_path / "data"
+        server = Server(tmp_path, subaddress_config(port, data, lmtp_config(dovecot, "tcp"))).start(port)
+        try:
+            assert send(server, ["alice+news@example.org"], "sieve-news") == {}
+            assert send(server, ["alice@example.org"], "sieve-plain") == {}
+            news = dovecot.maildir("alice@example.org") / ".news"
+            filed = wait_for(lambda: [f for sub in ("new", "cur") if (news / sub).exists()
+                                      for f in (news / sub).iterdir()], timeout=60)
+            assert len(filed) == 1, dovecot.log()
+            assert b"Subject: sieve-news" in filed[0].read_bytes()
+            inbox = dovecot.wait_messages("alice@example.org", timeout=60)
+            assert len(inbox) == 1 and b"Subject: sieve-plain" in inbox[0], dovecot.log()
+            log = dovecot.log()
+            assert "msgid=<sieve-news@example.org>: fileinto action: stored mail into mailbox 'news'" in log, log
+            assert "Error" not in log, log
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(scripts, ignore_errors=True)
