@@ -121,10 +121,18 @@ impl Config {
             });
         }
         let delimiter = match raw.recipient_delimiter {
-            Some(d) if d.is_empty() || d.contains('@') => {
+            // As `[domains] recipient_delimiter` takes it, "" aside.
+            Some(d)
+                if d.is_empty()
+                    || d.chars().count() > 8
+                    || d.chars()
+                        .any(|c| !c.is_ascii_graphic() || "@.\"\\".contains(c)) =>
+            {
                 return Err(ConfigError::Value {
                     key: "recipient_delimiter",
-                    reason: format!("{d:?} cannot separate a tag, e.g. \"+\""),
+                    reason: format!(
+                        "{d:?} cannot separate a detail: give up to 8 characters, e.g. \"+\" or \"+-\""
+                    ),
                 })
             }
             other => other,
@@ -508,7 +516,10 @@ mod tests {
         );
         assert!(err(r#"{"users":["a"],"callout_positive_ttl":"soon"}"#)
             .contains("callout_positive_ttl"));
-        assert!(err(r#"{"users":["a"],"recipient_delimiter":""}"#).contains("recipient_delimiter"));
+        for bad in ["", "@", ".", " ", "+++++++++"] {
+            let json = format!(r#"{{"users":["a"],"recipient_delimiter":{bad:?}}}"#);
+            assert!(err(&json).contains("recipient_delimiter"), "{bad:?}");
+        }
         assert!(err(r#"{"users":["a"],"colour":"red"}"#).contains("unknown field `colour`"));
         assert!(err(r#"{"file":" "}"#).contains("file"));
     }

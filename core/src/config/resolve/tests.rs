@@ -825,6 +825,7 @@ fn recipient_delimiter_splits_at_any_of_its_characters() {
     assert_eq!(domains.mailbox_local_part("alice-news+x"), "alice");
     assert_eq!(domains.mailbox_local_part("postmaster+x"), "postmaster");
     assert_eq!(domains.mailbox_local_part("+alice"), "+alice");
+    assert_eq!(domains.mailbox_local_part("\"a b+x\""), "\"a b+x\"");
     assert_eq!(domains.mailbox_local_part("alice"), "alice");
     // Absent or "": off.
     for text in ["[domains]\n", "[domains]\nrecipient_delimiter = \"\"\n"] {
