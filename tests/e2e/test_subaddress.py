@@ -1,8 +1,8 @@
 """Subaddressing, `[domains] recipient_delimiter = "+"`: `alice+news@` is
 delivered to alice's Maildir INBOX with `Delivered-To: alice+news@...`
 (`postmaster+x@` to postmaster's), while a detail does not make an unknown
-name deliverable; builtin:recipients with the same delimiter accepts
-`alice+news@` at RCPT and refuses `bob+x@`; LMTP delivery hands a real
+name deliverable; builtin:recipients, taking the delimiter from [domains],
+accepts `alice+news@` at RCPT and refuses `bob+x@`; LMTP delivery hands a real
 Dovecot the full address, which Dovecot splits with its own delimiter and
 files in alice's INBOX, and whose Sieve (Pigeonhole) sees the detail and
 files `+news` mail into alice's `news` folder."""
@@ -89,11 +89,11 @@ path = "builtin:recipients"
 
 [plugins.recipients.config]
 users = ["alice@example.org", "sender@example.org"]
-recipient_delimiter = "+"
 """
 
 
 def test_recipients_plugin_verifies_the_base_name_at_rcpt(tmp_path):
+    # No recipient_delimiter in the plugin's config: it takes [domains]'s.
     port, data = free_port(), tmp_path / "data"
     for local in ("alice", "sender"):
         (data / "mail" / "example.org" / local).mkdir(parents=True)

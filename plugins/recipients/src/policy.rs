@@ -65,8 +65,8 @@ pub struct Config {
     /// Seconds a callout's "unknown" is remembered.
     pub negative_ttl: u32,
     /// Each character separates a local part from its detail: `+` makes
-    /// `alice+news@` the mailbox `alice@` (as `[domains]
-    /// recipient_delimiter`, which should hold the same characters).
+    /// `alice+news@` the mailbox `alice@` (the host fills in `[domains]
+    /// recipient_delimiter` when the operator sets none here).
     pub delimiter: Option<String>,
 }
 

@@ -850,3 +850,29 @@ fn bad_recipient_delimiter_names_key_and_line() {
         );
     }
 }
+
+#[test]
+fn builtin_recipients_inherits_the_domains_delimiter_unless_it_sets_its_own() {
+    let text = |domains: &str, own: &str| {
+        format!(
+            "[domains]\nlocal = [\"example.org\"]\n{domains}{LISTENER}\
+             [plugins.r]\npath = \"builtin:recipients\"\n[plugins.r.config]\n\
+             users = [\"alice\"]\n{own}"
+        )
+    };
+    let json = |domains: &str, own: &str| {
+        load_str(&text(domains, own), "c.toml").unwrap().plugins["r"]
+            .config_json
+            .clone()
+    };
+    let set = "recipient_delimiter = \"+\"\n";
+    assert_eq!(
+        json(set, ""),
+        r#"{"recipient_delimiter":"+","users":["alice"]}"#
+    );
+    assert_eq!(
+        json(set, "recipient_delimiter = \"-\"\n"),
+        r#"{"recipient_delimiter":"-","users":["alice"]}"#
+    );
+    assert_eq!(json("", ""), r#"{"users":["alice"]}"#);
+}
