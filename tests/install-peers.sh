@@ -17,6 +17,8 @@ packages+=(redis-server)
 packages+=(strace fuse libfuse2)
 # PROXY protocol: HAProxy in front of a listener (send-proxy, send-proxy-v2).
 packages+=(haproxy)
+# Subaddressing: Dovecot's Sieve (Pigeonhole) files LMTP mail by its +detail.
+packages+=(dovecot-sieve)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -370,9 +370,9 @@ service lmtp {{
 class DovecotLMTP:
     """A Dovecot instance speaking LMTP on 127.0.0.1:port and on a unix
     socket, with mailboxes for `users` (user@domain); any other recipient
-    gets 550 at RCPT."""
+    gets 550 at RCPT. `conf_extra` is appended to its dovecot.conf."""
 
-    def __init__(self, keep_dir: Path, users=("alice@example.org", "bob@example.org"), port=None):
+    def __init__(self, keep_dir: Path, users=("alice@example.org", "bob@example.org"), port=None, conf_extra=""):
         require("dovecot", "doveadm")
         self.keep_dir = Path(keep_dir)
         self.port = port or free_port()
@@ -381,10 +381,11 @@ class DovecotLMTP:
         self.conf = self.root / "dovecot.conf"
         self.log_file = self.root / "dovecot.log"
         self.socket_path = self.root / "run" / "lmtp"
+        self.conf_extra = conf_extra
         self.proc = None
 
     def start(self):
-        self.conf.write_text(DOVECOT_CONF.format(root=self.root, port=self.port))
+        self.conf.write_text(DOVECOT_CONF.format(root=self.root, port=self.port) + self.conf_extra)
         nobody = (65534, 65534)
         mail = self.root / "mail"
         mail.mkdir()

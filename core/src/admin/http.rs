@@ -365,7 +365,7 @@ pub(crate) mod tests_support {
         let spool = Spool::open(&dir.join("spool")).unwrap();
         let base = delivery::tests::settings(&[]);
         let settings = DeliverySettings {
-            domains: crate::config::DomainsConfig { local: Vec::new() },
+            domains: crate::config::DomainsConfig::default(),
             maildir_root: dir.join("mail"),
             queue: crate::config::QueueConfig {
                 retry: vec![Duration::from_secs(3600)],

@@ -457,10 +457,29 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DomainsConfig {
     /// Lower-cased.
     pub local: Vec<String>,
+    /// `recipient_delimiter`: each of these characters separates a local
+    /// part from its detail (`alice+news`); empty = subaddressing off.
+    pub recipient_delimiter: String,
+}
+
+impl DomainsConfig {
+    /// The local part whose mailbox receives mail for `local`: `local` up
+    /// to its first delimiter character (as Postfix and Dovecot split it).
+    /// A leading delimiter is part of the name, not a detail, and a quoted
+    /// local part (`"a b+x"`, as stored) is never split inside its quotes.
+    pub fn mailbox_local_part<'a>(&self, local: &'a str) -> &'a str {
+        if local.starts_with('"') {
+            return local;
+        }
+        match local.find(|c| self.recipient_delimiter.contains(c)) {
+            Some(i) if i > 0 => &local[..i],
+            _ => local,
+        }
+    }
 }
 
 /// `[state]`: the backend of the plugins' key-value state.

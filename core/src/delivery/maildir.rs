@@ -12,6 +12,11 @@
 //! always has one (RFC 5321 §4.5.1). Mail for any other local part goes to
 //! the `catch_all` mailbox when one is configured and otherwise fails
 //! permanently, creating nothing: a made-up name never becomes a mailbox.
+//!
+//! With `[domains] recipient_delimiter`, `alice+news@` is delivered to
+//! alice's mailbox (her INBOX, no subfolder) and the message gets a
+//! `Delivered-To: alice+news@…` header, so whoever reads or filters the
+//! mailbox later still sees the detail the envelope carried.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sluice_spool::durable;
 
 use super::RecipientResult;
-use crate::config::MaildirConfig;
+use crate::config::{DomainsConfig, MaildirConfig};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -79,6 +84,8 @@ fn target_mailbox(
 pub struct Maildirs<'a> {
     pub root: &'a Path,
     pub mailboxes: &'a MaildirConfig,
+    /// The recipient delimiter: which local parts share a mailbox.
+    pub domains: &'a DomainsConfig,
     /// This server's name, in the unique file names.
     pub hostname: &'a str,
 }
@@ -92,11 +99,16 @@ impl Maildirs<'_> {
         domain: &str,
         message: &mut dyn Read,
     ) -> RecipientResult {
-        let dir = match target_mailbox(self.root, self.mailboxes, local, domain) {
+        let mailbox = self.domains.mailbox_local_part(local);
+        let dir = match target_mailbox(self.root, self.mailboxes, mailbox, domain) {
             Ok(dir) => dir,
             Err(result) => return result,
         };
-        match write(&dir, self.hostname, queue_id, reverse_path, message) {
+        let mut trace = format!("Return-Path: <{reverse_path}>\r\n");
+        if mailbox != local {
+            trace.push_str(&format!("Delivered-To: {local}@{domain}\r\n"));
+        }
+        match write(&dir, self.hostname, queue_id, &trace, message) {
             Ok(path) => RecipientResult::Delivered(format!("maildir {}", path.display())),
             Err(e) => RecipientResult::Deferred(format!("451 4.3.0 maildir write failed: {e}")),
         }
@@ -107,7 +119,7 @@ fn write(
     dir: &Path,
     hostname: &str,
     queue_id: &str,
-    reverse_path: &str,
+    trace: &str,
     message: &mut dyn Read,
 ) -> std::io::Result<PathBuf> {
     // A mailbox created by this delivery must outlive a power cut too.
@@ -123,16 +135,12 @@ fn write(
         "{secs}.{queue_id}_{n}.{}",
         hostname.replace(['/', ':'], "_")
     );
-    store(dir, &name, reverse_path, message)
+    store(dir, &name, trace, message)
 }
 
-/// Writes the message as `tmp/<name>`, then moves it to `new/<name>`.
-fn store(
-    dir: &Path,
-    name: &str,
-    reverse_path: &str,
-    message: &mut dyn Read,
-) -> std::io::Result<PathBuf> {
+/// Writes the trace header lines and the message as `tmp/<name>`, then
+/// moves it to `new/<name>`.
+fn store(dir: &Path, name: &str, trace: &str, message: &mut dyn Read) -> std::io::Result<PathBuf> {
     let tmp = dir.join("tmp").join(name);
     let new = dir.join("new").join(name);
     // create_new: whatever already sits under this name (a file, or a
@@ -145,7 +153,7 @@ fn store(
         .mode(0o640)
         .open(&tmp)?;
     let written = (|| {
-        file.write_all(format!("Return-Path: <{reverse_path}>\r\n").as_bytes())?;
+        file.write_all(trace.as_bytes())?;
         copy(message, &mut file)?;
         file.sync_all()
     })();
@@ -186,12 +194,72 @@ mod tests {
     };
 
     fn to(root: &Path, mailboxes: &MaildirConfig, local: &str) -> RecipientResult {
+        to_with(root, mailboxes, "", local)
+    }
+
+    fn to_with(
+        root: &Path,
+        mailboxes: &MaildirConfig,
+        recipient_delimiter: &str,
+        local: &str,
+    ) -> RecipientResult {
+        let domains = DomainsConfig {
+            local: vec!["example.org".into()],
+            recipient_delimiter: recipient_delimiter.into(),
+        };
         let maildirs = Maildirs {
             root,
             mailboxes,
+            domains: &domains,
             hostname: "h",
         };
         maildirs.deliver("id", "s@x.test", local, "example.org", &mut &b"x\r\n"[..])
+    }
+
+    fn messages(root: &Path, local: &str) -> Vec<Vec<u8>> {
+        let new = root.join("example.org").join(local).join("new");
+        match std::fs::read_dir(new) {
+            Ok(files) => files
+                .map(|f| std::fs::read(f.unwrap().path()).unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_detail_is_delivered_to_the_base_mailbox_with_delivered_to() {
+        let root = tempfile::tempdir().unwrap();
+        let strict = MaildirConfig::default();
+        std::fs::create_dir_all(root.path().join("example.org/alice")).unwrap();
+        for local in ["alice+news", "Alice-x+y", "postmaster+x"] {
+            let result = to_with(root.path(), &strict, "+-", local);
+            assert!(
+                matches!(result, RecipientResult::Delivered(_)),
+                "{local}: {result:?}"
+            );
+        }
+        let alice = messages(root.path(), "alice");
+        assert_eq!(alice.len(), 2);
+        assert!(alice
+            .iter()
+            .any(|m| m
+                == b"Return-Path: <s@x.test>\r\nDelivered-To: alice+news@example.org\r\nx\r\n"));
+        let postmaster = messages(root.path(), "postmaster");
+        assert_eq!(postmaster.len(), 1);
+        assert!(postmaster[0]
+            .starts_with(b"Return-Path: <s@x.test>\r\nDelivered-To: postmaster+x@example.org\r\n"));
+        // An unknown base name is refused as before, creating nothing.
+        let result = to_with(root.path(), &strict, "+", "bob+x");
+        assert!(
+            matches!(&result, RecipientResult::Failed(reply) if reply.starts_with("550 5.1.1")),
+            "{result:?}"
+        );
+        assert!(!root.path().join("example.org/bob").exists());
+        assert!(!root.path().join("example.org/bob+x").exists());
+        // Without a delimiter the detail is part of the name.
+        let result = to_with(root.path(), &strict, "", "alice+news");
+        assert!(matches!(result, RecipientResult::Failed(_)), "{result:?}");
+        assert_eq!(messages(root.path(), "alice").len(), 2);
     }
 
     #[test]
@@ -244,6 +312,7 @@ mod tests {
         let maildirs = Maildirs {
             root: root.path(),
             mailboxes: &CREATE,
+            domains: &DomainsConfig::default(),
             hostname: "mx.test",
         };
         let result = maildirs.deliver(
@@ -279,13 +348,13 @@ mod tests {
         let victim = root.path().join("victim");
         std::fs::write(&victim, b"untouched").unwrap();
         std::os::unix::fs::symlink(&victim, dir.join("tmp/1.id_0.mx")).unwrap();
-        let err = store(&dir, "1.id_0.mx", "s@x.test", &mut &b"x\r\n"[..]).unwrap_err();
+        let err = store(&dir, "1.id_0.mx", "", &mut &b"x\r\n"[..]).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
         assert_eq!(std::fs::read_dir(dir.join("new")).unwrap().count(), 0);
 
         // Not readable by others even under a umask that would allow it.
-        let stored = store(&dir, "2.id_1.mx", "s@x.test", &mut &b"x\r\n"[..]).unwrap();
+        let stored = store(&dir, "2.id_1.mx", "", &mut &b"x\r\n"[..]).unwrap();
         let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
         assert_eq!(mode & 0o007, 0, "{mode:o}");
     }

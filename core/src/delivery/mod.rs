@@ -120,6 +120,7 @@ pub(crate) mod tests {
             hostname: "mx.test".into(),
             domains: DomainsConfig {
                 local: vec!["local.test".into()],
+                recipient_delimiter: String::new(),
             },
             delivery: DeliveryConfig {
                 local: LocalDelivery::Maildir,

@@ -529,9 +529,10 @@ impl Deliverer {
         domain: &str,
         mut message: MessageReader,
     ) -> RecipientResult {
-        let (root, mailboxes, hostname, queue_id, reverse_path, local, domain) = (
+        let (root, mailboxes, domains, hostname, queue_id, reverse_path, local, domain) = (
             self.settings.maildir_root.clone(),
             self.settings.delivery.maildir.clone(),
+            self.settings.domains.clone(),
             self.settings.hostname.clone(),
             queue_id.to_owned(),
             reverse_path.to_owned(),
@@ -543,6 +544,7 @@ impl Deliverer {
             let maildirs = maildir::Maildirs {
                 root: &root,
                 mailboxes: &mailboxes,
+                domains: &domains,
                 hostname: &hostname,
             };
             maildirs.deliver(&queue_id, &reverse_path, &local, &domain, &mut message)

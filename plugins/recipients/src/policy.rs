@@ -64,7 +64,9 @@ pub struct Config {
     pub positive_ttl: u32,
     /// Seconds a callout's "unknown" is remembered.
     pub negative_ttl: u32,
-    /// `+` makes `alice+news@` the mailbox `alice@`.
+    /// Each character separates a local part from its detail: `+` makes
+    /// `alice+news@` the mailbox `alice@` (the host fills in `[domains]
+    /// recipient_delimiter` when the operator sets none here).
     pub delimiter: Option<String>,
 }
 
@@ -119,10 +121,18 @@ impl Config {
             });
         }
         let delimiter = match raw.recipient_delimiter {
-            Some(d) if d.is_empty() || d.contains('@') => {
+            // As `[domains] recipient_delimiter` takes it, "" aside.
+            Some(d)
+                if d.is_empty()
+                    || d.chars().count() > 8
+                    || d.chars()
+                        .any(|c| !c.is_ascii_graphic() || "@.\"\\".contains(c)) =>
+            {
                 return Err(ConfigError::Value {
                     key: "recipient_delimiter",
-                    reason: format!("{d:?} cannot separate a tag, e.g. \"+\""),
+                    reason: format!(
+                        "{d:?} cannot separate a detail: give up to 8 characters, e.g. \"+\" or \"+-\""
+                    ),
                 })
             }
             other => other,
@@ -140,12 +150,13 @@ impl Config {
         })
     }
 
-    /// The mailbox a recipient is delivered to: lower-cased, its tag
-    /// (`+news`) removed when a delimiter is configured.
+    /// The mailbox a recipient is delivered to: lower-cased, its detail
+    /// (`+news`) removed at the first delimiter character when delimiters
+    /// are configured. A leading delimiter is part of the name.
     pub fn mailbox(&self, local_part: &str, domain: &str) -> (String, String) {
         let mut local = local_part.to_lowercase();
         if let Some(delimiter) = &self.delimiter {
-            if let Some(i) = local.find(delimiter.as_str()) {
+            if let Some(i) = local.find(|c| delimiter.contains(c)) {
                 if i > 0 {
                     local.truncate(i);
                 }
@@ -419,6 +430,13 @@ mod tests {
         assert_eq!(c.mailbox("+x", "example.org").0, "+x");
         let plain = config(r#"{"users":["alice@example.org"]}"#);
         assert_eq!(plain.mailbox("alice+news", "example.org").0, "alice+news");
+        // An unknown base name stays unknown with any detail.
+        let (l, d) = c.mailbox("bob+x", "example.org");
+        assert_eq!(lookup(&c, None, &l, &d), Ok(Lookup::Unknown));
+        // Several delimiters: each character splits, as Postfix's "+-".
+        let both = config(r#"{"users":["alice@example.org"],"recipient_delimiter":"+-"}"#);
+        assert_eq!(both.mailbox("Alice-lists+x", "example.org").0, "alice");
+        assert_eq!(both.mailbox("alice+a-b", "example.org").0, "alice");
     }
 
     #[test]
@@ -498,7 +516,10 @@ mod tests {
         );
         assert!(err(r#"{"users":["a"],"callout_positive_ttl":"soon"}"#)
             .contains("callout_positive_ttl"));
-        assert!(err(r#"{"users":["a"],"recipient_delimiter":""}"#).contains("recipient_delimiter"));
+        for bad in ["", "@", ".", " ", "+++++++++"] {
+            let json = format!(r#"{{"users":["a"],"recipient_delimiter":{bad:?}}}"#);
+            assert!(err(&json).contains("recipient_delimiter"), "{bad:?}");
+        }
         assert!(err(r#"{"users":["a"],"colour":"red"}"#).contains("unknown field `colour`"));
         assert!(err(r#"{"file":" "}"#).contains("file"));
     }

@@ -185,7 +185,8 @@ pub(super) fn resolve(
     // Fields in the order their errors are best read.
     let server = server::resolve_server(&mut d, raw.server.as_ref());
     let domains = server::resolve_domains(&mut d, raw.domains.as_ref());
-    let plugins = plugins::resolve_plugins(&mut d, &raw.plugins);
+    let mut plugins = plugins::resolve_plugins(&mut d, &raw.plugins);
+    plugins::inherit_recipient_delimiter(&mut plugins, &domains);
     let pipelines = plugins::resolve_pipelines(&mut d, &raw.pipeline, &raw.plugins);
     let listeners = listener::resolve_listeners(&mut d, &raw.listener, &pipelines);
     let delivery = delivery::resolve_delivery(&mut d, raw.delivery.as_ref());

@@ -85,6 +85,32 @@ fn parse_callout(text: &str) -> Result<CalloutGrant, String> {
     })
 }
 
+/// `builtin:recipients` without a `recipient_delimiter` of its own takes
+/// `[domains]`'s (a plugin sees only its config), so the one key makes
+/// `alice+news@` verified at RCPT as it is delivered.
+pub(super) fn inherit_recipient_delimiter(
+    plugins: &mut BTreeMap<String, PluginConfig>,
+    domains: &DomainsConfig,
+) {
+    if domains.recipient_delimiter.is_empty() {
+        return;
+    }
+    let recipients = PluginSource::Builtin("recipients".to_owned());
+    for plugin in plugins.values_mut().filter(|p| p.source == recipients) {
+        let Ok(serde_json::Value::Object(mut config)) = serde_json::from_str(&plugin.config_json)
+        else {
+            continue;
+        };
+        if !config.contains_key("recipient_delimiter") {
+            config.insert(
+                "recipient_delimiter".to_owned(),
+                domains.recipient_delimiter.clone().into(),
+            );
+            plugin.config_json = serde_json::Value::Object(config).to_string();
+        }
+    }
+}
+
 pub(super) fn resolve_plugins(
     d: &mut Diagnostics<'_>,
     raw: &BTreeMap<String, Spanned<RawPlugin>>,

@@ -63,6 +63,7 @@ pub(super) struct RawTimeouts {
 pub(super) struct RawDomains {
     #[serde(default)]
     local: Vec<Spanned<String>>,
+    recipient_delimiter: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,7 +255,42 @@ pub(super) fn resolve_domains(d: &mut Diagnostics<'_>, raw: Option<&RawDomains>)
             );
         }
     }
-    DomainsConfig { local }
+    let recipient_delimiter = match raw.and_then(|d| d.recipient_delimiter.as_ref()) {
+        None => String::new(),
+        Some(text) => match recipient_delimiter(text.get_ref()) {
+            Ok(()) => text.get_ref().clone(),
+            Err(reason) => {
+                d.add(text.span(), "domains.recipient_delimiter", reason);
+                String::new()
+            }
+        },
+    };
+    DomainsConfig {
+        local,
+        recipient_delimiter,
+    }
+}
+
+/// Longest delimiter set taken: a few characters, as Postfix's `+-`.
+const MAX_DELIMITERS: usize = 8;
+
+/// A delimiter set ("" = off) whose characters may each end a local part's
+/// name: printable ASCII that is not part of an address's syntax.
+fn recipient_delimiter(text: &str) -> Result<(), String> {
+    if text.chars().count() > MAX_DELIMITERS {
+        return Err(format!(
+            "{text:?} is longer than {MAX_DELIMITERS} characters; each character is a delimiter"
+        ));
+    }
+    match text
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || "@.\"\\".contains(*c))
+    {
+        Some(c) => Err(format!(
+            "{c:?} cannot separate a detail from a local part (use e.g. \"+\" or \"+-\")"
+        )),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn resolve_admin(d: &mut Diagnostics<'_>, raw: Option<&RawAdmin>) -> AdminConfig {

@@ -831,3 +831,69 @@ fn message_memory_is_a_size_above_zero() {
         "{err}"
     );
 }
+
+const LISTENER: &str =
+    "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n";
+
+#[test]
+fn recipient_delimiter_splits_at_any_of_its_characters() {
+    let text = "[domains]\nlocal = [\"example.org\"]\nrecipient_delimiter = \"+-\"\n";
+    let domains = load_str(&(text.to_owned() + LISTENER), "c.toml")
+        .unwrap()
+        .domains;
+    assert_eq!(domains.recipient_delimiter, "+-");
+    assert_eq!(domains.mailbox_local_part("alice+news"), "alice");
+    assert_eq!(domains.mailbox_local_part("alice-news+x"), "alice");
+    assert_eq!(domains.mailbox_local_part("postmaster+x"), "postmaster");
+    assert_eq!(domains.mailbox_local_part("+alice"), "+alice");
+    assert_eq!(domains.mailbox_local_part("\"a b+x\""), "\"a b+x\"");
+    assert_eq!(domains.mailbox_local_part("alice"), "alice");
+    // Absent or "": off.
+    for text in ["[domains]\n", "[domains]\nrecipient_delimiter = \"\"\n"] {
+        let domains = load_str(&(text.to_owned() + LISTENER), "c.toml")
+            .unwrap()
+            .domains;
+        assert_eq!(domains.mailbox_local_part("alice+news"), "alice+news");
+    }
+}
+
+#[test]
+fn bad_recipient_delimiter_names_key_and_line() {
+    for bad in ["@", ".", " ", "+++++++++"] {
+        let text = format!(
+            "[domains]\nlocal = [\"example.org\"]\nrecipient_delimiter = {bad:?}\n{LISTENER}"
+        );
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("c.toml:3:") && l.contains("domains.recipient_delimiter")),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn builtin_recipients_inherits_the_domains_delimiter_unless_it_sets_its_own() {
+    let text = |domains: &str, own: &str| {
+        format!(
+            "[domains]\nlocal = [\"example.org\"]\n{domains}{LISTENER}\
+             [plugins.r]\npath = \"builtin:recipients\"\n[plugins.r.config]\n\
+             users = [\"alice\"]\n{own}"
+        )
+    };
+    let json = |domains: &str, own: &str| {
+        load_str(&text(domains, own), "c.toml").unwrap().plugins["r"]
+            .config_json
+            .clone()
+    };
+    let set = "recipient_delimiter = \"+\"\n";
+    assert_eq!(
+        json(set, ""),
+        r#"{"recipient_delimiter":"+","users":["alice"]}"#
+    );
+    assert_eq!(
+        json(set, "recipient_delimiter = \"-\"\n"),
+        r#"{"recipient_delimiter":"-","users":["alice"]}"#
+    );
+    assert_eq!(json("", ""), r#"{"users":["alice"]}"#);
+}
