@@ -9,6 +9,9 @@
 //! caches them per transaction, and `pipeline::host` hands them to plugins.
 //! A DNS failure is always [`Outcome::TempError`], never a pass or a fail.
 
+mod dkim;
+mod dmarc;
+
 use std::net::IpAddr;
 
 use mail_auth::dkim::DkimError;
@@ -16,8 +19,8 @@ use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, Error,
-    MessageAuthenticator, SpfOutput, SpfResult,
+    AuthenticatedMessage, DkimResult, DmarcOutput, DmarcResult, Error, MessageAuthenticator,
+    SpfOutput, SpfResult,
 };
 
 use crate::dns::{Dns, LookupError};
@@ -62,6 +65,10 @@ pub struct DkimCheck {
     pub domain: String,
     /// The selector (`s=`); empty for a signature that did not parse.
     pub selector: String,
+    /// The agent or user identifier (`i=`); empty when absent.
+    pub identity: String,
+    /// Why the result is what it is, when the result alone does not say.
+    pub reason: Option<String>,
 }
 
 /// The policy a DMARC record asks receivers to apply to failing mail.
@@ -78,8 +85,28 @@ pub struct DmarcCheck {
     /// The RFC5322.From domain ("" when the message has none).
     pub header_from: String,
     /// The policy for this From domain (`p=`, `sp=` or `np=` as applies;
-    /// `none` when there is no record).
+    /// `none` when there is no record), lowered by one for a failing
+    /// message its `pct=` left out of the sample.
     pub policy: DmarcPolicy,
+    /// False when the record's `pct=` left this failing message out of the
+    /// sample its policy applies to (RFC 7489 §6.6.4).
+    pub sampled: bool,
+    /// Why there is no policy, or why it is not the record's.
+    pub reason: Option<String>,
+}
+
+impl DmarcCheck {
+    /// No DMARC for this message: no author domain, no record, or records
+    /// that say nothing.
+    pub fn none(header_from: &str, reason: Option<String>) -> DmarcCheck {
+        DmarcCheck {
+            outcome: Outcome::None,
+            header_from: header_from.to_owned(),
+            policy: DmarcPolicy::None,
+            sampled: true,
+            reason,
+        }
+    }
 }
 
 /// Everything checked on the message itself.
@@ -95,18 +122,12 @@ impl MessageChecks {
     /// What is known of a message whose checks could not finish in time:
     /// every signature and DMARC are temporary errors, never a verdict.
     pub fn unfinished(raw: &[u8]) -> MessageChecks {
-        let Some(message) = AuthenticatedMessage::parse(raw) else {
+        let Some(message) = dkim::parse(raw) else {
             return MessageChecks::unparsable();
         };
-        let dkim = message
-            .dkim_headers
-            .iter()
-            .map(|header| DkimCheck {
-                outcome: Outcome::TempError,
-                domain: header.header.d.clone(),
-                selector: header.header.s.clone(),
-            })
-            .collect();
+        // Without verification outputs every readable signature is a
+        // temporary error, but those no key could make valid.
+        let dkim = dkim::checks(&message, &[]);
         let arc = if message.ams_headers.is_empty() && message.as_headers.is_empty() {
             Outcome::None
         } else {
@@ -116,8 +137,7 @@ impl MessageChecks {
             dkim,
             dmarc: DmarcCheck {
                 outcome: Outcome::TempError,
-                header_from: from_domain(&message),
-                policy: DmarcPolicy::None,
+                ..DmarcCheck::none(&from_domain(&message), None)
             },
             arc,
         }
@@ -128,11 +148,7 @@ impl MessageChecks {
     fn unparsable() -> MessageChecks {
         MessageChecks {
             dkim: Vec::new(),
-            dmarc: DmarcCheck {
-                outcome: Outcome::None,
-                header_from: String::new(),
-                policy: DmarcPolicy::None,
-            },
+            dmarc: DmarcCheck::none("", None),
             arc: Outcome::None,
         }
     }
@@ -220,27 +236,67 @@ impl Authenticator {
     /// DKIM, ARC and DMARC over the raw message, parsed once. DMARC takes
     /// `spf`, the MAIL FROM identity's result, for SPF alignment.
     pub async fn message(&self, raw: &[u8], spf: &SpfCheck) -> MessageChecks {
-        let Some(message) = AuthenticatedMessage::parse(raw) else {
+        let Some(message) = dkim::parse(raw) else {
             return MessageChecks::unparsable();
         };
-        let (dkim, arc) = tokio::join!(
+        let (verified, arc) = tokio::join!(
             self.verifier.verify_dkim(&message),
             self.verifier.verify_arc(&message)
         );
+        let verified = dkim::corrected(&message, &verified);
         let spf_output = SpfOutput::new(spf.domain.clone()).with_result(spf_result(spf.outcome));
         let dmarc = self
             .verifier
             .verify_dmarc(DmarcParameters::new(
                 &message,
-                &dkim,
+                &verified,
                 &spf.domain,
                 &spf_output,
             ))
             .await;
+        let dmarc = self.dmarc_policy(dmarc_check(&dmarc, &message)).await;
         MessageChecks {
-            dkim: dkim.iter().map(dkim_check).collect(),
-            dmarc: dmarc_check(&dmarc, &message),
+            dkim: dkim::checks(&message, &verified),
+            dmarc,
             arc: arc_outcome(arc.result()),
+        }
+    }
+
+    /// mail-auth's DMARC result with RFC 7489's policy discovery applied
+    /// on top: several records mean no policy (§6.6.3 step 5), and `pct=`
+    /// lowers the policy of a failing message outside its sample (§6.6.4).
+    async fn dmarc_policy(&self, check: DmarcCheck) -> DmarcCheck {
+        if matches!(check.outcome, Outcome::None | Outcome::TempError) {
+            return check;
+        }
+        let published = match dmarc::discover(&self.dns, &check.header_from).await {
+            Ok(Some(published)) => published,
+            Ok(None) => return check,
+            Err(e) => {
+                return DmarcCheck {
+                    outcome: Outcome::TempError,
+                    reason: Some(e.to_string()),
+                    ..check
+                }
+            }
+        };
+        if published.records.len() > 1 {
+            let reason = format!(
+                "{} publishes {} DMARC records",
+                published.name,
+                published.records.len()
+            );
+            return DmarcCheck::none(&check.header_from, Some(reason));
+        }
+        let pct = published.pct();
+        if check.outcome != Outcome::Fail || dmarc::sampled(pct) {
+            return check;
+        }
+        DmarcCheck {
+            policy: dmarc::next_lower(check.policy),
+            sampled: false,
+            reason: Some(format!("pct={pct} left this message out of the sample")),
+            ..check
         }
     }
 }
@@ -284,18 +340,6 @@ fn spf_result(outcome: Outcome) -> SpfResult {
         Outcome::TempError => SpfResult::TempError,
         Outcome::PermError => SpfResult::PermError,
         Outcome::None => SpfResult::None,
-    }
-}
-
-fn dkim_check(output: &DkimOutput<'_>) -> DkimCheck {
-    let (domain, selector) = output
-        .signature()
-        .map(|s| (s.d.clone(), s.s.clone()))
-        .unwrap_or_default();
-    DkimCheck {
-        outcome: dkim_outcome(output.result()),
-        domain,
-        selector,
     }
 }
 
@@ -350,15 +394,16 @@ fn dmarc_check(output: &DmarcOutput, message: &AuthenticatedMessage<'_>) -> Dmar
     } else {
         output.domain().to_owned()
     };
+    // Without a record there is no policy to apply.
+    if outcome == Outcome::None {
+        return DmarcCheck::none(&header_from, None);
+    }
     DmarcCheck {
         outcome,
         header_from,
-        // Without a record there is no policy to apply.
-        policy: if outcome == Outcome::None {
-            DmarcPolicy::None
-        } else {
-            dmarc_policy(output.policy())
-        },
+        policy: dmarc_policy(output.policy()),
+        sampled: true,
+        reason: None,
     }
 }
 
@@ -375,6 +420,7 @@ fn from_domain(message: &AuthenticatedMessage<'_>) -> String {
 mod tests {
     use super::*;
     use mail_auth::arc::ArcError;
+    use mail_auth::DkimOutput;
     use mail_auth::DnsError;
 
     fn dns_failure() -> Error {
@@ -438,10 +484,9 @@ mod tests {
     #[test]
     fn dkim_dns_errors_are_temperror_and_missing_keys_permerror() {
         let temp = DkimOutput::dns_error(dns_failure());
-        assert_eq!(dkim_check(&temp).outcome, Outcome::TempError);
+        assert_eq!(dkim_outcome(temp.result()), Outcome::TempError);
         let missing = DkimOutput::dns_error(Error::Dns(DnsError::InvalidRecordType));
-        assert_eq!(dkim_check(&missing).outcome, Outcome::PermError);
-        assert_eq!(dkim_check(&missing).domain, "");
+        assert_eq!(dkim_outcome(missing.result()), Outcome::PermError);
     }
 
     #[test]

@@ -121,11 +121,7 @@ impl SessionAuth {
         self.message_checks(budget)
             .await
             .map(|c| c.dmarc)
-            .unwrap_or(DmarcCheck {
-                outcome: Outcome::None,
-                header_from: String::new(),
-                policy: crate::authn::DmarcPolicy::None,
-            })
+            .unwrap_or_else(|| DmarcCheck::none("", None))
     }
 
     /// ARC chain validation; `none` outside the data stage.

@@ -336,6 +336,8 @@ impl auth::Host for HostState {
                 outcome: wit_outcome(d.outcome),
                 domain: d.domain,
                 selector: d.selector,
+                identity: d.identity,
+                reason: d.reason,
             })
             .collect())
     }
@@ -352,6 +354,8 @@ impl auth::Host for HostState {
                 authn::DmarcPolicy::Quarantine => auth::DmarcPolicy::Quarantine,
                 authn::DmarcPolicy::Reject => auth::DmarcPolicy::Reject,
             },
+            sampled: dmarc.sampled,
+            reason: dmarc.reason,
         })
     }
 

@@ -5,7 +5,8 @@
 //! prepends one `Authentication-Results` header (RFC 8601) naming the
 //! server's hostname, after removing any that claim that name already. By
 //! configuration it also refuses SPF failures at MAIL, honors DMARC
-//! `p=reject`/`p=quarantine`, and tempfails when DNS failed. The decisions
+//! `p=reject`/`p=quarantine` (quarantine: delivered marked
+//! `X-Sluice-DMARC: quarantine`, or held), and tempfails when DNS failed. The decisions
 //! live in [`policy`]; this file wires them to the `sluice_sdk` hooks.
 
 // On the host only the policy's unit tests run; the component glue needs
@@ -74,11 +75,14 @@ mod component {
             let value = policy::header_value(&authserv_id, &results, &identity);
             log::debug(&format!("{}: {value}", policy::HEADER));
 
-            let verdict = if session.is_authenticated() {
-                Verdict::Next
+            let config = config();
+            let judged = !session.is_authenticated();
+            let verdict = if judged {
+                config.data_verdict(&results, &session.client_ip)
             } else {
-                config().data_verdict(&results, &session.client_ip)
+                Verdict::Next
             };
+            let mark = judged && verdict == Verdict::Next && config.marks_quarantine(&results);
             if verdict != Verdict::Next {
                 log::info(&format!("{value}: {verdict:?}"));
             }
@@ -98,6 +102,20 @@ mod component {
             let mut result = DataResult::from(verdict);
             for name in &remove {
                 result = result.remove_header(name);
+            }
+            // Only we may say DMARC asked for quarantine.
+            if headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(policy::QUARANTINE_HEADER))
+            {
+                result = result.remove_header(policy::QUARANTINE_HEADER);
+            }
+            if mark {
+                log::info(&format!(
+                    "{value}: delivered marked {}",
+                    policy::QUARANTINE_HEADER
+                ));
+                result = result.prepend_header(policy::QUARANTINE_HEADER, policy::QUARANTINE_MARK);
             }
             result = result.prepend_header(policy::HEADER, &value);
             for kept in &keep {
