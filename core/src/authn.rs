@@ -11,6 +11,8 @@
 
 mod dkim;
 mod dmarc;
+mod spf_lookups;
+mod spf_syntax;
 
 use std::net::IpAddr;
 
@@ -20,7 +22,7 @@ use mail_auth::dmarc::Policy;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, DmarcOutput, DmarcResult, Error, MessageAuthenticator,
-    SpfOutput, SpfResult,
+    Parameters, SpfOutput, SpfResult,
 };
 
 use crate::dns::{Dns, LookupError};
@@ -35,6 +37,21 @@ pub enum Outcome {
     Neutral,
     TempError,
     PermError,
+}
+
+impl Outcome {
+    /// The RFC 8601 §2.7 name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::None => "none",
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::SoftFail => "softfail",
+            Outcome::Neutral => "neutral",
+            Outcome::TempError => "temperror",
+            Outcome::PermError => "permerror",
+        }
+    }
 }
 
 /// SPF for one identity.
@@ -178,8 +195,9 @@ impl Authenticator {
         if let Some(early) = self.spf_precheck(helo).await {
             return early;
         }
+        let ip = spf_address(ip);
         let params = SpfParameters::verify_ehlo(ip, helo, &self.hostname);
-        spf_check(&self.verifier.verify_spf(params).await, helo)
+        self.spf_evaluate(ip, params, helo).await
     }
 
     /// SPF for the MAIL FROM identity; `sender` is `local@domain` (the null
@@ -192,13 +210,43 @@ impl Authenticator {
         if let Some(early) = self.spf_precheck(domain).await {
             return early;
         }
+        let ip = spf_address(ip);
         let params = SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender);
-        spf_check(&self.verifier.verify_spf(params).await, domain)
+        self.spf_evaluate(ip, params, domain).await
+    }
+
+    /// mail-auth's evaluation, watched through its lookup hooks: the
+    /// client's PTR names are handed over as RFC 7208 §5.5 compares them,
+    /// and more than two void lookups make the result a permerror
+    /// (§4.6.4), a limit mail-auth does not keep.
+    async fn spf_evaluate(&self, ip: IpAddr, params: SpfParameters<'_>, domain: &str) -> SpfCheck {
+        let names = self.dns.ptr(ip).await.unwrap_or_default();
+        let lookups = spf_lookups::Lookups::with_ptr(names);
+        let params = Parameters::new(params)
+            .with_txt_cache(&lookups)
+            .with_mx_cache(&lookups)
+            .with_ptr_cache(&lookups)
+            .with_ipv4_cache(&lookups)
+            .with_ipv6_cache(&lookups);
+        let check = spf_check(&self.verifier.verify_spf(params).await, domain);
+        let void = lookups.void();
+        if void > spf_lookups::VOID_LOOKUP_LIMIT && check.outcome != Outcome::TempError {
+            return SpfCheck::new(
+                Outcome::PermError,
+                domain,
+                Some(format!(
+                    "{void} void DNS lookups, more than the {} allowed",
+                    spf_lookups::VOID_LOOKUP_LIMIT
+                )),
+            );
+        }
+        check
     }
 
     /// What mail-auth does not decide the RFC's way: a domain publishing
     /// more than one SPF record is a permerror (RFC 7208 §4.5), where
-    /// mail-auth would use the first. The lookup is cached by the resolver,
+    /// mail-auth would use the first, and so is a record with a syntax
+    /// error (§4.6), which mail-auth partly evaluates. The lookup is cached by the resolver,
     /// so mail-auth's own lookup of the same name costs nothing.
     async fn spf_precheck(&self, domain: &str) -> Option<SpfCheck> {
         if domain.is_empty() {
@@ -210,14 +258,21 @@ impl Authenticator {
         }
         match self.dns.txt(domain).await {
             Ok(records) => {
-                let spf_records = records.iter().filter(|r| is_spf_record(r)).count();
-                (spf_records > 1).then(|| {
-                    SpfCheck::new(
+                let spf_records: Vec<&String> =
+                    records.iter().filter(|r| is_spf_record(r)).collect();
+                match spf_records.as_slice() {
+                    [] => None,
+                    // RFC 7208 §4.6: a syntax error anywhere in the record
+                    // is a permerror before anything is evaluated.
+                    [record] => spf_syntax::check(record)
+                        .err()
+                        .map(|e| SpfCheck::new(Outcome::PermError, domain, Some(e.to_string()))),
+                    several => Some(SpfCheck::new(
                         Outcome::PermError,
                         domain,
-                        Some(format!("{domain} publishes {spf_records} SPF records")),
-                    )
-                })
+                        Some(format!("{domain} publishes {} SPF records", several.len())),
+                    )),
+                }
             }
             Err(LookupError::NxDomain(_)) => Some(SpfCheck::new(Outcome::None, domain, None)),
             Err(LookupError::InvalidName(_)) => Some(SpfCheck::new(
@@ -298,6 +353,15 @@ impl Authenticator {
             reason: Some(format!("pct={pct} left this message out of the sample")),
             ..check
         }
+    }
+}
+
+/// RFC 7208 §5 (the `ip4`/`ip6` rule of §5.6): an IPv4-mapped IPv6
+/// client is an IPv4 client.
+fn spf_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
     }
 }
 
@@ -538,6 +602,15 @@ mod tests {
         assert_eq!(check.outcome, Outcome::None);
         assert_eq!(check.header_from, "example.org");
         assert_eq!(check.policy, DmarcPolicy::None);
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_are_ipv4_clients() {
+        // RFC 7208 §5.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(spf_address(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(spf_address(v6), v6);
     }
 
     #[test]
