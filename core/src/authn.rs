@@ -133,6 +133,9 @@ pub struct MessageChecks {
     pub dmarc: DmarcCheck,
     /// `none` when the message carries no ARC set.
     pub arc: Outcome,
+    /// The signing domain (`d=`) of the newest ARC-Seal when the chain
+    /// validates; empty otherwise.
+    pub arc_sealer: String,
 }
 
 impl MessageChecks {
@@ -157,6 +160,7 @@ impl MessageChecks {
                 ..DmarcCheck::none(&from_domain(&message), None)
             },
             arc,
+            arc_sealer: String::new(),
         }
     }
 
@@ -167,6 +171,7 @@ impl MessageChecks {
             dkim: Vec::new(),
             dmarc: DmarcCheck::none("", None),
             arc: Outcome::None,
+            arc_sealer: String::new(),
         }
     }
 }
@@ -310,10 +315,22 @@ impl Authenticator {
             ))
             .await;
         let dmarc = self.dmarc_policy(dmarc_check(&dmarc, &message)).await;
+        let arc = arc_outcome(arc.result());
+        let arc_sealer = if arc == Outcome::Pass {
+            message
+                .as_headers
+                .iter()
+                .max_by_key(|seal| seal.header.i)
+                .map(|seal| seal.header.d.to_ascii_lowercase())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         MessageChecks {
             dkim: dkim::checks(&message, &verified),
             dmarc,
-            arc: arc_outcome(arc.result()),
+            arc,
+            arc_sealer,
         }
     }
 

@@ -307,6 +307,12 @@ def test_a_quarantine_mark_from_outside_is_removed(auth_server):
 # --- RFC corrections over mail-auth -----------------------------------------
 
 
+def delivered_to_bob(server, sender, data):
+    """Sends `data` from `sender` to bob and returns the delivered copy."""
+    send(server, sender, "bob@localhost", data)
+    return delivered(server, "bob")[0]
+
+
 def rfc_zone(keys):
     zone = dkim_zone(keys)
     # RFC 7489 §6.6.4: pct=0 samples no failing message.
@@ -344,8 +350,7 @@ def test_a_signature_not_covering_from_is_not_valid(auth_server, keys):
     server = auth_server(rfc_zone(keys))
     data = message("alice@quiet.test", "bob@localhost")
     data = sign_without_from(keys, "quiet.test", data) + data
-    send(server, "alice@quiet.test", "bob@localhost", data)
-    value = ours(delivered(server, "bob")[0])
+    value = ours(delivered_to_bob(server, "alice@quiet.test", data))
     assert "dkim=permerror (From is not signed) header.d=quiet.test header.s=rsa2048 header.i=@quiet.test" in value, value
     assert "dmarc=fail (p=none) header.from=quiet.test" in value, value
 
@@ -357,8 +362,7 @@ def test_rsa_sha1_signatures_fail(auth_server, keys):
     heads = [b"from", b"to", b"subject"]
     data = dkim.sign(data, b"rsa2048", b"signed.test", keys["rsa_private"], include_headers=heads,
                      signature_algorithm=b"rsa-sha1") + data
-    send(server, "alice@signed.test", "bob@localhost", data)
-    value = ours(delivered(server, "bob")[0])
+    value = ours(delivered_to_bob(server, "alice@signed.test", data))
     assert "dkim=fail (rsa-sha1 is not accepted) header.d=signed.test header.s=rsa2048 header.i=@signed.test" in value, value
     assert "dmarc=fail (p=reject) header.from=signed.test" in value, value
 
@@ -375,8 +379,7 @@ def test_l_covers_the_first_octets_of_the_body(auth_server, keys, appended, cano
     data = dkim.sign(data, b"rsa2048", b"signed.test", keys["rsa_private"], include_headers=heads,
                      canonicalize=canonicalize, length=True) + data + appended
     assert dkim.verify(data, dnsfunc=lambda name, timeout=5: keys["rsa_record"].encode())
-    send(server, "alice@signed.test", "bob@localhost", data)
-    value = ours(delivered(server, "bob")[0])
+    value = ours(delivered_to_bob(server, "alice@signed.test", data))
     assert "dkim=pass header.d=signed.test header.s=rsa2048 header.i=@signed.test" in value, value
 
 
@@ -384,16 +387,15 @@ def test_an_unreadable_signature_is_attributed(auth_server, keys):
     # RFC 8601 §2.7.1: header.d, header.s and header.i whatever the result.
     server = auth_server(rfc_zone(keys))
     broken = b"DKIM-Signature: v=1; a=rsa-sha256; d=quiet.test; s=rsa2048; i=@quiet.test; h=from:to\r\n"
-    send(server, "alice@quiet.test", "bob@localhost", message("alice@quiet.test", "bob@localhost", extra_headers=broken))
-    value = ours(delivered(server, "bob")[0])
+    data = message("alice@quiet.test", "bob@localhost", extra_headers=broken)
+    value = ours(delivered_to_bob(server, "alice@quiet.test", data))
     assert "dkim=neutral (unreadable signature) header.d=quiet.test header.s=rsa2048 header.i=@quiet.test" in value, value
 
 
 def test_dmarc_pct_0_is_not_rejected_but_quarantined(auth_server, keys):
     # RFC 7489 §6.6.4: outside the sample, p=reject becomes quarantine.
     server = auth_server(rfc_zone(keys))
-    send(server, "alice@pct0.test", "bob@localhost", message("alice@pct0.test", "bob@localhost"))
-    raw = delivered(server, "bob")[0]
+    raw = delivered_to_bob(server, "alice@pct0.test", message("alice@pct0.test", "bob@localhost"))
     value = ours(raw)
     assert "dmarc=fail (p=quarantine: pct=0 left this message out of the sample) header.from=pct0.test" in value, value
     assert "policy.dmarc=quarantine" in value, value
@@ -410,8 +412,7 @@ def test_dmarc_pct_100_is_rejected(auth_server, keys):
 def test_several_dmarc_records_mean_no_policy(auth_server, keys):
     # RFC 7489 §6.6.3 step 5.
     server = auth_server(rfc_zone(keys))
-    send(server, "alice@double.test", "bob@localhost", message("alice@double.test", "bob@localhost"))
-    value = ours(delivered(server, "bob")[0])
+    value = ours(delivered_to_bob(server, "alice@double.test", message("alice@double.test", "bob@localhost")))
     assert "dmarc=none (_dmarc.double.test publishes 2 DMARC records) header.from=double.test" in value, value
 
 
@@ -513,6 +514,33 @@ def test_arc_set_from_a_forwarder_is_validated(auth_server, keys):
     send(server, "alice@pass.test", "carol@localhost", broken)
     value = ours(delivered(server, "carol")[0])
     assert value.endswith("; arc=fail"), value
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_trusted_arc_sealer_overrides_a_dmarc_fail(auth_server, keys, trusted):
+    # RFC 8617 §7.2.1: a forwarder changed a p=reject domain's message (so
+    # its DKIM signature and DMARC fail here) and sealed what it verified.
+    zone = dkim_zone(keys)
+    zone["rsa2048._domainkey.forwarder.test"] = {"TXT": [keys["rsa_record"]]}
+    sealers = '["forwarder.test"]' if trusted else '["other.test"]'
+    server = auth_server(zone, auth=f"trusted_arc_sealers = {sealers}")
+    data = signed(keys, "signed.test", message("alice@signed.test", "bob@localhost"))
+    data = data.replace(b"Hello.", b"Hello, from the list.")
+    data = b"Authentication-Results: forwarder.test; dkim=pass header.d=signed.test\r\n" + data
+    heads = [b"from", b"to", b"subject", b"date", b"message-id"]
+    seal = dkim.arc_sign(data, b"rsa2048", b"forwarder.test", keys["rsa_private"], b"forwarder.test", include_headers=heads)
+    sealed = b"".join(seal) + data
+    if not trusted:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            send(server, "list@forwarder.test", "bob@localhost", sealed)
+        assert refused.value.smtp_code == 550
+        return
+    value = ours(delivered_to_bob(server, "list@forwarder.test", sealed))
+    assert "dkim=fail header.d=signed.test" in value, value
+    assert (
+        "dmarc=fail (p=reject) header.from=signed.test policy.dmarc=none policy.arc-sealer=forwarder.test" in value
+    ), value
+    assert value.endswith("; arc=pass"), value
 
 
 def test_results_are_computed_once_per_transaction_and_shared(auth_server, dns_zone):

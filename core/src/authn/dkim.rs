@@ -198,6 +198,10 @@ mod tests {
         checks.remove(0)
     }
 
+    fn signer(check: &DkimCheck) -> (&str, &str, &str) {
+        (&check.domain, &check.selector, &check.identity)
+    }
+
     #[test]
     fn a_signature_not_covering_from_is_a_permerror() {
         // RFC 6376 §5.4 and §6.1.1: From must be signed.
@@ -207,14 +211,7 @@ mod tests {
         );
         let check = only_check(&raw);
         assert_eq!(check.outcome, Outcome::PermError);
-        assert_eq!(
-            (
-                check.domain.as_str(),
-                check.selector.as_str(),
-                check.identity.as_str()
-            ),
-            ("example.org", "sel", "@example.org")
-        );
+        assert_eq!(signer(&check), ("example.org", "sel", "@example.org"));
         assert_eq!(check.reason.as_deref(), Some("From is not signed"));
     }
 
@@ -246,14 +243,7 @@ mod tests {
         );
         let check = only_check(&raw);
         assert_eq!(check.outcome, Outcome::Neutral);
-        assert_eq!(
-            (
-                check.domain.as_str(),
-                check.selector.as_str(),
-                check.identity.as_str()
-            ),
-            ("example.org", "sel", "u@example.org")
-        );
+        assert_eq!(signer(&check), ("example.org", "sel", "u@example.org"));
     }
 
     #[test]

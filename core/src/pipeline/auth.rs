@@ -131,6 +131,15 @@ impl SessionAuth {
             .map_or(Outcome::None, |c| c.arc)
     }
 
+    /// The newest ARC sealer of a validating chain; empty otherwise and
+    /// outside the data stage.
+    pub async fn arc_sealer(&self, budget: Duration) -> String {
+        self.message_checks(budget)
+            .await
+            .map(|c| c.arc_sealer)
+            .unwrap_or_default()
+    }
+
     async fn spf_helo_locked(&self, tx: &mut Transaction, budget: Duration) -> SpfCheck {
         if let Some(done) = &tx.spf_helo {
             return done.clone();

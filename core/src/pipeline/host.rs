@@ -364,6 +364,12 @@ impl auth::Host for HostState {
         let budget = self.call_budget();
         Ok(wit_outcome(self.auth.arc(budget).await))
     }
+
+    async fn arc_sealer(&mut self) -> wasmtime::Result<String> {
+        self.permit_or_trap(Capability::Auth)?;
+        let budget = self.call_budget();
+        Ok(self.auth.arc_sealer(budget).await)
+    }
 }
 
 fn wit_outcome(outcome: authn::Outcome) -> auth::AuthResult {

@@ -66,16 +66,18 @@ mod component {
                 dkim: auth::dkim(),
                 dmarc: auth::dmarc(),
                 arc: auth::arc(),
+                arc_sealer: auth::arc_sealer(),
             };
+            let config = config();
             let authserv_id = host::hostname();
             let identity = Identity {
                 reverse_path: session.reverse_path.as_deref().unwrap_or(""),
                 helo: session.helo.as_deref(),
             };
-            let value = policy::header_value(&authserv_id, &results, &identity);
+            let overridden_by = config.arc_override(&results);
+            let value = policy::header_value(&authserv_id, &results, &identity, overridden_by);
             log::debug(&format!("{}: {value}", policy::HEADER));
 
-            let config = config();
             let judged = !session.is_authenticated();
             let verdict = if judged {
                 config.data_verdict(&results, &session.client_ip)

@@ -45,6 +45,9 @@ pub struct Config {
     /// Answer 451 4.7.0 when a check could not be made for a DNS failure,
     /// instead of accepting.
     pub tempfail_on_temperror: bool,
+    /// Forwarders whose validating ARC chain (their seal the newest)
+    /// overrides a DMARC fail for the disposition (RFC 8617 §7.2.1).
+    pub trusted_arc_sealers: Vec<String>,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             dmarc_policy: true,
             dmarc_quarantine: DmarcQuarantine::Deliver,
             tempfail_on_temperror: false,
+            trusted_arc_sealers: Vec::new(),
         }
     }
 }
@@ -103,7 +107,8 @@ impl Config {
         if self.reject_spf_fail && spf.outcome == AuthResult::Fail {
             return spf_reject(spf, client_ip);
         }
-        if self.dmarc_policy && dmarc.outcome == AuthResult::Fail {
+        let honored = self.dmarc_policy && self.arc_override(results).is_none();
+        if honored && dmarc.outcome == AuthResult::Fail {
             match dmarc.policy {
                 DmarcPolicy::Reject => {
                     return Verdict::Reject(Some(Reply::new(
@@ -137,10 +142,25 @@ impl Config {
         Verdict::Next
     }
 
+    /// The trusted sealer whose validating ARC chain sets a DMARC fail
+    /// aside (RFC 8617 §7.2.1: the receiver may trust the forwarder's
+    /// recorded results), if any.
+    pub fn arc_override<'r>(&self, results: &'r Results) -> Option<&'r str> {
+        let trusted = results.dmarc.outcome == AuthResult::Fail
+            && results.arc == AuthResult::Pass
+            && !results.arc_sealer.is_empty()
+            && self
+                .trusted_arc_sealers
+                .iter()
+                .any(|sealer| sealer.eq_ignore_ascii_case(&results.arc_sealer));
+        trusted.then_some(results.arc_sealer.as_str())
+    }
+
     /// Whether a message accepted at data is to carry [`QUARANTINE_HEADER`]:
     /// DMARC failed under a quarantine policy that is delivered.
     pub fn marks_quarantine(&self, results: &Results) -> bool {
         self.dmarc_policy
+            && self.arc_override(results).is_none()
             && self.dmarc_quarantine == DmarcQuarantine::Deliver
             && results.dmarc.outcome == AuthResult::Fail
             && results.dmarc.policy == DmarcPolicy::Quarantine
@@ -190,6 +210,8 @@ pub struct Results {
     pub dkim: Vec<DkimResult>,
     pub dmarc: DmarcResult,
     pub arc: AuthResult,
+    /// The newest sealer of a validating ARC chain; empty otherwise.
+    pub arc_sealer: String,
 }
 
 /// The session details the header names.
@@ -202,7 +224,14 @@ pub struct Identity<'a> {
 /// The value of our `Authentication-Results` header (RFC 8601 §2.2): the
 /// authserv-id, then one resinfo per method, each with the identity it
 /// checked. It is one line: the host writes header values unfolded.
-pub fn header_value(authserv_id: &str, results: &Results, identity: &Identity<'_>) -> String {
+/// `overridden_by` names the trusted ARC sealer that set a DMARC fail
+/// aside.
+pub fn header_value(
+    authserv_id: &str,
+    results: &Results,
+    identity: &Identity<'_>,
+    overridden_by: Option<&str>,
+) -> String {
     let mut parts = vec![pvalue(authserv_id)];
 
     let spf = &results.spf;
@@ -242,9 +271,14 @@ pub fn header_value(authserv_id: &str, results: &Results, identity: &Identity<'_
     if !dmarc.header_from.is_empty() {
         resinfo.push_str(&format!(" header.from={}", pvalue(&dmarc.header_from)));
     }
-    if !dmarc.sampled {
-        // RFC 8601 §2.3 `policy`: the local outcome differs from the
-        // record's policy (RFC 7489 §6.6.4 sampling).
+    // RFC 8601 §2.3 `policy`: the local outcome differs from the record's
+    // policy (RFC 7489 §6.6.4 sampling, RFC 8617 §7.2.1 ARC override).
+    if let Some(sealer) = overridden_by {
+        resinfo.push_str(&format!(
+            " policy.dmarc=none policy.arc-sealer={}",
+            pvalue(sealer)
+        ));
+    } else if !dmarc.sampled {
         resinfo.push_str(&format!(" policy.dmarc={}", policy_name(dmarc.policy)));
     }
     parts.push(resinfo);
@@ -445,6 +479,7 @@ mod tests {
             dkim: Vec::new(),
             dmarc: dmarc_result,
             arc: AuthResult::None,
+            arc_sealer: String::new(),
         }
     }
 
@@ -589,13 +624,14 @@ mod tests {
             ],
             dmarc: dmarc(AuthResult::Pass, DmarcPolicy::Reject),
             arc: AuthResult::Pass,
+            arc_sealer: "forwarder.example".into(),
         };
         let identity = Identity {
             reverse_path: "alice@example.org",
             helo: Some("mail.example.org"),
         };
         assert_eq!(
-            header_value("mx.example.test", &r, &identity),
+            header_value("mx.example.test", &r, &identity, None),
             "mx.example.test; spf=pass smtp.mailfrom=alice@example.org; \
              dkim=pass header.d=example.org header.s=sel header.i=@example.org; \
              dkim=fail header.d=other.test header.s=s2; \
@@ -646,11 +682,49 @@ mod tests {
             reverse_path: "a@example.org",
             helo: None,
         };
-        let value = header_value("mx", &r, &identity);
+        let value = header_value("mx", &r, &identity, None);
         assert!(
             value.contains(
                 "dmarc=fail (p=quarantine: pct=0 left this message out of the sample) \
                  header.from=example.org policy.dmarc=quarantine"
+            ),
+            "{value}"
+        );
+    }
+
+    #[test]
+    fn a_trusted_arc_sealer_overrides_a_dmarc_fail() {
+        // RFC 8617 §7.2.1.
+        let mut r = results(
+            AuthResult::Fail,
+            dmarc(AuthResult::Fail, DmarcPolicy::Reject),
+        );
+        r.arc = AuthResult::Pass;
+        r.arc_sealer = "forwarder.example".into();
+        let trusting = Config::parse(r#"{"trusted_arc_sealers": ["Forwarder.Example"]}"#).unwrap();
+        assert_eq!(trusting.arc_override(&r), Some("forwarder.example"));
+        assert_eq!(trusting.data_verdict(&r, "ip"), Verdict::Next);
+        // Not trusted, or a chain that does not validate: the policy holds.
+        assert!(matches!(
+            Config::default().data_verdict(&r, "ip"),
+            Verdict::Reject(_)
+        ));
+        let mut broken = r.clone();
+        broken.arc = AuthResult::Fail;
+        assert_eq!(trusting.arc_override(&broken), None);
+        assert!(matches!(
+            trusting.data_verdict(&broken, "ip"),
+            Verdict::Reject(_)
+        ));
+        let identity = Identity {
+            reverse_path: "a@example.org",
+            helo: None,
+        };
+        let value = header_value("mx", &r, &identity, trusting.arc_override(&r));
+        assert!(
+            value.contains(
+                "dmarc=fail (p=reject) header.from=example.org \
+                 policy.dmarc=none policy.arc-sealer=forwarder.example"
             ),
             "{value}"
         );
@@ -669,13 +743,14 @@ mod tests {
                 reason: None,
             },
             arc: AuthResult::None,
+            arc_sealer: String::new(),
         };
         let identity = Identity {
             reverse_path: "",
             helo: Some("mail.example.org"),
         };
         assert_eq!(
-            header_value("mx", &r, &identity),
+            header_value("mx", &r, &identity, None),
             "mx; spf=none smtp.mailfrom=postmaster@mail.example.org; dkim=none; dmarc=none"
         );
         let mut literal = r.clone();
@@ -684,7 +759,7 @@ mod tests {
             reverse_path: "",
             helo: Some("[127.0.0.2]"),
         };
-        assert!(header_value("mx", &literal, &identity).contains("smtp.helo=\"[127.0.0.2]\""));
+        assert!(header_value("mx", &literal, &identity, None).contains("smtp.helo=\"[127.0.0.2]\""));
     }
 
     #[test]
