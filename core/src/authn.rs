@@ -16,13 +16,14 @@ mod spf_syntax;
 
 use std::net::IpAddr;
 
+use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, DmarcOutput, DmarcResult, Error, MessageAuthenticator,
-    Parameters, SpfOutput, SpfResult,
+    Parameters, SpfOutput, SpfResult, Txt,
 };
 
 use crate::dns::{Dns, LookupError};
@@ -197,12 +198,13 @@ impl Authenticator {
     /// SPF for the HELO identity (RFC 7208 §2.3): `postmaster@helo`.
     pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> SpfCheck {
         let helo = helo.trim_end_matches('.');
-        if let Some(early) = self.spf_precheck(helo).await {
-            return early;
-        }
+        let record = match self.spf_precheck(helo).await {
+            Ok(record) => record,
+            Err(early) => return early,
+        };
         let ip = spf_address(ip);
         let params = SpfParameters::verify_ehlo(ip, helo, &self.hostname);
-        self.spf_evaluate(ip, params, helo).await
+        self.spf_evaluate(ip, params, helo, record).await
     }
 
     /// SPF for the MAIL FROM identity; `sender` is `local@domain` (the null
@@ -212,21 +214,40 @@ impl Authenticator {
             .rsplit_once('@')
             .map_or("", |(_, domain)| domain)
             .trim_end_matches('.');
-        if let Some(early) = self.spf_precheck(domain).await {
-            return early;
-        }
+        let record = match self.spf_precheck(domain).await {
+            Ok(record) => record,
+            Err(early) => return early,
+        };
         let ip = spf_address(ip);
         let params = SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender);
-        self.spf_evaluate(ip, params, domain).await
+        self.spf_evaluate(ip, params, domain, record).await
     }
 
     /// mail-auth's evaluation, watched through its lookup hooks: the
     /// client's PTR names are handed over as RFC 7208 §5.5 compares them,
     /// and more than two void lookups make the result a permerror
-    /// (§4.6.4), a limit mail-auth does not keep.
-    async fn spf_evaluate(&self, ip: IpAddr, params: SpfParameters<'_>, domain: &str) -> SpfCheck {
+    /// (§4.6.4), a limit mail-auth does not keep. `record`, the domain's
+    /// own record as the precheck read it, is handed over without the
+    /// terms mail-auth evaluates wrongly and the RFC makes inert: unknown
+    /// modifiers (§6: ignored; mail-auth refuses some names) and, for an
+    /// IPv4 client, `ip6` mechanisms (§5.6: they cannot match; mail-auth
+    /// matches `ip6:::/0`).
+    async fn spf_evaluate(
+        &self,
+        ip: IpAddr,
+        params: SpfParameters<'_>,
+        domain: &str,
+        record: Option<String>,
+    ) -> SpfCheck {
         let names = self.dns.ptr(ip).await.unwrap_or_default();
-        let lookups = spf_lookups::Lookups::with_ptr(names);
+        let mut lookups = spf_lookups::Lookups::with_ptr(names);
+        if let Some(record) = record {
+            let evaluated = spf_syntax::without_inert_terms(&record, ip.is_ipv4());
+            if let Ok(parsed) = mail_auth::spf::Spf::parse(evaluated.as_bytes()) {
+                let fqdn = format!("{}.", domain.to_ascii_lowercase());
+                lookups = lookups.with_record(fqdn, Txt::Spf(std::sync::Arc::new(parsed)));
+            }
+        }
         let params = Parameters::new(params)
             .with_txt_cache(&lookups)
             .with_mx_cache(&lookups)
@@ -251,11 +272,13 @@ impl Authenticator {
     /// What mail-auth does not decide the RFC's way: a domain publishing
     /// more than one SPF record is a permerror (RFC 7208 §4.5), where
     /// mail-auth would use the first, and so is a record with a syntax
-    /// error (§4.6), which mail-auth partly evaluates. The lookup is cached by the resolver,
-    /// so mail-auth's own lookup of the same name costs nothing.
-    async fn spf_precheck(&self, domain: &str) -> Option<SpfCheck> {
+    /// error (§4.6), which mail-auth partly evaluates. The record read
+    /// here is the one mail-auth evaluates: the name is asked once.
+    /// Err: the result, without evaluation; Ok: the domain's one SPF
+    /// record, None when it publishes none.
+    async fn spf_precheck(&self, domain: &str) -> Result<Option<String>, SpfCheck> {
         if domain.is_empty() {
-            return Some(SpfCheck::new(
+            return Err(SpfCheck::new(
                 Outcome::None,
                 domain,
                 Some("no domain to check".to_owned()),
@@ -266,26 +289,31 @@ impl Authenticator {
                 let spf_records: Vec<&String> =
                     records.iter().filter(|r| is_spf_record(r)).collect();
                 match spf_records.as_slice() {
-                    [] => None,
+                    [] => Ok(None),
                     // RFC 7208 §4.6: a syntax error anywhere in the record
                     // is a permerror before anything is evaluated.
-                    [record] => spf_syntax::check(record)
-                        .err()
-                        .map(|e| SpfCheck::new(Outcome::PermError, domain, Some(e.to_string()))),
-                    several => Some(SpfCheck::new(
+                    [record] => match spf_syntax::check(record) {
+                        Ok(()) => Ok(Some((*record).clone())),
+                        Err(e) => Err(SpfCheck::new(
+                            Outcome::PermError,
+                            domain,
+                            Some(e.to_string()),
+                        )),
+                    },
+                    several => Err(SpfCheck::new(
                         Outcome::PermError,
                         domain,
                         Some(format!("{domain} publishes {} SPF records", several.len())),
                     )),
                 }
             }
-            Err(LookupError::NxDomain(_)) => Some(SpfCheck::new(Outcome::None, domain, None)),
-            Err(LookupError::InvalidName(_)) => Some(SpfCheck::new(
+            Err(LookupError::NxDomain(_)) => Err(SpfCheck::new(Outcome::None, domain, None)),
+            Err(LookupError::InvalidName(_)) => Err(SpfCheck::new(
                 Outcome::None,
                 domain,
                 Some("not a valid domain name".to_owned()),
             )),
-            Err(e @ LookupError::Temporary { .. }) => Some(SpfCheck::new(
+            Err(e @ LookupError::Temporary { .. }) => Err(SpfCheck::new(
                 Outcome::TempError,
                 domain,
                 Some(e.to_string()),

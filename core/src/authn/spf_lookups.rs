@@ -27,6 +27,9 @@ pub(super) struct Lookups {
     answered: AtomicUsize,
     /// The client's validated-or-not PTR names, lower-case, no final dot.
     ptr: Option<RecordSet<Box<str>>>,
+    /// The checked domain's record (its lookup key, the FQDN mail-auth
+    /// asks for), as the caller prepared it.
+    record: Option<(Box<str>, Txt)>,
 }
 
 impl Lookups {
@@ -43,6 +46,14 @@ impl Lookups {
                 dnssec_status: DnssecStatus::Indeterminate,
             }),
             ..Lookups::default()
+        }
+    }
+
+    /// mail-auth is to evaluate `record` as the record of `fqdn`.
+    pub fn with_record(self, fqdn: String, record: Txt) -> Lookups {
+        Lookups {
+            record: Some((fqdn.into_boxed_str(), record)),
+            ..self
         }
     }
 
@@ -97,14 +108,16 @@ counted!(MX);
 
 /// TXT lookups (the records of include:, redirect= and exp=) are not void
 /// lookups mail-auth could leave unlimited: a missing record there is
-/// already an error or ignored.
+/// already an error or ignored. The checked domain's record is the one
+/// prepared.
 impl ResolverCache<Box<str>, Txt> for Lookups {
-    fn get<Q>(&self, _name: &Q) -> Option<Txt>
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
     where
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        None
+        let (fqdn, record) = self.record.as_ref()?;
+        (<Box<str> as Borrow<Q>>::borrow(fqdn) == name).then(|| record.clone())
     }
 
     fn remove<Q>(&self, _name: &Q) -> Option<Txt>

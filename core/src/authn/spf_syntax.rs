@@ -55,6 +55,30 @@ pub(super) fn check(record: &str) -> Result<(), SyntaxError> {
     Ok(())
 }
 
+/// A checked record without the terms that cannot change its result:
+/// unknown modifiers (RFC 7208 §6: ignored) and, for an IPv4 client, `ip6`
+/// mechanisms (§5.6: they match IPv6 clients only).
+pub(super) fn without_inert_terms(record: &str, client_is_ipv4: bool) -> String {
+    let mut terms = record.split(' ').filter(|term| !term.is_empty());
+    let version = terms.next().unwrap_or_default();
+    let kept = terms.filter(|term| match modifier_name(term) {
+        Some((name, _)) => {
+            name.eq_ignore_ascii_case("redirect") || name.eq_ignore_ascii_case("exp")
+        }
+        None => {
+            let mechanism = term.trim_start_matches(['+', '-', '?', '~']);
+            let ip6 = mechanism
+                .get(..4)
+                .is_some_and(|name| name.eq_ignore_ascii_case("ip6:"));
+            !(client_is_ipv4 && ip6)
+        }
+    });
+    std::iter::once(version)
+        .chain(kept)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn within(term: &str, e: SyntaxError) -> SyntaxError {
     SyntaxError(format!("{term:?}: {}", e.0))
 }
@@ -284,6 +308,19 @@ mod tests {
         ] {
             assert_eq!(check(record), Ok(()), "{record}");
         }
+    }
+
+    #[test]
+    fn inert_terms_are_left_out_for_evaluation() {
+        let record = "v=spf1 moo.cow-far_out=man:dog/cat ip4:1.2.3.4 -IP6:::/0 redirect=x.example exp=e.example";
+        assert_eq!(
+            without_inert_terms(record, true),
+            "v=spf1 ip4:1.2.3.4 redirect=x.example exp=e.example"
+        );
+        assert_eq!(
+            without_inert_terms(record, false),
+            "v=spf1 ip4:1.2.3.4 -IP6:::/0 redirect=x.example exp=e.example"
+        );
     }
 
     #[test]
