@@ -272,10 +272,11 @@ impl Authenticator {
     /// What mail-auth does not decide the RFC's way: a domain publishing
     /// more than one SPF record is a permerror (RFC 7208 §4.5), where
     /// mail-auth would use the first, and so is a record with a syntax
-    /// error (§4.6), which mail-auth partly evaluates. The record read
-    /// here is the one mail-auth evaluates: the name is asked once.
+    /// error (§4.6), which mail-auth partly evaluates.
+    ///
     /// Err: the result, without evaluation; Ok: the domain's one SPF
-    /// record, None when it publishes none.
+    /// record (None when it publishes none), the one mail-auth evaluates,
+    /// so the name is asked once.
     async fn spf_precheck(&self, domain: &str) -> Result<Option<String>, SpfCheck> {
         if domain.is_empty() {
             return Err(SpfCheck::new(
