@@ -35,10 +35,9 @@ DEFECTS = {
     "a-colon-domain-ip4mapped": "§7.1: as a-colon-domain",
     "mx-colon-domain": "§7.1: as a-colon-domain",
     "mx-colon-domain-ip4mapped": "§7.1: as a-colon-domain",
-    "invalid-domain-empty-label": "§4.3, §4.8: a target that is not a domain name is a temperror "
-    "in mail-auth (the resolver refuses the name) instead of a name that does not exist",
-    "invalid-domain-long": "§4.3, §4.8: as invalid-domain-empty-label (a label over 63 octets)",
-    "invalid-domain-long-via-macro": "§4.3, §4.8: as invalid-domain-empty-label",
+    "invalid-domain-long-via-macro": "§4.3, §4.8: a target that is not a domain name once its "
+    "macros are expanded is a temperror in mail-auth (the resolver refuses the name) instead of a "
+    "name that does not exist (sluice handles literal targets only)",
     "invalid-hello-macro": "§7.1: %{h} expands to a name the resolver refuses: temperror, not fail",
     "hello-domain-literal": "§7.1: as invalid-hello-macro, for a domain literal",
     "macro-mania-in-domain": "§7.1: a name with spaces and '%' after macro expansion is refused "

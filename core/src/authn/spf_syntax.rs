@@ -56,8 +56,11 @@ pub(super) fn check(record: &str) -> Result<(), SyntaxError> {
 }
 
 /// A checked record without the terms that cannot change its result:
-/// unknown modifiers (RFC 7208 §6: ignored) and, for an IPv4 client, `ip6`
-/// mechanisms (§5.6: they match IPv6 clients only).
+/// unknown modifiers (RFC 7208 §6: ignored), for an IPv4 client `ip6`
+/// mechanisms (§5.6: they match IPv6 clients only), and `a` or `mx`
+/// mechanisms naming, without macros, what is not a domain name (§4.3,
+/// §4.8: such a target does not exist, so they cannot match; mail-auth
+/// makes the resolver's refusal a temperror).
 pub(super) fn without_inert_terms(record: &str, client_is_ipv4: bool) -> String {
     let mut terms = record.split(' ').filter(|term| !term.is_empty());
     let version = terms.next().unwrap_or_default();
@@ -70,13 +73,31 @@ pub(super) fn without_inert_terms(record: &str, client_is_ipv4: bool) -> String 
             let ip6 = mechanism
                 .get(..4)
                 .is_some_and(|name| name.eq_ignore_ascii_case("ip6:"));
-            !(client_is_ipv4 && ip6)
+            let inert = (client_is_ipv4 && ip6) || names_no_domain(mechanism);
+            !inert
         }
     });
     std::iter::once(version)
         .chain(kept)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// An `a:` or `mx:` mechanism whose literal target breaks the DNS limits
+/// (RFC 1035 §2.3.4: labels of 1 to 63 octets, names of at most 253).
+fn names_no_domain(mechanism: &str) -> bool {
+    let Some((name, rest)) = mechanism.split_once(':') else {
+        return false;
+    };
+    if !(name.eq_ignore_ascii_case("a") || name.eq_ignore_ascii_case("mx")) || rest.contains('%') {
+        return false;
+    }
+    let (target, _) = split_dual_cidr(rest);
+    let target = target.strip_suffix('.').unwrap_or(target);
+    target.len() > 253
+        || target
+            .split('.')
+            .any(|label| label.is_empty() || label.len() > 63)
 }
 
 fn within(term: &str, e: SyntaxError) -> SyntaxError {
@@ -321,6 +342,11 @@ mod tests {
             without_inert_terms(record, false),
             "v=spf1 ip4:1.2.3.4 -IP6:::/0 redirect=x.example exp=e.example"
         );
+        // RFC 7208 §4.3, §4.8: names that cannot exist.
+        let long = "a".repeat(64);
+        let record =
+            format!("v=spf1 a:mail.example...com mx:{long}.example.com/24 a:%{{h}}.x a -all");
+        assert_eq!(without_inert_terms(&record, true), "v=spf1 a:%{h}.x a -all");
     }
 
     #[test]
