@@ -9,15 +9,21 @@
 //! caches them per transaction, and `pipeline::host` hands them to plugins.
 //! A DNS failure is always [`Outcome::TempError`], never a pass or a fail.
 
+mod dkim;
+mod dmarc;
+mod spf_lookups;
+mod spf_syntax;
+
 use std::net::IpAddr;
 
+use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, Error,
-    MessageAuthenticator, SpfOutput, SpfResult,
+    AuthenticatedMessage, DkimResult, DmarcOutput, DmarcResult, Error, MessageAuthenticator,
+    Parameters, SpfOutput, SpfResult, Txt,
 };
 
 use crate::dns::{Dns, LookupError};
@@ -32,6 +38,21 @@ pub enum Outcome {
     Neutral,
     TempError,
     PermError,
+}
+
+impl Outcome {
+    /// The RFC 8601 §2.7 name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::None => "none",
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::SoftFail => "softfail",
+            Outcome::Neutral => "neutral",
+            Outcome::TempError => "temperror",
+            Outcome::PermError => "permerror",
+        }
+    }
 }
 
 /// SPF for one identity.
@@ -62,6 +83,10 @@ pub struct DkimCheck {
     pub domain: String,
     /// The selector (`s=`); empty for a signature that did not parse.
     pub selector: String,
+    /// The agent or user identifier (`i=`); empty when absent.
+    pub identity: String,
+    /// Why the result is what it is, when the result alone does not say.
+    pub reason: Option<String>,
 }
 
 /// The policy a DMARC record asks receivers to apply to failing mail.
@@ -78,8 +103,28 @@ pub struct DmarcCheck {
     /// The RFC5322.From domain ("" when the message has none).
     pub header_from: String,
     /// The policy for this From domain (`p=`, `sp=` or `np=` as applies;
-    /// `none` when there is no record).
+    /// `none` when there is no record), lowered by one for a failing
+    /// message its `pct=` left out of the sample.
     pub policy: DmarcPolicy,
+    /// False when the record's `pct=` left this failing message out of the
+    /// sample its policy applies to (RFC 7489 §6.6.4).
+    pub sampled: bool,
+    /// Why there is no policy, or why it is not the record's.
+    pub reason: Option<String>,
+}
+
+impl DmarcCheck {
+    /// No DMARC for this message: no author domain, no record, or records
+    /// that say nothing.
+    pub fn none(header_from: &str, reason: Option<String>) -> DmarcCheck {
+        DmarcCheck {
+            outcome: Outcome::None,
+            header_from: header_from.to_owned(),
+            policy: DmarcPolicy::None,
+            sampled: true,
+            reason,
+        }
+    }
 }
 
 /// Everything checked on the message itself.
@@ -89,24 +134,21 @@ pub struct MessageChecks {
     pub dmarc: DmarcCheck,
     /// `none` when the message carries no ARC set.
     pub arc: Outcome,
+    /// The signing domain (`d=`) of the newest ARC-Seal when the chain
+    /// validates; empty otherwise.
+    pub arc_sealer: String,
 }
 
 impl MessageChecks {
     /// What is known of a message whose checks could not finish in time:
     /// every signature and DMARC are temporary errors, never a verdict.
     pub fn unfinished(raw: &[u8]) -> MessageChecks {
-        let Some(message) = AuthenticatedMessage::parse(raw) else {
+        let Some(message) = dkim::parse(raw) else {
             return MessageChecks::unparsable();
         };
-        let dkim = message
-            .dkim_headers
-            .iter()
-            .map(|header| DkimCheck {
-                outcome: Outcome::TempError,
-                domain: header.header.d.clone(),
-                selector: header.header.s.clone(),
-            })
-            .collect();
+        // Without verification outputs every readable signature is a
+        // temporary error, but those no key could make valid.
+        let dkim = dkim::checks(&message, &[]);
         let arc = if message.ams_headers.is_empty() && message.as_headers.is_empty() {
             Outcome::None
         } else {
@@ -116,10 +158,10 @@ impl MessageChecks {
             dkim,
             dmarc: DmarcCheck {
                 outcome: Outcome::TempError,
-                header_from: from_domain(&message),
-                policy: DmarcPolicy::None,
+                ..DmarcCheck::none(&from_domain(&message), None)
             },
             arc,
+            arc_sealer: String::new(),
         }
     }
 
@@ -128,12 +170,9 @@ impl MessageChecks {
     fn unparsable() -> MessageChecks {
         MessageChecks {
             dkim: Vec::new(),
-            dmarc: DmarcCheck {
-                outcome: Outcome::None,
-                header_from: String::new(),
-                policy: DmarcPolicy::None,
-            },
+            dmarc: DmarcCheck::none("", None),
             arc: Outcome::None,
+            arc_sealer: String::new(),
         }
     }
 }
@@ -159,11 +198,13 @@ impl Authenticator {
     /// SPF for the HELO identity (RFC 7208 §2.3): `postmaster@helo`.
     pub async fn spf_helo(&self, ip: IpAddr, helo: &str) -> SpfCheck {
         let helo = helo.trim_end_matches('.');
-        if let Some(early) = self.spf_precheck(helo).await {
-            return early;
-        }
+        let record = match self.spf_precheck(helo).await {
+            Ok(record) => record,
+            Err(early) => return early,
+        };
+        let ip = spf_address(ip);
         let params = SpfParameters::verify_ehlo(ip, helo, &self.hostname);
-        spf_check(&self.verifier.verify_spf(params).await, helo)
+        self.spf_evaluate(ip, params, helo, record).await
     }
 
     /// SPF for the MAIL FROM identity; `sender` is `local@domain` (the null
@@ -173,20 +214,72 @@ impl Authenticator {
             .rsplit_once('@')
             .map_or("", |(_, domain)| domain)
             .trim_end_matches('.');
-        if let Some(early) = self.spf_precheck(domain).await {
-            return early;
-        }
+        let record = match self.spf_precheck(domain).await {
+            Ok(record) => record,
+            Err(early) => return early,
+        };
+        let ip = spf_address(ip);
         let params = SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender);
-        spf_check(&self.verifier.verify_spf(params).await, domain)
+        self.spf_evaluate(ip, params, domain, record).await
+    }
+
+    /// mail-auth's evaluation, watched through its lookup hooks: the
+    /// client's PTR names are handed over as RFC 7208 §5.5 compares them,
+    /// and more than two void lookups make the result a permerror
+    /// (§4.6.4), a limit mail-auth does not keep. `record`, the domain's
+    /// own record as the precheck read it, is handed over without the
+    /// terms mail-auth evaluates wrongly and the RFC makes inert: unknown
+    /// modifiers (§6: ignored; mail-auth refuses some names) and, for an
+    /// IPv4 client, `ip6` mechanisms (§5.6: they cannot match; mail-auth
+    /// matches `ip6:::/0`).
+    async fn spf_evaluate(
+        &self,
+        ip: IpAddr,
+        params: SpfParameters<'_>,
+        domain: &str,
+        record: Option<String>,
+    ) -> SpfCheck {
+        let names = self.dns.ptr(ip).await.unwrap_or_default();
+        let mut lookups = spf_lookups::Lookups::with_ptr(names);
+        if let Some(record) = record {
+            let evaluated = spf_syntax::without_inert_terms(&record, ip.is_ipv4());
+            if let Ok(parsed) = mail_auth::spf::Spf::parse(evaluated.as_bytes()) {
+                let fqdn = format!("{}.", domain.to_ascii_lowercase());
+                lookups = lookups.with_record(fqdn, Txt::Spf(std::sync::Arc::new(parsed)));
+            }
+        }
+        let params = Parameters::new(params)
+            .with_txt_cache(&lookups)
+            .with_mx_cache(&lookups)
+            .with_ptr_cache(&lookups)
+            .with_ipv4_cache(&lookups)
+            .with_ipv6_cache(&lookups);
+        let check = spf_check(&self.verifier.verify_spf(params).await, domain);
+        let void = lookups.void();
+        if void > spf_lookups::VOID_LOOKUP_LIMIT && check.outcome != Outcome::TempError {
+            return SpfCheck::new(
+                Outcome::PermError,
+                domain,
+                Some(format!(
+                    "{void} void DNS lookups, more than the {} allowed",
+                    spf_lookups::VOID_LOOKUP_LIMIT
+                )),
+            );
+        }
+        check
     }
 
     /// What mail-auth does not decide the RFC's way: a domain publishing
     /// more than one SPF record is a permerror (RFC 7208 §4.5), where
-    /// mail-auth would use the first. The lookup is cached by the resolver,
-    /// so mail-auth's own lookup of the same name costs nothing.
-    async fn spf_precheck(&self, domain: &str) -> Option<SpfCheck> {
+    /// mail-auth would use the first, and so is a record with a syntax
+    /// error (§4.6), which mail-auth partly evaluates.
+    ///
+    /// Err: the result, without evaluation; Ok: the domain's one SPF
+    /// record (None when it publishes none), the one mail-auth evaluates,
+    /// so the name is asked once.
+    async fn spf_precheck(&self, domain: &str) -> Result<Option<String>, SpfCheck> {
         if domain.is_empty() {
-            return Some(SpfCheck::new(
+            return Err(SpfCheck::new(
                 Outcome::None,
                 domain,
                 Some("no domain to check".to_owned()),
@@ -194,22 +287,34 @@ impl Authenticator {
         }
         match self.dns.txt(domain).await {
             Ok(records) => {
-                let spf_records = records.iter().filter(|r| is_spf_record(r)).count();
-                (spf_records > 1).then(|| {
-                    SpfCheck::new(
+                let spf_records: Vec<&String> =
+                    records.iter().filter(|r| is_spf_record(r)).collect();
+                match spf_records.as_slice() {
+                    [] => Ok(None),
+                    // RFC 7208 §4.6: a syntax error anywhere in the record
+                    // is a permerror before anything is evaluated.
+                    [record] => match spf_syntax::check(record) {
+                        Ok(()) => Ok(Some((*record).clone())),
+                        Err(e) => Err(SpfCheck::new(
+                            Outcome::PermError,
+                            domain,
+                            Some(e.to_string()),
+                        )),
+                    },
+                    several => Err(SpfCheck::new(
                         Outcome::PermError,
                         domain,
-                        Some(format!("{domain} publishes {spf_records} SPF records")),
-                    )
-                })
+                        Some(format!("{domain} publishes {} SPF records", several.len())),
+                    )),
+                }
             }
-            Err(LookupError::NxDomain(_)) => Some(SpfCheck::new(Outcome::None, domain, None)),
-            Err(LookupError::InvalidName(_)) => Some(SpfCheck::new(
+            Err(LookupError::NxDomain(_)) => Err(SpfCheck::new(Outcome::None, domain, None)),
+            Err(LookupError::InvalidName(_)) => Err(SpfCheck::new(
                 Outcome::None,
                 domain,
                 Some("not a valid domain name".to_owned()),
             )),
-            Err(e @ LookupError::Temporary { .. }) => Some(SpfCheck::new(
+            Err(e @ LookupError::Temporary { .. }) => Err(SpfCheck::new(
                 Outcome::TempError,
                 domain,
                 Some(e.to_string()),
@@ -220,28 +325,89 @@ impl Authenticator {
     /// DKIM, ARC and DMARC over the raw message, parsed once. DMARC takes
     /// `spf`, the MAIL FROM identity's result, for SPF alignment.
     pub async fn message(&self, raw: &[u8], spf: &SpfCheck) -> MessageChecks {
-        let Some(message) = AuthenticatedMessage::parse(raw) else {
+        let Some(message) = dkim::parse(raw) else {
             return MessageChecks::unparsable();
         };
-        let (dkim, arc) = tokio::join!(
+        let (verified, arc) = tokio::join!(
             self.verifier.verify_dkim(&message),
             self.verifier.verify_arc(&message)
         );
+        let verified = dkim::corrected(&message, &verified);
         let spf_output = SpfOutput::new(spf.domain.clone()).with_result(spf_result(spf.outcome));
         let dmarc = self
             .verifier
             .verify_dmarc(DmarcParameters::new(
                 &message,
-                &dkim,
+                &verified,
                 &spf.domain,
                 &spf_output,
             ))
             .await;
+        let dmarc = self.dmarc_policy(dmarc_check(&dmarc, &message)).await;
+        let arc = arc_outcome(arc.result());
+        let arc_sealer = if arc == Outcome::Pass {
+            message
+                .as_headers
+                .iter()
+                .max_by_key(|seal| seal.header.i)
+                .map(|seal| seal.header.d.to_ascii_lowercase())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         MessageChecks {
-            dkim: dkim.iter().map(dkim_check).collect(),
-            dmarc: dmarc_check(&dmarc, &message),
-            arc: arc_outcome(arc.result()),
+            dkim: dkim::checks(&message, &verified),
+            dmarc,
+            arc,
+            arc_sealer,
         }
+    }
+
+    /// mail-auth's DMARC result with RFC 7489's policy discovery applied
+    /// on top: several records mean no policy (§6.6.3 step 5), and `pct=`
+    /// lowers the policy of a failing message outside its sample (§6.6.4).
+    async fn dmarc_policy(&self, check: DmarcCheck) -> DmarcCheck {
+        if matches!(check.outcome, Outcome::None | Outcome::TempError) {
+            return check;
+        }
+        let published = match dmarc::discover(&self.dns, &check.header_from).await {
+            Ok(Some(published)) => published,
+            Ok(None) => return check,
+            Err(e) => {
+                return DmarcCheck {
+                    outcome: Outcome::TempError,
+                    reason: Some(e.to_string()),
+                    ..check
+                }
+            }
+        };
+        if published.records.len() > 1 {
+            let reason = format!(
+                "{} publishes {} DMARC records",
+                published.name,
+                published.records.len()
+            );
+            return DmarcCheck::none(&check.header_from, Some(reason));
+        }
+        let pct = published.pct();
+        if check.outcome != Outcome::Fail || dmarc::sampled(pct) {
+            return check;
+        }
+        DmarcCheck {
+            policy: dmarc::next_lower(check.policy),
+            sampled: false,
+            reason: Some(format!("pct={pct} left this message out of the sample")),
+            ..check
+        }
+    }
+}
+
+/// RFC 7208 §5 (the `ip4`/`ip6` rule of §5.6): an IPv4-mapped IPv6
+/// client is an IPv4 client.
+fn spf_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
     }
 }
 
@@ -284,18 +450,6 @@ fn spf_result(outcome: Outcome) -> SpfResult {
         Outcome::TempError => SpfResult::TempError,
         Outcome::PermError => SpfResult::PermError,
         Outcome::None => SpfResult::None,
-    }
-}
-
-fn dkim_check(output: &DkimOutput<'_>) -> DkimCheck {
-    let (domain, selector) = output
-        .signature()
-        .map(|s| (s.d.clone(), s.s.clone()))
-        .unwrap_or_default();
-    DkimCheck {
-        outcome: dkim_outcome(output.result()),
-        domain,
-        selector,
     }
 }
 
@@ -350,15 +504,16 @@ fn dmarc_check(output: &DmarcOutput, message: &AuthenticatedMessage<'_>) -> Dmar
     } else {
         output.domain().to_owned()
     };
+    // Without a record there is no policy to apply.
+    if outcome == Outcome::None {
+        return DmarcCheck::none(&header_from, None);
+    }
     DmarcCheck {
         outcome,
         header_from,
-        // Without a record there is no policy to apply.
-        policy: if outcome == Outcome::None {
-            DmarcPolicy::None
-        } else {
-            dmarc_policy(output.policy())
-        },
+        policy: dmarc_policy(output.policy()),
+        sampled: true,
+        reason: None,
     }
 }
 
@@ -375,6 +530,7 @@ fn from_domain(message: &AuthenticatedMessage<'_>) -> String {
 mod tests {
     use super::*;
     use mail_auth::arc::ArcError;
+    use mail_auth::DkimOutput;
     use mail_auth::DnsError;
 
     fn dns_failure() -> Error {
@@ -438,10 +594,9 @@ mod tests {
     #[test]
     fn dkim_dns_errors_are_temperror_and_missing_keys_permerror() {
         let temp = DkimOutput::dns_error(dns_failure());
-        assert_eq!(dkim_check(&temp).outcome, Outcome::TempError);
+        assert_eq!(dkim_outcome(temp.result()), Outcome::TempError);
         let missing = DkimOutput::dns_error(Error::Dns(DnsError::InvalidRecordType));
-        assert_eq!(dkim_check(&missing).outcome, Outcome::PermError);
-        assert_eq!(dkim_check(&missing).domain, "");
+        assert_eq!(dkim_outcome(missing.result()), Outcome::PermError);
     }
 
     #[test]
@@ -493,6 +648,15 @@ mod tests {
         assert_eq!(check.outcome, Outcome::None);
         assert_eq!(check.header_from, "example.org");
         assert_eq!(check.policy, DmarcPolicy::None);
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_are_ipv4_clients() {
+        // RFC 7208 §5.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(spf_address(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(spf_address(v6), v6);
     }
 
     #[test]

@@ -75,6 +75,24 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// Evaluate SPF (RFC 7208) for one client over the configured `[dns]`
+    /// resolver, as the auth checks do, and print the result.
+    Spf {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client's address.
+        #[arg(long)]
+        ip: std::net::IpAddr,
+        #[arg(long)]
+        helo: String,
+        /// The MAIL FROM address; without it, or "", the HELO identity is
+        /// checked (RFC 7208 §2.4).
+        #[arg(long)]
+        mail_from: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,6 +228,13 @@ pub fn main() -> ExitCode {
         Command::Queue { config, action } => queue(config, action),
         Command::Pipeline { action } => pipeline(action),
         Command::Dkim { command } => dkim(command),
+        Command::Spf {
+            config,
+            ip,
+            helo,
+            mail_from,
+            json,
+        } => spf(&config, ip, &helo, mail_from.as_deref(), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,6 +302,43 @@ fn queue(config_path: Option<PathBuf>, action: QueueAction) -> anyhow::Result<()
         QueueAction::Delete { id } => println!("{} deleted", id.to_lowercase()),
         QueueAction::Hold { id } => println!("{} held", id.to_lowercase()),
         QueueAction::Release { id } => println!("{} released", id.to_lowercase()),
+    }
+    Ok(())
+}
+
+/// `sluice spf`: one SPF evaluation, printed as `result domain
+/// explanation` or as JSON.
+fn spf(
+    config_path: &std::path::Path,
+    ip: std::net::IpAddr,
+    helo: &str,
+    mail_from: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = config::load_file(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let check = runtime.block_on(async {
+        let dns = crate::dns::Dns::new(&config.dns)?;
+        let authenticator = crate::authn::Authenticator::new(&dns, &config.server.hostname);
+        anyhow::Ok(match mail_from.filter(|m| !m.is_empty()) {
+            Some(sender) => authenticator.spf_mail_from(ip, helo, sender).await,
+            None => authenticator.spf_helo(ip, helo).await,
+        })
+    })?;
+    let result = check.outcome.name();
+    if json {
+        let value = serde_json::json!({
+            "result": result,
+            "domain": check.domain,
+            "explanation": check.explanation,
+        });
+        println!("{value}");
+    } else {
+        let explanation = check.explanation.unwrap_or_default();
+        println!("{result} {} {explanation}", check.domain);
     }
     Ok(())
 }

@@ -11,13 +11,16 @@ final dot:
         "www.example.org": {"CNAME": "example.org"},
         "broken.example": SERVFAIL,      # answers SERVFAIL to every query
         "silent.example": NO_ANSWER,     # never answers (the client times out)
+        "slow.example": {"TXT": ["v=spf1 -all"], TIMEOUT: True},
+                                         # answers TXT, times out on other types
     }
 
 A name in the dict answers its records of the asked type, or an empty
 NOERROR answer when it has none of that type (as does a name that only has
 names below it); any other name is NXDOMAIN. A CNAME is answered for every
 type and followed inside the zone. TXT strings longer than 255 octets are
-split into several character-strings, as DKIM keys need.
+split into several character-strings, as DKIM keys need; a TXT value that
+is a list of strings is one record of those character-strings.
 
 Answers carry a TTL of 60 s (`ttl=0` makes the resolver ask every time).
 The pytest fixture `dns_zone(records, ttl=60) -> port` (see conftest.py)
@@ -32,6 +35,8 @@ from dnslib.server import DNSLogger, DNSServer
 
 SERVFAIL = "servfail"
 NO_ANSWER = "no-answer"
+# A key of a name's records: queries for the types it has none of go unanswered.
+TIMEOUT = "TIMEOUT"
 TTL = 60
 
 
@@ -40,6 +45,8 @@ def _label(name):
 
 
 def _txt_chunks(text):
+    if isinstance(text, (list, tuple)):
+        return [part.encode() if isinstance(part, str) else bytes(part) for part in text]
     data = text.encode() if isinstance(text, str) else bytes(text)
     return [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
 
@@ -90,13 +97,15 @@ class _ZoneResolver:
                 if not reply.rr and not self._has_descendants(name):
                     reply.header.rcode = RCODE.NXDOMAIN
                 return reply
+            if entry.get(TIMEOUT) and qtype not in entry:
+                raise DNSError(f"{name}: configured not to answer {qtype}")
             target = entry.get("CNAME")
             if target and qtype != "CNAME":
                 reply.add_answer(RR(owner, QTYPE.CNAME, rdata=CNAME(target), ttl=self.ttl))
                 name, owner = _label(target), target
                 continue
             for rtype, values in entry.items():
-                if qtype in (rtype, "ANY"):
+                if rtype != TIMEOUT and qtype in (rtype, "ANY"):
                     for rdata in self._rdatas(rtype, values):
                         reply.add_answer(RR(owner, getattr(QTYPE, rtype), rdata=rdata, ttl=self.ttl))
             return reply

@@ -274,16 +274,146 @@ def test_dmarc_policy_off_only_reports(auth_server, keys):
     assert "dmarc=fail (p=reject) header.from=signed.test" in value, value
 
 
-def test_dmarc_quarantine_policy_holds_the_message(auth_server, keys):
+def test_dmarc_quarantine_policy_delivers_the_message_marked(auth_server, keys):
+    # RFC 7489 §6.3: quarantine is "treat as suspicious", not a refusal.
     server = auth_server(dkim_zone(keys))
+    send(server, "alice@hold.test", "bob@localhost", message("alice@hold.test", "bob@localhost"))
+    raw = delivered(server, "bob")[0]
+    assert email.message_from_bytes(raw).get_all("X-Sluice-DMARC") == ["quarantine"], raw
+    assert "dmarc=fail (p=quarantine) header.from=hold.test" in ours(raw)
+
+
+def test_dmarc_quarantine_hold_keeps_the_message_in_quarantine(auth_server, keys):
+    server = auth_server(dkim_zone(keys), auth='dmarc_quarantine = "hold"')
     send(server, "alice@hold.test", "bob@localhost", message("alice@hold.test", "bob@localhost"))
     # A message sent after it is delivered; the quarantined one is not.
     send(server, "alice@pass.test", "bob@localhost", message("alice@pass.test", "bob@localhost"))
     messages = delivered(server, "bob")
     assert len(messages) == 1 and b"alice@pass.test" in messages[0]
+    assert b"X-Sluice-DMARC" not in messages[0]
     log = server.log.read_text()
     queued = [line for line in log.splitlines() if "message queued" in line and "hold.test" in line]
     assert queued, log
+
+
+def test_a_quarantine_mark_from_outside_is_removed(auth_server):
+    server = auth_server(spf_zone())
+    data = message("alice@pass.test", "bob@localhost", extra_headers=b"X-Sluice-DMARC: quarantine\r\n")
+    send(server, "alice@pass.test", "bob@localhost", data)
+    raw = delivered(server, "bob")[0]
+    assert b"X-Sluice-DMARC" not in raw, raw
+
+
+# --- RFC corrections over mail-auth -----------------------------------------
+
+
+def delivered_to_bob(server, sender, data):
+    """Sends `data` from `sender` to bob and returns the delivered copy."""
+    send(server, sender, "bob@localhost", data)
+    return delivered(server, "bob")[0]
+
+
+def rfc_zone(keys):
+    zone = dkim_zone(keys)
+    # RFC 7489 §6.6.4: pct=0 samples no failing message.
+    zone["pct0.test"] = {"TXT": ["v=spf1 -all"]}
+    zone["_dmarc.pct0.test"] = {"TXT": ["v=DMARC1; p=reject; pct=0"]}
+    zone["pct100.test"] = {"TXT": ["v=spf1 -all"]}
+    zone["_dmarc.pct100.test"] = {"TXT": ["v=DMARC1; p=reject; pct=100"]}
+    # RFC 7489 §6.6.3 step 5: two records, no policy.
+    zone["double.test"] = {"TXT": ["v=spf1 -all"]}
+    zone["_dmarc.double.test"] = {"TXT": ["v=DMARC1; p=reject", "v=DMARC1; p=reject; rua=mailto:d@double.test"]}
+    return zone
+
+
+def sign_without_from(keys, domain, data):
+    """A valid rsa-sha256 signature whose h= leaves From out. dkimpy's
+    sign() refuses to make one (RFC 6376 §5.4), so its parts are used."""
+    d = dkim.DKIM(data)
+    d.signature_algorithm = b"rsa-sha256"
+    heads = (b"to", b"subject", b"date")
+    d.include_headers = heads
+    canon = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+    d.hasher = dkim.HASH_ALGORITHMS[b"rsa-sha256"]
+    body_hash = base64.b64encode(d.hasher(canon.canonicalize_body(d.body)).digest())
+    fields = [
+        (b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", canon.to_c_value()), (b"d", domain.encode()),
+        (b"i", b"@" + domain.encode()), (b"s", b"rsa2048"), (b"h", b" : ".join(heads)),
+        (b"bh", body_hash), (b"b", b"0" * 60),
+    ]
+    pk = dkim.crypto.parse_pem_private_key(keys["rsa_private"])
+    return b"DKIM-Signature: " + d.gen_header(fields, heads, canon, b"DKIM-Signature", pk)
+
+
+def test_a_signature_not_covering_from_is_not_valid(auth_server, keys):
+    # RFC 6376 §5.4, §6.1.1.
+    server = auth_server(rfc_zone(keys))
+    data = message("alice@quiet.test", "bob@localhost")
+    data = sign_without_from(keys, "quiet.test", data) + data
+    value = ours(delivered_to_bob(server, "alice@quiet.test", data))
+    assert "dkim=permerror (From is not signed) header.d=quiet.test header.s=rsa2048 header.i=@quiet.test" in value, value
+    assert "dmarc=fail (p=none) header.from=quiet.test" in value, value
+
+
+def test_rsa_sha1_signatures_fail(auth_server, keys):
+    # RFC 8301 §3.1; dmarc cannot pass on them, so p=reject refuses.
+    server = auth_server(rfc_zone(keys), auth="dmarc_policy = false")
+    data = message("alice@signed.test", "bob@localhost")
+    heads = [b"from", b"to", b"subject"]
+    data = dkim.sign(data, b"rsa2048", b"signed.test", keys["rsa_private"], include_headers=heads,
+                     signature_algorithm=b"rsa-sha1") + data
+    value = ours(delivered_to_bob(server, "alice@signed.test", data))
+    assert "dkim=fail (rsa-sha1 is not accepted) header.d=signed.test header.s=rsa2048 header.i=@signed.test" in value, value
+    assert "dmarc=fail (p=reject) header.from=signed.test" in value, value
+
+
+@pytest.mark.parametrize("appended", [b"", b"Text added by a list.\r\n"])
+@pytest.mark.parametrize("canonicalize", [(b"relaxed", b"simple"), (b"relaxed", b"relaxed")])
+def test_l_covers_the_first_octets_of_the_body(auth_server, keys, appended, canonicalize):
+    # RFC 6376 §3.5: the hash covers the first l= octets of the canonical
+    # body, whatever follows them; runs of white space make the relaxed
+    # body shorter than the raw one.
+    server = auth_server(rfc_zone(keys))
+    data = message("alice@signed.test", "bob@localhost", body=b"Hello,   world.\r\n")
+    heads = [b"from", b"to", b"subject"]
+    data = dkim.sign(data, b"rsa2048", b"signed.test", keys["rsa_private"], include_headers=heads,
+                     canonicalize=canonicalize, length=True) + data + appended
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: keys["rsa_record"].encode())
+    value = ours(delivered_to_bob(server, "alice@signed.test", data))
+    assert "dkim=pass header.d=signed.test header.s=rsa2048 header.i=@signed.test" in value, value
+
+
+def test_an_unreadable_signature_is_attributed(auth_server, keys):
+    # RFC 8601 §2.7.1: header.d, header.s and header.i whatever the result.
+    server = auth_server(rfc_zone(keys))
+    broken = b"DKIM-Signature: v=1; a=rsa-sha256; d=quiet.test; s=rsa2048; i=@quiet.test; h=from:to\r\n"
+    data = message("alice@quiet.test", "bob@localhost", extra_headers=broken)
+    value = ours(delivered_to_bob(server, "alice@quiet.test", data))
+    assert "dkim=neutral (unreadable signature) header.d=quiet.test header.s=rsa2048 header.i=@quiet.test" in value, value
+
+
+def test_dmarc_pct_0_is_not_rejected_but_quarantined(auth_server, keys):
+    # RFC 7489 §6.6.4: outside the sample, p=reject becomes quarantine.
+    server = auth_server(rfc_zone(keys))
+    raw = delivered_to_bob(server, "alice@pct0.test", message("alice@pct0.test", "bob@localhost"))
+    value = ours(raw)
+    assert "dmarc=fail (p=quarantine: pct=0 left this message out of the sample) header.from=pct0.test" in value, value
+    assert "policy.dmarc=quarantine" in value, value
+    assert email.message_from_bytes(raw).get_all("X-Sluice-DMARC") == ["quarantine"], raw
+
+
+def test_dmarc_pct_100_is_rejected(auth_server, keys):
+    server = auth_server(rfc_zone(keys))
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(server, "alice@pct100.test", "bob@localhost", message("alice@pct100.test", "bob@localhost"))
+    assert refused.value.smtp_code == 550 and refused.value.smtp_error.startswith(b"5.7.1")
+
+
+def test_several_dmarc_records_mean_no_policy(auth_server, keys):
+    # RFC 7489 §6.6.3 step 5.
+    server = auth_server(rfc_zone(keys))
+    value = ours(delivered_to_bob(server, "alice@double.test", message("alice@double.test", "bob@localhost")))
+    assert "dmarc=none (_dmarc.double.test publishes 2 DMARC records) header.from=double.test" in value, value
 
 
 # --- Forged headers ----------------------------------------------------------
@@ -386,6 +516,33 @@ def test_arc_set_from_a_forwarder_is_validated(auth_server, keys):
     assert value.endswith("; arc=fail"), value
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_trusted_arc_sealer_overrides_a_dmarc_fail(auth_server, keys, trusted):
+    # RFC 8617 §7.2.1: a forwarder changed a p=reject domain's message (so
+    # its DKIM signature and DMARC fail here) and sealed what it verified.
+    zone = dkim_zone(keys)
+    zone["rsa2048._domainkey.forwarder.test"] = {"TXT": [keys["rsa_record"]]}
+    sealers = '["forwarder.test"]' if trusted else '["other.test"]'
+    server = auth_server(zone, auth=f"trusted_arc_sealers = {sealers}")
+    data = signed(keys, "signed.test", message("alice@signed.test", "bob@localhost"))
+    data = data.replace(b"Hello.", b"Hello, from the list.")
+    data = b"Authentication-Results: forwarder.test; dkim=pass header.d=signed.test\r\n" + data
+    heads = [b"from", b"to", b"subject", b"date", b"message-id"]
+    seal = dkim.arc_sign(data, b"rsa2048", b"forwarder.test", keys["rsa_private"], b"forwarder.test", include_headers=heads)
+    sealed = b"".join(seal) + data
+    if not trusted:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            send(server, "list@forwarder.test", "bob@localhost", sealed)
+        assert refused.value.smtp_code == 550
+        return
+    value = ours(delivered_to_bob(server, "list@forwarder.test", sealed))
+    assert "dkim=fail header.d=signed.test" in value, value
+    assert (
+        "dmarc=fail (p=reject) header.from=signed.test policy.dmarc=none policy.arc-sealer=forwarder.test" in value
+    ), value
+    assert value.endswith("; arc=pass"), value
+
+
 def test_results_are_computed_once_per_transaction_and_shared(auth_server, dns_zone):
     # TTL 0: the resolver caches nothing, so every computation shows up in
     # the DNS server's query log. Two plugins ask for SPF at MAIL and for
@@ -409,17 +566,20 @@ reject_spf_fail = true
     with smtplib.SMTP("127.0.0.1", server.port, source_address=(GOOD, 0), timeout=30) as smtp:
         smtp.ehlo("client.test")
         assert smtp.mail("alice@pass.test")[0] == 250
-        # SPF was computed at MAIL: its own lookup plus mail-auth's.
-        assert dns.asked("pass.test", "TXT") == 2
+        # SPF was computed at MAIL: one lookup, the record read once and
+        # handed to mail-auth.
+        assert dns.asked("pass.test", "TXT") == 1
         assert dns.asked("_dmarc.pass.test") == 0
         assert smtp.rcpt("bob@localhost")[0] == 250
         assert smtp.data(message("alice@pass.test", "bob@localhost"))[0] == 250
-        assert dns.asked("pass.test", "TXT") == 2
-        assert dns.asked("_dmarc.pass.test", "TXT") == 1
+        assert dns.asked("pass.test", "TXT") == 1
+        # DMARC was computed once: mail-auth's lookup plus RFC 7489's
+        # policy discovery (several records, pct).
+        assert dns.asked("_dmarc.pass.test", "TXT") == 2
         # A new transaction computes again.
         smtp.rset()
         assert smtp.mail("alice@pass.test")[0] == 250
-        assert dns.asked("pass.test", "TXT") == 4
+        assert dns.asked("pass.test", "TXT") == 2
     raw = delivered(server, "bob")[0]
     values = [v for v in auth_results(raw) if v.startswith(HOST)]
     assert len(values) == 2 and values[0] == values[1], values

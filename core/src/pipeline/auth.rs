@@ -120,11 +120,7 @@ impl SessionAuth {
         self.message_checks(budget)
             .await
             .map(|c| c.dmarc)
-            .unwrap_or(DmarcCheck {
-                outcome: Outcome::None,
-                header_from: String::new(),
-                policy: crate::authn::DmarcPolicy::None,
-            })
+            .unwrap_or_else(|| DmarcCheck::none("", None))
     }
 
     /// ARC chain validation; `none` outside the data stage.
@@ -132,6 +128,15 @@ impl SessionAuth {
         self.message_checks(budget)
             .await
             .map_or(Outcome::None, |c| c.arc)
+    }
+
+    /// The newest ARC sealer of a validating chain; empty otherwise and
+    /// outside the data stage.
+    pub async fn arc_sealer(&self, budget: Duration) -> String {
+        self.message_checks(budget)
+            .await
+            .map(|c| c.arc_sealer)
+            .unwrap_or_default()
     }
 
     async fn spf_helo_locked(&self, tx: &mut Transaction, budget: Duration) -> SpfCheck {

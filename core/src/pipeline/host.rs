@@ -336,6 +336,8 @@ impl auth::Host for HostState {
                 outcome: wit_outcome(d.outcome),
                 domain: d.domain,
                 selector: d.selector,
+                identity: d.identity,
+                reason: d.reason,
             })
             .collect())
     }
@@ -352,6 +354,8 @@ impl auth::Host for HostState {
                 authn::DmarcPolicy::Quarantine => auth::DmarcPolicy::Quarantine,
                 authn::DmarcPolicy::Reject => auth::DmarcPolicy::Reject,
             },
+            sampled: dmarc.sampled,
+            reason: dmarc.reason,
         })
     }
 
@@ -359,6 +363,12 @@ impl auth::Host for HostState {
         self.permit_or_trap(Capability::Auth)?;
         let budget = self.call_budget();
         Ok(wit_outcome(self.auth.arc(budget).await))
+    }
+
+    async fn arc_sealer(&mut self) -> wasmtime::Result<String> {
+        self.permit_or_trap(Capability::Auth)?;
+        let budget = self.call_budget();
+        Ok(self.auth.arc_sealer(budget).await)
     }
 }
 

@@ -5,7 +5,8 @@
 //! prepends one `Authentication-Results` header (RFC 8601) naming the
 //! server's hostname, after removing any that claim that name already. By
 //! configuration it also refuses SPF failures at MAIL, honors DMARC
-//! `p=reject`/`p=quarantine`, and tempfails when DNS failed. The decisions
+//! `p=reject`/`p=quarantine` (quarantine: delivered marked
+//! `X-Sluice-DMARC: quarantine`, or held), and tempfails when DNS failed. The decisions
 //! live in [`policy`]; this file wires them to the `sluice_sdk` hooks.
 
 // On the host only the policy's unit tests run; the component glue needs
@@ -65,20 +66,25 @@ mod component {
                 dkim: auth::dkim(),
                 dmarc: auth::dmarc(),
                 arc: auth::arc(),
+                arc_sealer: auth::arc_sealer(),
             };
+            let config = config();
             let authserv_id = host::hostname();
             let identity = Identity {
                 reverse_path: session.reverse_path.as_deref().unwrap_or(""),
                 helo: session.helo.as_deref(),
             };
-            let value = policy::header_value(&authserv_id, &results, &identity);
+            let overridden_by = config.arc_override(&results);
+            let value = policy::header_value(&authserv_id, &results, &identity, overridden_by);
             log::debug(&format!("{}: {value}", policy::HEADER));
 
-            let verdict = if session.is_authenticated() {
-                Verdict::Next
+            let judged = !session.is_authenticated();
+            let verdict = if judged {
+                config.data_verdict(&results, &session.client_ip)
             } else {
-                config().data_verdict(&results, &session.client_ip)
+                Verdict::Next
             };
+            let mark = judged && verdict == Verdict::Next && config.marks_quarantine(&results);
             if verdict != Verdict::Next {
                 log::info(&format!("{value}: {verdict:?}"));
             }
@@ -98,6 +104,20 @@ mod component {
             let mut result = DataResult::from(verdict);
             for name in &remove {
                 result = result.remove_header(name);
+            }
+            // Only we may say DMARC asked for quarantine.
+            if headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(policy::QUARANTINE_HEADER))
+            {
+                result = result.remove_header(policy::QUARANTINE_HEADER);
+            }
+            if mark {
+                log::info(&format!(
+                    "{value}: delivered marked {}",
+                    policy::QUARANTINE_HEADER
+                ));
+                result = result.prepend_header(policy::QUARANTINE_HEADER, policy::QUARANTINE_MARK);
             }
             result = result.prepend_header(policy::HEADER, &value);
             for kept in &keep {

@@ -13,6 +13,13 @@ use sluice_sdk::{Reply, Verdict};
 /// The header this plugin writes and polices.
 pub const HEADER: &str = "Authentication-Results";
 
+/// The header that marks a message DMARC asked to quarantine, when it is
+/// delivered: `X-Sluice-DMARC: quarantine`, for the mailbox server to file
+/// (a Sieve `header :is "X-Sluice-DMARC" "quarantine"` rule). Any copy the
+/// message arrives with is removed.
+pub const QUARANTINE_HEADER: &str = "X-Sluice-DMARC";
+pub const QUARANTINE_MARK: &str = "quarantine";
+
 /// Why the plugin's configuration was refused; shown to the operator when
 /// the pipeline is built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,11 +36,18 @@ pub struct Config {
     /// Refuse MAIL FROM with 550 5.7.23 when SPF says `fail`.
     pub reject_spf_fail: bool,
     /// Honor the sender domain's DMARC policy: `p=reject` refuses the
-    /// message (550 5.7.1), `p=quarantine` quarantines it.
+    /// message (550 5.7.1), `p=quarantine` is handled as `dmarc_quarantine`
+    /// says.
     pub dmarc_policy: bool,
+    /// What `p=quarantine` does to a failing message: delivered with
+    /// [`QUARANTINE_HEADER`], or held in sluice's quarantine.
+    pub dmarc_quarantine: DmarcQuarantine,
     /// Answer 451 4.7.0 when a check could not be made for a DNS failure,
     /// instead of accepting.
     pub tempfail_on_temperror: bool,
+    /// Forwarders whose validating ARC chain (their seal the newest)
+    /// overrides a DMARC fail for the disposition (RFC 8617 §7.2.1).
+    pub trusted_arc_sealers: Vec<String>,
 }
 
 impl Default for Config {
@@ -41,9 +55,21 @@ impl Default for Config {
         Config {
             reject_spf_fail: false,
             dmarc_policy: true,
+            dmarc_quarantine: DmarcQuarantine::Deliver,
             tempfail_on_temperror: false,
+            trusted_arc_sealers: Vec::new(),
         }
     }
+}
+
+/// RFC 7489 §6.3: quarantine means "treat as suspicious", not refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcQuarantine {
+    /// Deliver, marked with [`QUARANTINE_HEADER`].
+    Deliver,
+    /// Hold in sluice's quarantine.
+    Hold,
 }
 
 impl Config {
@@ -81,7 +107,8 @@ impl Config {
         if self.reject_spf_fail && spf.outcome == AuthResult::Fail {
             return spf_reject(spf, client_ip);
         }
-        if self.dmarc_policy && dmarc.outcome == AuthResult::Fail {
+        let honored = self.dmarc_policy && self.arc_override(results).is_none();
+        if honored && dmarc.outcome == AuthResult::Fail {
             match dmarc.policy {
                 DmarcPolicy::Reject => {
                     return Verdict::Reject(Some(Reply::new(
@@ -93,12 +120,13 @@ impl Config {
                         ),
                     )))
                 }
-                DmarcPolicy::Quarantine => {
+                DmarcPolicy::Quarantine if self.dmarc_quarantine == DmarcQuarantine::Hold => {
                     return Verdict::Quarantine(format!(
                         "DMARC policy of {} (p=quarantine)",
                         dmarc.header_from
                     ))
                 }
+                DmarcPolicy::Quarantine => {}
                 DmarcPolicy::None => {}
             }
         }
@@ -112,6 +140,30 @@ impl Config {
             }
         }
         Verdict::Next
+    }
+
+    /// The trusted sealer whose validating ARC chain sets a DMARC fail
+    /// aside (RFC 8617 §7.2.1: the receiver may trust the forwarder's
+    /// recorded results), if any.
+    pub fn arc_override<'r>(&self, results: &'r Results) -> Option<&'r str> {
+        let trusted = results.dmarc.outcome == AuthResult::Fail
+            && results.arc == AuthResult::Pass
+            && !results.arc_sealer.is_empty()
+            && self
+                .trusted_arc_sealers
+                .iter()
+                .any(|sealer| sealer.eq_ignore_ascii_case(&results.arc_sealer));
+        trusted.then_some(results.arc_sealer.as_str())
+    }
+
+    /// Whether a message accepted at data is to carry [`QUARANTINE_HEADER`]:
+    /// DMARC failed under a quarantine policy that is delivered.
+    pub fn marks_quarantine(&self, results: &Results) -> bool {
+        self.dmarc_policy
+            && self.arc_override(results).is_none()
+            && self.dmarc_quarantine == DmarcQuarantine::Deliver
+            && results.dmarc.outcome == AuthResult::Fail
+            && results.dmarc.policy == DmarcPolicy::Quarantine
     }
 }
 
@@ -158,6 +210,8 @@ pub struct Results {
     pub dkim: Vec<DkimResult>,
     pub dmarc: DmarcResult,
     pub arc: AuthResult,
+    /// The newest sealer of a validating ARC chain; empty otherwise.
+    pub arc_sealer: String,
 }
 
 /// The session details the header names.
@@ -170,7 +224,14 @@ pub struct Identity<'a> {
 /// The value of our `Authentication-Results` header (RFC 8601 §2.2): the
 /// authserv-id, then one resinfo per method, each with the identity it
 /// checked. It is one line: the host writes header values unfolded.
-pub fn header_value(authserv_id: &str, results: &Results, identity: &Identity<'_>) -> String {
+/// `overridden_by` names the trusted ARC sealer that set a DMARC fail
+/// aside.
+pub fn header_value(
+    authserv_id: &str,
+    results: &Results,
+    identity: &Identity<'_>,
+    overridden_by: Option<&str>,
+) -> String {
     let mut parts = vec![pvalue(authserv_id)];
 
     let spf = &results.spf;
@@ -192,30 +253,33 @@ pub fn header_value(authserv_id: &str, results: &Results, identity: &Identity<'_
         parts.push("dkim=none".to_owned());
     }
     for dkim in &results.dkim {
-        let mut resinfo = format!("dkim={}", result_name(dkim.outcome));
-        if dkim.domain.is_empty() {
-            resinfo.push_str(" (unreadable signature)");
-        } else {
-            resinfo.push_str(&format!(" header.d={}", pvalue(&dkim.domain)));
-            if !dkim.selector.is_empty() {
-                resinfo.push_str(&format!(" header.s={}", pvalue(&dkim.selector)));
-            }
-        }
-        parts.push(resinfo);
+        parts.push(dkim_resinfo(dkim));
     }
 
     let dmarc = &results.dmarc;
     let mut resinfo = format!("dmarc={}", result_name(dmarc.outcome));
     if dmarc.outcome != AuthResult::None {
-        let policy = match dmarc.policy {
-            DmarcPolicy::None => "none",
-            DmarcPolicy::Quarantine => "quarantine",
-            DmarcPolicy::Reject => "reject",
-        };
-        resinfo.push_str(&format!(" (p={policy})"));
+        let policy = policy_name(dmarc.policy);
+        resinfo.push_str(&format!(" (p={policy}"));
+        if let Some(reason) = &dmarc.reason {
+            resinfo.push_str(&format!(": {}", comment(reason)));
+        }
+        resinfo.push(')');
+    } else if let Some(reason) = &dmarc.reason {
+        resinfo.push_str(&format!(" ({})", comment(reason)));
     }
     if !dmarc.header_from.is_empty() {
         resinfo.push_str(&format!(" header.from={}", pvalue(&dmarc.header_from)));
+    }
+    // RFC 8601 §2.3 `policy`: the local outcome differs from the record's
+    // policy (RFC 7489 §6.6.4 sampling, RFC 8617 §7.2.1 ARC override).
+    if let Some(sealer) = overridden_by {
+        resinfo.push_str(&format!(
+            " policy.dmarc=none policy.arc-sealer={}",
+            pvalue(sealer)
+        ));
+    } else if !dmarc.sampled {
+        resinfo.push_str(&format!(" policy.dmarc={}", policy_name(dmarc.policy)));
     }
     parts.push(resinfo);
 
@@ -223,6 +287,40 @@ pub fn header_value(authserv_id: &str, results: &Results, identity: &Identity<'_
         parts.push(format!("arc={}", result_name(results.arc)));
     }
     parts.join("; ")
+}
+
+/// One signature's resinfo: RFC 8601 §2.7.1 wants `header.d` and
+/// `header.s` (and `header.i` when the signature has one) on every result,
+/// so that each can be attributed to its signer.
+fn dkim_resinfo(dkim: &DkimResult) -> String {
+    let mut resinfo = format!("dkim={}", result_name(dkim.outcome));
+    if let Some(reason) = &dkim.reason {
+        resinfo.push_str(&format!(" ({})", comment(reason)));
+    }
+    for (property, value) in [
+        ("header.d", &dkim.domain),
+        ("header.s", &dkim.selector),
+        ("header.i", &dkim.identity),
+    ] {
+        if !value.is_empty() {
+            resinfo.push_str(&format!(" {property}={}", pvalue(value)));
+        }
+    }
+    resinfo
+}
+
+fn policy_name(policy: DmarcPolicy) -> &'static str {
+    match policy {
+        DmarcPolicy::None => "none",
+        DmarcPolicy::Quarantine => "quarantine",
+        DmarcPolicy::Reject => "reject",
+    }
+}
+
+/// Text for inside an RFC 5322 comment: printable, parentheses and
+/// backslashes dropped.
+fn comment(text: &str) -> String {
+    printable(text).replace(['(', ')', '\\'], "")
 }
 
 /// The RFC 8601 §2.7 name of a result.
@@ -370,6 +468,8 @@ mod tests {
             outcome,
             header_from: "example.org".into(),
             policy,
+            sampled: true,
+            reason: None,
         }
     }
 
@@ -379,6 +479,7 @@ mod tests {
             dkim: Vec::new(),
             dmarc: dmarc_result,
             arc: AuthResult::None,
+            arc_sealer: String::new(),
         }
     }
 
@@ -474,10 +575,19 @@ mod tests {
             AuthResult::Fail,
             dmarc(AuthResult::Fail, DmarcPolicy::Quarantine),
         );
-        assert!(matches!(
+        // RFC 7489 §6.3: quarantine is delivered, marked, by default.
+        assert_eq!(
             Config::default().data_verdict(&quarantine, "ip"),
+            Verdict::Next
+        );
+        assert!(Config::default().marks_quarantine(&quarantine));
+        let hold = Config::parse(r#"{"dmarc_quarantine": "hold"}"#).unwrap();
+        assert!(matches!(
+            hold.data_verdict(&quarantine, "ip"),
             Verdict::Quarantine(reason) if reason.contains("example.org")
         ));
+        assert!(!hold.marks_quarantine(&quarantine));
+        assert!(Config::parse(r#"{"dmarc_quarantine": "drop"}"#).is_err());
         let none = results(AuthResult::Fail, dmarc(AuthResult::Fail, DmarcPolicy::None));
         assert_eq!(Config::default().data_verdict(&none, "ip"), Verdict::Next);
         let pass = results(
@@ -501,26 +611,122 @@ mod tests {
                     outcome: AuthResult::Pass,
                     domain: "example.org".into(),
                     selector: "sel".into(),
+                    identity: "@example.org".into(),
+                    reason: None,
                 },
                 DkimResult {
                     outcome: AuthResult::Fail,
                     domain: "other.test".into(),
                     selector: "s2".into(),
+                    identity: String::new(),
+                    reason: None,
                 },
             ],
             dmarc: dmarc(AuthResult::Pass, DmarcPolicy::Reject),
             arc: AuthResult::Pass,
+            arc_sealer: "forwarder.example".into(),
         };
         let identity = Identity {
             reverse_path: "alice@example.org",
             helo: Some("mail.example.org"),
         };
         assert_eq!(
-            header_value("mx.example.test", &r, &identity),
+            header_value("mx.example.test", &r, &identity, None),
             "mx.example.test; spf=pass smtp.mailfrom=alice@example.org; \
-             dkim=pass header.d=example.org header.s=sel; \
+             dkim=pass header.d=example.org header.s=sel header.i=@example.org; \
              dkim=fail header.d=other.test header.s=s2; \
              dmarc=pass (p=reject) header.from=example.org; arc=pass"
+        );
+    }
+
+    #[test]
+    fn every_dkim_result_names_its_signer() {
+        // RFC 8601 §2.7.1: header.d and header.s whatever the result, and
+        // header.i when the signature has one.
+        let signature = |outcome, reason: Option<&str>| DkimResult {
+            outcome,
+            domain: "example.org".into(),
+            selector: "sel".into(),
+            identity: "u@example.org".into(),
+            reason: reason.map(str::to_owned),
+        };
+        for outcome in [
+            AuthResult::Pass,
+            AuthResult::Fail,
+            AuthResult::Neutral,
+            AuthResult::Temperror,
+            AuthResult::Permerror,
+        ] {
+            let value = dkim_resinfo(&signature(outcome, None));
+            assert!(
+                value.ends_with(" header.d=example.org header.s=sel header.i=u@example.org"),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            dkim_resinfo(&signature(AuthResult::Permerror, Some("From (h=) is not signed"))),
+            "dkim=permerror (From h= is not signed) header.d=example.org header.s=sel header.i=u@example.org"
+        );
+    }
+
+    #[test]
+    fn an_unsampled_dmarc_fail_records_the_local_policy() {
+        // RFC 7489 §6.6.4 with RFC 8601 §2.3's policy ptype.
+        let mut r = results(
+            AuthResult::Fail,
+            dmarc(AuthResult::Fail, DmarcPolicy::Quarantine),
+        );
+        r.dmarc.sampled = false;
+        r.dmarc.reason = Some("pct=0 left this message out of the sample".into());
+        let identity = Identity {
+            reverse_path: "a@example.org",
+            helo: None,
+        };
+        let value = header_value("mx", &r, &identity, None);
+        assert!(
+            value.contains(
+                "dmarc=fail (p=quarantine: pct=0 left this message out of the sample) \
+                 header.from=example.org policy.dmarc=quarantine"
+            ),
+            "{value}"
+        );
+    }
+
+    #[test]
+    fn a_trusted_arc_sealer_overrides_a_dmarc_fail() {
+        // RFC 8617 §7.2.1.
+        let mut r = results(
+            AuthResult::Fail,
+            dmarc(AuthResult::Fail, DmarcPolicy::Reject),
+        );
+        r.arc = AuthResult::Pass;
+        r.arc_sealer = "forwarder.example".into();
+        let trusting = Config::parse(r#"{"trusted_arc_sealers": ["Forwarder.Example"]}"#).unwrap();
+        assert_eq!(trusting.arc_override(&r), Some("forwarder.example"));
+        assert_eq!(trusting.data_verdict(&r, "ip"), Verdict::Next);
+        // Not trusted, or a chain that does not validate: the policy holds.
+        assert!(matches!(
+            Config::default().data_verdict(&r, "ip"),
+            Verdict::Reject(_)
+        ));
+        let mut broken = r.clone();
+        broken.arc = AuthResult::Fail;
+        assert_eq!(trusting.arc_override(&broken), None);
+        assert!(matches!(
+            trusting.data_verdict(&broken, "ip"),
+            Verdict::Reject(_)
+        ));
+        let identity = Identity {
+            reverse_path: "a@example.org",
+            helo: None,
+        };
+        let value = header_value("mx", &r, &identity, trusting.arc_override(&r));
+        assert!(
+            value.contains(
+                "dmarc=fail (p=reject) header.from=example.org \
+                 policy.dmarc=none policy.arc-sealer=forwarder.example"
+            ),
+            "{value}"
         );
     }
 
@@ -533,15 +739,18 @@ mod tests {
                 outcome: AuthResult::None,
                 header_from: String::new(),
                 policy: DmarcPolicy::None,
+                sampled: true,
+                reason: None,
             },
             arc: AuthResult::None,
+            arc_sealer: String::new(),
         };
         let identity = Identity {
             reverse_path: "",
             helo: Some("mail.example.org"),
         };
         assert_eq!(
-            header_value("mx", &r, &identity),
+            header_value("mx", &r, &identity, None),
             "mx; spf=none smtp.mailfrom=postmaster@mail.example.org; dkim=none; dmarc=none"
         );
         let mut literal = r.clone();
@@ -550,7 +759,7 @@ mod tests {
             reverse_path: "",
             helo: Some("[127.0.0.2]"),
         };
-        assert!(header_value("mx", &literal, &identity).contains("smtp.helo=\"[127.0.0.2]\""));
+        assert!(header_value("mx", &literal, &identity, None).contains("smtp.helo=\"[127.0.0.2]\""));
     }
 
     #[test]

@@ -319,7 +319,7 @@ pub mod dns {
 /// transaction.
 pub mod auth {
     pub use crate::bindings::sluice::filter::auth::{
-        arc, dkim, dmarc, spf_helo, spf_mail_from, AuthResult, DkimResult, DmarcPolicy,
+        arc, arc_sealer, dkim, dmarc, spf_helo, spf_mail_from, AuthResult, DkimResult, DmarcPolicy,
         DmarcResult, SpfResult,
     };
 }
