@@ -4,6 +4,7 @@
 //! once and again only when its modification time or size changes; a callout is one short LMTP/SMTP conversation (greeting,
 //! LHLO/EHLO, `MAIL FROM:<>`, `RCPT TO`, `QUIT`) bounded by the plugin's
 //! deadline. Caching callout answers is the plugin's business (its `kv`).
+//! `host` serves it to plugins, beside the other host interfaces.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -13,8 +14,6 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::bindings::sluice::filter::directory as wit;
-use super::host::HostState;
 use crate::config::{CalloutGrant, CalloutProtocol, PluginConfig};
 
 /// Files larger than this are refused rather than copied into a plugin.
@@ -209,7 +208,7 @@ impl Directory {
             .then(|| cached.parsed.clone())
     }
 
-    fn callout_granted(&self, plugin: &str, protocol: CalloutProtocol, target: &str) -> bool {
+    pub fn callout_granted(&self, plugin: &str, protocol: CalloutProtocol, target: &str) -> bool {
         self.grants.get(plugin).is_some_and(|g| {
             g.callouts
                 .iter()
@@ -344,70 +343,6 @@ async fn read_reply<R: AsyncBufReadExt + Unpin>(
         }
     }
     Err(CalloutError::Garbled(text))
-}
-
-fn host_protocol(protocol: wit::CalloutProtocol) -> CalloutProtocol {
-    match protocol {
-        wit::CalloutProtocol::Lmtp => CalloutProtocol::Lmtp,
-        wit::CalloutProtocol::Smtp => CalloutProtocol::Smtp,
-    }
-}
-
-impl wit::Host for HostState {
-    async fn lookup(
-        &mut self,
-        path: String,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<String>, String>> {
-        let directory = self.services.directory.clone();
-        Ok(directory
-            .lookup(&self.plugin, &path, &key)
-            .await
-            .map_err(|e| e.to_string()))
-    }
-
-    async fn callout_granted(
-        &mut self,
-        protocol: wit::CalloutProtocol,
-        target: String,
-    ) -> wasmtime::Result<bool> {
-        Ok(self
-            .services
-            .directory
-            .callout_granted(&self.plugin, host_protocol(protocol), &target))
-    }
-
-    async fn verify_recipient(
-        &mut self,
-        protocol: wit::CalloutProtocol,
-        target: String,
-        address: String,
-    ) -> wasmtime::Result<wit::CalloutAnswer> {
-        let protocol = host_protocol(protocol);
-        if !self
-            .services
-            .directory
-            .callout_granted(&self.plugin, protocol, &target)
-        {
-            return Ok(wit::CalloutAnswer::Unavailable(format!(
-                "{target} is not in this plugin's [plugins.{}] callouts",
-                self.plugin
-            )));
-        }
-        let budget = self.call_budget();
-        let hostname = self.services.hostname.clone();
-        let answer = callout(protocol, &target, &address, &hostname, budget).await;
-        tracing::debug!(
-            plugin = &*self.plugin,
-            session = %self.session_id,
-            "callout {target} for {address}: {answer:?}"
-        );
-        Ok(match answer {
-            CalloutAnswer::Exists => wit::CalloutAnswer::Exists,
-            CalloutAnswer::Unknown(reply) => wit::CalloutAnswer::Unknown(reply),
-            CalloutAnswer::Unavailable(reply) => wit::CalloutAnswer::Unavailable(reply),
-        })
-    }
 }
 
 #[cfg(test)]

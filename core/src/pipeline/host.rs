@@ -13,12 +13,13 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::auth::SessionAuth;
+use super::bindings::sluice::filter::directory as directory_wit;
 use super::bindings::sluice::filter::{auth, dns, host, kv, mail, types};
-use super::directory::Directory;
+use super::directory::{callout, CalloutAnswer, Directory};
 use super::message::MessageResource;
 use super::sandbox;
 use crate::authn::{self, Authenticator};
-use crate::config::{Capabilities, Capability};
+use crate::config::{CalloutProtocol, Capabilities, Capability};
 use crate::dns::{Dns, LookupError};
 use crate::state::{Kv, StateError};
 
@@ -463,5 +464,69 @@ impl mail::HostMessage for HostState {
     async fn drop(&mut self, this: Resource<MessageResource>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
+    }
+}
+
+fn host_protocol(protocol: directory_wit::CalloutProtocol) -> CalloutProtocol {
+    match protocol {
+        directory_wit::CalloutProtocol::Lmtp => CalloutProtocol::Lmtp,
+        directory_wit::CalloutProtocol::Smtp => CalloutProtocol::Smtp,
+    }
+}
+
+impl directory_wit::Host for HostState {
+    async fn lookup(
+        &mut self,
+        path: String,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<String>, String>> {
+        let directory = self.services.directory.clone();
+        Ok(directory
+            .lookup(&self.plugin, &path, &key)
+            .await
+            .map_err(|e| e.to_string()))
+    }
+
+    async fn callout_granted(
+        &mut self,
+        protocol: directory_wit::CalloutProtocol,
+        target: String,
+    ) -> wasmtime::Result<bool> {
+        Ok(self
+            .services
+            .directory
+            .callout_granted(&self.plugin, host_protocol(protocol), &target))
+    }
+
+    async fn verify_recipient(
+        &mut self,
+        protocol: directory_wit::CalloutProtocol,
+        target: String,
+        address: String,
+    ) -> wasmtime::Result<directory_wit::CalloutAnswer> {
+        let protocol = host_protocol(protocol);
+        if !self
+            .services
+            .directory
+            .callout_granted(&self.plugin, protocol, &target)
+        {
+            return Ok(directory_wit::CalloutAnswer::Unavailable(format!(
+                "{target} is not in this plugin's [plugins.{}] callouts",
+                self.plugin
+            )));
+        }
+        let budget = self.call_budget();
+        let hostname = self.services.hostname.clone();
+        let answer = callout(protocol, &target, &address, &hostname, budget).await;
+        tracing::debug!(
+            plugin = &*self.plugin,
+            session = %self.session_id,
+            "callout {target} for {address}: {answer:?}"
+        );
+        Ok(match answer {
+            CalloutAnswer::Exists => directory_wit::CalloutAnswer::Exists,
+            CalloutAnswer::Unknown(reply) => directory_wit::CalloutAnswer::Unknown(reply),
+            CalloutAnswer::Unavailable(reply) => directory_wit::CalloutAnswer::Unavailable(reply),
+        })
     }
 }
