@@ -65,8 +65,10 @@ def test_quarantined_mail_is_removed_after_its_retention_and_other_mail_stays(tm
     try:
         send(server, "bob@example.test", "deferred", "see you")
         send(server, "carol@example.test", "held", "see you too")
-        deferred = wait_for(lambda: [i for i, s in states(server).items() if s == "deferred"][:2])
-        assert len(deferred) == 2, states(server)
+        # Both deferred, not merely the first: a one-entry list is already truthy.
+        deferred = wait_for(lambda: (lambda d: d if len(d) == 2 else None)(
+            [i for i, s in states(server).items() if s == "deferred"]))
+        assert deferred and len(deferred) == 2, states(server)
         kept_held = deferred[1]
         assert queue(server, "hold", kept_held).strip() == f"{kept_held} held"
 

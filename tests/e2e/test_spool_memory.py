@@ -12,6 +12,7 @@ import hashlib
 import smtplib
 import socket
 import threading
+import time
 from pathlib import Path
 
 from conftest import strip_trace
@@ -185,13 +186,14 @@ def run_load(server, added):
     assert growth < RSS_GROWTH_LIMIT, f"RSS grew by {growth >> 20} MiB"
 
     # Every acknowledged message reaches its mailbox intact.
-    deadline_checks = 6000
+    # `stop` is set by now, so its wait() would not pause: poll on a clock.
+    deadline = time.monotonic() + 600
     for sender in senders:
-        for _ in range(deadline_checks):
+        while True:
             delivered = server.maildir(f"user{sender.n}")
-            if delivered:
+            if delivered or time.monotonic() > deadline:
                 break
-            stop.wait(0.1)
+            time.sleep(0.1)
         assert len(delivered) == 1, f"message {sender.n} not delivered"
         assert file_sha256(delivered[0], added) == sender.sha256, f"message {sender.n} changed"
     assert len(server.maildir("small")) == 1
