@@ -83,6 +83,7 @@ mod space;
 mod spool;
 mod staged;
 
+pub use clock::unix_now;
 pub use entry::{
     AttemptRecord, AttemptRecorded, Envelope, MessageBytes, NewMessage, QueueEntry, Recipient,
     RecipientOutcome, RecipientStatus, HISTORY_LIMIT,

@@ -126,10 +126,7 @@ fn write(
     for sub in ["tmp", "new", "cur"] {
         durable::create_dir_all(&dir.join(sub))?;
     }
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = sluice_spool::unix_now();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = format!(
         "{secs}.{queue_id}_{n}.{}",

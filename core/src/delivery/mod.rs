@@ -42,14 +42,6 @@ pub use mta_sts::MtaSts;
 pub use scheduler::{spawn, DeliveryHandle};
 pub use transport::{OutboundTlsConfig, TlsSetupError};
 
-/// Seconds since the Unix epoch: what the spool's times are in.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// What the scheduler works from: the resolved `[delivery]`, `[queue]` and
 /// `[domains]` sections as they are, plus what is not configuration.
 #[derive(Debug, Clone)]

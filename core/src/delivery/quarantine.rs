@@ -29,7 +29,7 @@ pub(super) async fn run(spool: Spool, retention: Duration, mut shutdown: watch::
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let now = super::unix_now();
+        let now = sluice_spool::unix_now();
         // Whole seconds: a message received in the second this names is
         // kept to the next sweep, so none goes before its retention.
         let received_before = now.saturating_sub(retention.as_secs());

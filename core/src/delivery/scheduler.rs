@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_spool::{
-    MessageReader, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus, Spool,
+    unix_now, MessageReader, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus,
+    Spool,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -28,7 +29,7 @@ use super::smtp_client::{
     self, ClientContext, Content, Envelope, HopPolicy, Protocol, Target, TargetAddress,
 };
 use super::transport::OutboundTlsConfig;
-use super::{maildir, split_address, unix_now, DeliverySettings, RecipientResult};
+use super::{maildir, split_address, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
 use crate::dns::Dns;
 use crate::metrics::METRICS;

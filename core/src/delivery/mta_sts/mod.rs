@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 
-use super::unix_now;
 use crate::dns::Dns;
 use cache::{Cached, PolicyCache};
 pub use policy::{Mode, Policy};
 use record::Record;
+use sluice_spool::unix_now;
 
 /// Where policy hosts listen (§3.3: HTTPS).
 const HTTPS_PORT: u16 = 443;
