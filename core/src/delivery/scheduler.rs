@@ -737,6 +737,8 @@ impl Deliverer {
             received_at: unix_now(),
             client: "local delivery status notification".to_owned(),
             quarantine: None,
+            dsn: Default::default(),
+            recipient_dsn: Vec::new(),
         };
         match self.spool.enqueue(dsn).await {
             Ok(dsn_id) => {
