@@ -9,7 +9,7 @@ import email.policy
 import smtplib
 
 from conftest import Recorder, Server, Sink, config, free_port
-from peers import postfix_mx, wait_for  # noqa: F401  (postfix_mx is a fixture)
+from peers import dovecot_lmtp, postfix_mx, wait_for  # noqa: F401  (fixtures)
 
 SENDER = "alice@example.org"
 ENVID = "QQ314159+env"
@@ -185,6 +185,54 @@ def test_a_next_hop_without_dsn_gets_no_parameters_and_the_sender_a_relayed_repo
         assert rcpt["Remote-MTA"] is not None
     finally:
         server.stop()
+        hop.stop()
+
+
+def test_a_delay_report_goes_only_to_those_who_asked_for_it(tmp_path):
+    hop = Sink(free_port(), rcpt_replies={
+        "slow@example.net": "452 4.2.2 over quota",
+        "quiet@example.net": "452 4.2.2 over quota",
+    }).start()
+    server = start(tmp_path, extra='warn_after = "1s"\n' + route("example.net", hop.port))
+    try:
+        send(server.port, [("slow@example.net", ["NOTIFY=DELAY,FAILURE"]),
+                           ("quiet@example.net", ["NOTIFY=FAILURE"])],
+             mail_options=[f"ENVID={ENVID_XTEXT}"])
+        [report] = wait(lambda: reports(server), 60)
+        assert report.msg["Subject"].startswith("Delayed Mail")
+        assert report.per_message["Original-Envelope-Id"] == ENVID
+        [rcpt] = report.recipients
+        assert rcpt["Final-Recipient"] == "rfc822; slow@example.net"
+        assert (rcpt["Action"], rcpt["Status"]) == ("delayed", "4.2.2")
+        # More retries, still the one report.
+        attempts = len(hop.rcpt_seen)
+        assert wait_for(lambda: len(hop.rcpt_seen) >= attempts + 4)
+        assert notifications(server) == 1
+    finally:
+        server.stop()
+        hop.stop()
+
+
+def test_success_over_lmtp_gets_a_delivered_report(sluice, dovecot_lmtp):
+    dovecot = dovecot_lmtp()
+    # The sender's domain, where the report goes.
+    hop = Sink(free_port()).start()
+    try:
+        server = sluice(extra=f'[delivery]\nlocal = {{ lmtp = "127.0.0.1:{dovecot.port}" }}\n'
+                              + route("example.test", hop.port))
+        send(server.port, [("alice@example.org", ["NOTIFY=SUCCESS"]), ("bob@example.org", [])],
+             sender="sender@example.test")
+        assert wait_for(lambda: dovecot.messages("alice@example.org") and dovecot.messages("bob@example.org"), 60)
+        [got] = hop.wait(1, timeout=60)
+        assert got.rcpt_tos == ["sender@example.test"]
+        report = email.message_from_bytes(got.original_content, policy=email.policy.compat32)
+        status = report.get_payload()[1].get_payload()
+        [rcpt] = status[1:]
+        assert rcpt["Final-Recipient"] == "rfc822; alice@example.org"
+        assert (rcpt["Action"], rcpt["Status"]) == ("delivered", "2.0.0")
+        # Dovecot's own reply, not a local note.
+        assert rcpt["Diagnostic-Code"].startswith("smtp; 250")
+    finally:
         hop.stop()
 
 
