@@ -9,7 +9,7 @@ import email.policy
 import smtplib
 
 from conftest import Recorder, Server, Sink, config, free_port
-from peers import dovecot_lmtp, postfix_mx, wait_for  # noqa: F401  (fixtures)
+from peers import wait_for
 
 SENDER = "alice@example.org"
 ENVID = "QQ314159+env"
@@ -82,6 +82,15 @@ class Report:
         blocks = status.get_payload()
         self.per_message, self.recipients = blocks[0], blocks[1:]
 
+    def only(self, final, action, status, original=None):
+        """The one recipient block, checked against what it must say."""
+        [rcpt] = self.recipients
+        assert rcpt["Final-Recipient"] == f"rfc822; {final}", rcpt
+        assert rcpt["Original-Recipient"] == (original and f"rfc822; {original}"), rcpt
+        assert (rcpt["Action"], rcpt["Status"]) == (action, status), rcpt
+        assert self.per_message["Original-Envelope-Id"] == ENVID
+        return rcpt
+
     def by_final(self):
         return {r["Final-Recipient"].split(";", 1)[1].strip(): r for r in self.recipients}
 
@@ -152,11 +161,7 @@ def test_success_to_a_maildir_gets_a_delivered_report(tmp_path):
         wait(lambda: server.maildir("bob") and server.maildir("carol"))
         [report] = wait(lambda: reports(server), 30)
         assert report.msg["Subject"] == "Successful Mail Delivery Report"
-        assert report.per_message["Original-Envelope-Id"] == ENVID
-        [rcpt] = report.recipients
-        assert rcpt["Final-Recipient"] == "rfc822; bob@localhost"
-        assert rcpt["Original-Recipient"] == "rfc822; bob@old.example"
-        assert (rcpt["Action"], rcpt["Status"]) == ("delivered", "2.0.0")
+        report.only("bob@localhost", "delivered", "2.0.0", original="bob@old.example")
         # Nothing of the local delivery's internals goes to the sender.
         assert b"/mail/" not in report.raw
         assert b"the secret body line" not in report.raw
@@ -178,10 +183,7 @@ def test_a_next_hop_without_dsn_gets_no_parameters_and_the_sender_a_relayed_repo
         assert not [o for o in got.mail_options if o.upper().startswith(("RET=", "ENVID="))], got.mail_options
         assert hop.recorder.rcpt_options == [[]], hop.recorder.rcpt_options
         [report] = wait(lambda: reports(server), 30)
-        [rcpt] = report.recipients
-        assert rcpt["Final-Recipient"] == "rfc822; bob@example.net"
-        assert (rcpt["Action"], rcpt["Status"]) == ("relayed", "2.0.0")
-        assert report.per_message["Original-Envelope-Id"] == ENVID
+        rcpt = report.only("bob@example.net", "relayed", "2.0.0")
         assert rcpt["Remote-MTA"] is not None
     finally:
         server.stop()
@@ -200,10 +202,7 @@ def test_a_delay_report_goes_only_to_those_who_asked_for_it(tmp_path):
              mail_options=[f"ENVID={ENVID_XTEXT}"])
         [report] = wait(lambda: reports(server), 60)
         assert report.msg["Subject"].startswith("Delayed Mail")
-        assert report.per_message["Original-Envelope-Id"] == ENVID
-        [rcpt] = report.recipients
-        assert rcpt["Final-Recipient"] == "rfc822; slow@example.net"
-        assert (rcpt["Action"], rcpt["Status"]) == ("delayed", "4.2.2")
+        report.only("slow@example.net", "delayed", "4.2.2")
         # More retries, still the one report.
         attempts = len(hop.rcpt_seen)
         assert wait_for(lambda: len(hop.rcpt_seen) >= attempts + 4)
@@ -285,11 +284,7 @@ def test_postfix_sends_into_sluice_with_dsn_parameters(tmp_path, postfix_mx):
         wait(lambda: server.maildir("bob", "example.org"), 60)
         [report] = wait(lambda: reports(server, "carol", "localhost"), 30)
         assert report.per_message["Reporting-MTA"] == "dns; mx.example.test"
-        assert report.per_message["Original-Envelope-Id"] == ENVID
-        [rcpt] = report.recipients
-        assert rcpt["Final-Recipient"] == "rfc822; bob@example.org"
-        assert rcpt["Original-Recipient"] == "rfc822; robert@example.org"
-        assert (rcpt["Action"], rcpt["Status"]) == ("delivered", "2.0.0")
+        report.only("bob@example.org", "delivered", "2.0.0", original="robert@example.org")
     finally:
         server.stop()
 
@@ -312,10 +307,7 @@ def test_the_parameters_survive_a_restart_before_the_failure(tmp_path):
     server = Server(tmp_path, server.config_text).start(server.port)
     try:
         [report] = wait(lambda: reports(server), 60)
-        assert report.per_message["Original-Envelope-Id"] == ENVID
-        [rcpt] = report.recipients
-        assert rcpt["Final-Recipient"] == "rfc822; bob@example.net"
-        assert rcpt["Original-Recipient"] == "rfc822; bob@old.example"
+        report.only("bob@example.net", "failed", "5.1.1", original="bob@old.example")
         assert report.returned.get_content_type() == "message/rfc822"
         assert b"the secret body line" in report.raw
     finally:
