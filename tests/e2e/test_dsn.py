@@ -146,6 +146,14 @@ def test_ret_full_returns_the_whole_message(tmp_path):
         returned = report.returned.get_payload()[0]
         assert returned["Subject"] == "the DSN test"
         assert "the secret body line" in returned.get_payload()
+        # Over 256 KiB the message is not returned, only its headers.
+        large = MESSAGE.replace(b"Subject: the DSN test", b"Subject: large") + b"x" * 998 + b"\r\n"
+        large += (b"y" * 998 + b"\r\n") * 300
+        send(server.port, [("bob@example.net", [])], mail_options=["RET=FULL"], message=large)
+        reports_now = wait(lambda: len(reports(server)) == 2 and reports(server), 60)
+        [report] = [r for r in reports_now if b"Subject: large" in r.raw]
+        assert report.returned.get_content_type() == "text/rfc822-headers"
+        assert b"yyyy" not in report.raw and len(report.raw) < 20000
     finally:
         server.stop()
         hop.stop()
