@@ -8,6 +8,12 @@
 //! destination at its cap (a tarpit, a slow next hop) wait without holding
 //! anything the other destinations need. Message bytes are read from the
 //! spool only once both slots are held.
+//!
+//! Each attempt's results decide the reports the sender gets, as each
+//! recipient's NOTIFY asked (RFC 3461): failed, delayed (once, after
+//! `warn_after`), delivered at Maildir or LMTP delivery, relayed to a next
+//! hop that did not take the DSN request. They are queued before the
+//! attempt is recorded.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
