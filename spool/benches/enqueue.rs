@@ -15,6 +15,8 @@ fn message(n: u64) -> NewMessage {
         received_at: n,
         client: "127.0.0.1:1".into(),
         quarantine: None,
+        dsn: Default::default(),
+        recipient_dsn: Vec::new(),
     }
 }
 

@@ -21,6 +21,11 @@ pub struct NewMessage {
     pub client: String,
     /// Some(reason): every recipient starts Quarantined.
     pub quarantine: Option<String>,
+    /// MAIL's DSN parameters (RFC 3461).
+    pub dsn: DsnEnvelope,
+    /// Each recipient's DSN parameters, in the order of `recipients`; one
+    /// missing from the end has none.
+    pub recipient_dsn: Vec<RecipientDsn>,
 }
 
 impl NewMessage {
@@ -32,6 +37,8 @@ impl NewMessage {
             received_at: self.received_at,
             client: self.client.clone(),
             quarantine: self.quarantine.clone(),
+            dsn: self.dsn.clone(),
+            recipient_dsn: self.recipient_dsn.clone(),
         }
     }
 }
@@ -50,6 +57,11 @@ pub struct Envelope {
     pub client: String,
     /// Some(reason): every recipient starts Quarantined.
     pub quarantine: Option<String>,
+    /// MAIL's DSN parameters (RFC 3461).
+    pub dsn: DsnEnvelope,
+    /// Each recipient's DSN parameters, in the order of `recipients`; one
+    /// missing from the end has none.
+    pub recipient_dsn: Vec<RecipientDsn>,
 }
 
 /// One spooled message: envelope and delivery state, without the bytes.
@@ -83,6 +95,10 @@ pub struct QueueEntry {
     /// delivered; removing it is the only way out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub damaged: Option<String>,
+    /// MAIL's DSN parameters; entries written before they were kept load
+    /// with none.
+    #[serde(default, skip_serializing_if = "DsnEnvelope::is_empty")]
+    pub dsn: DsnEnvelope,
 }
 
 impl QueueEntry {
@@ -108,6 +124,88 @@ pub struct Recipient {
     /// before the field existed load with an empty history.
     #[serde(default)]
     pub history: Vec<AttemptRecord>,
+    /// RCPT's DSN parameters; entries written before they were kept load
+    /// with none.
+    #[serde(default, skip_serializing_if = "RecipientDsn::is_empty")]
+    pub dsn: RecipientDsn,
+}
+
+/// RET (RFC 3461 §4.3): what of the message a failure DSN returns.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ret {
+    /// The whole message.
+    Full,
+    /// Only its header section.
+    Hdrs,
+}
+
+/// The DSN parameters of MAIL (RFC 3461 §4.3, §4.4).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DsnEnvelope {
+    /// RET; absent means the reporting MTA's choice (sluice: headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+    /// ENVID, xtext-decoded: quoted back as `Original-Envelope-Id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+}
+
+impl DsnEnvelope {
+    /// Neither parameter was given.
+    pub fn is_empty(&self) -> bool {
+        self.ret.is_none() && self.envid.is_none()
+    }
+}
+
+/// NOTIFY (RFC 3461 §4.1): the events the sender wants a DSN for. All
+/// false is `NOTIFY=NEVER`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+/// ORCPT (RFC 3461 §4.2): the recipient as the sender first addressed it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OriginalRecipient {
+    /// The address type, e.g. `rfc822`.
+    pub addr_type: String,
+    /// The address, xtext-decoded.
+    pub address: String,
+}
+
+/// The DSN parameters of one RCPT.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecipientDsn {
+    /// NOTIFY; absent means FAILURE and DELAY (RFC 3461 §4.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<OriginalRecipient>,
+}
+
+impl RecipientDsn {
+    /// Neither parameter was given.
+    pub fn is_empty(&self) -> bool {
+        self.notify.is_none() && self.orcpt.is_none()
+    }
+
+    /// A "failed" DSN is wanted: NOTIFY has FAILURE or is absent.
+    pub fn wants_failure(&self) -> bool {
+        self.notify.is_none_or(|n| n.failure)
+    }
+
+    /// A "delayed" DSN is wanted: NOTIFY has DELAY or is absent.
+    pub fn wants_delay(&self) -> bool {
+        self.notify.is_none_or(|n| n.delay)
+    }
+
+    /// A "delivered" or "relayed" DSN is wanted: only on NOTIFY=SUCCESS.
+    pub fn wants_success(&self) -> bool {
+        self.notify.is_some_and(|n| n.success)
+    }
 }
 
 /// How many attempt records a recipient keeps; older ones are dropped.
@@ -248,6 +346,7 @@ mod tests {
                     at: 5,
                     reply: "451 4.4.1 try later".into(),
                 }],
+                dsn: RecipientDsn::default(),
             }],
             received_at: 1,
             client: "127.0.0.1:2525".into(),
@@ -258,6 +357,7 @@ mod tests {
             quarantine: Some("spam".into()),
             warned: false,
             damaged: None,
+            dsn: DsnEnvelope::default(),
         };
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["id"], "0000000000000abc");
@@ -277,6 +377,42 @@ mod tests {
         let entry: QueueEntry = serde_json::from_str(old).unwrap();
         assert!(entry.recipients[0].history.is_empty());
         assert_eq!(entry.recipients[0].attempts, 2);
+        assert_eq!(entry.dsn, DsnEnvelope::default());
+        assert_eq!(entry.recipients[0].dsn, RecipientDsn::default());
+        // No DSN parameters: the defaults of RFC 3461 §4.1.
+        assert!(entry.recipients[0].dsn.wants_failure());
+        assert!(entry.recipients[0].dsn.wants_delay());
+        assert!(!entry.recipients[0].dsn.wants_success());
+    }
+
+    #[test]
+    fn dsn_parameters_round_trip_and_are_left_out_when_absent() {
+        let old = r#"{"id":"0000000000000abd","reverse_path":"s@example.org","recipients":[
+            {"address":"a@example.org","status":"pending","last_reply":null,"attempts":0},
+            {"address":"b@example.org","status":"pending","last_reply":null,"attempts":0}],
+            "received_at":1,"client":"127.0.0.1:1","size":3,"attempts":0,
+            "next_attempt":0,"held":false,"quarantine":null,"warned":false}"#;
+        let mut entry: QueueEntry = serde_json::from_str(old).unwrap();
+        let plain = serde_json::to_value(&entry).unwrap();
+        assert!(plain.get("dsn").is_none());
+        assert!(plain["recipients"][0].get("dsn").is_none());
+        entry.dsn = DsnEnvelope {
+            ret: Some(Ret::Hdrs),
+            envid: Some("QQ314159".into()),
+        };
+        entry.recipients[0].dsn = RecipientDsn {
+            notify: Some(Notify::default()),
+            orcpt: Some(OriginalRecipient {
+                addr_type: "rfc822".into(),
+                address: "A+B@example.org".into(),
+            }),
+        };
+        let json = serde_json::to_string(&entry).unwrap();
+        let back: QueueEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, entry);
+        let never = &back.recipients[0].dsn;
+        assert!(!never.wants_failure() && !never.wants_delay() && !never.wants_success());
+        assert!(back.recipients[1].dsn.is_empty());
     }
 
     #[test]
@@ -287,6 +423,7 @@ mod tests {
             last_reply: None,
             attempts: 0,
             history: Vec::new(),
+            dsn: RecipientDsn::default(),
         };
         for at in 0..25 {
             rcpt.push_history(AttemptRecord {

@@ -85,8 +85,9 @@ mod staged;
 
 pub use clock::unix_now;
 pub use entry::{
-    AttemptRecord, AttemptRecorded, Envelope, MessageBytes, NewMessage, QueueEntry, Recipient,
-    RecipientOutcome, RecipientStatus, HISTORY_LIMIT,
+    AttemptRecord, AttemptRecorded, DsnEnvelope, Envelope, MessageBytes, NewMessage, Notify,
+    OriginalRecipient, QueueEntry, Recipient, RecipientDsn, RecipientOutcome, RecipientStatus, Ret,
+    HISTORY_LIMIT,
 };
 pub use error::{SpoolError, SyncError};
 pub use id::{ParseQueueIdError, QueueId};

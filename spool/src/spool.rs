@@ -271,6 +271,7 @@ impl Spool {
         } else {
             RecipientStatus::Pending
         };
+        let mut recipient_dsn = envelope.recipient_dsn.into_iter();
         let entry = QueueEntry {
             id,
             reverse_path: envelope.reverse_path,
@@ -283,6 +284,7 @@ impl Spool {
                     last_reply: None,
                     attempts: 0,
                     history: Vec::new(),
+                    dsn: recipient_dsn.next().unwrap_or_default(),
                 })
                 .collect(),
             received_at: envelope.received_at,
@@ -294,6 +296,7 @@ impl Spool {
             quarantine: envelope.quarantine,
             warned: false,
             damaged: None,
+            dsn: envelope.dsn,
         };
         let json = match encode_entry(&entry) {
             Ok(json) => json,

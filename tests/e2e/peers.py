@@ -179,6 +179,7 @@ transport_maps = inline:{{ {domain}=smtp:[127.0.0.1]:{sink_port} }}
 smtp_tls_security_level = none
 
 {tls}
+{extra}
 """
 
 POSTFIX_TLS = """\
@@ -218,15 +219,17 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 class PostfixMX:
     """A Postfix instance on 127.0.0.1:port accepting mail for `domain` (with
-    STARTTLS unless starttls=False) and relaying it to its own Sink."""
+    STARTTLS unless starttls=False) and relaying it to its own Sink.
+    `main_extra` is appended to its main.cf (a later setting wins)."""
 
-    def __init__(self, keep_dir: Path, port=None, domain="example.net", starttls=True):
+    def __init__(self, keep_dir: Path, port=None, domain="example.net", starttls=True, main_extra=""):
         require(POSTFIX_SBIN, f"{POSTFIX_DAEMONS}/master", "openssl")
         self.keep_dir = Path(keep_dir)
         self.address = "127.0.0.1"
         self.port = port or free_port()
         self.domain = domain
         self.starttls = starttls
+        self.main_extra = main_extra
         self.root = peer_dir("sluice-postfix-")
         self.conf = self.root / "etc"
         self.conf.mkdir()
@@ -249,7 +252,8 @@ class PostfixMX:
         tls = POSTFIX_TLS.format(cert=self.certs.cert_file, key=self.certs.key_file) if self.certs else \
             "smtpd_tls_security_level = none\n"
         (self.conf / "main.cf").write_text(POSTFIX_MAIN.format(
-            root=self.root, daemons=POSTFIX_DAEMONS, domain=self.domain, sink_port=self.sink.port, tls=tls))
+            root=self.root, daemons=POSTFIX_DAEMONS, domain=self.domain, sink_port=self.sink.port, tls=tls,
+            extra=self.main_extra))
         (self.conf / "master.cf").write_text(POSTFIX_MASTER.format(port=self.port))
         (self.root / "queue").mkdir()
         data = self.root / "data"

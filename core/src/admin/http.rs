@@ -557,6 +557,8 @@ mod tests {
                     .as_secs(),
                 client: "127.0.0.1:1".into(),
                 quarantine: None,
+                dsn: Default::default(),
+                recipient_dsn: Vec::new(),
             })
             .await
             .unwrap();

@@ -7,7 +7,8 @@
 //!   (`credentials`)
 //! - `mta_sts`: MTA-STS records and policies (RFC 8461)
 //! - `maildir`: local domains written to `<data_dir>/mail/<domain>/<local>/`
-//! - `dsn`: the reports senders get about failed or delayed recipients
+//! - `dsn`: the reports senders get about failed or delayed recipients,
+//!   and about delivered or relayed ones when NOTIFY=SUCCESS asked
 //! - `limits`: per-destination connection and rate limits, taken before
 //!   a global slot so a destination at its cap holds none
 //! - `scheduler`: one task fed by a channel that decides when each queued

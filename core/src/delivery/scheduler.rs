@@ -8,6 +8,12 @@
 //! destination at its cap (a tarpit, a slow next hop) wait without holding
 //! anything the other destinations need. Message bytes are read from the
 //! spool only once both slots are held.
+//!
+//! Each attempt's results decide the reports the sender gets, as each
+//! recipient's NOTIFY asked (RFC 3461): failed, delayed (once, after
+//! `warn_after`), delivered at Maildir or LMTP delivery, relayed to a next
+//! hop that did not take the DSN request. They are queued before the
+//! attempt is recorded.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -15,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_spool::{
-    unix_now, MessageReader, NewMessage, QueueEntry, QueueId, RecipientOutcome, RecipientStatus,
-    Spool,
+    unix_now, MessageReader, NewMessage, QueueEntry, QueueId, RecipientDsn, RecipientOutcome,
+    RecipientStatus, Ret, Spool,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -26,7 +32,7 @@ use super::limits::DestinationLimits;
 use super::mta_sts::{Mode as MtaStsMode, MtaSts};
 use super::route::{self, Destination, RouteFailure};
 use super::smtp_client::{
-    self, ClientContext, Content, Envelope, HopPolicy, Protocol, Target, TargetAddress,
+    self, ClientContext, Content, DsnRequest, Envelope, HopPolicy, Protocol, Target, TargetAddress,
 };
 use super::transport::OutboundTlsConfig;
 use super::{maildir, split_address, DeliverySettings, RecipientResult};
@@ -34,7 +40,8 @@ use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
 use crate::dns::Dns;
 use crate::metrics::METRICS;
 
-/// Most of a message a DSN reads to quote its header section.
+/// Most of a message a DSN reads: to quote its header section, or to
+/// return it whole under RET=FULL when it is no larger.
 const DSN_QUOTE_LIMIT: usize = 256 << 10;
 
 #[derive(Clone)]
@@ -258,6 +265,10 @@ struct Result1 {
     index: usize,
     result: RecipientResult,
     host: Option<String>,
+    /// The report a NOTIFY=SUCCESS recipient gets once delivered:
+    /// "delivered" at final delivery, "relayed" to a next hop that took no
+    /// DSN request, none when the next hop took it (it reports then).
+    success: Option<ReportKind>,
 }
 
 /// Why an attempt stopped before every recipient was tried.
@@ -408,6 +419,7 @@ impl Deliverer {
                     index: *index,
                     result,
                     host: None,
+                    success: Some(ReportKind::Delivered),
                 });
             }
             if let (LocalDelivery::Lmtp(target), false) =
@@ -565,12 +577,27 @@ impl Deliverer {
         policy: HopPolicy<'_>,
     ) -> Vec<Result1> {
         let addresses: Vec<String> = list.iter().map(|(_, a)| a.clone()).collect();
+        let wanted: Vec<RecipientDsn> = list
+            .iter()
+            .map(|(index, _)| entry.recipients[*index].dsn.clone())
+            .collect();
+        // Over LMTP delivery is final: sluice reports it itself.
+        let lmtp = policy.protocol == Protocol::Lmtp;
         let envelope = Envelope {
             reverse_path: &entry.reverse_path,
             recipients: &addresses,
             message,
+            dsn: (!lmtp).then_some(DsnRequest {
+                envelope: &entry.dsn,
+                recipients: &wanted,
+            }),
         };
         let outcome = smtp_client::deliver(&self.client, targets, policy, &envelope).await;
+        let success = match (lmtp, outcome.dsn_passed) {
+            (true, _) => Some(ReportKind::Delivered),
+            (false, false) => Some(ReportKind::Relayed),
+            (false, true) => None,
+        };
         list.iter()
             .zip(outcome.results)
             .map(|((index, address), result)| {
@@ -586,6 +613,7 @@ impl Deliverer {
                     index: *index,
                     result,
                     host: outcome.host.clone(),
+                    success,
                 }
             })
             .collect()
@@ -603,15 +631,21 @@ impl Deliverer {
         let age = Duration::from_secs(unix_now().saturating_sub(entry.received_at));
         let expired = age >= queue.max_age;
         let mut outcomes = Vec::with_capacity(results.len());
+        // The reports NOTIFY asks for (FAILURE and DELAY when absent).
         let mut failed = Vec::new();
-        let mut deferred = Vec::new();
+        let mut delayed = Vec::new();
+        let mut delivered = Vec::new();
+        let mut relayed = Vec::new();
+        let mut any_deferred = false;
         for Result1 {
             index,
             result,
             host,
+            success,
         } in results
         {
-            let address = entry.recipients[index].address.clone();
+            let rcpt = &entry.recipients[index];
+            let address = rcpt.address.clone();
             let (status, reply) = match result {
                 RecipientResult::Delivered(r) => (RecipientStatus::Delivered, r),
                 RecipientResult::Failed(r) => (RecipientStatus::Failed, r),
@@ -634,10 +668,23 @@ impl Deliverer {
                 address,
                 reply: reply.clone(),
                 remote_mta: host,
+                original: rcpt.dsn.orcpt.clone(),
             };
-            match status {
-                RecipientStatus::Failed => failed.push(report),
-                RecipientStatus::Deferred => deferred.push(report),
+            let wanted = &rcpt.dsn;
+            any_deferred |= status == RecipientStatus::Deferred;
+            match (status, success) {
+                (RecipientStatus::Failed, _) if wanted.wants_failure() => failed.push(report),
+                (RecipientStatus::Deferred, _) if wanted.wants_delay() => delayed.push(report),
+                (RecipientStatus::Delivered, Some(ReportKind::Delivered))
+                    if wanted.wants_success() =>
+                {
+                    delivered.push(report)
+                }
+                (RecipientStatus::Delivered, Some(ReportKind::Relayed))
+                    if wanted.wants_success() =>
+                {
+                    relayed.push(report)
+                }
                 _ => {}
             }
             outcomes.push(RecipientOutcome {
@@ -646,7 +693,7 @@ impl Deliverer {
                 reply: Some(reply),
             });
         }
-        let next = (!deferred.is_empty()).then(|| {
+        let next = any_deferred.then(|| {
             let step = (entry.attempts as usize).min(queue.retry.len().saturating_sub(1));
             unix_now()
                 + queue
@@ -657,10 +704,11 @@ impl Deliverer {
         });
         let warn = queue
             .warn_after
-            .is_some_and(|after| age >= after && !entry.warned && !deferred.is_empty());
+            .is_some_and(|after| age >= after && !entry.warned && !delayed.is_empty());
         // A DSN quotes the message's headers; without them nothing is
         // recorded, so the attempt (and its DSN) comes again.
-        let message = if !failed.is_empty() || warn {
+        let reporting = !failed.is_empty() || warn || !delivered.is_empty() || !relayed.is_empty();
+        let message = if reporting {
             match self.reader(entry.id).and_then(|mut reader| {
                 let mut head = vec![0u8; DSN_QUOTE_LIMIT.min(entry.size as usize)];
                 let n = reader.read_at(0, &mut head).map_err(|e| {
@@ -678,15 +726,31 @@ impl Deliverer {
             None
         };
         let message = message.as_deref().unwrap_or_default();
+        // RET=FULL returns the whole message with a failure, if it is
+        // small enough to have been read whole.
+        let whole = entry.dsn.ret == Some(Ret::Full) && entry.size as usize <= DSN_QUOTE_LIMIT;
         // The DSN is queued before the attempt is recorded: a crash in
         // between repeats the attempt (and maybe the DSN), never loses it.
+        let head = Quoted {
+            message,
+            whole: false,
+        };
         if !failed.is_empty() {
-            self.notify(entry, message, ReportKind::Failed, &failed, tx)
+            let quoted = Quoted { message, whole };
+            self.notify(entry, &quoted, ReportKind::Failed, &failed, tx)
                 .await;
+        }
+        for (kind, list) in [
+            (ReportKind::Delivered, &delivered),
+            (ReportKind::Relayed, &relayed),
+        ] {
+            if !list.is_empty() {
+                self.notify(entry, &head, kind, list, tx).await;
+            }
         }
         if warn
             && self
-                .notify(entry, message, ReportKind::Delayed, &deferred, tx)
+                .notify(entry, &head, ReportKind::Delayed, &delayed, tx)
                 .await
         {
             if let Err(e) = self.spool.mark_warned(entry.id).await {
@@ -706,7 +770,7 @@ impl Deliverer {
     async fn notify(
         &self,
         entry: &QueueEntry,
-        message: &[u8],
+        message: &Quoted<'_>,
         kind: ReportKind,
         recipients: &[RecipientReport],
         tx: &mpsc::UnboundedSender<Event>,
@@ -719,7 +783,9 @@ impl Deliverer {
             queue_id: &queue_id,
             reverse_path: &entry.reverse_path,
             received_at: entry.received_at,
-            message,
+            envid: entry.dsn.envid.as_deref(),
+            message: message.message,
+            whole: message.whole,
         };
         let retry_until = entry.received_at + self.settings.queue.max_age.as_secs();
         let report = dsn::report(
@@ -737,6 +803,8 @@ impl Deliverer {
             received_at: unix_now(),
             client: "local delivery status notification".to_owned(),
             quarantine: None,
+            dsn: Default::default(),
+            recipient_dsn: Vec::new(),
         };
         match self.spool.enqueue(dsn).await {
             Ok(dsn_id) => {
@@ -752,6 +820,14 @@ impl Deliverer {
     }
 }
 
+/// What of the original message a DSN gets.
+struct Quoted<'a> {
+    /// Its first [`DSN_QUOTE_LIMIT`] octets.
+    message: &'a [u8],
+    /// That is the whole message, returned whole (RET=FULL).
+    whole: bool,
+}
+
 /// Every recipient of a group gets the routing failure.
 fn failed_group(list: &[(usize, String)], failure: RouteFailure) -> Vec<Result1> {
     list.iter()
@@ -762,6 +838,7 @@ fn failed_group(list: &[(usize, String)], failure: RouteFailure) -> Vec<Result1>
                 RouteFailure::Temporary(r) => RecipientResult::Deferred(r.clone()),
             },
             host: None,
+            success: None,
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! The SMTP and LMTP client that hands a message to the next hop: greeting,
 //! EHLO (HELO when refused) or LHLO, STARTTLS by policy, MAIL with SIZE,
-//! BODY and SMTPUTF8 when the server offers them, one RCPT per recipient
+//! BODY, SMTPUTF8 and the DSN request (RET, ENVID; NOTIFY and ORCPT on
+//! RCPT, RFC 3461 §5.2) when the server offers them, one RCPT per recipient
 //! with its own result, DATA with the dot-stuffed message in pieces of
 //! 128 KiB, the terminator in the write of the last (one write for a small
 //! message; TCP_NODELAY). With PIPELINING (RFC 2920) RSET (on a pooled
@@ -32,7 +33,8 @@ use super::transport::{server_name, ClientStream, OutboundTlsConfig};
 use super::RecipientResult;
 use crate::config::{DeliveryTimeouts, OutboundTls};
 use crate::smtp::data::DotStuffer;
-use sluice_spool::{MessageReader, SpoolError};
+use crate::smtp::dsn::{notify_value, xtext_encode};
+use sluice_spool::{DsnEnvelope, MessageReader, RecipientDsn, Ret, SpoolError};
 
 /// A reply line longer than this is a broken or hostile server.
 const MAX_REPLY_LINE: u64 = 4096;
@@ -97,6 +99,18 @@ pub struct Envelope<'a> {
     pub reverse_path: &'a str,
     pub recipients: &'a [String],
     pub message: Content<'a>,
+    /// The sender's DSN request, passed on to a server that offers DSN;
+    /// None where sluice reports itself (final delivery over LMTP).
+    pub dsn: Option<DsnRequest<'a>>,
+}
+
+/// The DSN parameters of a transaction (RFC 3461).
+#[derive(Clone, Copy)]
+pub struct DsnRequest<'a> {
+    /// RET and ENVID.
+    pub envelope: &'a DsnEnvelope,
+    /// NOTIFY and ORCPT, in the order of `Envelope::recipients`.
+    pub recipients: &'a [RecipientDsn],
 }
 
 /// The message of a transaction: bytes in memory, or a spooled message
@@ -139,6 +153,9 @@ pub struct Outcome {
     pub host: Option<String>,
     /// The TLS protocol and cipher used, if any.
     pub tls: Option<String>,
+    /// The server offered DSN and got the sender's request: it, not
+    /// sluice, reports success from here on.
+    pub dsn_passed: bool,
 }
 
 /// A reply as read from the server.
@@ -161,6 +178,8 @@ struct Capabilities {
     starttls: bool,
     eight_bit_mime: bool,
     smtputf8: bool,
+    /// DSN (RFC 3461): RET, ENVID, NOTIFY and ORCPT may be passed on.
+    dsn: bool,
     /// SIZE's fixed limit; Some(0) means "no fixed limit" (RFC 1870).
     size: Option<u64>,
     /// The SASL mechanisms of `AUTH` (RFC 4954), upper-cased.
@@ -179,6 +198,7 @@ impl Capabilities {
                 "STARTTLS" => caps.starttls = true,
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
+                "DSN" => caps.dsn = true,
                 "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "AUTH" => caps.auth.extend(words.map(str::to_ascii_uppercase)),
                 // The pre-standard form some servers still send beside AUTH.
@@ -449,6 +469,7 @@ pub async fn deliver(
                         .collect(),
                     host: Some(target.host.clone()),
                     tls: None,
+                    dsn_passed: false,
                 };
             }
             ClientError::Deadline(_) => {
@@ -466,6 +487,7 @@ pub async fn deliver(
             .collect(),
         host: None,
         tls: None,
+        dsn_passed: false,
     }
 }
 
@@ -522,6 +544,7 @@ async fn deliver_to(
         }
     };
     let tls = conn.tls.clone();
+    let dsn_passed = conn.caps.dsn && envelope.dsn.is_some();
     if conn.out.capacity() > KEPT_BUFFER {
         conn.out = Vec::new();
     }
@@ -530,6 +553,7 @@ async fn deliver_to(
         results,
         host: Some(target.host.clone()),
         tls,
+        dsn_passed,
     })
 }
 
@@ -715,6 +739,40 @@ fn mail_command(caps: &Capabilities, envelope: &Envelope<'_>, utf8: bool) -> Str
     if utf8 {
         line.push_str(" SMTPUTF8");
     }
+    if let Some(dsn) = envelope.dsn.filter(|_| caps.dsn) {
+        match dsn.envelope.ret {
+            Some(Ret::Full) => line.push_str(" RET=FULL"),
+            Some(Ret::Hdrs) => line.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &dsn.envelope.envid {
+            line.push_str(&format!(" ENVID={}", xtext_encode(envid)));
+        }
+    }
+    line
+}
+
+/// The RCPT command for the `index`th recipient, with its NOTIFY and
+/// ORCPT when the server offers DSN.
+fn rcpt_command(caps: &Capabilities, envelope: &Envelope<'_>, index: usize) -> String {
+    let rcpt = &envelope.recipients[index];
+    let mut line = format!("RCPT TO:<{rcpt}>");
+    let wanted = envelope
+        .dsn
+        .filter(|_| caps.dsn)
+        .and_then(|dsn| dsn.recipients.get(index));
+    if let Some(wanted) = wanted {
+        if let Some(notify) = &wanted.notify {
+            line.push_str(&format!(" NOTIFY={}", notify_value(notify)));
+        }
+        if let Some(orcpt) = &wanted.orcpt {
+            line.push_str(&format!(
+                " ORCPT={};{}",
+                orcpt.addr_type,
+                xtext_encode(&orcpt.address)
+            ));
+        }
+    }
     line
 }
 
@@ -756,10 +814,9 @@ async fn transaction(
         }
         out.extend_from_slice(mail.as_bytes());
         out.extend_from_slice(b"\r\n");
-        for rcpt in recipients {
-            out.extend_from_slice(b"RCPT TO:<");
-            out.extend_from_slice(rcpt.as_bytes());
-            out.extend_from_slice(b">\r\n");
+        for index in 0..recipients.len() {
+            out.extend_from_slice(rcpt_command(&conn.caps, envelope, index).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"DATA\r\n");
         let sent = conn
@@ -806,11 +863,9 @@ async fn transaction(
         let mail_reply = conn.command(&mail, "MAIL", timeouts.command).await?;
         let mut rcpt_replies = Vec::with_capacity(recipients.len());
         if mail_reply.code == 250 {
-            for rcpt in recipients {
-                rcpt_replies.push(
-                    conn.command(&format!("RCPT TO:<{rcpt}>"), "RCPT", timeouts.command)
-                        .await?,
-                );
+            for index in 0..recipients.len() {
+                let rcpt = rcpt_command(&conn.caps, envelope, index);
+                rcpt_replies.push(conn.command(&rcpt, "RCPT", timeouts.command).await?);
             }
         }
         (mail_reply, rcpt_replies, None)
@@ -1001,6 +1056,7 @@ mod tests {
             reverse_path: "a@example.org",
             recipients: &recipients,
             message: Content::Bytes("Subject: caf\u{e9}\r\n\r\n".as_bytes()),
+            dsn: None,
         };
         let none = Capabilities::default();
         assert_eq!(
@@ -1020,6 +1076,58 @@ mod tests {
                 envelope.message.len()
             )
         );
+    }
+
+    #[test]
+    fn the_dsn_request_goes_only_to_a_server_that_offers_dsn() {
+        let recipients = vec!["b@example.org".to_owned(), "c@example.org".to_owned()];
+        let request = DsnEnvelope {
+            ret: Some(Ret::Hdrs),
+            envid: Some("id=1 x".into()),
+        };
+        let wanted = vec![RecipientDsn {
+            notify: Some(sluice_spool::Notify {
+                success: true,
+                failure: true,
+                delay: false,
+            }),
+            orcpt: Some(sluice_spool::OriginalRecipient {
+                addr_type: "rfc822".into(),
+                address: "b+x@example.org".into(),
+            }),
+        }];
+        let envelope = Envelope {
+            reverse_path: "a@example.org",
+            recipients: &recipients,
+            message: Content::Bytes(b"Subject: x\r\n\r\n"),
+            dsn: Some(DsnRequest {
+                envelope: &request,
+                recipients: &wanted,
+            }),
+        };
+        let plain = Capabilities::default();
+        assert_eq!(
+            mail_command(&plain, &envelope, false),
+            "MAIL FROM:<a@example.org>"
+        );
+        assert_eq!(
+            rcpt_command(&plain, &envelope, 0),
+            "RCPT TO:<b@example.org>"
+        );
+        let dsn = Capabilities {
+            dsn: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            mail_command(&dsn, &envelope, false),
+            "MAIL FROM:<a@example.org> RET=HDRS ENVID=id+3D1+20x"
+        );
+        assert_eq!(
+            rcpt_command(&dsn, &envelope, 0),
+            "RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx@example.org"
+        );
+        // No parameters of its own: none passed on.
+        assert_eq!(rcpt_command(&dsn, &envelope, 1), "RCPT TO:<c@example.org>");
     }
 
     /// A next hop for the pool test: PIPELINING, answers everything, keeps
@@ -1116,6 +1224,7 @@ mod tests {
                 reverse_path: "s@example.test",
                 recipients: &recipients,
                 message: Content::Bytes(body),
+                dsn: None,
             };
             let outcome = deliver(
                 &ctx,

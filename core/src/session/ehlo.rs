@@ -35,6 +35,7 @@ impl<S: SessionStream> Session<S> {
             "8BITMIME".to_owned(),
             "ENHANCEDSTATUSCODES".to_owned(),
             "SMTPUTF8".to_owned(),
+            "DSN".to_owned(),
         ];
         let tls_active = self.conn.is_tls();
         if self.listener.tls == TlsMode::Starttls && self.tls.is_some() && !tls_active {

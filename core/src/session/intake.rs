@@ -184,6 +184,8 @@ impl<S: SessionStream> Session<S> {
             received_at: now,
             client: format!("{}:{}", self.client.ip, self.client.port),
             quarantine: quarantine.clone(),
+            dsn: transaction.dsn_envelope(),
+            recipient_dsn: transaction.recipient_dsn(),
         };
         match staged.commit(envelope, &prefix, skip).await {
             Ok(id) => {

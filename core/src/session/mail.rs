@@ -2,7 +2,7 @@
 //! rule, the spool's free space, the declared SIZE, the submission sender
 //! rule and the mail stage of the pipeline all let it.
 
-use super::state::Transaction;
+use super::state::{Transaction, TransactionDsn};
 use super::{Flow, Session, SessionStream};
 use crate::config::AuthMode;
 use crate::pipeline::HookArg;
@@ -46,6 +46,12 @@ impl<S: SessionStream> Session<S> {
             reverse_path,
             recipients: Vec::new(),
             smtputf8: params.smtputf8,
+            dsn: (!params.dsn.is_empty()).then(|| {
+                Box::new(TransactionDsn {
+                    envelope: params.dsn,
+                    recipients: Vec::new(),
+                })
+            }),
         };
         if self.state.open_transaction(transaction).is_err() {
             // The dispatch calls this only when greeted; the mail stage

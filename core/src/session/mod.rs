@@ -366,8 +366,8 @@ impl<S: SessionStream> Session<S> {
                 State::Connected => self.error(Reply::need_helo()),
                 State::Mail(..) | State::Sasl(..) => self.error(Reply::bad_sequence()),
             },
-            Command::Rcpt { forward_path, .. } => match self.state {
-                State::Mail(..) => self.rcpt(forward_path).await,
+            Command::Rcpt { forward_path, dsn } => match self.state {
+                State::Mail(..) => self.rcpt(forward_path, dsn).await,
                 _ => self.error(Reply::bad_sequence()),
             },
             Command::Data => match self.state.transaction() {

@@ -8,10 +8,11 @@ use super::{Flow, Session, SessionStream};
 use crate::pipeline::{HookArg, MailboxArg};
 use crate::smtp::address::{Domain, ForwardPath, Mailbox};
 use crate::smtp::reply::Reply;
+use sluice_spool::RecipientDsn;
 
 impl<S: SessionStream> Session<S> {
     /// RCPT inside a transaction (the dispatch answers the other states).
-    pub(super) async fn rcpt(&mut self, forward_path: ForwardPath) -> Flow {
+    pub(super) async fn rcpt(&mut self, forward_path: ForwardPath, dsn: RecipientDsn) -> Flow {
         let so_far = self.state.transaction().map_or(0, |t| t.recipients.len());
         if so_far >= self.ctx.config.server.max_recipients {
             return self.reply(Reply::too_many_recipients());
@@ -33,6 +34,7 @@ impl<S: SessionStream> Session<S> {
         }
         match &mut self.state {
             State::Mail(_, transaction) => {
+                transaction.keep_recipient_dsn(&address, dsn);
                 transaction.recipients.push(address);
                 self.reply(Reply::recipient_ok())
             }

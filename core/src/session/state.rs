@@ -17,6 +17,7 @@
 
 use crate::smtp::address::ReversePath;
 use crate::smtp::auth::Exchange;
+use sluice_spool::{DsnEnvelope, RecipientDsn};
 
 pub enum State {
     /// Before HELO/EHLO, and again after STARTTLS.
@@ -49,6 +50,20 @@ pub struct Transaction {
     pub recipients: Vec<String>,
     /// MAIL carried SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// The DSN parameters (RFC 3461), when MAIL or a RCPT gave some:
+    /// boxed, as most transactions have none.
+    pub dsn: Option<Box<TransactionDsn>>,
+}
+
+/// The DSN parameters of a transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransactionDsn {
+    /// MAIL's RET and ENVID.
+    pub envelope: DsnEnvelope,
+    /// NOTIFY and ORCPT of the recipients that gave them, by address: a
+    /// recipient a plugin added has none, one it removed takes its own
+    /// along.
+    pub recipients: Vec<(String, RecipientDsn)>,
 }
 
 impl Transaction {
@@ -58,6 +73,39 @@ impl Transaction {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(mailbox) => mailbox.to_string(),
         }
+    }
+
+    /// MAIL's RET and ENVID, for the spool.
+    pub fn dsn_envelope(&self) -> DsnEnvelope {
+        self.dsn
+            .as_ref()
+            .map(|dsn| dsn.envelope.clone())
+            .unwrap_or_default()
+    }
+
+    /// Keeps a recipient's NOTIFY and ORCPT, if it gave any.
+    pub fn keep_recipient_dsn(&mut self, address: &str, dsn: RecipientDsn) {
+        if !dsn.is_empty() {
+            let kept = self.dsn.get_or_insert_with(Default::default);
+            kept.recipients.push((address.to_owned(), dsn));
+        }
+    }
+
+    /// Each recipient's DSN parameters, in recipient order, for the spool.
+    pub fn recipient_dsn(&self) -> Vec<RecipientDsn> {
+        let Some(kept) = self.dsn.as_ref().filter(|d| !d.recipients.is_empty()) else {
+            return Vec::new();
+        };
+        self.recipients
+            .iter()
+            .map(|address| {
+                kept.recipients
+                    .iter()
+                    .find(|(a, _)| a == address)
+                    .map(|(_, dsn)| dsn.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 }
 
@@ -172,6 +220,7 @@ mod tests {
             reverse_path: ReversePath::Null,
             recipients: vec!["a@localhost".into()],
             smtputf8: false,
+            dsn: None,
         }
     }
 
@@ -221,6 +270,21 @@ mod tests {
         assert_eq!(state.name(), "sasl");
         assert_eq!(state.take_sasl(), Some(Exchange::LoginUsername));
         assert_eq!(state.name(), "greeted");
+    }
+
+    #[test]
+    fn recipient_dsn_follows_the_recipients_by_address() {
+        let never = RecipientDsn {
+            notify: Some(sluice_spool::Notify::default()),
+            orcpt: None,
+        };
+        let mut t = transaction();
+        assert!(t.recipient_dsn().is_empty());
+        t.recipients = vec!["b@localhost".into(), "a@localhost".into()];
+        t.keep_recipient_dsn("a@localhost", never.clone());
+        t.keep_recipient_dsn("b@localhost", RecipientDsn::default());
+        // "b" stands for a recipient a plugin added: it has none.
+        assert_eq!(t.recipient_dsn(), vec![RecipientDsn::default(), never]);
     }
 
     #[test]

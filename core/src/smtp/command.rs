@@ -9,7 +9,9 @@
 use super::address::{
     self, parse_forward_path, parse_reverse_path, AddressError, ForwardPath, ReversePath,
 };
+use super::dsn;
 use super::reply::Reply;
+use sluice_spool::{DsnEnvelope, RecipientDsn};
 use std::fmt;
 
 /// A parsed command.
@@ -24,11 +26,11 @@ pub enum Command {
         reverse_path: ReversePath,
         params: MailParams,
     },
-    /// RCPT TO; `params` holds the DSN parameters NOTIFY and ORCPT
-    /// (keyword uppercased), the only ones the parser lets through.
+    /// RCPT TO with its DSN parameters NOTIFY and ORCPT (RFC 3461), the
+    /// only ones the parser lets through.
     Rcpt {
         forward_path: ForwardPath,
-        params: Vec<(String, Option<String>)>,
+        dsn: RecipientDsn,
     },
     Data,
     Rset,
@@ -67,9 +69,11 @@ pub struct MailParams {
     pub body: Option<Body>,
     /// SMTPUTF8 (RFC 6531): the addresses and headers may be UTF-8.
     pub smtputf8: bool,
+    /// RET and ENVID (RFC 3461 §4.3, §4.4).
+    pub dsn: DsnEnvelope,
     /// Parameters the parser knows but does not interpret, keyword
-    /// uppercased: AUTH (RFC 4954 §5), RET and ENVID (RFC 3461). The session
-    /// must refuse those of extensions it did not advertise.
+    /// uppercased: AUTH (RFC 4954 §5). The session must refuse those of
+    /// extensions it did not advertise.
     pub other: Vec<(String, Option<String>)>,
 }
 
@@ -266,13 +270,16 @@ fn parse_mail(rest: &str) -> Result<Command, ParseError> {
                 }
                 std::mem::replace(&mut mail.smtputf8, true)
             }
-            "AUTH" | "ENVID" | "RET" => {
-                let value = value.ok_or(ParseError::Syntax("parameter requires a value"))?;
-                if keyword == "RET"
-                    && !matches!(value.to_ascii_uppercase().as_str(), "FULL" | "HDRS")
-                {
-                    return Err(ParseError::Syntax("RET must be FULL or HDRS"));
-                }
+            "RET" => {
+                let ret = dsn::parse_ret(param_value(value)?).map_err(ParseError::Syntax)?;
+                mail.dsn.ret.replace(ret).is_some()
+            }
+            "ENVID" => {
+                let envid = dsn::parse_envid(param_value(value)?).map_err(ParseError::Syntax)?;
+                mail.dsn.envid.replace(envid).is_some()
+            }
+            "AUTH" => {
+                let value = param_value(value)?;
                 let seen = mail.other.iter().any(|(k, _)| *k == keyword);
                 mail.other.push((keyword.clone(), Some(value.to_owned())));
                 seen
@@ -297,20 +304,22 @@ fn parse_mail(rest: &str) -> Result<Command, ParseError> {
 fn parse_rcpt(rest: &str, smtputf8: bool) -> Result<Command, ParseError> {
     let rest = strip_keyword(rest, "TO:").ok_or(ParseError::Syntax("expected TO:<address>"))?;
     let (path, params) = split_path(rest, PathRole::Recipient)?;
-    let mut out: Vec<(String, Option<String>)> = Vec::new();
+    let mut out = RecipientDsn::default();
     for (keyword, value) in esmtp_params(params)? {
-        let value = value.ok_or(ParseError::Syntax("parameter requires a value"))?;
-        match keyword.as_str() {
-            "NOTIFY" => check_notify(value)?,
-            // ORCPT=addr-type;xtext (RFC 3461 §4.2).
-            "ORCPT" if value.contains(';') => {}
-            "ORCPT" => return Err(ParseError::Syntax("ORCPT must be addr-type;address")),
+        let duplicate = match keyword.as_str() {
+            "NOTIFY" => {
+                let notify = dsn::parse_notify(param_value(value)?).map_err(ParseError::Syntax)?;
+                out.notify.replace(notify).is_some()
+            }
+            "ORCPT" => {
+                let orcpt = dsn::parse_orcpt(param_value(value)?).map_err(ParseError::Syntax)?;
+                out.orcpt.replace(orcpt).is_some()
+            }
             _ => return Err(ParseError::UnknownParameter(keyword)),
-        }
-        if out.iter().any(|(k, _)| *k == keyword) {
+        };
+        if duplicate {
             return Err(ParseError::Syntax("duplicate parameter"));
         }
-        out.push((keyword, Some(value.to_owned())));
     }
     let forward_path =
         parse_forward_path(path, smtputf8).map_err(|source| ParseError::BadAddress {
@@ -319,8 +328,13 @@ fn parse_rcpt(rest: &str, smtputf8: bool) -> Result<Command, ParseError> {
         })?;
     Ok(Command::Rcpt {
         forward_path,
-        params: out,
+        dsn: out,
     })
+}
+
+/// The value of a parameter that must have one.
+fn param_value(value: Option<&str>) -> Result<&str, ParseError> {
+    value.ok_or(ParseError::Syntax("parameter requires a value"))
 }
 
 /// `esmtp-param *(SP esmtp-param)` after the path (RFC 5321 §4.1.2):
@@ -376,22 +390,6 @@ fn parse_body(value: Option<&str>) -> Result<Body, ParseError> {
         _ => Err(ParseError::Syntax(
             "BODY must be 7BIT, 8BITMIME or BINARYMIME",
         )),
-    }
-}
-
-/// `NOTIFY=NEVER` or a comma list of SUCCESS, FAILURE, DELAY (RFC 3461 §4.1).
-fn check_notify(value: &str) -> Result<(), ParseError> {
-    let upper = value.to_ascii_uppercase();
-    let ok = upper == "NEVER"
-        || upper
-            .split(',')
-            .all(|v| matches!(v, "SUCCESS" | "FAILURE" | "DELAY"));
-    if ok {
-        Ok(())
-    } else {
-        Err(ParseError::Syntax(
-            "NOTIFY must be NEVER or SUCCESS,FAILURE,DELAY",
-        ))
     }
 }
 
@@ -635,15 +633,10 @@ mod tests {
         assert!(p.smtputf8);
         let (_, p) = mail("MAIL FROM:<a@b> BODY=BINARYMIME");
         assert_eq!(p.body, Some(Body::BinaryMime));
-        let (_, p) = mail("MAIL FROM:<a@b> AUTH=<> RET=hdrs ENVID=QQ314159");
-        assert_eq!(
-            p.other,
-            vec![
-                ("AUTH".to_owned(), Some("<>".to_owned())),
-                ("RET".to_owned(), Some("hdrs".to_owned())),
-                ("ENVID".to_owned(), Some("QQ314159".to_owned())),
-            ]
-        );
+        let (_, p) = mail("MAIL FROM:<a@b> AUTH=<> RET=hdrs ENVID=QQ+2B314159");
+        assert_eq!(p.other, vec![("AUTH".to_owned(), Some("<>".to_owned()))]);
+        assert_eq!(p.dsn.ret, Some(sluice_spool::Ret::Hdrs));
+        assert_eq!(p.dsn.envid.as_deref(), Some("QQ+314159"));
         let (_, p) = mail("MAIL FROM:<a@b> SIZE=18446744073709551615");
         assert_eq!(p.size, Some(u64::MAX));
     }
@@ -671,6 +664,11 @@ mod tests {
             "MAIL FROM:<a@b> SMTPUTF8=yes",
             "MAIL FROM:<a@b> SMTPUTF8 SMTPUTF8",
             "MAIL FROM:<a@b> RET=ALL",
+            "MAIL FROM:<a@b> RET=FULL RET=HDRS",
+            "MAIL FROM:<a@b> ENVID=a+2",
+            "MAIL FROM:<a@b> ENVID=a+0Ab",
+            "MAIL FROM:<a@b> ENVID",
+            "MAIL FROM:<a@b> ENVID=1 ENVID=2",
             "MAIL FROM:<a@b> AUTH",
             "MAIL FROM:<a@b> -X=1",
             "MAIL FROM:<a@b> X_Y=1",
@@ -732,7 +730,7 @@ mod tests {
             parse("RCPT TO:<User@Example.COM>"),
             Ok(Command::Rcpt {
                 forward_path: ForwardPath(mbox("User", "example.com")),
-                params: vec![]
+                dsn: RecipientDsn::default()
             })
         );
         assert_eq!(
@@ -742,17 +740,24 @@ mod tests {
                     local_part: "postmaster".into(),
                     domain: Domain::None
                 }),
-                params: vec![]
+                dsn: RecipientDsn::default()
             })
         );
         assert_eq!(
-            parse("RCPT TO:<a@b> notify=success,delay ORCPT=rfc822;a@b"),
+            parse("RCPT TO:<a@b> notify=success,delay ORCPT=rfc822;a+2Bx@b"),
             Ok(Command::Rcpt {
                 forward_path: ForwardPath(mbox("a", "b")),
-                params: vec![
-                    ("NOTIFY".into(), Some("success,delay".into())),
-                    ("ORCPT".into(), Some("rfc822;a@b".into())),
-                ]
+                dsn: RecipientDsn {
+                    notify: Some(sluice_spool::Notify {
+                        success: true,
+                        failure: false,
+                        delay: true
+                    }),
+                    orcpt: Some(sluice_spool::OriginalRecipient {
+                        addr_type: "rfc822".into(),
+                        address: "a+x@b".into()
+                    }),
+                }
             })
         );
         assert_eq!(
@@ -772,6 +777,9 @@ mod tests {
             "RCPT TO:<a@b> NOTIFY",
             "RCPT TO:<a@b> ORCPT=a@b",
             "RCPT TO:<a@b> NOTIFY=NEVER NOTIFY=NEVER",
+            "RCPT TO:<a@b> ORCPT=rfc822;a@b ORCPT=rfc822;a@b",
+            "RCPT TO:<a@b> ORCPT=rfc822;a+4",
+            "RCPT TO:<a@b> ORCPT",
         ] {
             assert_eq!(code(parse(bad)), (501, "5.5.4".into()), "{bad}");
         }
@@ -785,7 +793,7 @@ mod tests {
             parse_command_with(line, true),
             Ok(Command::Rcpt {
                 forward_path: ForwardPath(mbox("jösé", "bücher.example")),
-                params: vec![]
+                dsn: RecipientDsn::default()
             })
         );
     }
@@ -793,12 +801,9 @@ mod tests {
     #[test]
     fn quoted_local_part_survives_command_parsing() {
         match parse("RCPT TO:<\"a b>c\"@x.example> NOTIFY=NEVER") {
-            Ok(Command::Rcpt {
-                forward_path,
-                params,
-            }) => {
+            Ok(Command::Rcpt { forward_path, dsn }) => {
                 assert_eq!(forward_path.0.local_part, "a b>c");
-                assert_eq!(params.len(), 1);
+                assert_eq!(dsn.notify, Some(sluice_spool::Notify::default()));
             }
             other => panic!("{other:?}"),
         }

@@ -7,6 +7,7 @@
 //! - [`line`]: command-line framing (CRLF, tolerated bare LF, 512 limit)
 //! - [`command`]: one command line into a [`Command`]
 //! - [`address`]: RFC 5321 paths and mailboxes
+//! - [`dsn`]: the DSN parameters of MAIL and RCPT (RFC 3461), xtext
 //! - [`data`]: the DATA receiver (end-of-data, unstuffing, smuggling
 //!   defense) and `dot_stuff` for the client side
 //! - [`reply`]: every reply sluice sends, with its codes
@@ -17,6 +18,7 @@ pub mod address;
 pub mod auth;
 pub mod command;
 pub mod data;
+pub mod dsn;
 pub mod line;
 pub mod received;
 pub mod reply;

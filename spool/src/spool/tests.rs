@@ -18,6 +18,8 @@ fn new_message(n: usize, recipients: usize) -> NewMessage {
         received_at: 1_700_000_000 + n as u64,
         client: "127.0.0.1:40000".into(),
         quarantine: None,
+        dsn: Default::default(),
+        recipient_dsn: Vec::new(),
     }
 }
 
@@ -78,6 +80,42 @@ async fn ids_are_unique_and_ordered() {
     let next = spool.enqueue(new_message(99, 1)).await.unwrap();
     assert!(next > ids[49]);
     assert_eq!(spool.len(), 51);
+}
+
+#[tokio::test]
+async fn dsn_parameters_are_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let mut msg = new_message(3, 3);
+    msg.dsn = crate::DsnEnvelope {
+        ret: Some(crate::Ret::Full),
+        envid: Some("env-1".into()),
+    };
+    let never = crate::RecipientDsn {
+        notify: Some(crate::Notify::default()),
+        orcpt: None,
+    };
+    let success = crate::RecipientDsn {
+        notify: Some(crate::Notify {
+            success: true,
+            ..Default::default()
+        }),
+        orcpt: Some(crate::OriginalRecipient {
+            addr_type: "rfc822".into(),
+            address: "first@example.net".into(),
+        }),
+    };
+    // The third recipient has no entry: it gets none.
+    msg.recipient_dsn = vec![never.clone(), success.clone()];
+    let id = spool.enqueue(msg).await.unwrap();
+    drop(spool);
+
+    let spool = Spool::open(dir.path()).unwrap();
+    let entry = spool.entry(id).unwrap().unwrap();
+    assert_eq!(entry.dsn.ret, Some(crate::Ret::Full));
+    assert_eq!(entry.dsn.envid.as_deref(), Some("env-1"));
+    let kept: Vec<_> = entry.recipients.iter().map(|r| r.dsn.clone()).collect();
+    assert_eq!(kept, vec![never, success, crate::RecipientDsn::default()]);
 }
 
 #[tokio::test]
@@ -836,6 +874,8 @@ async fn throughput_report() {
                         received_at: unix_now(),
                         client: "127.0.0.1:1".into(),
                         quarantine: None,
+                        dsn: Default::default(),
+                        recipient_dsn: Vec::new(),
                     };
                     ids.push(spool.enqueue(msg).await.unwrap());
                 }
@@ -916,6 +956,8 @@ async fn expired_quarantine_is_removed_and_its_segments_reclaimed() {
     let spool = Spool::open_with(dir.path(), options).unwrap();
     let quarantined = |n: usize| NewMessage {
         quarantine: Some(format!("rule {n}")),
+        dsn: Default::default(),
+        recipient_dsn: Vec::new(),
         ..new_message(n, 1)
     };
     // Old quarantined mail (received at 1_700_000_000 + n), then a held

@@ -16,6 +16,7 @@ async fn ehlo_lists_the_extensions_of_a_plain_listener() {
          250-8BITMIME\r\n\
          250-ENHANCEDSTATUSCODES\r\n\
          250-SMTPUTF8\r\n\
+         250-DSN\r\n\
          250 HELP\r\n"
     );
     assert_eq!(

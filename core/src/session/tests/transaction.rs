@@ -218,6 +218,50 @@ async fn the_envelope_reaches_the_spool() {
     assert_eq!(entry.client, "127.0.0.1:40000");
 }
 
+#[tokio::test]
+async fn dsn_is_offered_and_its_parameters_reach_the_spool() {
+    let mut h = Harness::start().await.greeted().await;
+    let ehlo = h.cmd("EHLO client.example").await;
+    assert!(ehlo.contains("250-DSN\r\n"), "{ehlo}");
+    assert_eq!(
+        h.cmd("MAIL FROM:<a@example.org> RET=SHORT").await,
+        "501 5.5.4 Syntax error in parameters: RET must be FULL or HDRS\r\n"
+    );
+    let long = format!("MAIL FROM:<a@example.org> ENVID={}", "x".repeat(101));
+    assert!(h.cmd(&long).await.starts_with("501 5.5.4 "));
+    assert_eq!(
+        h.cmd("MAIL FROM:<a@example.org> RET=HDRS ENVID=QQ+2B314159")
+            .await,
+        "250 2.1.0 Sender ok\r\n"
+    );
+    assert!(h
+        .cmd("RCPT TO:<bob@localhost> NOTIFY=NEVER,DELAY")
+        .await
+        .starts_with("501 5.5.4 "));
+    assert!(h
+        .cmd("RCPT TO:<bob@localhost> X-NOTIFY=NEVER")
+        .await
+        .starts_with("555 5.5.4 "));
+    h.cmd("RCPT TO:<bob@localhost> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+2Bx@example.org")
+        .await;
+    h.cmd("RCPT TO:<carol@localhost>").await;
+    h.cmd("DATA").await;
+    let queued = h.cmd("Subject: x\r\n\r\nhi\r\n.").await;
+    assert!(queued.starts_with("250 2.0.0 Ok: queued as "), "{queued}");
+    let (entry, _) = queued_message(&h.spool);
+    assert_eq!(entry.dsn.ret, Some(sluice_spool::Ret::Hdrs));
+    assert_eq!(entry.dsn.envid.as_deref(), Some("QQ+314159"));
+    let bob = &entry.recipients[0].dsn;
+    let notify = bob.notify.expect("NOTIFY kept");
+    assert!(notify.success && notify.failure && !notify.delay);
+    let orcpt = bob.orcpt.as_ref().expect("ORCPT kept");
+    assert_eq!(
+        (orcpt.addr_type.as_str(), orcpt.address.as_str()),
+        ("rfc822", "Bob+x@example.org")
+    );
+    assert!(entry.recipients[1].dsn.is_empty());
+}
+
 // Paused: without the limit the session would wait out its command
 // timeout instead of answering 421, and the test would fail at once.
 #[tokio::test(start_paused = true)]
