@@ -18,6 +18,7 @@ use super::message::MessageResource;
 use super::session::HookArg;
 use super::session::SessionInfo;
 use crate::authn::{Authenticator, DkimCheck, DmarcCheck, MessageChecks, Outcome, SpfCheck};
+use crate::dmarc_reports::{DmarcRecorder, Evaluated, Handling};
 
 /// Why a check gave no result: it ran out of the caller's time.
 const UNFINISHED: &str = "DNS lookups did not finish within the plugin's time";
@@ -92,6 +93,26 @@ impl SessionAuth {
                 }
             }
         }
+    }
+
+    /// What a DMARC report needs of the message just judged, if its checks
+    /// were made (a plugin asked for them); computes nothing.
+    pub async fn report_dmarc(&self, recorder: &DmarcRecorder, handling: Handling) {
+        let tx = self.transaction.lock().await;
+        let (Some(client_ip), Some(spf), Some(checks)) =
+            (tx.client_ip, &tx.spf_mail_from, &tx.message_checks)
+        else {
+            return;
+        };
+        recorder.record(
+            &Evaluated {
+                client_ip,
+                reverse_path: tx.reverse_path.as_deref().unwrap_or_default(),
+                spf,
+                checks,
+            },
+            handling,
+        );
     }
 
     /// SPF for the HELO identity; `none` before HELO.
