@@ -9,8 +9,11 @@ a message that falls into the next period is still counted once."""
 import base64
 import email
 import gzip
+import shutil
 import smtplib
+import subprocess
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -37,6 +40,19 @@ def ed_key():
     }
 
 
+@pytest.fixture(scope="module")
+def rsa_key(tmp_path_factory):
+    """An RSA-2048 key (openssl) for the forwarder's ARC seal."""
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make the RSA test key (apt-get install openssl)"
+    pem = tmp_path_factory.mktemp("arc") / "rsa.pem"
+    subprocess.run([openssl, "genrsa", "-out", str(pem), "2048"], check=True, capture_output=True)
+    der = subprocess.run(
+        [openssl, "rsa", "-in", str(pem), "-pubout", "-outform", "DER"], check=True, capture_output=True
+    ).stdout
+    return {"private": pem.read_bytes(), "record": "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()}
+
+
 def zone(ed_key):
     records = {}
     policies = {
@@ -46,16 +62,21 @@ def zone(ed_key):
         "beta.test": "v=DMARC1; p=reject; rua=mailto:agg@reports.test",
         # Reports to another domain that did not agree: none are sent.
         "gamma.test": "v=DMARC1; p=none; rua=mailto:agg@reports.test",
+        # pct=0: a failing message is sampled out, quarantined not rejected.
+        "delta.test": "v=DMARC1; p=reject; pct=0; rua=mailto:agg@reports.test",
+        # A destination that takes reports of at most 100 octets: none fits.
+        "tiny.test": "v=DMARC1; p=none; rua=mailto:agg@reports.test!100",
     }
     for domain, policy in policies.items():
         records[domain] = {"TXT": [f"v=spf1 ip4:{GOOD} -all"]}
         records[f"_dmarc.{domain}"] = {"TXT": [policy]}
         records[f"ed._domainkey.{domain}"] = {"TXT": [ed_key["record"]]}
-    records["beta.test._report._dmarc.reports.test"] = {"TXT": ["v=DMARC1"]}
+    for domain in ("beta.test", "delta.test", "tiny.test"):
+        records[f"{domain}._report._dmarc.reports.test"] = {"TXT": ["v=DMARC1"]}
     return records
 
 
-def reports_config(port, data, dns_port, interval):
+def reports_config(port, data, dns_port, interval, admin_port, auth):
     return f"""
 [server]
 hostname = "{HOST}"
@@ -80,6 +101,12 @@ path = "builtin:relay"
 path = "builtin:auth"
 timeout = "10s"
 
+[plugins.auth.config]
+{auth}
+
+[admin]
+address = "127.0.0.1:{admin_port}"
+
 [dns]
 nameservers = ["127.0.0.1:{dns_port}"]
 timeout = "2s"
@@ -97,13 +124,17 @@ interval = "{interval}"
 
 
 @pytest.fixture
-def reporting_server(tmp_path, dns_zone, ed_key):
+def reporting_server(tmp_path, dns_zone, ed_key, rsa_key):
     servers = []
-    dns_port = dns_zone(zone(ed_key))
+    records = zone(ed_key)
+    records["rsa2048._domainkey.forwarder.test"] = {"TXT": [rsa_key["record"]]}
+    dns_port = dns_zone(records)
     port = free_port()
 
-    def start(interval="3s"):
-        server = Server(tmp_path, reports_config(port, tmp_path / "data", dns_port, interval))
+    def start(interval="3s", auth=""):
+        server = Server(
+            tmp_path, reports_config(port, tmp_path / "data", dns_port, interval, free_port(), auth)
+        )
         servers.append(server)
         return server.start(port)
 
@@ -119,10 +150,11 @@ def message(sender):
     ).encode()
 
 
-def send(server, sender, source, key=None):
-    """Sends one message from `sender` via client address `source`, signed
-    by the sender's domain when `key` is given; returns the SMTP code."""
-    data = message(sender)
+def send(server, sender, source, key=None, data=None, envelope=None):
+    """Sends one message from `sender` (or `data` as it is) via client
+    address `source`, signed by the sender's domain when `key` is given;
+    returns the SMTP code."""
+    data = data or message(sender)
     if key is not None:
         domain = sender.split("@")[1].encode()
         data = dkim.sign(
@@ -131,7 +163,7 @@ def send(server, sender, source, key=None):
         ) + data
     with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", source_address=(source, 0), timeout=30) as smtp:
         try:
-            smtp.sendmail(sender, ["bob@localhost"], data)
+            smtp.sendmail(envelope or sender, ["bob@localhost"], data)
             return 250
         except smtplib.SMTPDataError as refused:
             return refused.smtp_code
@@ -168,6 +200,22 @@ def rows(root):
     return counted
 
 
+def metric(server, series):
+    admin = server.config_text.split('[admin]\naddress = "')[1].split('"')[0]
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def wait_for_log(server, text, timeout=30):
+    deadline = time.time() + timeout
+    while text not in server.log.read_text():
+        assert time.time() < deadline, server.log.read_text()
+        time.sleep(0.2)
+
+
 def policy_domain(root):
     return root.findtext("d:policy_published/d:domain", namespaces=NS)
 
@@ -199,6 +247,8 @@ def test_a_day_of_traffic_is_reported_to_each_domain_that_asks(reporting_server,
     assert send(server, "carol@beta.test", BAD) == 550
     assert send(server, "carol@beta.test", GOOD) == 250
     assert send(server, "dave@gamma.test", BAD) == 250
+    assert send(server, "erin@delta.test", BAD) == 250
+    assert send(server, "tom@tiny.test", GOOD) == 250
 
     alpha = wait_for_counts(server, "agg", "alpha.test", "alpha.test", Counter({
         (GOOD, "none", "fail", "pass", ()): 2,
@@ -209,6 +259,11 @@ def test_a_day_of_traffic_is_reported_to_each_domain_that_asks(reporting_server,
         (BAD, "reject", "fail", "fail", ()): 1,
         (GOOD, "none", "fail", "pass", ()): 1,
     }))
+    # RFC 7489 §6.6.4: the next lower policy, and the reason.
+    delta = wait_for_counts(server, "agg", "reports.test", "delta.test", Counter({
+        (BAD, "quarantine", "fail", "fail", ("sampled_out",)): 1,
+    }))
+    assert delta[0][2].findtext("d:policy_published/d:pct", namespaces=NS) == "0"
 
     msg, attachment, root = alpha[0]
     begin = int(root.findtext("d:report_metadata/d:date_range/d:begin", namespaces=NS))
@@ -239,15 +294,35 @@ def test_a_day_of_traffic_is_reported_to_each_domain_that_asks(reporting_server,
     assert signed[0].findtext("d:identifiers/d:envelope_from", namespaces=NS) == "alpha.test"
 
     assert beta[0][2].findtext("d:policy_published/d:p", namespaces=NS) == "reject"
-    # gamma.test's destination never agreed (§7.1): its period ends and it
-    # is dropped, with a log line, never sent.
-    deadline = time.time() + 30
-    while "did not agree to receive reports" not in server.log.read_text():
-        assert time.time() < deadline, server.log.read_text()
-        time.sleep(0.2)
-    assert not [r for r in reports_in(server, "agg", "reports.test") if policy_domain(r[2]) == "gamma.test"]
+    # gamma.test's destination never agreed (§7.1), tiny.test's takes no
+    # report this large: their periods end and they are dropped, logged
+    # and counted, never sent.
+    wait_for_log(server, "did not agree to receive reports")
+    wait_for_log(server, "larger than its destination takes")
+    sent = {policy_domain(r[2]) for r in reports_in(server, "agg", "reports.test")}
+    assert sent == {"beta.test", "delta.test"}, sent
+    assert metric(server, 'sluice_dmarc_reports_total{outcome="unverified_destination"}') >= 1
+    assert metric(server, 'sluice_dmarc_reports_total{outcome="too_large"}') >= 1
+    assert metric(server, 'sluice_dmarc_reports_total{outcome="queued"}') >= 3
+    assert metric(server, 'sluice_dmarc_reports_total{outcome="error"}') is None
     # Mail the reports were about was delivered as usual (the refused one not).
-    assert len(server.maildir("bob")) == 6
+    assert len(server.maildir("bob")) == 8
+
+
+def test_a_trusted_forwarders_arc_override_is_reported(reporting_server, rsa_key):
+    # RFC 8617 §7.2.1: a list (forwarder.test) relays a p=reject domain's
+    # message, which fails DMARC here, under its validating ARC seal.
+    server = reporting_server(auth='trusted_arc_sealers = ["forwarder.test"]')
+    data = b"Authentication-Results: forwarder.test; spf=pass smtp.mailfrom=carol@beta.test\r\n" + message("carol@beta.test")
+    heads = [b"from", b"to", b"subject", b"date", b"message-id"]
+    seal = dkim.arc_sign(data, b"rsa2048", b"forwarder.test", rsa_key["private"], b"forwarder.test", include_headers=heads)
+    assert send(server, "carol@beta.test", BAD, data=b"".join(seal) + data, envelope="list@forwarder.test") == 250
+    found = wait_for_counts(server, "agg", "reports.test", "beta.test", Counter({
+        (BAD, "none", "fail", "fail", ("trusted_forwarder",)): 1,
+    }))
+    record = found[0][2].find("d:record", NS)
+    assert "forwarder.test" in record.findtext("d:row/d:policy_evaluated/d:reason/d:comment", namespaces=NS)
+    assert record.findtext("d:identifiers/d:envelope_from", namespaces=NS) == "forwarder.test"
 
 
 def test_counts_survive_a_restart_mid_interval(reporting_server):
