@@ -23,8 +23,8 @@ import pytest
 from lxml import etree
 
 from conftest import Server, free_port
+from test_auth_results import auth_config
 
-HOST = "mx.example.test"
 GOOD, BAD = "127.0.0.2", "127.0.0.3"
 NS = {"d": "http://dmarc.org/dmarc-xml/0.1"}
 SCHEMA = etree.XMLSchema(etree.parse(str(Path(__file__).parent / "data" / "rfc7489-dmarc-aggregate.xsd")))
@@ -77,43 +77,15 @@ def zone(ed_key):
 
 
 def reports_config(port, data, dns_port, interval, admin_port, auth):
-    return f"""
-[server]
-hostname = "{HOST}"
-data_dir = "{data}"
-
-[domains]
-local = ["localhost", "alpha.test", "reports.test"]
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:{port}"
-pipeline = "inbound"
-
-[pipeline.inbound]
-rcpt = ["relay"]
-data = ["auth"]
-
-[plugins.relay]
-path = "builtin:relay"
-
-[plugins.auth]
-path = "builtin:auth"
-timeout = "10s"
-
-[plugins.auth.config]
-{auth}
-
+    """test_auth_results.py's server (builtin:auth at mail and data) with
+    the report destinations as local domains, reports on, and the admin
+    endpoint for the metrics."""
+    text = auth_config(port, data, dns_port, auth=auth)
+    text = text.replace('local = ["localhost"]', 'local = ["localhost", "alpha.test", "reports.test"]')
+    assert "alpha.test" in text
+    return text + f"""
 [admin]
 address = "127.0.0.1:{admin_port}"
-
-[dns]
-nameservers = ["127.0.0.1:{dns_port}"]
-timeout = "2s"
-attempts = 1
-
-[queue]
-retry = ["1s"]
 
 [dmarc_reports]
 enabled = true
