@@ -24,9 +24,11 @@ pub struct Evaluated<'a> {
 pub enum Handling {
     Rejected,
     Quarantined,
-    /// Delivered; `marked` when it carries the DMARC quarantine mark.
+    /// Delivered; `marked` when it carries the DMARC quarantine mark,
+    /// `forwarded` when a trusted ARC sealer's chain set a fail aside.
     Delivered {
         marked: bool,
+        forwarded: bool,
     },
 }
 
@@ -78,8 +80,8 @@ pub fn row(evaluated: &Evaluated<'_>, handling: Handling) -> Option<(String, Str
     let published = dmarc.published.as_ref()?;
     let disposition = match handling {
         Handling::Rejected => DmarcPolicy::Reject,
-        Handling::Quarantined | Handling::Delivered { marked: true } => DmarcPolicy::Quarantine,
-        Handling::Delivered { marked: false } => DmarcPolicy::None,
+        Handling::Quarantined | Handling::Delivered { marked: true, .. } => DmarcPolicy::Quarantine,
+        Handling::Delivered { marked: false, .. } => DmarcPolicy::None,
     };
     // What the record asks for this message (pct sampling applied).
     let asked = if dmarc.outcome == Outcome::Fail {
@@ -95,15 +97,17 @@ pub fn row(evaluated: &Evaluated<'_>, handling: Handling) -> Option<(String, Str
         });
     }
     if disposition != asked {
-        let checks = evaluated.checks;
-        let forwarded = asked != DmarcPolicy::None
-            && disposition == DmarcPolicy::None
-            && checks.arc == Outcome::Pass
-            && !checks.arc_sealer.is_empty();
+        let forwarded = matches!(
+            handling,
+            Handling::Delivered {
+                forwarded: true,
+                ..
+            }
+        );
         reasons.push(if forwarded {
             Reason {
                 kind: "trusted_forwarder".to_owned(),
-                comment: Some(format!("arc=pass sealer={}", checks.arc_sealer)),
+                comment: Some(format!("arc=pass sealer={}", evaluated.checks.arc_sealer)),
             }
         } else {
             Reason {
@@ -212,16 +216,37 @@ mod tests {
         let mut checks = checks(Outcome::Fail, DmarcPolicy::Reject);
         checks.arc = Outcome::Pass;
         checks.arc_sealer = "forwarder.test".into();
-        let row = row_of(&checks, Handling::Delivered { marked: false });
+        let row = row_of(
+            &checks,
+            Handling::Delivered {
+                marked: false,
+                forwarded: true,
+            },
+        );
         assert_eq!(row.disposition, "none");
         assert_eq!(row.reasons[0].kind, "trusted_forwarder");
+        // Let through for another reason (no DMARC policy applied).
+        let row = row_of(
+            &checks,
+            Handling::Delivered {
+                marked: false,
+                forwarded: false,
+            },
+        );
+        assert_eq!(row.reasons[0].kind, "local_policy");
     }
 
     #[test]
     fn an_unsampled_fail_is_sampled_out() {
         let mut checks = checks(Outcome::Fail, DmarcPolicy::Quarantine);
         checks.dmarc.sampled = false;
-        let row = row_of(&checks, Handling::Delivered { marked: true });
+        let row = row_of(
+            &checks,
+            Handling::Delivered {
+                marked: true,
+                forwarded: false,
+            },
+        );
         assert_eq!(row.disposition, "quarantine");
         assert_eq!(row.reasons.len(), 1);
         assert_eq!(row.reasons[0].kind, "sampled_out");

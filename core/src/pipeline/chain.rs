@@ -21,11 +21,7 @@ use super::trace::{self, PluginStep, StepAnswer};
 use super::verdict::{DataOutcome, Modification, Stage, StageOutcome};
 use super::Pipeline;
 use crate::config::PluginMode;
-use crate::dmarc_reports::Handling;
 
-/// The header `builtin:auth` marks a delivered message with when DMARC
-/// asked to quarantine it.
-const DMARC_QUARANTINE_HEADER: &str = "X-Sluice-DMARC";
 use crate::metrics::METRICS;
 
 /// The plugin side of one SMTP session. It keeps the pipeline it started
@@ -79,9 +75,7 @@ impl SessionFilters {
     pub async fn run_data(&mut self, info: &SessionInfo, message: &MessageResource) -> DataOutcome {
         let decision = self.run_chain(info, HookArg::Data(message)).await;
         if let Some(recorder) = &self.pipeline.services.dmarc_reports {
-            if let Some(handling) = dmarc_handling(&decision) {
-                self.auth.report_dmarc(recorder, handling).await;
-            }
+            self.auth.report_dmarc(recorder, &decision).await;
         }
         decision
     }
@@ -267,27 +261,6 @@ async fn invoke(
             .map_err(|e| PluginFault::from_call(&e))
     };
     plugin.with_backstop(call).await
-}
-
-/// What a DMARC report says was done with the message; None for an
-/// answer that leaves it to the client's retry (reported then).
-fn dmarc_handling(decision: &DataOutcome) -> Option<Handling> {
-    match &decision.outcome {
-        // A discarded message is not delivered: to its sender, a reject.
-        StageOutcome::Reject(_) | StageOutcome::Discard => Some(Handling::Rejected),
-        StageOutcome::Quarantine(_) => Some(Handling::Quarantined),
-        StageOutcome::Accept => Some(Handling::Delivered {
-            marked: decision.modifications.iter().any(|m| match m {
-                Modification::PrependHeader { name, value }
-                | Modification::AppendHeader { name, value } => {
-                    name.eq_ignore_ascii_case(DMARC_QUARANTINE_HEADER)
-                        && value.trim().eq_ignore_ascii_case("quarantine")
-                }
-                _ => false,
-            }),
-        }),
-        StageOutcome::Tempfail(_) | StageOutcome::Disconnect(_) => None,
-    }
 }
 
 fn wit_session(info: &SessionInfo) -> wit::Session {
