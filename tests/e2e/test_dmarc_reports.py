@@ -281,14 +281,24 @@ def test_a_day_of_traffic_is_reported_to_each_domain_that_asks(reporting_server,
     assert len(server.maildir("bob")) == 8
 
 
-def test_a_trusted_forwarders_arc_override_is_reported(reporting_server, rsa_key):
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_trusted_forwarders_arc_override_is_reported(reporting_server, rsa_key, trusted):
     # RFC 8617 §7.2.1: a list (forwarder.test) relays a p=reject domain's
     # message, which fails DMARC here, under its validating ARC seal.
-    server = reporting_server(auth='trusted_arc_sealers = ["forwarder.test"]')
+    sealer = "forwarder.test" if trusted else "other.test"
+    server = reporting_server(auth=f'trusted_arc_sealers = ["{sealer}"]')
     data = b"Authentication-Results: forwarder.test; spf=pass smtp.mailfrom=carol@beta.test\r\n" + message("carol@beta.test")
     heads = [b"from", b"to", b"subject", b"date", b"message-id"]
     seal = dkim.arc_sign(data, b"rsa2048", b"forwarder.test", rsa_key["private"], b"forwarder.test", include_headers=heads)
-    assert send(server, "carol@beta.test", BAD, data=b"".join(seal) + data, envelope="list@forwarder.test") == 250
+    code = send(server, "carol@beta.test", BAD, data=b"".join(seal) + data, envelope="list@forwarder.test")
+    if not trusted:
+        # The seal validates but is not trusted: the policy applies, as reported.
+        assert code == 550
+        wait_for_counts(server, "agg", "reports.test", "beta.test", Counter({
+            (BAD, "reject", "fail", "fail", ()): 1,
+        }))
+        return
+    assert code == 250
     found = wait_for_counts(server, "agg", "reports.test", "beta.test", Counter({
         (BAD, "none", "fail", "fail", ("trusted_forwarder",)): 1,
     }))
