@@ -21,7 +21,6 @@ use super::trace::{self, PluginStep, StepAnswer};
 use super::verdict::{DataOutcome, Modification, Stage, StageOutcome};
 use super::Pipeline;
 use crate::config::PluginMode;
-
 use crate::metrics::METRICS;
 
 /// The plugin side of one SMTP session. It keeps the pipeline it started
