@@ -10,7 +10,7 @@
 //! A DNS failure is always [`Outcome::TempError`], never a pass or a fail.
 
 mod dkim;
-mod dmarc;
+pub(crate) mod dmarc;
 mod spf_lookups;
 mod spf_syntax;
 
@@ -111,6 +111,21 @@ pub struct DmarcCheck {
     pub sampled: bool,
     /// Why there is no policy, or why it is not the record's.
     pub reason: Option<String>,
+    /// The record policy discovery found, with the domain that publishes
+    /// it (the author's or its organizational domain); None without one.
+    pub published: Option<PublishedPolicy>,
+    /// Whether a DKIM signature / the SPF identity passed in alignment
+    /// with the From domain (RFC 7489 §3.1).
+    pub dkim_aligned: bool,
+    pub spf_aligned: bool,
+}
+
+/// A domain's DMARC record, as aggregate reports describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedPolicy {
+    /// The domain the record was found for (`_dmarc.` taken off).
+    pub domain: String,
+    pub record: String,
 }
 
 impl DmarcCheck {
@@ -123,6 +138,9 @@ impl DmarcCheck {
             policy: DmarcPolicy::None,
             sampled: true,
             reason,
+            published: None,
+            dkim_aligned: false,
+            spf_aligned: false,
         }
     }
 }
@@ -390,6 +408,17 @@ impl Authenticator {
             return DmarcCheck::none(&check.header_from, Some(reason));
         }
         let pct = published.pct();
+        let check = DmarcCheck {
+            published: Some(PublishedPolicy {
+                domain: published
+                    .name
+                    .strip_prefix("_dmarc.")
+                    .unwrap_or(&published.name)
+                    .to_ascii_lowercase(),
+                record: published.records[0].clone(),
+            }),
+            ..check
+        };
         if check.outcome != Outcome::Fail || dmarc::sampled(pct) {
             return check;
         }
@@ -514,6 +543,9 @@ fn dmarc_check(output: &DmarcOutput, message: &AuthenticatedMessage<'_>) -> Dmar
         policy: dmarc_policy(output.policy()),
         sampled: true,
         reason: None,
+        published: None,
+        dkim_aligned: output.dkim_result() == &DmarcResult::Pass,
+        spf_aligned: output.spf_result() == &DmarcResult::Pass,
     }
 }
 

@@ -22,6 +22,7 @@
 //! - [`dns`]: the shared resolver (MX routing, plugins, SPF/DKIM/DMARC)
 //! - [`dkim`]: outbound DKIM signing and `sluice dkim keygen`
 //! - [`authn`]: SPF, DKIM, DMARC and ARC for the plugins' `auth` interface
+//! - [`dmarc_reports`]: DMARC aggregate reports on the mail received
 //! - [`assets`]: the certificates and DKIM keys the config names, loaded once
 //! - [`config`]: the TOML file, parsed and checked value by value with the
 //!   key and line of every error; a leaf: it imports no other module and
@@ -41,6 +42,7 @@ pub mod client_key;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
+pub mod dmarc_reports;
 pub mod dns;
 pub mod limits;
 pub mod memory;

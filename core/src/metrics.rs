@@ -42,6 +42,7 @@ pub struct Metrics {
     pub auth_verifications: CounterVec,
     pub auth_lockout_fallbacks: CounterVec,
     pub admin_refused: CounterVec,
+    pub dmarc_reports: CounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -161,6 +162,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Admin API requests over TCP refused, by reason: origin, host (403), missing_token, wrong_token (401), no_token_configured (403).",
         &["reason"],
     ),
+    dmarc_reports: CounterVec::new(
+        "sluice_dmarc_reports_total",
+        "DMARC aggregate reports by outcome: queued (one per destination), unverified_destination (RFC 7489 §7.1), too_large (the destination's size limit), error (counting, writing or queuing failed; logged).",
+        &["outcome"],
+    ),
 }
 });
 
@@ -192,6 +198,7 @@ impl Metrics {
             &self.auth_verifications,
             &self.auth_lockout_fallbacks,
             &self.admin_refused,
+            &self.dmarc_reports,
         ] {
             counter.render(&mut out);
         }

@@ -267,8 +267,9 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         plugin_cache,
         submission,
         dkim,
+        dmarc_reports,
     } = running;
-    let checks: [(&'static str, bool); 15] = [
+    let checks: [(&'static str, bool); 16] = [
         ("server", differs(server, &new.server)),
         ("domains", differs(domains, &new.domains)),
         ("listener", differs(listeners, &new.listeners)),
@@ -284,6 +285,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("plugin_cache", differs(plugin_cache, &new.plugin_cache)),
         ("submission", differs(submission, &new.submission)),
         ("dkim", differs(dkim, &new.dkim)),
+        ("dmarc_reports", *dmarc_reports != new.dmarc_reports),
     ];
     checks
         .into_iter()

@@ -246,6 +246,14 @@ impl Server {
             self.outbound_tls.clone(),
             shutdown_rx.clone(),
         );
+        let dmarc_reports = crate::dmarc_reports::spawn(
+            &config.dmarc_reports,
+            &config.server.hostname,
+            &self.spool,
+            &self.dns,
+            &delivery,
+            shutdown_rx.clone(),
+        );
         let reloader = Arc::new(Reloader::new(
             self.config_path.clone(),
             config.clone(),
@@ -339,6 +347,11 @@ impl Server {
         }
         if tokio::time::timeout(grace, delivery_task).await.is_err() {
             tracing::warn!("delivery did not stop within the grace period");
+        }
+        if let Some(reports) = dmarc_reports {
+            // It stops at the shutdown signal; one in the middle of
+            // queuing a report finishes it.
+            let _ = tokio::time::timeout(grace, reports).await;
         }
         // Answers (503 for readiness) until here, then the socket goes.
         admin.stop().await;

@@ -129,6 +129,21 @@ impl KvStore {
         }
     }
 
+    /// Every live key that starts with `prefix`, with its value, in key
+    /// order.
+    pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
+        let mut found = Vec::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (key, raw) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let record = self.decode(&key, &raw)?;
+            if !self.is_expired(record.expires_at) {
+                found.push((key, record.value.to_vec()));
+            }
+        }
+        Ok(found)
+    }
+
     /// Removes `key`; removing a missing key is not an error.
     pub fn delete(&self, key: &str) -> Result<(), SpoolError> {
         self.tree.remove(key)?;
@@ -244,6 +259,27 @@ mod tests {
             spool.kv("").unwrap_err(),
             SpoolError::EmptyNamespace
         ));
+    }
+
+    #[test]
+    fn scan_prefix_lists_live_keys_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (kv, now) = store_with_clock(&spool, "reports");
+        kv.incr("row/b", 2, None).unwrap();
+        kv.set("row/a", b"x", None).unwrap();
+        kv.set("row/gone", b"y", Some(5)).unwrap();
+        kv.set("policy/a", b"z", None).unwrap();
+        now.store(1005, Ordering::SeqCst);
+        let rows = kv.scan_prefix("row/").unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("row/a".to_owned(), b"x".to_vec()),
+                ("row/b".to_owned(), b"2".to_vec())
+            ]
+        );
+        assert!(kv.scan_prefix("none/").unwrap().is_empty());
     }
 
     #[test]

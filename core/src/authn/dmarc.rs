@@ -53,7 +53,7 @@ pub(super) async fn discover(
     Ok(None)
 }
 
-fn is_dmarc_record(txt: &str) -> bool {
+pub(crate) fn is_dmarc_record(txt: &str) -> bool {
     let txt = txt.trim_start();
     txt.strip_prefix("v=DMARC1")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with([';', ' ', '\t']))
@@ -79,7 +79,7 @@ pub(super) fn next_lower(policy: DmarcPolicy) -> DmarcPolicy {
 
 /// A tag's value in a DMARC record (RFC 7489 §6.4: `tag=value` pairs
 /// separated by semicolons, white space around them ignored).
-fn tag_value<'a>(record: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn tag_value<'a>(record: &'a str, name: &str) -> Option<&'a str> {
     record.split(';').find_map(|spec| {
         let (tag, value) = spec.split_once('=')?;
         (tag.trim() == name).then(|| value.trim())

@@ -114,6 +114,7 @@ pub struct Config {
     pub plugin_cache: PluginCacheConfig,
     pub submission: SubmissionConfig,
     pub dkim: DkimConfig,
+    pub dmarc_reports: DmarcReportsConfig,
 }
 
 impl Config {
@@ -163,6 +164,34 @@ impl SubmissionConfig {
                     .is_some_and(|(local, domain)| !local.is_empty() && domain == d),
             }),
             None => user.contains('@') && user == address,
+        }
+    }
+}
+
+/// `[dmarc_reports]`: DMARC aggregate reports (RFC 7489 §7.2) about the
+/// mail received, sent to the domains that ask for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmarcReportsConfig {
+    pub enabled: bool,
+    /// The reporting organization (`org_name` in the report).
+    pub org_name: String,
+    /// The From address of the reports (`email` in the report).
+    pub email: String,
+    /// `extra_contact_info`, when set.
+    pub extra_contact: Option<String>,
+    /// The reporting period; reports cover whole periods counted from the
+    /// Unix epoch, so a day is a UTC day.
+    pub interval: Duration,
+}
+
+impl Default for DmarcReportsConfig {
+    fn default() -> Self {
+        DmarcReportsConfig {
+            enabled: false,
+            org_name: String::new(),
+            email: String::new(),
+            extra_contact: None,
+            interval: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - `maildir`: local domains written to `<data_dir>/mail/<domain>/<local>/`
 //! - `dsn`: the reports senders get about failed or delayed recipients,
 //!   and about delivered or relayed ones when NOTIFY=SUCCESS asked
+//! - `local_message`: queuing a message sluice wrote itself
 //! - `limits`: per-destination connection and rate limits, taken before
 //!   a global slot so a destination at its cap holds none
 //! - `scheduler`: one task fed by a channel that decides when each queued
@@ -22,6 +23,7 @@ mod credentials;
 mod dsn;
 mod ignore;
 mod limits;
+pub mod local_message;
 mod maildir;
 mod mta_sts;
 mod quarantine;

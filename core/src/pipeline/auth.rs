@@ -17,7 +17,13 @@ use tokio::sync::Mutex;
 use super::message::MessageResource;
 use super::session::HookArg;
 use super::session::SessionInfo;
+use super::verdict::{DataOutcome, Modification, StageOutcome};
 use crate::authn::{Authenticator, DkimCheck, DmarcCheck, MessageChecks, Outcome, SpfCheck};
+use crate::dmarc_reports::{DmarcRecorder, Evaluated, Handling};
+
+/// The header `builtin:auth` marks a delivered message with when DMARC
+/// asked to quarantine it.
+const DMARC_QUARANTINE_HEADER: &str = "X-Sluice-DMARC";
 
 /// Why a check gave no result: it ran out of the caller's time.
 const UNFINISHED: &str = "DNS lookups did not finish within the plugin's time";
@@ -92,6 +98,29 @@ impl SessionAuth {
                 }
             }
         }
+    }
+
+    /// Counts the message just judged in its DMARC report, if its checks
+    /// were made (a plugin asked for them); computes nothing.
+    pub async fn report_dmarc(&self, recorder: &DmarcRecorder, decision: &DataOutcome) {
+        let Some(handling) = dmarc_handling(decision) else {
+            return;
+        };
+        let tx = self.transaction.lock().await;
+        let (Some(client_ip), Some(spf), Some(checks)) =
+            (tx.client_ip, &tx.spf_mail_from, &tx.message_checks)
+        else {
+            return;
+        };
+        recorder.record(
+            &Evaluated {
+                client_ip,
+                reverse_path: tx.reverse_path.as_deref().unwrap_or_default(),
+                spf,
+                checks,
+            },
+            handling,
+        );
     }
 
     /// SPF for the HELO identity; `none` before HELO.
@@ -220,6 +249,36 @@ impl SessionAuth {
             Ok(checks) => Some(checks),
             Err(_) => Some(MessageChecks::unfinished(message)),
         }
+    }
+}
+
+/// What a DMARC report says was done with the message, as the data stage
+/// decided; None for an answer that leaves it to the client's retry
+/// (counted then). `builtin:auth` marks what it did in the headers it adds.
+fn dmarc_handling(decision: &DataOutcome) -> Option<Handling> {
+    let added = |header: &str, says: &dyn Fn(&str) -> bool| {
+        decision.modifications.iter().any(|m| match m {
+            Modification::PrependHeader { name, value }
+            | Modification::AppendHeader { name, value } => {
+                name.eq_ignore_ascii_case(header) && says(value)
+            }
+            _ => false,
+        })
+    };
+    match &decision.outcome {
+        // A discarded message is not delivered: to its sender, a reject.
+        StageOutcome::Reject(_) | StageOutcome::Discard => Some(Handling::Rejected),
+        StageOutcome::Quarantine(_) => Some(Handling::Quarantined),
+        StageOutcome::Accept => Some(Handling::Delivered {
+            marked: added(DMARC_QUARANTINE_HEADER, &|v| {
+                v.trim().eq_ignore_ascii_case("quarantine")
+            }),
+            // RFC 8601 `policy.arc-sealer`: a trusted sealer's override.
+            forwarded: added("Authentication-Results", &|v| {
+                v.contains("policy.arc-sealer=")
+            }),
+        }),
+        StageOutcome::Tempfail(_) | StageOutcome::Disconnect(_) => None,
     }
 }
 

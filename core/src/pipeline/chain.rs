@@ -72,7 +72,11 @@ impl SessionFilters {
 
     /// Runs the data chain over the received message.
     pub async fn run_data(&mut self, info: &SessionInfo, message: &MessageResource) -> DataOutcome {
-        self.run_chain(info, HookArg::Data(message)).await
+        let decision = self.run_chain(info, HookArg::Data(message)).await;
+        if let Some(recorder) = &self.pipeline.services.dmarc_reports {
+            self.auth.report_dmarc(recorder, &decision).await;
+        }
+        decision
     }
 
     async fn run_chain(&mut self, info: &SessionInfo, arg: HookArg<'_>) -> DataOutcome {

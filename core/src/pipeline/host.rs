@@ -34,6 +34,8 @@ pub struct HostServices {
     pub authenticator: Authenticator,
     /// Files and mailbox servers granted to plugins (`directory` interface).
     pub directory: Arc<Directory>,
+    /// Counts the DMARC verdicts of the data stage, when reports are on.
+    pub dmarc_reports: Option<crate::dmarc_reports::DmarcRecorder>,
 }
 
 /// The data of one plugin instance's store.

@@ -141,6 +141,7 @@ impl PipelineSet {
             dns: dns.clone(),
             authenticator: Authenticator::new(dns, &config.server.hostname),
             directory: Arc::new(directory::Directory::new(&config.plugins)),
+            dmarc_reports: crate::dmarc_reports::DmarcRecorder::open(&config.dmarc_reports, spool),
         });
         let state = crate::state::StateBackend::open(&config.state, spool)?;
         tracing::debug!(state = %state.describe(), "plugin state backend");

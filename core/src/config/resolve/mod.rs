@@ -6,6 +6,7 @@
 
 mod certificates;
 mod delivery;
+mod dmarc_reports;
 mod listener;
 mod plugins;
 mod server;
@@ -23,6 +24,7 @@ use toml::Spanned;
 use super::{Config, ConfigDiagnostic, Origin};
 use certificates::RawTls;
 use delivery::{RawDelivery, RawDns, RawQueue};
+use dmarc_reports::RawDmarcReports;
 use listener::RawListener;
 use plugins::{RawPipeline, RawPlugin, RawPluginCache};
 use server::{RawAdmin, RawAuth, RawDomains, RawLog, RawReload, RawServer};
@@ -52,6 +54,7 @@ struct RawConfig {
     plugin_cache: Option<RawPluginCache>,
     submission: Option<RawSubmission>,
     dkim: Option<RawDkim>,
+    dmarc_reports: Option<RawDmarcReports>,
 }
 
 /// A size: an integer of bytes or a string such as "25MiB" or "512KB".
@@ -201,6 +204,7 @@ pub(super) fn resolve(
     let plugin_cache = plugins::resolve_plugin_cache(&mut d, raw.plugin_cache.as_ref());
     let submission = submission::resolve_submission(&mut d, raw.submission.as_ref());
     let dkim = submission::resolve_dkim(&mut d, raw.dkim.as_ref());
+    let dmarc_reports = dmarc_reports::resolve_dmarc_reports(&mut d, raw.dmarc_reports.as_ref());
     let config = Config {
         server,
         domains,
@@ -219,6 +223,7 @@ pub(super) fn resolve(
         plugin_cache,
         submission,
         dkim,
+        dmarc_reports,
     };
     Ok((config, d.list))
 }

@@ -897,3 +897,47 @@ fn builtin_recipients_inherits_the_domains_delimiter_unless_it_sets_its_own() {
     );
     assert_eq!(json("", ""), r#"{"users":["alice"]}"#);
 }
+
+#[test]
+fn dmarc_reports_are_off_by_default_and_daily() {
+    let config = default_config().unwrap();
+    assert!(!config.dmarc_reports.enabled);
+    assert_eq!(config.dmarc_reports.interval, Duration::from_secs(86400));
+}
+
+#[test]
+fn dmarc_reports_resolve_as_written() {
+    let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\nrcpt = [\"relay\"]\n[plugins.relay]\npath = \"builtin:relay\"\n[dmarc_reports]\nenabled = true\norg_name = \"Example Mail\"\nemail = \"DMARC@example.test\"\ninterval = \"1h\"\nextra_contact = \"https://example.test/dmarc\"\n";
+    let config = load_str(text, "c.toml").unwrap();
+    let reports = &config.dmarc_reports;
+    assert!(reports.enabled);
+    assert_eq!(reports.org_name, "Example Mail");
+    assert_eq!(reports.email, "dmarc@example.test");
+    assert_eq!(reports.interval, Duration::from_secs(3600));
+    assert_eq!(
+        reports.extra_contact.as_deref(),
+        Some("https://example.test/dmarc")
+    );
+}
+
+#[test]
+fn enabled_dmarc_reports_need_a_sender_named_with_key_and_line() {
+    let text = "[dmarc_reports]\nenabled = true\nemail = \"not an address\"\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("c.toml:2:") && l.contains("dmarc_reports.org_name")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("c.toml:3:") && l.contains("dmarc_reports.email")),
+        "{err}"
+    );
+    let text = "[dmarc_reports]\ninterval = \"soon\"\n";
+    let err = load_str(text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:2:") && err.contains("dmarc_reports.interval"),
+        "{err}"
+    );
+}
