@@ -168,6 +168,8 @@ impl Sender {
             received_at: unix_now(),
             client: "local DMARC aggregate report".to_owned(),
             quarantine: None,
+            dsn: Default::default(),
+            recipient_dsn: Vec::new(),
         };
         match local_message::enqueue(&self.spool, &self.delivery, message).await {
             Ok(id) => {
