@@ -19,6 +19,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 
 /// Every metric sluice exports.
 pub struct Metrics {
+    pub node_info: GaugeVec,
     pub connections_open: GaugeVec,
     pub connections: CounterVec,
     pub connections_refused: CounterVec,
@@ -46,6 +47,11 @@ pub struct Metrics {
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics {
+    node_info: GaugeVec::new(
+        "sluice_node_info",
+        "Always 1; its label is [server] node_name, to tell the nodes sharing one [state] apart.",
+        &["node"],
+    ),
     connections_open: GaugeVec::new(
         "sluice_connections_open",
         "SMTP connections open now.",
@@ -169,6 +175,7 @@ impl Metrics {
     /// (gauges computed at scrape time, already rendered).
     pub fn render(&self, extra: &[Gauge]) -> String {
         let mut out = String::new();
+        self.node_info.render(&mut out);
         self.connections_open.render(&mut out);
         for counter in [
             &self.connections,
@@ -309,6 +316,11 @@ impl GaugeVec {
 
     pub fn dec(&self, labels: &[&str]) {
         *lock(&self.series).entry(key(labels)).or_default() -= 1;
+    }
+
+    pub fn set(&self, labels: &[&str], value: i64) {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
+        lock(&self.series).insert(key(labels), value);
     }
 
     fn render(&self, out: &mut String) {
