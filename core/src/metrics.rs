@@ -42,6 +42,7 @@ pub struct Metrics {
     pub auth_attempts: CounterVec,
     pub auth_verifications: CounterVec,
     pub auth_lockout_fallbacks: CounterVec,
+    pub state_errors: CounterVec,
     pub admin_refused: CounterVec,
 }
 
@@ -162,6 +163,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "SMTP AUTH attempts whose lockout was counted on this node alone because the shared Redis state could not be reached.",
         &[],
     ),
+    state_errors: CounterVec::new(
+        "sluice_state_errors_total",
+        "Plugin kv calls that failed or found no answer in time (Redis unreachable, a sled error); the plugin got the error and decided.",
+        &["plugin"],
+    ),
     admin_refused: CounterVec::new(
         "sluice_admin_requests_refused_total",
         "Admin API requests over TCP refused, by reason: origin, host (403), missing_token, wrong_token (401), no_token_configured (403).",
@@ -198,6 +204,7 @@ impl Metrics {
             &self.auth_attempts,
             &self.auth_verifications,
             &self.auth_lockout_fallbacks,
+            &self.state_errors,
             &self.admin_refused,
         ] {
             counter.render(&mut out);

@@ -21,6 +21,7 @@ use super::sandbox;
 use crate::authn::{self, Authenticator};
 use crate::config::{CalloutProtocol, Capabilities, Capability};
 use crate::dns::{Dns, LookupError};
+use crate::metrics::METRICS;
 use crate::state::{Kv, StateError};
 
 /// What every plugin instance of a server shares.
@@ -198,15 +199,25 @@ impl host::Host for HostState {
 }
 
 /// Runs one kv call within a call budget, like DNS: a Redis that does not
-/// answer costs the plugin an error, not its deadline.
+/// answer costs the plugin an error, not its deadline. Failures are counted
+/// per plugin, and the backend logs when it stops and starts answering.
 async fn bounded_kv<T>(
-    budget: Duration,
+    plugin: &str,
+    kv: &Kv,
     call: impl Future<Output = Result<T, StateError>>,
+    budget: Duration,
 ) -> Result<T, String> {
-    match tokio::time::timeout(budget, call).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err("kv: no answer within the plugin's time".to_owned()),
-    }
+    let error = match tokio::time::timeout(budget, call).await {
+        Ok(Ok(value)) => {
+            kv.answered();
+            return Ok(value);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "kv: no answer within the plugin's time".to_owned(),
+    };
+    METRICS.state_errors.inc(&[plugin]);
+    kv.failed(plugin, &error);
+    Err(error)
 }
 
 impl kv::Host for HostState {
@@ -214,7 +225,13 @@ impl kv::Host for HostState {
         if let Err(denied) = self.permit(Capability::Kv) {
             return Ok(Err(denied));
         }
-        Ok(bounded_kv(self.call_budget(), self.kv.get(&key)).await)
+        Ok(bounded_kv(
+            &self.plugin,
+            &self.kv,
+            self.kv.get(&key),
+            self.call_budget(),
+        )
+        .await)
     }
 
     async fn set(
@@ -226,7 +243,13 @@ impl kv::Host for HostState {
         if let Err(denied) = self.permit(Capability::Kv) {
             return Ok(Err(denied));
         }
-        Ok(bounded_kv(self.call_budget(), self.kv.set(&key, &value, ttl_seconds)).await)
+        Ok(bounded_kv(
+            &self.plugin,
+            &self.kv,
+            self.kv.set(&key, &value, ttl_seconds),
+            self.call_budget(),
+        )
+        .await)
     }
 
     async fn incr(
@@ -238,14 +261,26 @@ impl kv::Host for HostState {
         if let Err(denied) = self.permit(Capability::Kv) {
             return Ok(Err(denied));
         }
-        Ok(bounded_kv(self.call_budget(), self.kv.incr(&key, delta, ttl_seconds)).await)
+        Ok(bounded_kv(
+            &self.plugin,
+            &self.kv,
+            self.kv.incr(&key, delta, ttl_seconds),
+            self.call_budget(),
+        )
+        .await)
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
         if let Err(denied) = self.permit(Capability::Kv) {
             return Ok(Err(denied));
         }
-        Ok(bounded_kv(self.call_budget(), self.kv.delete(&key)).await)
+        Ok(bounded_kv(
+            &self.plugin,
+            &self.kv,
+            self.kv.delete(&key),
+            self.call_budget(),
+        )
+        .await)
     }
 }
 
