@@ -11,9 +11,11 @@ transport map names `smtp:example.org:PORT`, which is an MX lookup with
 the nodes' port, not a fixed next hop.
 
 Under load one node is killed with SIGKILL and started again: every
-message is delivered, each as it was sent, and the duplicates (a message a
-node had made durable before it could send its 250) are counted and
-bounded. A per-sender rate limit holds across the nodes (N accepted in
+message is delivered, each as it was sent, and the duplicates are counted
+and bounded: each has a copy on the killed node, which either had
+delivered it but not yet recorded that (removals after delivery are lazy,
+so a kill redelivers them) or had made it durable before its 250 reached
+Postfix (which then sent it again). A per-sender rate limit holds across the nodes (N accepted in
 total, not 3N), and a user locked out on one node is locked out on the
 others."""
 import base64
@@ -42,9 +44,11 @@ LOAD = 300
 SENDER_LIMIT = 5
 MAX_FAILURES = 3
 ALICE = ("alice@example.org", "correct-horse-battery")
-# Postfix's connections to one destination: a kill interrupts at most this
-# many transactions, so at most this many messages can arrive twice.
+# Postfix's connections to one destination.
 POSTFIX_CONCURRENCY = 6
+# Messages one kill may duplicate: the transactions it interrupts and the
+# deliveries not yet recorded (a handful; 1 in every run here).
+MAX_DUPLICATES = 10
 
 
 def node_config(address, port, submission, admin, data, name, state, dns_port):
@@ -251,8 +255,12 @@ smtp_connect_timeout = 5s
                      f"{postfix.queue_files()}\n{postfix.log()[-3000:]}")
         assert len(sent) == LOAD and set(ids) == set(sent), set(ids) ^ set(sent)
         duplicates = sum(n - 1 for n in ids.values())
-        print(f"delivered {len(ids)} messages, {duplicates} duplicates")
-        assert duplicates <= POSTFIX_CONCURRENCY, Counter({k: v for k, v in ids.items() if v > 1})
+        twice = {k for k, v in ids.items() if v > 1}
+        where = {k: [n.name for n in nodes for f in n.delivered()
+                     if email.message_from_bytes(f.read_bytes())["Message-ID"] == k] for k in twice}
+        print(f"delivered {len(ids)} messages, {duplicates} duplicates: {where}")
+        assert duplicates <= MAX_DUPLICATES, where
+        assert all(victim.name in names for names in where.values()), where
 
         # Each as sent: the headers Postfix got, and the body line for line
         # (the Maildir keeps the CRLF of the wire).
