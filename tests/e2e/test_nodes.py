@@ -16,8 +16,9 @@ and bounded: each has a copy on the killed node, which either had
 delivered it but not yet recorded that (removals after delivery are lazy,
 so a kill redelivers them) or had made it durable before its 250 reached
 Postfix (which then sent it again). A per-sender rate limit holds across the nodes (N accepted in
-total, not 3N), and a user locked out on one node is locked out on the
-others."""
+total, not 3N), a user locked out on one node is locked out on the
+others, and a recipient callout answered for one node is not asked again
+by another."""
 import base64
 import email
 import random
@@ -33,10 +34,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Server, free_port, suite_config
+from conftest import BIN, Server, Sink, config, free_port, suite_config
 from dns_server import DnsServer
 from peers import PostfixMX, wait_for
 from test_metrics import scrape, value
+from test_recipients import callout_plugin, codes
 from test_redis_state import redis, redis_state  # noqa: F401 - redis is a fixture
 
 NODES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -358,3 +360,28 @@ def test_redis_stopped_and_started_again(cluster, redis):  # noqa: F811 - redis 
     redis(r.port)
     wait_for(lambda: send(1) or "plugin state shared through redis" in n.log.read_text(), 30, step=0.5)
     assert "plugin state shared through redis" in n.log.read_text(), n.log.read_text()[-2000:]
+
+
+def test_callout_answers_are_shared_by_the_nodes(tmp_path, redis):  # noqa: F811 - redis is a fixture
+    r = redis()
+    sink = Sink(free_port(), rcpt_replies={"gone@example.org": "550 5.1.1 mailbox unknown"}).start()
+    servers = []
+    try:
+        for name in ("a", "b"):
+            port = free_port()
+            directory = tmp_path / name
+            directory.mkdir()
+            plugin = callout_plugin("smtp", f"127.0.0.1:{sink.port}") + redis_state(r.url)
+            text = config(port, directory / "data", rcpt='["recipients", "relay"]', extra=plugin)
+            servers.append(Server(directory, text).start(port))
+        a, b = servers
+        assert codes(a, "alice@example.org", "gone@example.org") == [250, 550]
+        assert sink.rcpt_seen == ["alice@example.org", "gone@example.org"]
+        # The other node answers from the shared cache: no callout of its own.
+        assert codes(b, "alice@example.org", "gone@example.org") == [250, 550]
+        assert sink.rcpt_seen == ["alice@example.org", "gone@example.org"]
+        assert r.keys("sluice-test:recipients:callout:*"), r.keys("*")
+    finally:
+        for s in servers:
+            s.stop()
+        sink.stop()
