@@ -19,6 +19,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 
 /// Every metric sluice exports.
 pub struct Metrics {
+    pub node_info: GaugeVec,
     pub connections_open: GaugeVec,
     pub connections: CounterVec,
     pub connections_refused: CounterVec,
@@ -41,12 +42,18 @@ pub struct Metrics {
     pub auth_attempts: CounterVec,
     pub auth_verifications: CounterVec,
     pub auth_lockout_fallbacks: CounterVec,
+    pub state_errors: CounterVec,
     pub admin_refused: CounterVec,
     pub dmarc_reports: CounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics {
+    node_info: GaugeVec::new(
+        "sluice_node_info",
+        "Always 1; its label is [server] node_name, to tell the nodes sharing one [state] apart.",
+        &["node"],
+    ),
     connections_open: GaugeVec::new(
         "sluice_connections_open",
         "SMTP connections open now.",
@@ -157,6 +164,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "SMTP AUTH attempts whose lockout was counted on this node alone because the shared Redis state could not be reached.",
         &[],
     ),
+    state_errors: CounterVec::new(
+        "sluice_state_errors_total",
+        "Plugin kv calls that failed or found no answer in time (Redis unreachable, a sled error); the plugin got the error and decided.",
+        &["plugin"],
+    ),
     admin_refused: CounterVec::new(
         "sluice_admin_requests_refused_total",
         "Admin API requests over TCP refused, by reason: origin, host (403), missing_token, wrong_token (401), no_token_configured (403).",
@@ -175,6 +187,7 @@ impl Metrics {
     /// (gauges computed at scrape time, already rendered).
     pub fn render(&self, extra: &[Gauge]) -> String {
         let mut out = String::new();
+        self.node_info.render(&mut out);
         self.connections_open.render(&mut out);
         for counter in [
             &self.connections,
@@ -197,6 +210,7 @@ impl Metrics {
             &self.auth_attempts,
             &self.auth_verifications,
             &self.auth_lockout_fallbacks,
+            &self.state_errors,
             &self.admin_refused,
             &self.dmarc_reports,
         ] {
@@ -316,6 +330,11 @@ impl GaugeVec {
 
     pub fn dec(&self, labels: &[&str]) {
         *lock(&self.series).entry(key(labels)).or_default() -= 1;
+    }
+
+    pub fn set(&self, labels: &[&str], value: i64) {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
+        lock(&self.series).insert(key(labels), value);
     }
 
     fn render(&self, out: &mut String) {

@@ -263,7 +263,14 @@ impl Server {
             self.dns.clone(),
             self.pipelines.clone(),
         ));
-        let admin_state = Arc::new(AdminState::new(self.spool.clone(), delivery.clone()));
+        METRICS
+            .node_info
+            .set(&[config.server.node_name.as_str()], 1);
+        let admin_state = Arc::new(AdminState::new(
+            self.spool.clone(),
+            delivery.clone(),
+            config.server.node_name.clone(),
+        ));
         admin_state.set_reloader(reloader.clone());
         let admin = self.admin.spawn(admin_state.clone());
         let limits = Arc::new(

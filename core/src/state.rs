@@ -10,6 +10,7 @@
 //! a failure. A failing call returns its error to the plugin, which decides
 //! (the bundled limiters fail open).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,9 @@ pub struct RedisState {
     incr: Arc<redis::Script>,
     /// Password-free URL for errors.
     url: Arc<str>,
+    /// The last plugin call failed: the next success is logged, and only
+    /// the first failure of an outage is (each one is counted).
+    failing: Arc<AtomicBool>,
 }
 
 impl StateBackend {
@@ -103,6 +107,7 @@ impl StateBackend {
                     key_prefix: key_prefix.as_str().into(),
                     incr: Arc::new(redis::Script::new(INCR_SCRIPT)),
                     url: shown.into(),
+                    failing: Arc::new(AtomicBool::new(false)),
                 }))
             }
         }
@@ -213,6 +218,31 @@ async fn off_worker<T: Send + 'static>(
 }
 
 impl Kv {
+    /// A call of `plugin` failed with `error`: logged once per Redis
+    /// outage (each time on sled, where a failure is a disk's).
+    pub fn failed(&self, plugin: &str, error: &str) {
+        match self {
+            Kv::Sled(_) => tracing::warn!(plugin, "plugin state: {error}"),
+            Kv::Redis { redis, .. } => {
+                if !redis.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        plugin,
+                        "plugin state unreachable: {error}; each plugin decides (the bundled limiters let mail through) until redis answers"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A call succeeded: says so once after an outage.
+    pub fn answered(&self) {
+        if let Kv::Redis { redis, .. } = self {
+            if redis.failing.swap(false, Ordering::Relaxed) {
+                tracing::info!("plugin state shared through redis {} again", redis.url);
+            }
+        }
+    }
+
     fn redis_error(op: &'static str, key: &str) -> impl FnOnce(redis::RedisError) -> StateError {
         let key = key.to_owned();
         move |source| StateError::Redis { op, key, source }

@@ -114,9 +114,11 @@ class _ZoneResolver:
 
 
 class DnsServer:
-    """One zone served on 127.0.0.1:port over UDP and TCP."""
+    """One zone served on address:port (127.0.0.1 by default) over UDP and
+    TCP; a resolver that only knows port 53 needs its own loopback address."""
 
-    def __init__(self, records, port=0, ttl=TTL):
+    def __init__(self, records, port=0, ttl=TTL, address="127.0.0.1"):
+        self.address = address
         self.queries = []
         self.resolver = _ZoneResolver(records, self.queries, ttl)
         self.requested_port = port
@@ -128,9 +130,9 @@ class DnsServer:
         for _ in range(20):
             port = self.requested_port or _free_udp_port()
             try:
-                udp = DNSServer(self.resolver, port=port, address="127.0.0.1", logger=logger)
+                udp = DNSServer(self.resolver, port=port, address=self.address, logger=logger)
                 try:
-                    tcp = DNSServer(self.resolver, port=port, address="127.0.0.1", logger=logger, tcp=True)
+                    tcp = DNSServer(self.resolver, port=port, address=self.address, logger=logger, tcp=True)
                 except OSError:
                     udp.server.server_close()
                     raise

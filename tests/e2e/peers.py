@@ -220,9 +220,13 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 class PostfixMX:
     """A Postfix instance on 127.0.0.1:port accepting mail for `domain` (with
     STARTTLS unless starttls=False) and relaying it to its own Sink.
-    `main_extra` is appended to its main.cf (a later setting wins)."""
+    `main_extra` is appended to its main.cf (a later setting wins).
+    `nameserver` (an address answering DNS on port 53): its SMTP client
+    runs chrooted in the queue directory, whose etc/resolv.conf names only
+    that server, so MX lookups go to the test's zone, not the system's."""
 
-    def __init__(self, keep_dir: Path, port=None, domain="example.net", starttls=True, main_extra=""):
+    def __init__(self, keep_dir: Path, port=None, domain="example.net", starttls=True, main_extra="",
+                 nameserver=None):
         require(POSTFIX_SBIN, f"{POSTFIX_DAEMONS}/master", "openssl")
         self.keep_dir = Path(keep_dir)
         self.address = "127.0.0.1"
@@ -230,6 +234,7 @@ class PostfixMX:
         self.domain = domain
         self.starttls = starttls
         self.main_extra = main_extra
+        self.nameserver = nameserver
         self.root = peer_dir("sluice-postfix-")
         self.conf = self.root / "etc"
         self.conf.mkdir()
@@ -254,8 +259,14 @@ class PostfixMX:
         (self.conf / "main.cf").write_text(POSTFIX_MAIN.format(
             root=self.root, daemons=POSTFIX_DAEMONS, domain=self.domain, sink_port=self.sink.port, tls=tls,
             extra=self.main_extra))
-        (self.conf / "master.cf").write_text(POSTFIX_MASTER.format(port=self.port))
+        master = POSTFIX_MASTER.format(port=self.port)
         (self.root / "queue").mkdir()
+        if self.nameserver:
+            master = re.sub(r"(?m)^smtp      unix  -       -       n", "smtp      unix  -       -       y", master)
+            (self.root / "queue" / "etc").mkdir()
+            (self.root / "queue" / "etc" / "resolv.conf").write_text(
+                f"nameserver {self.nameserver}\noptions attempts:2 timeout:2\n")
+        (self.conf / "master.cf").write_text(master)
         data = self.root / "data"
         data.mkdir()
         shutil.chown(data, "postfix", "postfix")

@@ -83,7 +83,7 @@ def test_health_and_errors_on_both_listeners(sluice, tmp_path):
             assert (status, body) == (200, {"live": True, "ready": True})
 
             status, _, body = send("GET", "/queue")
-            assert (status, body) == (200, {"count": 0, "entries": []})
+            assert (status, body) == (200, {"node": "mx.example.test", "count": 0, "entries": []})
 
             status, _, body = send("GET", "/queue/0123456789abcdef")
             assert (status, body) == (404, {"error": "no queue entry 0123456789abcdef"})
@@ -226,7 +226,7 @@ def test_the_token_unlocks_the_api_over_tcp(sluice, tmp_path):
     assert status == 200 and "inbound" in body["pipelines"], body
     for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}"):
         status, _, body = over_tcp(port, "GET", "/queue", {**good, "Host": host})
-        assert (status, body) == (200, {"count": 0, "entries": []}), host
+        assert (status, body) == (200, {"node": "mx.example.test", "count": 0, "entries": []}), host
 
     # Metrics and health need nothing, and count what was refused.
     assert over_tcp(port, "GET", "/health/ready")[0] == 200

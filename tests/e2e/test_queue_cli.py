@@ -168,7 +168,7 @@ def test_delete_and_unknown_ids(tmp_path):
         result = queue(server, "delete", qid)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"{qid} deleted"
-        assert listed(server) == {"count": 0, "entries": []}
+        assert listed(server) == {"node": "mx.example.test", "count": 0, "entries": []}
 
         for args in (("delete", qid), ("show", qid), ("hold", qid), ("release", qid), ("flush", qid)):
             result = queue(server, *args)

@@ -28,15 +28,18 @@ pub struct AdminState {
     /// True once the SMTP listeners accept connections, false again when
     /// shutdown starts: what `/health/ready` reports.
     pub ready: AtomicBool,
+    /// `[server] node_name`: which node's queue a listing is.
+    pub node: String,
     /// Rebuilds the pipelines for `POST /reload`; set once the server runs.
     reloader: OnceLock<Arc<Reloader>>,
 }
 
 impl AdminState {
-    pub fn new(spool: Spool, delivery: DeliveryHandle) -> Self {
+    pub fn new(spool: Spool, delivery: DeliveryHandle, node: String) -> Self {
         AdminState {
             spool,
             delivery,
+            node,
             ready: AtomicBool::new(false),
             reloader: OnceLock::new(),
         }
@@ -214,18 +217,29 @@ pub struct EntryView {
     pub entry: QueueEntry,
     /// "damaged", "held", "quarantined", "deferred" or "queued".
     pub state: String,
+    /// The node whose queue holds it (each node has its own queue), so
+    /// listings of several nodes can be merged.
+    #[serde(default)]
+    pub node: String,
 }
 
 impl EntryView {
-    pub fn new(entry: QueueEntry) -> Self {
+    pub fn new(entry: QueueEntry, node: &str) -> Self {
         let state = entry_state(&entry).to_owned();
-        EntryView { entry, state }
+        EntryView {
+            entry,
+            state,
+            node: node.to_owned(),
+        }
     }
 }
 
 /// `GET /queue`'s answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ListView {
+    /// `[server] node_name` of the node that answered.
+    #[serde(default)]
+    pub node: String,
     pub count: usize,
     pub entries: Vec<EntryView>,
 }
@@ -299,8 +313,12 @@ pub async fn respond(state: &AdminState, route: Route) -> ApiResponse {
         },
         Route::List => match all_entries(&state.spool).await {
             Ok(entries) => {
-                let entries: Vec<EntryView> = entries.into_iter().map(EntryView::new).collect();
+                let entries: Vec<EntryView> = entries
+                    .into_iter()
+                    .map(|entry| EntryView::new(entry, &state.node))
+                    .collect();
                 to_response(&ListView {
+                    node: state.node.clone(),
                     count: entries.len(),
                     entries,
                 })
@@ -418,7 +436,7 @@ fn show(state: &AdminState, id: QueueId) -> ApiResponse {
         Err(e) => return ApiResponse::spool_error(e),
     };
     to_response(&ShowView {
-        entry: EntryView::new(entry),
+        entry: EntryView::new(entry, &state.node),
         headers,
     })
 }
@@ -624,9 +642,10 @@ mod tests {
         assert_eq!(entry_state(&entry), "quarantined");
         entry.held = true;
         assert_eq!(entry_state(&entry), "held");
-        let view = EntryView::new(entry.clone());
+        let view = EntryView::new(entry.clone(), "mx2");
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["state"], "held");
+        assert_eq!(json["node"], "mx2");
         assert_eq!(json["id"], "0123456789abcdef");
         let back: EntryView = serde_json::from_value(json).unwrap();
         assert_eq!(back.entry, entry);

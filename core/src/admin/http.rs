@@ -384,7 +384,7 @@ pub(crate) mod tests_support {
         let tls = delivery::OutboundTlsConfig::new(None).unwrap();
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let (handle, _task) = delivery::spawn(settings, spool.clone(), dns, tls, shutdown_rx);
-        let state = Arc::new(AdminState::new(spool, handle));
+        let state = Arc::new(AdminState::new(spool, handle, "mx1".into()));
         (state, shutdown_tx)
     }
 }

@@ -207,12 +207,14 @@ mod tests {
         EntryView {
             entry,
             state: state.into(),
+            node: "mx1".into(),
         }
     }
 
     #[test]
     fn table_lists_every_column() {
         let list = ListView {
+            node: "mx1".into(),
             count: 1,
             entries: vec![view("deferred", 1400)],
         };
@@ -247,6 +249,7 @@ mod tests {
         assert_eq!(lines[2], "1 message");
 
         let held = ListView {
+            node: "mx1".into(),
             count: 1,
             entries: vec![view("held", 0)],
         };
@@ -255,6 +258,7 @@ mod tests {
         let after_state = &line[line.find(" held ").unwrap() + 6..];
         assert!(after_state.trim_start().starts_with("- "), "{row}");
         let empty = ListView {
+            node: "mx1".into(),
             count: 0,
             entries: vec![],
         };

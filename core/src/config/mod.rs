@@ -412,6 +412,9 @@ pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub hostname: String,
+    /// `node_name`: this node among several sharing `[state]` (queue
+    /// listings, `sluice_node_info`); the hostname when unset.
+    pub node_name: String,
     pub data_dir: PathBuf,
     pub max_message_size: u64,
     /// Octets of messages held whole in memory at once, server-wide, by the

@@ -21,6 +21,7 @@ use super::sandbox;
 use crate::authn::{self, Authenticator};
 use crate::config::{CalloutProtocol, Capabilities, Capability};
 use crate::dns::{Dns, LookupError};
+use crate::metrics::METRICS;
 use crate::state::{Kv, StateError};
 
 /// What every plugin instance of a server shares.
@@ -199,24 +200,34 @@ impl host::Host for HostState {
     }
 }
 
-/// Runs one kv call within a call budget, like DNS: a Redis that does not
-/// answer costs the plugin an error, not its deadline.
-async fn bounded_kv<T>(
-    budget: Duration,
-    call: impl Future<Output = Result<T, StateError>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(budget, call).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err("kv: no answer within the plugin's time".to_owned()),
+impl HostState {
+    /// Runs one kv call if the plugin was granted kv, within a call budget
+    /// like DNS: a Redis that does not answer costs the plugin an error,
+    /// not its deadline. Failures are counted per plugin, and the backend
+    /// logs when it stops and starts answering. (`&mut self`: the host
+    /// state is Send but not Sync, and the call awaits.)
+    async fn kv_call<T, Call>(&mut self, call: impl FnOnce(Kv) -> Call) -> Result<T, String>
+    where
+        Call: Future<Output = Result<T, StateError>>,
+    {
+        self.permit(Capability::Kv)?;
+        let error = match tokio::time::timeout(self.call_budget(), call(self.kv.clone())).await {
+            Ok(Ok(value)) => {
+                self.kv.answered();
+                return Ok(value);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "kv: no answer within the plugin's time".to_owned(),
+        };
+        METRICS.state_errors.inc(&[&self.plugin]);
+        self.kv.failed(&self.plugin, &error);
+        Err(error)
     }
 }
 
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
-        if let Err(denied) = self.permit(Capability::Kv) {
-            return Ok(Err(denied));
-        }
-        Ok(bounded_kv(self.call_budget(), self.kv.get(&key)).await)
+        Ok(self.kv_call(|kv| async move { kv.get(&key).await }).await)
     }
 
     async fn set(
@@ -225,10 +236,9 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_seconds: Option<u32>,
     ) -> wasmtime::Result<Result<(), String>> {
-        if let Err(denied) = self.permit(Capability::Kv) {
-            return Ok(Err(denied));
-        }
-        Ok(bounded_kv(self.call_budget(), self.kv.set(&key, &value, ttl_seconds)).await)
+        Ok(self
+            .kv_call(|kv| async move { kv.set(&key, &value, ttl_seconds).await })
+            .await)
     }
 
     async fn incr(
@@ -237,17 +247,15 @@ impl kv::Host for HostState {
         delta: i64,
         ttl_seconds: Option<u32>,
     ) -> wasmtime::Result<Result<i64, String>> {
-        if let Err(denied) = self.permit(Capability::Kv) {
-            return Ok(Err(denied));
-        }
-        Ok(bounded_kv(self.call_budget(), self.kv.incr(&key, delta, ttl_seconds)).await)
+        Ok(self
+            .kv_call(|kv| async move { kv.incr(&key, delta, ttl_seconds).await })
+            .await)
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
-        if let Err(denied) = self.permit(Capability::Kv) {
-            return Ok(Err(denied));
-        }
-        Ok(bounded_kv(self.call_budget(), self.kv.delete(&key)).await)
+        Ok(self
+            .kv_call(|kv| async move { kv.delete(&key).await })
+            .await)
     }
 }
 

@@ -31,6 +31,7 @@ pub(super) struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     hostname: Option<Spanned<String>>,
+    node_name: Option<Spanned<String>>,
     data_dir: Option<String>,
     max_message_size: Option<Spanned<Size>>,
     message_memory: Option<Spanned<Size>>,
@@ -95,6 +96,7 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
         Some(h) => h.get_ref().to_ascii_lowercase(),
         None => "localhost".to_owned(),
     };
+    let node_name = resolve_node_name(d, server.node_name.as_ref(), &hostname);
     let max_message_size = positive_size(
         d,
         server.max_message_size.as_ref(),
@@ -134,6 +136,7 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
     );
     ServerConfig {
         hostname,
+        node_name,
         data_dir: server
             .data_dir
             .as_ref()
@@ -152,6 +155,40 @@ pub(super) fn resolve_server(d: &mut Diagnostics<'_>, raw: Option<&RawServer>) -
         reverse_lookup: server.reverse_lookup.unwrap_or(true),
         run_as,
         allow_root: server.allow_root.unwrap_or(false),
+    }
+}
+
+/// Longest `node_name`: a host name label or two, not a sentence.
+const MAX_NODE_NAME: usize = 64;
+
+/// `node_name`: what tells this node from the others sharing its Redis
+/// state in queue listings and metrics; the host name when unset. Kept to
+/// characters that need no escaping in a metric label or a log line.
+fn resolve_node_name(
+    d: &mut Diagnostics<'_>,
+    raw: Option<&Spanned<String>>,
+    hostname: &str,
+) -> String {
+    let Some(name) = raw else {
+        return hostname.to_owned();
+    };
+    let text = name.get_ref();
+    let valid = !text.is_empty()
+        && text.len() <= MAX_NODE_NAME
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if valid {
+        text.clone()
+    } else {
+        d.add(
+            name.span(),
+            "server.node_name",
+            format!(
+                "invalid node name {text:?} (1 to {MAX_NODE_NAME} letters, digits, '-', '.' or '_')"
+            ),
+        );
+        hostname.to_owned()
     }
 }
 

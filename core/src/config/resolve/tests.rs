@@ -941,3 +941,25 @@ fn enabled_dmarc_reports_need_a_sender_named_with_key_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn node_name_defaults_to_hostname_and_bad_values_name_key_and_line() {
+    let text = format!("[server]\nhostname = \"MX1.Example.Test\"\n{LISTENERS}");
+    let config = load_str(&text, "c.toml").unwrap();
+    assert_eq!(config.server.node_name, "mx1.example.test");
+    let text =
+        format!("[server]\nhostname = \"mx.example.test\"\nnode_name = \"mx-b_2\"\n{LISTENERS}");
+    assert_eq!(
+        load_str(&text, "c.toml").unwrap().server.node_name,
+        "mx-b_2"
+    );
+    let long = "n".repeat(65);
+    for bad in ["", "a b", "quote\\\"", long.as_str()] {
+        let text = format!("[server]\nhostname = \"a.test\"\nnode_name = \"{bad}\"\n{LISTENERS}");
+        let err = load_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:3:") && err.contains("server.node_name"),
+            "{bad}: {err}"
+        );
+    }
+}
