@@ -1,6 +1,7 @@
 //! Reading a message's bytes without loading it whole: positioned reads
 //! from its segment records, one record (at most 1 MiB) in memory at a time,
-//! each checked against its checksum when it is loaded.
+//! each checked against its checksum when it is loaded. A message still
+//! being received and small enough to be held whole is read from memory.
 
 use std::sync::Arc;
 
@@ -10,15 +11,26 @@ use crate::{QueueId, SpoolError};
 /// A message's bytes in the spool, read by offset. Also an [`std::io::Read`]
 /// from its own position, for copying the message out in order.
 pub struct MessageReader {
-    segments: Arc<Segments>,
     id: QueueId,
+    source: Source,
+    /// Where `Read` continues.
+    position: u64,
+}
+
+enum Source {
+    /// Bytes not yet written to a segment (a small message being received).
+    Held(Arc<[u8]>),
+    Records(Records),
+}
+
+/// The records of a message in its segments.
+struct Records {
+    segments: Arc<Segments>,
     location: Location,
     /// Message offset at which each extent starts.
     starts: Vec<u64>,
     /// The record last loaded: (extent index, its whole payload).
     loaded: Option<(usize, Vec<u8>)>,
-    /// Where `Read` continues.
-    position: u64,
 }
 
 impl std::fmt::Debug for MessageReader {
@@ -38,19 +50,34 @@ impl MessageReader {
             starts.push(at);
             at += extent.message_len();
         }
-        MessageReader {
+        let records = Records {
             segments,
-            id,
             location,
             starts,
             loaded: None,
+        };
+        MessageReader {
+            id,
+            source: Source::Records(records),
+            position: 0,
+        }
+    }
+
+    /// A reader of bytes held in memory.
+    pub(crate) fn held(id: QueueId, bytes: Arc<[u8]>) -> Self {
+        MessageReader {
+            id,
+            source: Source::Held(bytes),
             position: 0,
         }
     }
 
     /// The message's length in octets.
     pub fn len(&self) -> u64 {
-        self.location.len()
+        match &self.source {
+            Source::Held(bytes) => bytes.len() as u64,
+            Source::Records(records) => records.location.len(),
+        }
     }
 
     /// Whether the message is empty.
@@ -60,12 +87,47 @@ impl MessageReader {
 
     /// A reader of the same bytes from the start, with nothing loaded.
     pub fn fresh(&self) -> MessageReader {
-        MessageReader::new(Arc::clone(&self.segments), self.id, self.location.clone())
+        match &self.source {
+            Source::Held(bytes) => MessageReader::held(self.id, Arc::clone(bytes)),
+            Source::Records(records) => MessageReader::new(
+                Arc::clone(&records.segments),
+                self.id,
+                records.location.clone(),
+            ),
+        }
     }
 
     /// Fills `out` from `offset` on; returns how many octets it read (fewer
     /// only at the end of the message).
     pub fn read_at(&mut self, offset: u64, out: &mut [u8]) -> Result<usize, SpoolError> {
+        match &mut self.source {
+            Source::Held(bytes) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                let n = out.len().min(bytes.len() - start);
+                out[..n].copy_from_slice(&bytes[start..start + n]);
+                Ok(n)
+            }
+            Source::Records(records) => records.read_at(self.id, offset, out),
+        }
+    }
+
+    /// The whole message in one allocation (for what needs it whole).
+    pub fn read_all(&mut self) -> Result<Vec<u8>, SpoolError> {
+        let len = usize::try_from(self.len()).map_err(|_| SpoolError::Corrupt {
+            id: self.id,
+            reason: "message length does not fit in memory".into(),
+        })?;
+        let mut out = vec![0u8; len];
+        let n = self.read_at(0, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+}
+
+impl Records {
+    fn read_at(&mut self, id: QueueId, offset: u64, out: &mut [u8]) -> Result<usize, SpoolError> {
         let mut filled = 0;
         // The extent holding `offset`: the last one starting at or before it.
         let mut index = self
@@ -81,7 +143,7 @@ impl MessageReader {
                 continue;
             }
             let within = (at - start) as usize + extent.skip as usize;
-            let payload = self.load(index)?;
+            let payload = self.load(id, index)?;
             let n = (out.len() - filled).min(payload.len() - within);
             out[filled..filled + n].copy_from_slice(&payload[within..within + n]);
             filled += n;
@@ -90,21 +152,9 @@ impl MessageReader {
         Ok(filled)
     }
 
-    /// The whole message in one allocation (for what needs it whole).
-    pub fn read_all(&mut self) -> Result<Vec<u8>, SpoolError> {
-        let len = usize::try_from(self.len()).map_err(|_| SpoolError::Corrupt {
-            id: self.id,
-            reason: "message length does not fit in memory".into(),
-        })?;
-        let mut out = vec![0u8; len];
-        let n = self.read_at(0, &mut out)?;
-        out.truncate(n);
-        Ok(out)
-    }
-
     /// The payload of extent `index`, read and checked unless it is the one
     /// loaded last.
-    fn load(&mut self, index: usize) -> Result<&[u8], SpoolError> {
+    fn load(&mut self, id: QueueId, index: usize) -> Result<&[u8], SpoolError> {
         let cached = matches!(&self.loaded, Some((i, _)) if *i == index);
         if !cached {
             let mut payload = match self.loaded.take() {
@@ -112,7 +162,7 @@ impl MessageReader {
                 None => Vec::new(),
             };
             self.segments
-                .read_record(self.id, &self.location.extents[index], &mut payload)?;
+                .read_record(id, &self.location.extents[index], &mut payload)?;
             self.loaded = Some((index, payload));
         }
         match &self.loaded {

@@ -1,8 +1,11 @@
 //! A message being received: its bytes go to the current segment as they
 //! arrive, in records of [`STAGE_RECORD`] octets, so a session holds at most
-//! one record's worth of them. [`StagedMessage::commit`] adds the header
-//! prefix (trace fields, signatures, an edited header section) as records
-//! of its own, writes the index entry and waits for the group commit.
+//! one record's worth of them (two while the data stage reads a message
+//! that fits in one: it reads a copy, and the message is still written as
+//! a single record). [`StagedMessage::commit`] adds the header prefix
+//! (trace fields, signatures, an edited header section) as records of its
+//! own — in the same record as a message that fits in one — writes the
+//! index entry and waits for the group commit.
 //! A staging dropped without commit leaves dead records behind, which the
 //! segment's reclamation handles like those of a delivered message.
 
@@ -89,9 +92,14 @@ impl StagedMessage {
         Ok(())
     }
 
-    /// Writes what is buffered and returns a reader over everything
-    /// written so far (positioned reads from the segment).
+    /// A reader over everything written so far: positioned reads from the
+    /// segment once a record was written (what is buffered is written
+    /// first), else from a copy of the buffer, so a small message still
+    /// goes to the segment as the one record `commit` writes.
     pub fn reader(&mut self) -> Result<MessageReader, SpoolError> {
+        if self.location.extents.is_empty() {
+            return Ok(MessageReader::held(self.id, self.buf.as_slice().into()));
+        }
         self.flush()?;
         Ok(MessageReader::new(
             std::sync::Arc::clone(self.spool.segments()),

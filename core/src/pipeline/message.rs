@@ -230,6 +230,13 @@ impl MessageResource {
             .parts
             .get_or_init(|| async {
                 match self.whole().await {
+                    // A small message is parsed where it is: handing it to
+                    // another thread costs more than the parse.
+                    Ok(whole) if whole.len() <= INLINE_PARSE_LIMIT => {
+                        let mut parts = parse_parts(&whole);
+                        parts._memory = whole._memory;
+                        parts
+                    }
                     // The MIME parse decodes every part (about 110 ms of CPU
                     // for 16 MiB of base64): on the blocking pool, not an
                     // async worker and the sessions scheduled on it.
@@ -252,6 +259,10 @@ impl MessageResource {
             .await
     }
 }
+
+/// Messages up to this size are parsed on the async worker (a few hundred
+/// microseconds of CPU at most); larger ones on the blocking pool.
+const INLINE_PARSE_LIMIT: usize = 64 << 10;
 
 /// How deep attached messages (message/rfc822 inside message/rfc822…) are
 /// opened; deeper ones are listed as attachments but not looked into.

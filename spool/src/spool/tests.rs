@@ -1066,6 +1066,13 @@ async fn a_small_staged_message_is_one_record_with_its_prefix() {
     let id = spool.allocate_id().unwrap();
     let mut staged = spool.stage(id);
     staged.write(b"Subject: s\r\n\r\nbody\r\n").unwrap();
+    // Read back before the commit, as the data stage does: from memory.
+    let mut reader = staged.reader().unwrap();
+    assert_eq!(reader.read_all().unwrap(), b"Subject: s\r\n\r\nbody\r\n");
+    let mut head = [0u8; 7];
+    assert_eq!(reader.read_at(3, &mut head).unwrap(), 7);
+    assert_eq!(&head, b"ject: s");
+    assert_eq!(reader.read_at(100, &mut head).unwrap(), 0);
     staged
         .commit(envelope(), b"Received: x\r\n", 0)
         .await
@@ -1073,6 +1080,13 @@ async fn a_small_staged_message_is_one_record_with_its_prefix() {
     assert_eq!(
         spool.message(id).unwrap().unwrap(),
         b"Received: x\r\nSubject: s\r\n\r\nbody\r\n".to_vec()
+    );
+    let raw = spool.inner.messages.get(id.to_key()).unwrap().unwrap();
+    assert_eq!(decode_location(id, &raw).unwrap().extents.len(), 1);
+    // The reader taken before the commit still reads the received bytes.
+    assert_eq!(
+        reader.fresh().read_all().unwrap(),
+        b"Subject: s\r\n\r\nbody\r\n"
     );
 }
 
