@@ -11,13 +11,16 @@
 //! unspecified, link-local by default) are never targets. Routes are the
 //! operator's own word and exempt from the filter.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::credentials::Credentials;
+use super::dane::{Dane, HostDane, SecureLookupError};
 use super::ignore::is_ignored;
 use super::mta_sts::{Mode, Policy};
 use super::smtp_client::{Target, TargetAddress};
+use super::tls_policy::AppliedTls;
 use super::DeliverySettings;
 use crate::config::OutboundTls;
 use crate::dns::{Dns, LookupError, MxRecord};
@@ -41,12 +44,6 @@ impl Destination {
         match self {
             Destination::Route { next_hop, .. } => next_hop,
             Destination::Mx { domain, .. } => domain,
-        }
-    }
-
-    pub fn tls(&self) -> OutboundTls {
-        match self {
-            Destination::Route { tls, .. } | Destination::Mx { tls, .. } => *tls,
         }
     }
 
@@ -83,22 +80,69 @@ pub fn destination(settings: &DeliverySettings, domain: &str) -> Destination {
     }
 }
 
-/// The hosts to try, in order; under an MTA-STS policy (`sts`) only the
-/// MX hosts it lists.
+/// The hosts to try, in order, and the TLS policy they are tried under.
+#[derive(Debug)]
+pub struct Routed {
+    pub targets: Vec<Target>,
+    pub policy: AppliedTls,
+}
+
+/// The hosts to try, in order: DANE hosts where the domain has them
+/// (RFC 8461 §2: DANE before MTA-STS), else under an MTA-STS policy
+/// (`sts`) only the MX hosts it lists.
 pub async fn targets(
     settings: &DeliverySettings,
     dns: &Dns,
     destination: &Destination,
     sts: Option<&Policy>,
-) -> Result<Vec<Target>, RouteFailure> {
+) -> Result<Routed, RouteFailure> {
     match destination {
-        Destination::Route { next_hop, .. } => {
+        Destination::Route { next_hop, tls, .. } => {
             let mut targets = next_hop_targets(next_hop).await?;
+            let policy = match (tls, settings.dane.as_deref()) {
+                (OutboundTls::Dane, Some(dane)) => {
+                    targets = dane_next_hop(dane, next_hop, targets).await?;
+                    AppliedTls::Dane
+                }
+                (tls, _) => AppliedTls::Plain(*tls),
+            };
             targets.truncate(settings.delivery.max_addresses);
-            Ok(targets)
+            Ok(Routed { targets, policy })
         }
-        Destination::Mx { domain, .. } => mx_targets(settings, dns, domain, sts).await,
+        Destination::Mx { domain, tls } => mx_targets(settings, dns, domain, sts, *tls).await,
     }
+}
+
+/// A `tls = "dane"` route: its host's TLSA records and DNSSEC-signed
+/// addresses, or the mail waits.
+async fn dane_next_hop(
+    dane: &Dane,
+    next_hop: &str,
+    resolved: Vec<Target>,
+) -> Result<Vec<Target>, RouteFailure> {
+    let (Some(first), Some((_, port))) = (resolved.first(), next_hop.rsplit_once(':')) else {
+        return Ok(resolved);
+    };
+    let port = port.parse::<u16>().unwrap_or(25);
+    let host = dane.host(&first.host, port).await.map_err(|e| {
+        RouteFailure::Temporary(format!("451 4.7.5 DANE lookups for {}: {e}", first.host))
+    })?;
+    let Some(tlsa) = host.tlsa else {
+        return Err(RouteFailure::Temporary(format!(
+            "451 4.7.5 tls = \"dane\": {}",
+            host.without
+                .unwrap_or_else(|| format!("no usable TLSA records for {}", first.host))
+        )));
+    };
+    Ok(host
+        .addresses
+        .into_iter()
+        .map(|ip| Target {
+            host: first.host.clone(),
+            address: TargetAddress::Tcp(SocketAddr::new(ip, port)),
+            dane: Some(tlsa.clone()),
+        })
+        .collect())
 }
 
 /// A route's "host:port": an IP literal, or a name resolved by the system
@@ -128,6 +172,7 @@ async fn next_hop_targets(next_hop: &str) -> Result<Vec<Target>, RouteFailure> {
         .map(|address| Target {
             host: host.to_owned(),
             address: TargetAddress::Tcp(address),
+            dane: None,
         })
         .collect())
 }
@@ -164,17 +209,77 @@ fn sts_hosts(
     }
 }
 
+/// The MX records of `domain` and whether DNSSEC vouches for them: asked
+/// of the validating resolver when DANE may apply.
+async fn mx_records(
+    dns: &Dns,
+    dane: Option<&Dane>,
+    domain: &str,
+) -> Result<(Vec<MxRecord>, bool), RouteFailure> {
+    if let Some(dane) = dane {
+        match dane.resolver.mx(domain).await {
+            Ok(answer) => return Ok((answer.records, answer.secure)),
+            // NXDOMAIN or no MX (the implicit MX): the plain lookup tells
+            // which; either way there is no signed MX RRset to use.
+            Err(SecureLookupError::NoRecords(_)) => {}
+            Err(e @ SecureLookupError::Bogus(_)) => {
+                return Err(RouteFailure::Temporary(format!("451 4.7.5 {e}")))
+            }
+            Err(SecureLookupError::Temporary { reason, .. }) => {
+                return Err(RouteFailure::Temporary(format!(
+                    "451 4.4.3 DNS lookup for {domain} failed: {reason}"
+                )))
+            }
+        }
+    }
+    match dns.mx(domain).await {
+        Ok(records) => Ok((records, false)),
+        Err(e) => Err(lookup_failure(domain, e)),
+    }
+}
+
+/// What DANE says about each of `hosts` (a secure MX RRset's), and the
+/// first failure of the hosts that cannot be used at all.
+async fn dane_hosts(
+    dane: &Dane,
+    domain: &str,
+    hosts: &[String],
+    port: u16,
+) -> (HashMap<String, HostDane>, Option<RouteFailure>) {
+    let mut found = HashMap::new();
+    let mut failure = None;
+    for host in hosts {
+        match dane.host(host, port).await {
+            Ok(answer) => {
+                if let Some(why) = &answer.without {
+                    tracing::info!(%domain, mx = %host, "no DANE for this MX host: {why}");
+                }
+                found.insert(host.clone(), answer);
+            }
+            Err(e) => {
+                tracing::info!(%domain, mx = %host, "MX host skipped: {e}");
+                failure.get_or_insert(RouteFailure::Temporary(format!(
+                    "451 4.7.5 MX {host} of {domain} cannot be used: {e}"
+                )));
+            }
+        }
+    }
+    (found, failure)
+}
+
 async fn mx_targets(
     settings: &DeliverySettings,
     dns: &Dns,
     domain: &str,
     sts: Option<&Policy>,
-) -> Result<Vec<Target>, RouteFailure> {
+    tls: OutboundTls,
+) -> Result<Routed, RouteFailure> {
     let limits = &settings.delivery;
-    let records = match dns.mx(domain).await {
-        Ok(records) => records,
-        Err(e) => return Err(lookup_failure(domain, e)),
+    let dane = match tls {
+        OutboundTls::Auto | OutboundTls::Dane => settings.dane.as_deref(),
+        _ => None,
     };
+    let (records, mx_secure) = mx_records(dns, dane, domain).await?;
     if is_null_mx(&records) {
         return Err(RouteFailure::Permanent(format!(
             "556 5.1.10 {domain} does not accept mail (null MX)"
@@ -191,23 +296,57 @@ async fn mx_targets(
             .take(limits.max_mx_hosts)
             .collect()
     };
-    let hosts = match sts {
-        Some(policy) => sts_hosts(policy, domain, hosts)?,
-        None => hosts,
+    // RFC 7672 §2.2: TLSA records count only below a signed MX RRset.
+    let (host_dane, mut temporary) = match (dane, mx_secure) {
+        (Some(dane), true) => dane_hosts(dane, domain, &hosts, limits.smtp_port).await,
+        _ => (HashMap::new(), None),
     };
+    let has_tlsa = |host: &String| host_dane.get(host).is_some_and(|h| h.tlsa.is_some());
+    // A host whose DANE answers were bogus is used under no policy.
+    let hosts: Vec<String> = hosts
+        .into_iter()
+        .filter(|host| !mx_secure || dane.is_none() || host_dane.contains_key(host))
+        .collect();
+    let (hosts, policy) =
+        if tls == OutboundTls::Dane {
+            let (with, without): (Vec<String>, Vec<String>) = hosts.into_iter().partition(has_tlsa);
+            if with.is_empty() {
+                return Err(temporary.unwrap_or_else(|| {
+                    RouteFailure::Temporary(format!(
+                    "451 4.7.5 tls = \"dane\": no MX host of {domain} has usable DNSSEC-signed \
+                     TLSA records (MX: {}{})",
+                    without.join(", "),
+                    if mx_secure { "" } else { "; the MX records are not DNSSEC-signed" }
+                ))
+                }));
+            }
+            (with, AppliedTls::Dane)
+        } else if hosts.iter().any(has_tlsa) {
+            (hosts, AppliedTls::Dane)
+        } else {
+            match sts {
+                Some(policy) if matches!(tls, OutboundTls::Auto | OutboundTls::MtaSts) => (
+                    sts_hosts(policy, domain, hosts)?,
+                    AppliedTls::MtaSts(policy.mode),
+                ),
+                _ => (hosts, AppliedTls::Plain(tls)),
+            }
+        };
     let mut targets = Vec::new();
     let mut ignored = Vec::new();
-    let mut temporary = None;
     for host in hosts {
         if targets.len() >= limits.max_addresses {
             break;
         }
-        let ips = match dns.ips(&host).await {
-            Ok(ips) => ips,
-            Err(e) => {
-                temporary.get_or_insert(lookup_failure(&host, e));
-                continue;
-            }
+        let (ips, tlsa) = match host_dane.get(&host) {
+            Some(answer) => (answer.addresses.clone(), answer.tlsa.clone()),
+            None => match dns.ips(&host).await {
+                Ok(ips) => (ips, None),
+                Err(e) => {
+                    temporary.get_or_insert(lookup_failure(&host, e));
+                    continue;
+                }
+            },
         };
         // RFC 5321 §5.1: when this server is one of the MX hosts, only
         // the more preferred ones may be used.
@@ -229,6 +368,7 @@ async fn mx_targets(
                 targets.push(Target {
                     host: host.clone(),
                     address: TargetAddress::Tcp(SocketAddr::new(ip, limits.smtp_port)),
+                    dane: tlsa.clone(),
                 });
             }
         }
@@ -249,7 +389,7 @@ async fn mx_targets(
             )),
         });
     }
-    Ok(targets)
+    Ok(Routed { targets, policy })
 }
 
 /// "mx [127.0.0.1] is", or the first few of many.
