@@ -1,0 +1,247 @@
+"""DANE (RFC 7672) against real peers on loopback: BIND's named serves a
+zone signed at test time with dnssec-keygen/dnssec-signzone, sluice
+validates its answers against the zone's own key as trust anchor, and a
+real Postfix with a test certificate is the MX. A matching TLSA record
+means TLS to that certificate; a mismatch or a bogus signature means the
+mail waits and nothing is sent in clear; an unsigned (insecurely
+delegated) zone means no DANE; `[delivery] tls = "none"` turns it off."""
+import hashlib
+import json
+import re
+import shutil
+import smtplib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BIN, Server, config, free_port
+from peers import alive, require, wait_for
+
+ZONE = "dane.test"
+# A real but unrelated SHA-256: a TLSA record that matches nothing.
+OTHER_KEY = hashlib.sha256(b"not the server's key").hexdigest()
+
+
+def spki_sha256(cert_file):
+    """TLSA 3 1 1 data: SHA-256 of the certificate's SubjectPublicKeyInfo."""
+    pem = subprocess.run(["openssl", "x509", "-in", str(cert_file), "-pubkey", "-noout"],
+                         check=True, capture_output=True).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pem,
+                         check=True, capture_output=True).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+class SignedZone:
+    """named on 127.0.0.1:port, primary for dane.test (signed here) and
+    plain.dane.test (unsigned, delegated from dane.test without DS)."""
+
+    def __init__(self, directory: Path, mx_port: int, tlsa: str):
+        require("/usr/sbin/named", "/usr/bin/dnssec-keygen", "/usr/bin/dnssec-signzone")
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.mx_port = mx_port
+        self.tlsa = tlsa
+        self.proc = None
+        key = self.run("dnssec-keygen", "-q", "-K", str(self.dir), "-a", "ECDSAP256SHA256",
+                       "-f", "KSK", "-n", "ZONE", ZONE).stdout.strip()
+        self.key_file = self.dir / f"{key}.key"
+        self.trust_anchor = self.dir / "trust-anchor.key"
+        self.trust_anchor.write_text(self.key_file.read_text())
+
+    def run(self, *args):
+        return subprocess.run(list(args), check=True, capture_output=True, text=True, cwd=self.dir)
+
+    def sign(self, tamper=False):
+        """Writes and signs dane.test; `tamper` alters the TLSA record after
+        signing, so its signature no longer verifies (bogus)."""
+        port = self.mx_port
+        (self.dir / "dane.test.zone").write_text(f"""\
+$TTL 300
+@ IN SOA ns.dane.test. hostmaster.dane.test. 1 3600 600 86400 300
+@ IN NS ns.dane.test.
+ns IN A 127.0.0.1
+@ IN MX 10 mx.dane.test.
+mx IN A 127.0.0.1
+_{port}._tcp.mx IN TLSA 3 1 1 {self.tlsa}
+plain IN NS ns.dane.test.
+$INCLUDE {self.key_file}
+""")
+        (self.dir / "plain.zone").write_text(f"""\
+$TTL 300
+@ IN SOA ns.dane.test. hostmaster.dane.test. 1 3600 600 86400 300
+@ IN NS ns.dane.test.
+@ IN MX 10 mx.plain.dane.test.
+mx IN A 127.0.0.1
+_{port}._tcp.mx IN TLSA 3 1 1 {OTHER_KEY}
+""")
+        # One key signs everything (-z); full one-line records (-O full).
+        self.run("dnssec-signzone", "-z", "-O", "full", "-K", str(self.dir), "-o", ZONE,
+                 "-f", "dane.test.signed", "dane.test.zone")
+        signed = self.dir / "dane.test.signed"
+        if tamper:
+            text = signed.read_text()
+            tampered = re.sub(r"(IN\s+TLSA\s+3 1 1 )\S+", lambda m: m.group(1) + OTHER_KEY.upper(), text)
+            assert tampered != text, "no TLSA record to tamper with"
+            signed.write_text(tampered)
+        return self
+
+    def start(self):
+        conf = self.dir / "named.conf"
+        conf.write_text(f"""\
+options {{
+    directory "{self.dir}";
+    pid-file "{self.dir}/named.pid";
+    session-keyfile "{self.dir}/session.key";
+    listen-on port {self.port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+    allow-query {{ any; }};
+}};
+controls {{ }};
+zone "{ZONE}" {{ type primary; file "{self.dir}/dane.test.signed"; }};
+zone "plain.{ZONE}" {{ type primary; file "{self.dir}/plain.zone"; }};
+""")
+        self.log = open(self.dir / "named.log", "w")
+        self.proc = subprocess.Popen(["/usr/sbin/named", "-g", "-c", str(conf)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        answered = wait_for(lambda: self.dig("mx.dane.test", "A") or self.proc.poll() is not None, 30)
+        assert answered and self.proc.poll() is None, (self.dir / "named.log").read_text()
+        return self
+
+    def dig(self, name, kind):
+        result = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(self.port), "@127.0.0.1",
+                                 name, kind], capture_output=True, text=True)
+        return result.returncode == 0 and result.stdout.strip()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+
+
+@pytest.fixture
+def world(tmp_path, postfix_mx):
+    """world(tlsa=None, tamper=False, domain="dane.test", extra=""): a
+    Postfix MX for `domain`, the signed zone publishing `tlsa` (default:
+    the Postfix certificate's key) for it, and sluice resolving through
+    named with the zone's key as trust anchor."""
+    started = []
+
+    def start(tlsa=None, tamper=False, domain=ZONE, extra=""):
+        mx = postfix_mx(domain=domain)
+        zone = SignedZone(tmp_path / f"zone-{len(started)}", mx.port, tlsa or spki_sha256(mx.cert_file))
+        started.append(zone)
+        zone.sign(tamper=tamper).start()
+        port = free_port()
+        text = config(port, tmp_path / "data", extra=(
+            f'[dns]\nnameservers = ["127.0.0.1:{zone.port}"]\ntimeout = "2s"\n'
+            f'trust_anchor = "{zone.trust_anchor}"\n'
+            f"[delivery]\nsmtp_port = {mx.port}\nignore_target_hosts = []\n{extra}"))
+        server = Server(tmp_path, text)
+        started.append(server)
+        return server.start(port), mx
+
+    yield start
+    for thing in reversed(started):
+        thing.stop()
+
+
+def send(server, rcpt, msg_id):
+    body = (f"From: a@example.org\r\nTo: {rcpt}\r\nMessage-ID: <{msg_id}@example.org>\r\n"
+            f"Subject: {msg_id}\r\n\r\nDANE\r\n")
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as smtp:
+        assert smtp.sendmail("a@example.org", [rcpt], body) == {}
+
+
+def queue_entries(server):
+    result = subprocess.run([BIN, "queue", "list", "--json", "--config", str(server.tmp / "sluice.toml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["entries"]
+
+
+def deferred_reply(server, timeout=60):
+    """The last reply of the one deferred recipient, once it was tried."""
+    def reply():
+        for entry in queue_entries(server):
+            for rcpt in entry["recipients"]:
+                if rcpt["status"] == "deferred" and rcpt.get("last_reply"):
+                    return rcpt["last_reply"]
+        return None
+    return wait_for(reply, timeout)
+
+
+def arrived(mx, msg_id):
+    messages = mx.sink.wait(1, timeout=60)
+    assert len(messages) == 1, f"not delivered to Postfix's sink; Postfix log:\n{mx.log()}"
+    content = messages[0].original_content
+    assert f"Message-ID: <{msg_id}@example.org>".encode() in content
+    return content
+
+
+def assert_nothing_sent(mx):
+    """sluice connected (EHLO) at least twice and never sent MAIL."""
+    attempt = r"disconnect from \S+ ehlo=.*"
+    wait_for(lambda: len(re.findall(attempt, mx.log())) >= 2, timeout=60)
+    attempts = re.findall(attempt, mx.log())
+    assert len(attempts) >= 2, f"sluice did not try the MX twice; Postfix log:\n{mx.log()}"
+    assert not [line for line in attempts if "mail=" in line], attempts
+    assert mx.sink.messages == [], "delivered although DANE failed"
+
+
+def test_matching_tlsa_delivers_over_tls(world):
+    server, mx = world()
+    send(server, "user@dane.test", "dane-match")
+    content = arrived(mx, "dane-match")
+    assert b"(using TLSv1.3 with cipher" in content, content[:400]
+    log = server.log.read_text()
+    assert re.search(r"tls_policy=\W?dane", log), "the delivery log line names no DANE policy"
+
+
+def test_tlsa_mismatch_defers_and_sends_nothing_in_clear(world):
+    server, mx = world(tlsa=OTHER_KEY)
+    send(server, "user@dane.test", "dane-mismatch")
+    reply = deferred_reply(server)
+    assert reply and reply.startswith("451 "), reply
+    assert "DANE" in reply and "TLS policy: dane" in reply, reply
+    assert_nothing_sent(mx)
+
+
+def test_bogus_signature_defers(world):
+    server, mx = world(tamper=True)
+    send(server, "user@dane.test", "dane-bogus")
+    reply = deferred_reply(server)
+    assert reply and reply.startswith("451 4.7.5"), reply
+    assert "bogus" in reply, reply
+    # a bogus answer is not "no DANE": the MX is not spoken to at all
+    # (the one connection without commands is the fixture's greeting probe)
+    time.sleep(2)
+    assert mx.sink.messages == []
+    assert not re.findall(r"ehlo=", mx.log()), mx.log()
+
+
+def test_unsigned_zone_delivers_without_dane(world):
+    # plain.dane.test is delegated without DS: insecure, so its (wrong)
+    # TLSA record does not count and delivery is opportunistic
+    server, mx = world(domain="plain.dane.test")
+    send(server, "user@plain.dane.test", "dane-unsigned")
+    arrived(mx, "dane-unsigned")
+    log = server.log.read_text()
+    assert re.search(r"recipient=user@plain\.dane\.test .*tls_policy=opportunistic", log), log[-2000:]
+
+
+def test_tls_none_overrides_dane(world):
+    server, mx = world(extra='tls = "none"\n')
+    send(server, "user@dane.test", "dane-off")
+    content = arrived(mx, "dane-off")
+    assert b"using TLS" not in content, content[:400]
