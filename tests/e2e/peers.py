@@ -220,7 +220,7 @@ class PostfixMX:
     """A Postfix instance on 127.0.0.1:port accepting mail for `domain` (with
     STARTTLS unless starttls=False) and relaying it to its own Sink."""
 
-    def __init__(self, keep_dir: Path, port=None, domain="example.net", starttls=True):
+    def __init__(self, keep_dir: Path, port=None, domain="example.net", starttls=True, cert_names=("localhost",)):
         require(POSTFIX_SBIN, f"{POSTFIX_DAEMONS}/master", "openssl")
         self.keep_dir = Path(keep_dir)
         self.address = "127.0.0.1"
@@ -231,7 +231,7 @@ class PostfixMX:
         self.conf = self.root / "etc"
         self.conf.mkdir()
         self.log_file = self.root / "postfix.log"
-        self.certs = Certs(self.root / "tls") if starttls else None
+        self.certs = Certs(self.root / "tls", names=cert_names) if starttls else None
         self.sink = Sink(free_port())
         self.pid = None
         self.sink_running = False

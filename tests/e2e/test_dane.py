@@ -24,7 +24,7 @@ OTHER_KEY = hashlib.sha256(b"not the server's key").hexdigest()
 
 
 def spki_sha256(cert_file):
-    """TLSA 3 1 1 data: SHA-256 of the certificate's SubjectPublicKeyInfo."""
+    """TLSA x 1 1 data: SHA-256 of the certificate's SubjectPublicKeyInfo."""
     pem = subprocess.run(["openssl", "x509", "-in", str(cert_file), "-pubkey", "-noout"],
                          check=True, capture_output=True).stdout
     der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pem,
@@ -37,6 +37,7 @@ class SignedZone:
     plain.dane.test (unsigned, delegated from dane.test without DS)."""
 
     def __init__(self, directory: Path, mx_port: int, tlsa: str):
+        """`tlsa`: the TLSA RDATA of the MX host, "3 1 1 <hex>" and so on."""
         require("/usr/sbin/named", "/usr/bin/dnssec-keygen", "/usr/bin/dnssec-signzone")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ $TTL 300
 ns IN A 127.0.0.1
 @ IN MX 10 mx.dane.test.
 mx IN A 127.0.0.1
-_{port}._tcp.mx IN TLSA 3 1 1 {self.tlsa}
+_{port}._tcp.mx IN TLSA {self.tlsa}
 plain IN NS ns.dane.test.
 $INCLUDE {self.key_file}
 """)
@@ -82,7 +83,7 @@ _{port}._tcp.mx IN TLSA 3 1 1 {OTHER_KEY}
         signed = self.dir / "dane.test.signed"
         if tamper:
             text = signed.read_text()
-            tampered = re.sub(r"(IN\s+TLSA\s+3 1 1 )\S+", lambda m: m.group(1) + OTHER_KEY.upper(), text)
+            tampered = re.sub(r"(IN\s+TLSA\s+\d \d \d )\S+", lambda m: m.group(1) + OTHER_KEY.upper(), text)
             assert tampered != text, "no TLSA record to tamper with"
             signed.write_text(tampered)
         return self
@@ -131,22 +132,32 @@ zone "plain.{ZONE}" {{ type primary; file "{self.dir}/plain.zone"; }};
 
 @pytest.fixture
 def world(tmp_path, postfix_mx):
-    """world(tlsa=None, tamper=False, domain="dane.test", extra=""): a
-    Postfix MX for `domain`, the signed zone publishing `tlsa` (default:
-    the Postfix certificate's key) for it, and sluice resolving through
-    named with the zone's key as trust anchor."""
+    """world(tlsa=None, tamper=False, domain="dane.test", extra="",
+    ta=False, cert_names=("localhost",)): a Postfix MX for `domain` with a
+    certificate for `cert_names`, the signed zone publishing the TLSA
+    RDATA `tlsa` for it (default: 3 1 1 of the Postfix certificate's key,
+    or with `ta` 2 1 1 of its CA's, the CA then sent in Postfix's chain),
+    and sluice resolving through named with the zone's key as trust
+    anchor."""
     started = []
 
-    def start(tlsa=None, tamper=False, domain=ZONE, extra=""):
-        mx = postfix_mx(domain=domain)
-        zone = SignedZone(tmp_path / f"zone-{len(started)}", mx.port, tlsa or spki_sha256(mx.cert_file))
+    def start(tlsa=None, tamper=False, domain=ZONE, extra="", ta=False, cert_names=("localhost",)):
+        mx = postfix_mx(domain=domain, cert_names=cert_names, run=False)
+        if ta:
+            # DANE-TA's anchor must be in the chain the server sends
+            chain = mx.cert_file.read_text() + mx.ca_file.read_text()
+            mx.cert_file.write_text(chain)
+            tlsa = tlsa or f"2 1 1 {spki_sha256(mx.ca_file)}"
+        mx.start()
+        zone = SignedZone(tmp_path / f"zone-{len(started)}", mx.port,
+                          tlsa or f"3 1 1 {spki_sha256(mx.cert_file)}")
         started.append(zone)
         zone.sign(tamper=tamper).start()
         port = free_port()
         text = config(port, tmp_path / "data", extra=(
             f'[dns]\nnameservers = ["127.0.0.1:{zone.port}"]\ntimeout = "2s"\n'
             f'trust_anchor = "{zone.trust_anchor}"\n'
-            f"[delivery]\nsmtp_port = {mx.port}\nignore_target_hosts = []\n{extra}"))
+            f"[delivery]\nsmtp_port = {mx.port}\nignore_target_hosts = []\n{extra.format(port=mx.port)}"))
         server = Server(tmp_path, text)
         started.append(server)
         return server.start(port), mx
@@ -209,7 +220,7 @@ def test_matching_tlsa_delivers_over_tls(world):
 
 
 def test_tlsa_mismatch_defers_and_sends_nothing_in_clear(world):
-    server, mx = world(tlsa=OTHER_KEY)
+    server, mx = world(tlsa=f"3 1 1 {OTHER_KEY}")
     send(server, "user@dane.test", "dane-mismatch")
     reply = deferred_reply(server)
     assert reply and reply.startswith("451 "), reply
@@ -245,3 +256,28 @@ def test_tls_none_overrides_dane(world):
     send(server, "user@dane.test", "dane-off")
     content = arrived(mx, "dane-off")
     assert b"using TLS" not in content, content[:400]
+
+
+def test_dane_ta_delivers_to_a_certificate_for_the_mx_name(world):
+    server, mx = world(ta=True, cert_names=("mx.dane.test",))
+    send(server, "user@dane.test", "dane-ta")
+    content = arrived(mx, "dane-ta")
+    assert b"(using TLSv1.3 with cipher" in content, content[:400]
+
+
+def test_dane_ta_defers_a_certificate_for_another_name(world):
+    # DANE-TA checks the name (RFC 7672 §3.2.2); DANE-EE would not
+    server, mx = world(ta=True, cert_names=("localhost",))
+    send(server, "user@dane.test", "dane-ta-name")
+    reply = deferred_reply(server)
+    assert reply and "DANE: no TLSA record matches" in reply, reply
+    assert_nothing_sent(mx)
+
+
+def test_dane_route_checks_its_next_hop(world):
+    # the route's host is resolved through the validating resolver too
+    route = '[[delivery.route]]\ndomain = "dane.test"\nnext_hop = "mx.dane.test:{port}"\ntls = "dane"\n'
+    server, mx = world(extra=route)
+    send(server, "user@dane.test", "dane-route")
+    content = arrived(mx, "dane-route")
+    assert b"(using TLSv1.3 with cipher" in content, content[:400]

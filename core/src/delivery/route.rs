@@ -98,13 +98,11 @@ pub async fn targets(
 ) -> Result<Routed, RouteFailure> {
     match destination {
         Destination::Route { next_hop, tls, .. } => {
-            let mut targets = next_hop_targets(next_hop).await?;
-            let policy = match (tls, settings.dane.as_deref()) {
+            let (mut targets, policy) = match (tls, settings.dane.as_deref()) {
                 (OutboundTls::Dane, Some(dane)) => {
-                    targets = dane_next_hop(dane, next_hop, targets).await?;
-                    AppliedTls::Dane
+                    (dane_next_hop(dane, next_hop).await?, AppliedTls::Dane)
                 }
-                (tls, _) => AppliedTls::Plain(*tls),
+                (tls, _) => (next_hop_targets(next_hop).await?, AppliedTls::Plain(*tls)),
             };
             targets.truncate(settings.delivery.max_addresses);
             Ok(Routed { targets, policy })
@@ -113,32 +111,34 @@ pub async fn targets(
     }
 }
 
-/// A `tls = "dane"` route: its host's TLSA records and DNSSEC-signed
-/// addresses, or the mail waits.
-async fn dane_next_hop(
-    dane: &Dane,
-    next_hop: &str,
-    resolved: Vec<Target>,
-) -> Result<Vec<Target>, RouteFailure> {
-    let (Some(first), Some((_, port))) = (resolved.first(), next_hop.rsplit_once(':')) else {
-        return Ok(resolved);
-    };
-    let port = port.parse::<u16>().unwrap_or(25);
-    let host = dane.host(&first.host, port).await.map_err(|e| {
-        RouteFailure::Temporary(format!("451 4.7.5 DANE lookups for {}: {e}", first.host))
-    })?;
-    let Some(tlsa) = host.tlsa else {
+/// A `tls = "dane"` route: its host's DNSSEC-signed addresses and TLSA
+/// records for its port, or the mail waits.
+async fn dane_next_hop(dane: &Dane, next_hop: &str) -> Result<Vec<Target>, RouteFailure> {
+    let parsed = next_hop
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+    let Some((host, port)) = parsed else {
         return Err(RouteFailure::Temporary(format!(
-            "451 4.7.5 tls = \"dane\": {}",
-            host.without
-                .unwrap_or_else(|| format!("no usable TLSA records for {}", first.host))
+            "451 4.3.5 invalid next hop {next_hop:?}"
         )));
     };
-    Ok(host
+    let host = host.to_ascii_lowercase();
+    let answer = dane.host(&host, port).await.map_err(|e| {
+        RouteFailure::Temporary(format!("451 4.7.5 next hop {host} cannot be used: {e}"))
+    })?;
+    let Some(tlsa) = answer.tlsa else {
+        return Err(RouteFailure::Temporary(format!(
+            "451 4.7.5 tls = \"dane\": {}",
+            answer
+                .without
+                .unwrap_or_else(|| format!("no usable TLSA records for {host}"))
+        )));
+    };
+    Ok(answer
         .addresses
         .into_iter()
         .map(|ip| Target {
-            host: first.host.clone(),
+            host: host.clone(),
             address: TargetAddress::Tcp(SocketAddr::new(ip, port)),
             dane: Some(tlsa.clone()),
         })
