@@ -54,9 +54,10 @@ class SignedZone:
     def run(self, *args):
         return subprocess.run(list(args), check=True, capture_output=True, text=True, cwd=self.dir)
 
-    def sign(self, tamper=False):
+    def sign(self, tamper=False, expired=False):
         """Writes and signs dane.test; `tamper` alters the TLSA record after
-        signing, so its signature no longer verifies (bogus)."""
+        signing, so its signature no longer verifies, `expired` signs with
+        signatures that ended years ago: either way the zone is bogus."""
         port = self.mx_port
         (self.dir / "dane.test.zone").write_text(f"""\
 $TTL 300
@@ -78,7 +79,9 @@ mx IN A 127.0.0.1
 _{port}._tcp.mx IN TLSA 3 1 1 {OTHER_KEY}
 """)
         # One key signs everything (-z); full one-line records (-O full).
-        self.run("dnssec-signzone", "-z", "-O", "full", "-K", str(self.dir), "-o", ZONE,
+        # -P: its own check would refuse signatures that already ended
+        validity = ["-P", "-s", "20200101000000", "-e", "20200201000000"] if expired else []
+        self.run("dnssec-signzone", "-z", "-O", "full", "-K", str(self.dir), "-o", ZONE, *validity,
                  "-f", "dane.test.signed", "dane.test.zone")
         signed = self.dir / "dane.test.signed"
         if tamper:
@@ -132,7 +135,7 @@ zone "plain.{ZONE}" {{ type primary; file "{self.dir}/plain.zone"; }};
 
 @pytest.fixture
 def world(tmp_path, postfix_mx):
-    """world(tlsa=None, tamper=False, domain="dane.test", extra="",
+    """world(tlsa=None, tamper=False, expired=False, domain="dane.test", extra="",
     ta=False, cert_names=("localhost",)): a Postfix MX for `domain` with a
     certificate for `cert_names`, the signed zone publishing the TLSA
     RDATA `tlsa` for it (default: 3 1 1 of the Postfix certificate's key,
@@ -141,7 +144,8 @@ def world(tmp_path, postfix_mx):
     anchor."""
     started = []
 
-    def start(tlsa=None, tamper=False, domain=ZONE, extra="", ta=False, cert_names=("localhost",)):
+    def start(tlsa=None, tamper=False, expired=False, domain=ZONE, extra="", ta=False,
+              cert_names=("localhost",)):
         mx = postfix_mx(domain=domain, cert_names=cert_names, run=False)
         if ta:
             # DANE-TA's anchor must be in the chain the server sends
@@ -152,7 +156,7 @@ def world(tmp_path, postfix_mx):
         zone = SignedZone(tmp_path / f"zone-{len(started)}", mx.port,
                           tlsa or f"3 1 1 {spki_sha256(mx.cert_file)}")
         started.append(zone)
-        zone.sign(tamper=tamper).start()
+        zone.sign(tamper=tamper, expired=expired).start()
         port = free_port()
         text = config(port, tmp_path / "data", extra=(
             f'[dns]\nnameservers = ["127.0.0.1:{zone.port}"]\ntimeout = "2s"\n'
@@ -223,17 +227,19 @@ def test_tlsa_mismatch_defers_and_sends_nothing_in_clear(world):
     server, mx = world(tlsa=f"3 1 1 {OTHER_KEY}")
     send(server, "user@dane.test", "dane-mismatch")
     reply = deferred_reply(server)
-    assert reply and reply.startswith("451 "), reply
-    assert "DANE" in reply and "TLS policy: dane" in reply, reply
+    assert reply and reply.startswith("451 4.7.5 mx.dane.test"), reply
+    assert "DANE: no TLSA record matches the certificate chain" in reply, reply
+    assert reply.endswith("(TLS policy: dane)"), reply
     assert_nothing_sent(mx)
 
 
-def test_bogus_signature_defers(world):
-    server, mx = world(tamper=True)
+@pytest.mark.parametrize("bogus", ["tampered", "expired"])
+def test_bogus_signature_defers(world, bogus):
+    server, mx = world(tamper=bogus == "tampered", expired=bogus == "expired")
     send(server, "user@dane.test", "dane-bogus")
     reply = deferred_reply(server)
     assert reply and reply.startswith("451 4.7.5"), reply
-    assert "bogus" in reply, reply
+    assert "DNSSEC validation failed (bogus)" in reply and "(TLS policy: dane)" in reply, reply
     # a bogus answer is not "no DANE": the MX is not spoken to at all
     # (the one connection without commands is the fixture's greeting probe)
     time.sleep(2)

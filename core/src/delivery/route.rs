@@ -124,11 +124,13 @@ async fn dane_next_hop(dane: &Dane, next_hop: &str) -> Result<Vec<Target>, Route
     };
     let host = host.to_ascii_lowercase();
     let answer = dane.host(&host, port).await.map_err(|e| {
-        RouteFailure::Temporary(format!("451 4.7.5 next hop {host} cannot be used: {e}"))
+        RouteFailure::Temporary(format!(
+            "451 4.7.5 next hop {host} cannot be used: {e} (TLS policy: dane)"
+        ))
     })?;
     let Some(tlsa) = answer.tlsa else {
         return Err(RouteFailure::Temporary(format!(
-            "451 4.7.5 tls = \"dane\": {}",
+            "451 4.7.5 tls = \"dane\": {} (TLS policy: dane)",
             answer
                 .without
                 .unwrap_or_else(|| format!("no usable TLSA records for {host}"))
@@ -223,7 +225,9 @@ async fn mx_records(
             // which; either way there is no signed MX RRset to use.
             Err(SecureLookupError::NoRecords(_)) => {}
             Err(e @ SecureLookupError::Bogus(_)) => {
-                return Err(RouteFailure::Temporary(format!("451 4.7.5 {e}")))
+                return Err(RouteFailure::Temporary(format!(
+                    "451 4.7.5 {e} (TLS policy: dane)"
+                )))
             }
             Err(SecureLookupError::Temporary { reason, .. }) => {
                 return Err(RouteFailure::Temporary(format!(
@@ -259,7 +263,7 @@ async fn dane_hosts(
             Err(e) => {
                 tracing::info!(%domain, mx = %host, "MX host skipped: {e}");
                 failure.get_or_insert(RouteFailure::Temporary(format!(
-                    "451 4.7.5 MX {host} of {domain} cannot be used: {e}"
+                    "451 4.7.5 MX {host} of {domain} cannot be used: {e} (TLS policy: dane)"
                 )));
             }
         }
@@ -314,7 +318,7 @@ async fn mx_targets(
                 return Err(temporary.unwrap_or_else(|| {
                     RouteFailure::Temporary(format!(
                     "451 4.7.5 tls = \"dane\": no MX host of {domain} has usable DNSSEC-signed \
-                     TLSA records (MX: {}{})",
+                     TLSA records (MX: {}{}) (TLS policy: dane)",
                     without.join(", "),
                     if mx_secure { "" } else { "; the MX records are not DNSSEC-signed" }
                 ))

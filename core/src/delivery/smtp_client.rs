@@ -254,6 +254,10 @@ enum ClientError {
     TlsRequired(String),
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(String),
+    /// A DANE host without STARTTLS, or whose certificate matches none
+    /// of its TLSA records.
+    #[error("DANE: {0}")]
+    Dane(String),
     /// The next hop refused the route's credentials or offers no
     /// mechanism sluice speaks.
     #[error("authentication failed: {0}")]
@@ -321,6 +325,8 @@ impl ClientError {
             | ClientError::Deadline(_)
             | ClientError::Unconfirmed { .. } => "4.4.2",
             ClientError::Auth(_) => "4.7.0",
+            // RFC 3463: a cryptographic failure.
+            ClientError::Dane(_) => "4.7.5",
             _ => "4.4.1",
         }
     }
@@ -505,7 +511,14 @@ async fn deliver_to(
     let (mut conn, results) = match pooled {
         Some(done) => done,
         None => {
-            let mut conn = match open(ctx, target, protocol, tls).await {
+            let opened = open(ctx, target, protocol, tls).await;
+            let opened = match (opened, &target.dane) {
+                (Err(ClientError::TlsRequired(why)), Some(_)) => Err(ClientError::Dane(
+                    why.trim_start_matches("unexpected error: ").to_owned(),
+                )),
+                (opened, _) => opened,
+            };
+            let mut conn = match opened {
                 // Opportunistic TLS that fails is retried in clear text, as
                 // RFC 7435 expects: encryption is a bonus, not a condition.
                 Err(ClientError::TlsHandshake(e))
@@ -606,7 +619,7 @@ async fn open(
     let config = match (&target.dane, tls) {
         (Some(records), _) => DaneVerifier::new(records.clone(), name.clone())
             .client_config()
-            .map_err(|e| ClientError::TlsRequired(format!("DANE: {e}")))?,
+            .map_err(|e| ClientError::TlsRequired(e.to_string()))?,
         (None, OutboundTls::Required) => ctx.tls.verified.clone().ok_or_else(|| {
             ClientError::TlsRequired("no CA bundle to verify certificates with".to_owned())
         })?,

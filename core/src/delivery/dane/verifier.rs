@@ -109,7 +109,7 @@ impl ServerCertVerifier for DaneVerifier {
             return Ok(ServerCertVerified::assertion());
         }
         Err(rustls::Error::General(format!(
-            "DANE: no TLSA record matches the certificate chain (records: {})",
+            "no TLSA record matches the certificate chain (records: {})",
             self.records
                 .iter()
                 .map(|r| format!("{} {} {}", r.usage, r.selector, r.matching))
