@@ -4,11 +4,12 @@ validates its answers against the zone's own key as trust anchor, and a
 real Postfix with a test certificate is the MX. A matching TLSA record
 means TLS to that certificate; a mismatch or a bogus signature means the
 mail waits and nothing is sent in clear; an unsigned (insecurely
-delegated) zone means no DANE; `[delivery] tls = "none"` turns it off."""
+delegated) zone means no DANE; `[delivery] tls = "none"` turns it off.
+DANE-TA checks the chain and the MX name, a `tls = "dane"` route its next
+hop, and `trust_ad` believes a second, validating named's AD bit."""
 import hashlib
 import json
 import re
-import shutil
 import smtplib
 import subprocess
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, Server, config, free_port
-from peers import alive, require, wait_for
+from peers import require, wait_for
 
 ZONE = "dane.test"
 # A real but unrelated SHA-256: a TLSA record that matches nothing.
@@ -44,7 +45,7 @@ class SignedZone:
         self.port = free_port()
         self.mx_port = mx_port
         self.tlsa = tlsa
-        self.proc = None
+        self.proc = self.log = None
         key = self.run("dnssec-keygen", "-q", "-K", str(self.dir), "-a", "ECDSAP256SHA256",
                        "-f", "KSK", "-n", "ZONE", ZONE).stdout.strip()
         self.key_file = self.dir / f"{key}.key"
@@ -92,60 +93,92 @@ _{port}._tcp.mx IN TLSA 3 1 1 {OTHER_KEY}
         return self
 
     def start(self):
-        conf = self.dir / "named.conf"
-        conf.write_text(f"""\
+        self.proc, self.log = start_named(self.dir, self.port, f"""\
+zone "{ZONE}" {{ type primary; file "{self.dir}/dane.test.signed"; }};
+zone "plain.{ZONE}" {{ type primary; file "{self.dir}/plain.zone"; }};
+""", "recursion no;\ndnssec-validation no;")
+        answered = wait_for(lambda: dig(self.port, "mx.dane.test", "A") or self.proc.poll() is not None, 30)
+        assert answered and self.proc.poll() is None, (self.dir / "named.log").read_text()
+        return self
+
+    def stop(self):
+        if self.proc:
+            stop_named(self.proc, self.log)
+
+
+class ValidatingResolver:
+    """A second named on its own port: a recursive, validating resolver
+    that forwards dane.test to the zone's server and trusts the zone's
+    key, so its answers carry the AD bit exactly when they validate."""
+
+    def __init__(self, zone: SignedZone):
+        self.dir = zone.dir / "resolver"
+        self.dir.mkdir()
+        self.port = free_port()
+        fields = zone.key_file.read_text().split("DNSKEY", 1)[1].split()
+        flags, protocol, algorithm, key = fields[0], fields[1], fields[2], "".join(fields[3:])
+        self.proc, self.log = start_named(self.dir, self.port, f"""\
+trust-anchors {{ "{ZONE}." static-key {flags} {protocol} {algorithm} "{key}"; }};
+zone "{ZONE}" {{ type forward; forward only; forwarders {{ 127.0.0.1 port {zone.port}; }}; }};
+""", "recursion yes;\nallow-recursion { 127.0.0.1; };\ndnssec-validation yes;")
+        answered = wait_for(lambda: dig(self.port, "mx.dane.test", "A") or self.proc.poll() is not None, 30)
+        assert answered and self.proc.poll() is None, (self.dir / "named.log").read_text()
+
+    def stop(self):
+        stop_named(self.proc, self.log)
+
+
+def start_named(directory, port, zones, options):
+    conf = directory / "named.conf"
+    conf.write_text(f"""\
 options {{
-    directory "{self.dir}";
-    pid-file "{self.dir}/named.pid";
-    session-keyfile "{self.dir}/session.key";
-    listen-on port {self.port} {{ 127.0.0.1; }};
+    directory "{directory}";
+    pid-file "{directory}/named.pid";
+    session-keyfile "{directory}/session.key";
+    listen-on port {port} {{ 127.0.0.1; }};
     listen-on-v6 {{ none; }};
-    recursion no;
-    dnssec-validation no;
+    {options}
     notify no;
     allow-query {{ any; }};
 }};
 controls {{ }};
-zone "{ZONE}" {{ type primary; file "{self.dir}/dane.test.signed"; }};
-zone "plain.{ZONE}" {{ type primary; file "{self.dir}/plain.zone"; }};
-""")
-        self.log = open(self.dir / "named.log", "w")
-        self.proc = subprocess.Popen(["/usr/sbin/named", "-g", "-c", str(conf)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        answered = wait_for(lambda: self.dig("mx.dane.test", "A") or self.proc.poll() is not None, 30)
-        assert answered and self.proc.poll() is None, (self.dir / "named.log").read_text()
-        return self
+{zones}""")
+    log = open(directory / "named.log", "w")
+    proc = subprocess.Popen(["/usr/sbin/named", "-g", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
 
-    def dig(self, name, kind):
-        result = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(self.port), "@127.0.0.1",
-                                 name, kind], capture_output=True, text=True)
-        return result.returncode == 0 and result.stdout.strip()
 
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self.log.close()
+def stop_named(proc, log):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log.close()
+
+
+def dig(port, name, kind):
+    result = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(port), "@127.0.0.1", name, kind],
+                            capture_output=True, text=True)
+    return result.returncode == 0 and result.stdout.strip()
 
 
 @pytest.fixture
 def world(tmp_path, postfix_mx):
     """world(tlsa=None, tamper=False, expired=False, domain="dane.test", extra="",
-    ta=False, cert_names=("localhost",)): a Postfix MX for `domain` with a
+    ta=False, cert_names=("localhost",), trust_ad=False): a Postfix MX for `domain` with a
     certificate for `cert_names`, the signed zone publishing the TLSA
     RDATA `tlsa` for it (default: 3 1 1 of the Postfix certificate's key,
     or with `ta` 2 1 1 of its CA's, the CA then sent in Postfix's chain),
     and sluice resolving through named with the zone's key as trust
-    anchor."""
+    anchor (or, with `trust_ad`, through a validating named whose AD bit
+    it believes)."""
     started = []
 
     def start(tlsa=None, tamper=False, expired=False, domain=ZONE, extra="", ta=False,
-              cert_names=("localhost",)):
+              cert_names=("localhost",), trust_ad=False):
         mx = postfix_mx(domain=domain, cert_names=cert_names, run=False)
         if ta:
             # DANE-TA's anchor must be in the chain the server sends
@@ -157,10 +190,15 @@ def world(tmp_path, postfix_mx):
                           tlsa or f"3 1 1 {spki_sha256(mx.cert_file)}")
         started.append(zone)
         zone.sign(tamper=tamper, expired=expired).start()
+        if trust_ad:
+            resolver = ValidatingResolver(zone)
+            started.append(resolver)
+            dns = f'nameservers = ["127.0.0.1:{resolver.port}"]\ntrust_ad = true\n'
+        else:
+            dns = f'nameservers = ["127.0.0.1:{zone.port}"]\ntrust_anchor = "{zone.trust_anchor}"\n'
         port = free_port()
         text = config(port, tmp_path / "data", extra=(
-            f'[dns]\nnameservers = ["127.0.0.1:{zone.port}"]\ntimeout = "2s"\n'
-            f'trust_anchor = "{zone.trust_anchor}"\n'
+            f'[dns]\n{dns}timeout = "2s"\n'
             f"[delivery]\nsmtp_port = {mx.port}\nignore_target_hosts = []\n{extra.format(port=mx.port)}"))
         server = Server(tmp_path, text)
         started.append(server)
@@ -287,3 +325,17 @@ def test_dane_route_checks_its_next_hop(world):
     send(server, "user@dane.test", "dane-route")
     content = arrived(mx, "dane-route")
     assert b"(using TLSv1.3 with cipher" in content, content[:400]
+
+
+@pytest.mark.parametrize("matching", [True, False], ids=["tlsa-match", "tlsa-mismatch"])
+def test_trusted_ad_bit_of_a_validating_resolver(world, matching):
+    server, mx = world(trust_ad=True, tlsa=None if matching else f"3 1 1 {OTHER_KEY}")
+    send(server, "user@dane.test", "dane-ad")
+    if matching:
+        content = arrived(mx, "dane-ad")
+        assert b"(using TLSv1.3 with cipher" in content, content[:400]
+        assert re.search(r"tls_policy=\W?dane", server.log.read_text())
+    else:
+        reply = deferred_reply(server)
+        assert reply and "DANE: no TLSA record matches" in reply, reply
+        assert_nothing_sent(mx)
