@@ -16,6 +16,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::super::transport::AnyCertificate;
 use super::tlsa::{Tlsa, DANE_EE, DANE_TA};
 
 #[derive(Debug)]
@@ -25,14 +26,17 @@ pub struct DaneVerifier {
     /// What a DANE-TA chain must be valid for: the MX host name.
     name: ServerName<'static>,
     provider: Arc<CryptoProvider>,
+    signatures: AnyCertificate,
 }
 
 impl DaneVerifier {
     pub fn new(records: Arc<[Tlsa]>, name: ServerName<'static>) -> DaneVerifier {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         DaneVerifier {
             records,
             name,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            signatures: AnyCertificate(provider.clone()),
+            provider,
         }
     }
 
@@ -118,18 +122,14 @@ impl ServerCertVerifier for DaneVerifier {
         )))
     }
 
+    // The handshake's signatures are checked as for any TLS session.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -138,18 +138,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
