@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, Server, config, free_port
-from peers import require, wait_for
+from peers import Certs, require, wait_for
+from test_mta_sts import PolicyHost, policy_address
 
 ZONE = "dane.test"
 # A real but unrelated SHA-256: a TLSA record that matches nothing.
@@ -55,10 +56,11 @@ class SignedZone:
     def run(self, *args):
         return subprocess.run(list(args), check=True, capture_output=True, text=True, cwd=self.dir)
 
-    def sign(self, tamper=False, expired=False):
+    def sign(self, tamper=False, expired=False, records=""):
         """Writes and signs dane.test; `tamper` alters the TLSA record after
         signing, so its signature no longer verifies, `expired` signs with
-        signatures that ended years ago: either way the zone is bogus."""
+        signatures that ended years ago: either way the zone is bogus.
+        `records`: more lines of the zone."""
         port = self.mx_port
         (self.dir / "dane.test.zone").write_text(f"""\
 $TTL 300
@@ -69,6 +71,7 @@ ns IN A 127.0.0.1
 mx IN A 127.0.0.1
 _{port}._tcp.mx IN TLSA {self.tlsa}
 plain IN NS ns.dane.test.
+{records}
 $INCLUDE {self.key_file}
 """)
         (self.dir / "plain.zone").write_text(f"""\
@@ -168,17 +171,17 @@ def dig(port, name, kind):
 @pytest.fixture
 def world(tmp_path, postfix_mx):
     """world(tlsa=None, tamper=False, expired=False, domain="dane.test", extra="",
-    ta=False, cert_names=("localhost",), trust_ad=False): a Postfix MX for `domain` with a
+    ta=False, cert_names=("localhost",), trust_ad=False, sts_policy=None): a Postfix MX for `domain` with a
     certificate for `cert_names`, the signed zone publishing the TLSA
     RDATA `tlsa` for it (default: 3 1 1 of the Postfix certificate's key,
     or with `ta` 2 1 1 of its CA's, the CA then sent in Postfix's chain),
     and sluice resolving through named with the zone's key as trust
     anchor (or, with `trust_ad`, through a validating named whose AD bit
-    it believes)."""
+    it believes). `sts_policy`: an MTA-STS policy the domain also has."""
     started = []
 
     def start(tlsa=None, tamper=False, expired=False, domain=ZONE, extra="", ta=False,
-              cert_names=("localhost",), trust_ad=False):
+              cert_names=("localhost",), trust_ad=False, sts_policy=None):
         mx = postfix_mx(domain=domain, cert_names=cert_names, run=False)
         if ta:
             # DANE-TA's anchor must be in the chain the server sends
@@ -189,7 +192,15 @@ def world(tmp_path, postfix_mx):
         zone = SignedZone(tmp_path / f"zone-{len(started)}", mx.port,
                           tlsa or f"3 1 1 {spki_sha256(mx.cert_file)}")
         started.append(zone)
-        zone.sign(tamper=tamper, expired=expired).start()
+        records = ""
+        if sts_policy:
+            # an MTA-STS policy for the domain, served over HTTPS on 443
+            certs = Certs(tmp_path / f"sts-{len(started)}", names=(f"mta-sts.{ZONE}",))
+            ip = policy_address()
+            started.append(PolicyHost(certs, sts_policy, ip))
+            records = f'_mta-sts IN TXT "v=STSv1; id=1;"\nmta-sts IN A {ip}\n'
+            extra += f'ca_file = "{certs.ca_file}"\n'
+        zone.sign(tamper=tamper, expired=expired, records=records).start()
         if trust_ad:
             resolver = ValidatingResolver(zone)
             started.append(resolver)
@@ -339,3 +350,24 @@ def test_trusted_ad_bit_of_a_validating_resolver(world, matching):
         reply = deferred_reply(server)
         assert reply and "DANE: no TLSA record matches" in reply, reply
         assert_nothing_sent(mx)
+
+
+# enforce, and the MX host is not listed: MTA-STS alone would defer
+STS_ELSEWHERE = "version: STSv1\nmode: enforce\nmx: elsewhere.dane.test\nmax_age: 86400\n"
+
+
+def test_dane_takes_precedence_over_mta_sts(world):
+    server, mx = world(sts_policy=STS_ELSEWHERE)
+    send(server, "user@dane.test", "dane-over-sts")
+    content = arrived(mx, "dane-over-sts")
+    assert b"(using TLSv1.3 with cipher" in content, content[:400]
+    assert re.search(r"tls_policy=\W?dane", server.log.read_text())
+
+
+def test_tls_mta_sts_skips_dane(world):
+    # the same domain with tls = "mta-sts": the policy applies, and defers
+    server, mx = world(sts_policy=STS_ELSEWHERE, extra='tls = "mta-sts"\n')
+    send(server, "user@dane.test", "sts-not-dane")
+    reply = deferred_reply(server)
+    assert reply and "is in its MTA-STS policy" in reply and "(TLS policy: mta-sts enforce)" in reply, reply
+    assert mx.sink.messages == []

@@ -192,9 +192,11 @@ fn sts_hosts(
         hosts.into_iter().partition(|host| policy.allows_mx(host));
     match policy.mode {
         Mode::Enforce if listed.is_empty() => Err(RouteFailure::Temporary(format!(
-            "451 4.7.5 no MX host of {domain} is in its MTA-STS policy (mx: {}; MX: {})",
+            "451 4.7.5 no MX host of {domain} is in its MTA-STS policy (mx: {}; MX: {}) \
+             (TLS policy: {})",
             policy.mx.join(", "),
-            unlisted.join(", ")
+            unlisted.join(", "),
+            AppliedTls::MtaSts(Mode::Enforce)
         ))),
         Mode::Enforce => {
             for host in &unlisted {
