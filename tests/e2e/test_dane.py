@@ -280,6 +280,13 @@ def test_tlsa_mismatch_defers_and_sends_nothing_in_clear(world):
     assert "DANE: no TLSA record matches the certificate chain" in reply, reply
     assert reply.endswith("(TLS policy: dane)"), reply
     assert_nothing_sent(mx)
+    # the operator's view of the message names the policy of each attempt
+    qid = queue_entries(server)[0]["id"]
+    shown = subprocess.run([BIN, "queue", "show", qid, "--config", str(server.tmp / "sluice.toml")],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "DANE: no TLSA record matches" in shown.stdout, shown.stdout
+    assert "(TLS policy: dane)" in shown.stdout, shown.stdout
 
 
 @pytest.mark.parametrize("bogus", ["tampered", "expired"])

@@ -583,7 +583,9 @@ impl Deliverer {
                 // The queue view shows a deferral's reply: it says under
                 // which TLS policy the attempt failed.
                 let result = match (result, applied) {
-                    (RecipientResult::Deferred(reply), Some(applied)) => {
+                    (RecipientResult::Deferred(reply), Some(applied))
+                        if applied.is_authenticating() =>
+                    {
                         RecipientResult::Deferred(format!("{reply} (TLS policy: {applied})"))
                     }
                     (result, _) => result,

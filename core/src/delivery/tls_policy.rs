@@ -30,6 +30,18 @@ impl AppliedTls {
     }
 }
 
+impl AppliedTls {
+    /// Whether the policy authenticates the next hop (DANE, MTA-STS
+    /// enforce, `required`): a deferral under it says so, as the reason
+    /// is often the policy itself.
+    pub fn is_authenticating(self) -> bool {
+        match self {
+            AppliedTls::Dane | AppliedTls::MtaSts(_) => true,
+            AppliedTls::Plain(_) => self.client_tls() == OutboundTls::Required,
+        }
+    }
+}
+
 impl std::fmt::Display for AppliedTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
