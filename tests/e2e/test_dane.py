@@ -378,3 +378,15 @@ def test_tls_mta_sts_skips_dane(world):
     reply = deferred_reply(server)
     assert reply and "is in its MTA-STS policy" in reply and "(TLS policy: mta-sts enforce)" in reply, reply
     assert mx.sink.messages == []
+
+
+def test_tls_dane_defers_a_domain_without_dane(world):
+    # tls = "dane" makes DANE mandatory: the unsigned domain's mail waits
+    server, mx = world(domain="plain.dane.test", extra='tls = "dane"\n')
+    send(server, "user@plain.dane.test", "dane-mandatory")
+    reply = deferred_reply(server)
+    assert reply and reply.startswith("451 4.7.5 tls = \"dane\": no MX host of plain.dane.test"), reply
+    assert "the MX records are not DNSSEC-signed" in reply, reply
+    time.sleep(2)
+    assert mx.sink.messages == []
+    assert not re.findall(r"ehlo=", mx.log()), mx.log()

@@ -307,37 +307,30 @@ async fn mx_targets(
         (Some(dane), true) => dane_hosts(dane, domain, &hosts, limits.smtp_port).await,
         _ => (HashMap::new(), None),
     };
-    let has_tlsa = |host: &String| host_dane.get(host).is_some_and(|h| h.tlsa.is_some());
     // A host whose DANE answers were bogus is used under no policy.
     let hosts: Vec<String> = hosts
         .into_iter()
         .filter(|host| !mx_secure || dane.is_none() || host_dane.contains_key(host))
         .collect();
-    let (hosts, policy) =
-        if tls == OutboundTls::Dane {
-            let (with, without): (Vec<String>, Vec<String>) = hosts.into_iter().partition(has_tlsa);
-            if with.is_empty() {
-                return Err(temporary.unwrap_or_else(|| {
-                    RouteFailure::Temporary(format!(
-                    "451 4.7.5 tls = \"dane\": no MX host of {domain} has usable DNSSEC-signed \
-                     TLSA records (MX: {}{}) (TLS policy: dane)",
-                    without.join(", "),
-                    if mx_secure { "" } else { "; the MX records are not DNSSEC-signed" }
-                ))
-                }));
-            }
-            (with, AppliedTls::Dane)
-        } else if hosts.iter().any(has_tlsa) {
-            (hosts, AppliedTls::Dane)
-        } else {
-            match sts {
-                Some(policy) if matches!(tls, OutboundTls::Auto | OutboundTls::MtaSts) => (
-                    sts_hosts(policy, domain, hosts)?,
-                    AppliedTls::MtaSts(policy.mode),
-                ),
-                _ => (hosts, AppliedTls::Plain(tls)),
-            }
-        };
+    let has_tlsa = |host: &String| host_dane.get(host).is_some_and(|h| h.tlsa.is_some());
+    let (hosts, policy) = if tls == OutboundTls::Dane {
+        let (with, without): (Vec<String>, Vec<String>) = hosts.into_iter().partition(has_tlsa);
+        if with.is_empty() {
+            return Err(temporary.unwrap_or_else(|| no_dane_host(domain, &without, mx_secure)));
+        }
+        (with, AppliedTls::Dane)
+    } else if hosts.iter().any(has_tlsa) {
+        // RFC 8461 §2: DANE before MTA-STS.
+        (hosts, AppliedTls::Dane)
+    } else {
+        match sts {
+            Some(policy) if matches!(tls, OutboundTls::Auto | OutboundTls::MtaSts) => (
+                sts_hosts(policy, domain, hosts)?,
+                AppliedTls::MtaSts(policy.mode),
+            ),
+            _ => (hosts, AppliedTls::Plain(tls)),
+        }
+    };
     let mut targets = Vec::new();
     let mut ignored = Vec::new();
     for host in hosts {
@@ -396,6 +389,20 @@ async fn mx_targets(
         });
     }
     Ok(Routed { targets, policy })
+}
+
+/// Why a `tls = "dane"` destination has no host to try.
+fn no_dane_host(domain: &str, hosts: &[String], mx_secure: bool) -> RouteFailure {
+    let unsigned = if mx_secure {
+        ""
+    } else {
+        "; the MX records are not DNSSEC-signed"
+    };
+    RouteFailure::Temporary(format!(
+        "451 4.7.5 tls = \"dane\": no MX host of {domain} has usable DNSSEC-signed TLSA \
+         records (MX: {}{unsigned}) (TLS policy: dane)",
+        hosts.join(", ")
+    ))
 }
 
 /// "mx [127.0.0.1] is", or the first few of many.
