@@ -70,6 +70,8 @@ ns IN A 127.0.0.1
 @ IN MX 10 mx.dane.test.
 mx IN A 127.0.0.1
 _{port}._tcp.mx IN TLSA {self.tlsa}
+implicit IN A 127.0.0.1
+_{port}._tcp.implicit IN TLSA {self.tlsa}
 plain IN NS ns.dane.test.
 {records}
 $INCLUDE {self.key_file}
@@ -390,3 +392,20 @@ def test_tls_dane_defers_a_domain_without_dane(world):
     time.sleep(2)
     assert mx.sink.messages == []
     assert not re.findall(r"ehlo=", mx.log()), mx.log()
+
+
+@pytest.mark.parametrize("matching", [True, False], ids=["tlsa-match", "tlsa-mismatch"])
+def test_a_domain_proven_to_have_no_mx_is_its_own_tlsa_base(world, matching):
+    # implicit.dane.test has A and TLSA records and, signed, no MX
+    server, mx = world(domain="implicit.dane.test", tlsa=None if matching else f"3 1 1 {OTHER_KEY}")
+    send(server, "user@implicit.dane.test", "dane-implicit")
+    if matching:
+        content = arrived(mx, "dane-implicit")
+        assert b"(using TLSv1.3 with cipher" in content, content[:400]
+        log = server.log.read_text()
+        assert re.search(r"recipient=user@implicit\.dane\.test .*tls_policy=\W?dane", log), log[-2000:]
+    else:
+        reply = deferred_reply(server)
+        assert reply and reply.startswith("451 4.7.5 implicit.dane.test"), reply
+        assert "DANE: no TLSA record matches" in reply, reply
+        assert_nothing_sent(mx)

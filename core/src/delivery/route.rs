@@ -220,12 +220,14 @@ async fn mx_records(
     dane: Option<&Dane>,
     domain: &str,
 ) -> Result<(Vec<MxRecord>, bool), RouteFailure> {
+    let mut denied_securely = false;
     if let Some(dane) = dane {
         match dane.resolver.mx(domain).await {
             Ok(answer) => return Ok((answer.records, answer.secure)),
             // NXDOMAIN or no MX (the implicit MX): the plain lookup tells
-            // which; either way there is no signed MX RRset to use.
-            Err(SecureLookupError::NoRecords(_)) => {}
+            // which. A domain proven to have no MX is its own TLSA base
+            // (RFC 7672 §2.2.1).
+            Err(SecureLookupError::NoRecords { secure, .. }) => denied_securely = secure,
             Err(e @ SecureLookupError::Bogus(_)) => {
                 return Err(RouteFailure::Temporary(format!(
                     "451 4.7.5 {e} (TLS policy: dane)"
@@ -239,7 +241,10 @@ async fn mx_records(
         }
     }
     match dns.mx(domain).await {
-        Ok(records) => Ok((records, false)),
+        Ok(records) => {
+            let secure = denied_securely && records.is_empty();
+            Ok((records, secure))
+        }
         Err(e) => Err(lookup_failure(domain, e)),
     }
 }
@@ -302,7 +307,8 @@ async fn mx_targets(
             .take(limits.max_mx_hosts)
             .collect()
     };
-    // RFC 7672 §2.2: TLSA records count only below a signed MX RRset.
+    // RFC 7672 §2.2: TLSA records count only below a signed MX RRset
+    // (or a signed proof that there is none).
     let (host_dane, mut temporary) = match (dane, mx_secure) {
         (Some(dane), true) => dane_hosts(dane, domain, &hosts, limits.smtp_port).await,
         _ => (HashMap::new(), None),

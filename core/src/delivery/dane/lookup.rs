@@ -31,9 +31,10 @@ pub struct Answer<T> {
 /// Why a validated lookup gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecureLookupError {
-    /// The name or the records do not exist (NXDOMAIN or NODATA).
-    #[error("{0}: no records")]
-    NoRecords(String),
+    /// The name or the records do not exist (NXDOMAIN or NODATA);
+    /// `secure` when DNSSEC proves it.
+    #[error("{name}: no records")]
+    NoRecords { name: String, secure: bool },
     /// Signatures that should validate do not (RFC 4035 §4.3 "bogus").
     #[error("{0}: DNSSEC validation failed (bogus)")]
     Bogus(String),
@@ -101,8 +102,15 @@ impl SecureResolver {
                     .await
                     .map_err(failure)?;
                 let authentic = response.metadata.authentic_data;
-                let response =
-                    DnsError::from_response(response).map_err(|e| failure(NetError::from(e)))?;
+                let response = DnsError::from_response(response).map_err(|e| {
+                    match failure(NetError::from(e)) {
+                        SecureLookupError::NoRecords { name, .. } => SecureLookupError::NoRecords {
+                            name,
+                            secure: authentic,
+                        },
+                        other => other,
+                    }
+                })?;
                 (response.answers.clone(), Some(authentic))
             }
         };
@@ -123,7 +131,10 @@ impl SecureResolver {
             .map(|r| r.data.clone())
             .collect();
         if records.is_empty() {
-            return Err(SecureLookupError::NoRecords(name.to_owned()));
+            return Err(SecureLookupError::NoRecords {
+                name: name.to_owned(),
+                secure: false,
+            });
         }
         Ok(Answer { records, secure })
     }
@@ -162,12 +173,15 @@ impl SecureResolver {
                             _ => None,
                         }));
                 }
-                Err(SecureLookupError::NoRecords(_)) => missing += 1,
+                Err(SecureLookupError::NoRecords { .. }) => missing += 1,
                 Err(e) => return Err(e),
             }
         }
         if missing == 2 {
-            return Err(SecureLookupError::NoRecords(host.to_owned()));
+            return Err(SecureLookupError::NoRecords {
+                name: host.to_owned(),
+                secure: false,
+            });
         }
         Ok(answer)
     }
@@ -203,9 +217,18 @@ fn classify(name: &str, error: NetError) -> SecureLookupError {
             proof: Proof::Bogus,
             ..
         }) => SecureLookupError::Bogus(name.to_owned()),
-        e if e.is_nx_domain() || e.is_no_records_found() => {
-            SecureLookupError::NoRecords(name.to_owned())
-        }
+        NetError::Dns(DnsError::NoRecordsFound(denial)) => SecureLookupError::NoRecords {
+            name: name.to_owned(),
+            // Validated NSEC/NSEC3 and SOA records prove the denial.
+            secure: denial.authorities.as_ref().is_some_and(|records| {
+                let proofs: Vec<Proof> = records
+                    .iter()
+                    .filter(|r| r.record_type() != RecordType::RRSIG)
+                    .map(|r| r.proof)
+                    .collect();
+                !proofs.is_empty() && proofs.iter().all(|p| *p == Proof::Secure)
+            }),
+        },
         e => SecureLookupError::Temporary {
             name: name.to_owned(),
             reason: e.to_string(),

@@ -63,7 +63,7 @@ impl Dane {
     pub async fn host(&self, host: &str, port: u16) -> Result<HostDane, HostUnusable> {
         let addresses = match self.resolver.ips(host).await {
             Ok(answer) => answer,
-            Err(e @ SecureLookupError::NoRecords(_)) => {
+            Err(e @ SecureLookupError::NoRecords { .. }) => {
                 return Ok(HostDane {
                     addresses: Vec::new(),
                     tlsa: None,
@@ -93,7 +93,7 @@ impl Dane {
                     (Some(Arc::from(usable)), None)
                 }
             }
-            Err(SecureLookupError::NoRecords(_)) => {
+            Err(SecureLookupError::NoRecords { .. }) => {
                 (None, Some(format!("no TLSA records for {host}")))
             }
             Err(e) => return Err(HostUnusable(e)),
