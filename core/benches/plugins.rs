@@ -135,6 +135,7 @@ fn plugins(c: &mut Criterion) {
         nameservers: vec!["127.0.0.1:1".parse().expect("address")],
         timeout: Duration::from_millis(100),
         attempts: 1,
+        dnssec: Default::default(),
     })
     .expect("resolver");
     let engine = PluginEngine::new(256 << 20, Some(&dir.path().join("cache"))).expect("engine");

@@ -20,7 +20,7 @@ use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::op::{DnsRequestOptions, Query};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
-use hickory_resolver::{NameServerPool, PoolContext, TlsConfig, TokioResolver};
+use hickory_resolver::{NameServerPool, PoolContext, ResolverBuilder, TlsConfig, TokioResolver};
 
 use crate::config::DnsConfig;
 
@@ -46,7 +46,7 @@ impl LookupError {
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the DNS resolver: {0}")]
-pub struct ResolverSetupError(String);
+pub struct ResolverSetupError(pub(crate) String);
 
 /// One MX record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,33 +71,13 @@ pub struct Dns {
 impl Dns {
     /// Builds the resolver: the configured name servers, or the system's.
     pub fn new(config: &DnsConfig) -> Result<Dns, ResolverSetupError> {
-        let mut builder = if config.nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| ResolverSetupError(e.to_string()))?
-        } else {
-            let servers = config.nameservers.iter().map(|s| name_server(*s)).collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
-        let options: &mut ResolverOpts = builder.options_mut();
-        options.timeout = config.timeout;
-        options.attempts = config.attempts;
-        // Mail names are absolute: never try them with the search list.
-        options.ndots = 0;
-        let pool_options = options.clone();
-        let resolver = builder
+        let resolver = resolver_builder(config)?
             .build()
             .map_err(|e| ResolverSetupError(e.to_string()))?;
         let loopback_ptr = if config.nameservers.is_empty() {
             None
         } else {
-            let tls = TlsConfig::new().map_err(|e| ResolverSetupError(e.to_string()))?;
-            Some(Arc::new(NameServerPool::from_config(
-                config.nameservers.iter().map(|s| name_server(*s)),
-                Arc::new(PoolContext::new(pool_options, tls)),
-                TokioRuntimeProvider::default(),
-            )))
+            Some(name_server_pool(config)?)
         };
         Ok(Dns {
             resolver,
@@ -286,6 +266,52 @@ enum Unconfirmed {
     NotConfirmed(Vec<String>),
 }
 
+/// A resolver builder for `config`: its name servers (or the system's),
+/// timeout and attempts, names never tried with the search list.
+pub(crate) fn resolver_builder(
+    config: &DnsConfig,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, ResolverSetupError> {
+    let mut builder = if config.nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| ResolverSetupError(e.to_string()))?
+    } else {
+        let servers = config.nameservers.iter().map(|s| name_server(*s)).collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let options: &mut ResolverOpts = builder.options_mut();
+    options.timeout = config.timeout;
+    options.attempts = config.attempts;
+    // Mail names are absolute: never try them with the search list.
+    options.ndots = 0;
+    Ok(builder)
+}
+
+/// The configured name servers (or the system's) without a cache: for
+/// queries whose answer's header matters, not only its records.
+pub(crate) fn name_server_pool(
+    config: &DnsConfig,
+) -> Result<Arc<NameServerPool<TokioRuntimeProvider>>, ResolverSetupError> {
+    let (servers, mut options) = if config.nameservers.is_empty() {
+        let (system, options) = hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| ResolverSetupError(e.to_string()))?;
+        (system.name_servers, options)
+    } else {
+        let servers = config.nameservers.iter().map(|s| name_server(*s));
+        (servers.collect(), ResolverOpts::default())
+    };
+    options.timeout = config.timeout;
+    options.attempts = config.attempts;
+    options.ndots = 0;
+    let tls = TlsConfig::new().map_err(|e| ResolverSetupError(e.to_string()))?;
+    Ok(Arc::new(NameServerPool::from_config(
+        servers,
+        Arc::new(PoolContext::new(options, tls)),
+        TokioRuntimeProvider::default(),
+    )))
+}
+
 fn name_server(address: SocketAddr) -> NameServerConfig {
     let mut udp = ConnectionConfig::udp();
     udp.port = address.port();
@@ -295,7 +321,7 @@ fn name_server(address: SocketAddr) -> NameServerConfig {
 }
 
 /// `name` as an absolute DNS name.
-fn fqdn(name: &str) -> Result<Name, LookupError> {
+pub(crate) fn fqdn(name: &str) -> Result<Name, LookupError> {
     let trimmed = name.trim_end_matches('.');
     if trimmed.is_empty() {
         return Err(LookupError::InvalidName(name.to_owned()));
@@ -307,7 +333,7 @@ fn fqdn(name: &str) -> Result<Name, LookupError> {
 }
 
 /// A name as mail code writes it: lower case, no trailing dot.
-fn host_name(name: &Name) -> String {
+pub(crate) fn host_name(name: &Name) -> String {
     name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
 }
 
@@ -365,6 +391,7 @@ mod tests {
             nameservers: vec![server],
             timeout,
             attempts: 1,
+            dnssec: Default::default(),
         })
         .unwrap()
     }

@@ -83,6 +83,8 @@ pub struct Server {
     spool: Spool,
     dns: Dns,
     outbound_tls: OutboundTlsConfig,
+    /// DANE's validating lookups, when `[dns]` configures DNSSEC.
+    dane: Option<Arc<delivery::Dane>>,
     engine: Arc<PluginEngine>,
     /// The largest plugin memory the engine's pool was sized for.
     max_memory: u64,
@@ -148,6 +150,10 @@ impl Server {
         })?;
         let dns = Dns::new(&config.dns)?;
         let outbound_tls = OutboundTlsConfig::new(config.delivery.ca_file.as_deref())?;
+        let dane = match config.dns.dnssec.enabled() {
+            true => Some(Arc::new(delivery::Dane::new(&config.dns)?)),
+            false => None,
+        };
         let max_memory = config.max_plugin_memory();
         let engine = PluginEngine::new(max_memory, cache_dir.as_deref())?;
         let pipelines = PipelineSet::build(&engine, &config, &spool, &dns).await?;
@@ -200,6 +206,7 @@ impl Server {
             spool,
             dns,
             outbound_tls,
+            dane,
             engine: Arc::new(engine),
             max_memory,
             pipelines: Arc::new(ArcSwap::from_pointee(pipelines)),
@@ -240,7 +247,12 @@ impl Server {
         crate::memory::return_large_buffers();
         let memory = MessageMemory::new(config.server.message_memory);
         let (delivery, delivery_task) = delivery::spawn(
-            delivery_settings(&config, &self.local_addrs(), &self.route_credentials),
+            delivery_settings(
+                &config,
+                &self.local_addrs(),
+                &self.route_credentials,
+                self.dane.clone(),
+            ),
             self.spool.clone(),
             self.dns.clone(),
             self.outbound_tls.clone(),
@@ -654,6 +666,7 @@ fn delivery_settings(
     config: &Config,
     own_addresses: &[std::net::SocketAddr],
     route_credentials: &BTreeMap<String, Arc<Credentials>>,
+    dane: Option<Arc<delivery::Dane>>,
 ) -> DeliverySettings {
     DeliverySettings {
         hostname: config.server.hostname.clone(),
@@ -665,6 +678,7 @@ fn delivery_settings(
         idle_timeout: Duration::from_secs(5),
         mta_sts_cache: config.server.data_dir.join("mta-sts"),
         route_credentials: route_credentials.clone(),
+        dane,
     }
 }
 

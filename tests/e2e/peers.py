@@ -223,10 +223,11 @@ class PostfixMX:
     `main_extra` is appended to its main.cf (a later setting wins).
     `nameserver` (an address answering DNS on port 53): its SMTP client
     runs chrooted in the queue directory, whose etc/resolv.conf names only
-    that server, so MX lookups go to the test's zone, not the system's."""
+    that server, so MX lookups go to the test's zone, not the system's.
+    `cert_names`: the names its STARTTLS certificate is for."""
 
     def __init__(self, keep_dir: Path, port=None, domain="example.net", starttls=True, main_extra="",
-                 nameserver=None):
+                 nameserver=None, cert_names=("localhost",)):
         require(POSTFIX_SBIN, f"{POSTFIX_DAEMONS}/master", "openssl")
         self.keep_dir = Path(keep_dir)
         self.address = "127.0.0.1"
@@ -239,7 +240,7 @@ class PostfixMX:
         self.conf = self.root / "etc"
         self.conf.mkdir()
         self.log_file = self.root / "postfix.log"
-        self.certs = Certs(self.root / "tls") if starttls else None
+        self.certs = Certs(self.root / "tls", names=cert_names) if starttls else None
         self.sink = Sink(free_port())
         self.pid = None
         self.sink_running = False

@@ -379,6 +379,7 @@ pub(crate) mod tests_support {
             nameservers: vec!["127.0.0.1:1".parse().unwrap()],
             timeout: Duration::from_millis(100),
             attempts: 1,
+            dnssec: Default::default(),
         })
         .unwrap();
         let tls = delivery::OutboundTlsConfig::new(None).unwrap();

@@ -401,6 +401,35 @@ pub struct DnsConfig {
     /// Per query attempt.
     pub timeout: Duration,
     pub attempts: usize,
+    /// DNSSEC for the lookups DANE relies on; off by default.
+    pub dnssec: DaneConfig,
+}
+
+/// `[dns] trust_anchor` and `trust_ad`: where DNSSEC validation of DANE's
+/// lookups (MX, A/AAAA, TLSA) comes from. With neither, DANE is off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DaneConfig {
+    /// sluice validates every signature up to these keys.
+    pub trust_anchor: Option<TrustAnchor>,
+    /// Without a trust anchor: believe the AD bit of `nameservers`, which
+    /// must then be a validating resolver on a trusted path (loopback).
+    pub trust_ad: bool,
+}
+
+impl DaneConfig {
+    /// Whether DANE can work: some lookups can be known to be secure.
+    pub fn enabled(&self) -> bool {
+        self.trust_anchor.is_some() || self.trust_ad
+    }
+}
+
+/// The keys DNSSEC validation starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustAnchor {
+    /// `"root"`: the root zone's KSKs built into the resolver.
+    Root,
+    /// A file of DNSKEY records (the root's, or a test zone's).
+    File(PathBuf),
 }
 
 /// `[server] message_memory` when unset.
@@ -617,14 +646,36 @@ pub enum LmtpTarget {
 
 /// STARTTLS policy for outbound SMTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum OutboundTls {
+    /// Unset: DANE where the MX host has usable TLSA records, else the
+    /// domain's MTA-STS policy, else opportunistic.
+    #[serde(skip)]
+    Auto,
+    /// DANE only: MX hosts without usable TLSA records are not used.
+    Dane,
+    /// The domain's MTA-STS policy when it has one, else opportunistic;
+    /// never DANE.
+    MtaSts,
     /// Use STARTTLS when offered; deliver in clear text otherwise or when
     /// the handshake fails (certificates are not verified, RFC 7435).
     Opportunistic,
     /// STARTTLS with a verified certificate, or no delivery.
     Required,
     None,
+}
+
+impl std::fmt::Display for OutboundTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutboundTls::Auto => "auto",
+            OutboundTls::Dane => "dane",
+            OutboundTls::MtaSts => "mta-sts",
+            OutboundTls::Opportunistic => "opportunistic",
+            OutboundTls::Required => "required",
+            OutboundTls::None => "none",
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -636,7 +687,7 @@ pub struct DeliveryConfig {
     pub messages_per_second_per_domain: Option<f64>,
     /// The port MX hosts are contacted on (25; tests use others).
     pub smtp_port: u16,
-    /// Default STARTTLS policy; a route may override it.
+    /// Default STARTTLS policy (`Auto` when unset); a route may override it.
     pub tls: OutboundTls,
     /// CA bundle (PEM) for `required` TLS; None: the bundled web PKI roots.
     pub ca_file: Option<PathBuf>,

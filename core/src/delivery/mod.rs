@@ -6,6 +6,10 @@
 //!   STARTTLS, pipelining, pooled connections and a route's AUTH
 //!   (`credentials`)
 //! - `mta_sts`: MTA-STS records and policies (RFC 8461)
+//! - `dane`: DNSSEC-validated MX, address and TLSA lookups, and the
+//!   certificate check of DANE hosts (RFC 7672)
+//! - `tls_policy`: which TLS policy (DANE, MTA-STS, configured) an attempt
+//!   ran under
 //! - `maildir`: local domains written to `<data_dir>/mail/<domain>/<local>/`
 //! - `dsn`: the reports senders get about failed or delayed recipients,
 //!   and about delivered or relayed ones when NOTIFY=SUCCESS asked
@@ -20,6 +24,7 @@
 //! Maildir file was fsynced.
 
 mod credentials;
+mod dane;
 mod dsn;
 mod ignore;
 mod limits;
@@ -30,6 +35,7 @@ mod quarantine;
 mod route;
 mod scheduler;
 mod smtp_client;
+mod tls_policy;
 mod transport;
 
 use std::collections::BTreeMap;
@@ -41,6 +47,7 @@ use std::time::Duration;
 use crate::config::{DeliveryConfig, DomainsConfig, QueueConfig, Route};
 
 pub use credentials::{Credentials, CredentialsError};
+pub use dane::Dane;
 pub use mta_sts::MtaSts;
 pub use scheduler::{spawn, DeliveryHandle};
 pub use transport::{OutboundTlsConfig, TlsSetupError};
@@ -67,6 +74,8 @@ pub struct DeliverySettings {
     pub mta_sts_cache: PathBuf,
     /// The credentials of routes with an `auth_file`, by route domain.
     pub route_credentials: BTreeMap<String, Arc<Credentials>>,
+    /// DANE's validating lookups; None without `[dns]` DNSSEC settings.
+    pub dane: Option<Arc<Dane>>,
 }
 
 impl DeliverySettings {
@@ -158,6 +167,7 @@ pub(crate) mod tests {
             idle_timeout: Duration::from_secs(1),
             mta_sts_cache: PathBuf::from("/nonexistent/mta-sts"),
             route_credentials: BTreeMap::new(),
+            dane: None,
         }
     }
 

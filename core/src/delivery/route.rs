@@ -11,13 +11,16 @@
 //! unspecified, link-local by default) are never targets. Routes are the
 //! operator's own word and exempt from the filter.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::credentials::Credentials;
+use super::dane::{Dane, HostDane, SecureLookupError};
 use super::ignore::is_ignored;
 use super::mta_sts::{Mode, Policy};
 use super::smtp_client::{Target, TargetAddress};
+use super::tls_policy::AppliedTls;
 use super::DeliverySettings;
 use crate::config::OutboundTls;
 use crate::dns::{Dns, LookupError, MxRecord};
@@ -41,12 +44,6 @@ impl Destination {
         match self {
             Destination::Route { next_hop, .. } => next_hop,
             Destination::Mx { domain, .. } => domain,
-        }
-    }
-
-    pub fn tls(&self) -> OutboundTls {
-        match self {
-            Destination::Route { tls, .. } | Destination::Mx { tls, .. } => *tls,
         }
     }
 
@@ -83,22 +80,71 @@ pub fn destination(settings: &DeliverySettings, domain: &str) -> Destination {
     }
 }
 
-/// The hosts to try, in order; under an MTA-STS policy (`sts`) only the
-/// MX hosts it lists.
+/// The hosts to try, in order, and the TLS policy they are tried under.
+#[derive(Debug)]
+pub struct Routed {
+    pub targets: Vec<Target>,
+    pub policy: AppliedTls,
+}
+
+/// The hosts to try, in order: DANE hosts where the domain has them
+/// (RFC 8461 §2: DANE before MTA-STS), else under an MTA-STS policy
+/// (`sts`) only the MX hosts it lists.
 pub async fn targets(
     settings: &DeliverySettings,
     dns: &Dns,
     destination: &Destination,
     sts: Option<&Policy>,
-) -> Result<Vec<Target>, RouteFailure> {
+) -> Result<Routed, RouteFailure> {
     match destination {
-        Destination::Route { next_hop, .. } => {
-            let mut targets = next_hop_targets(next_hop).await?;
+        Destination::Route { next_hop, tls, .. } => {
+            let (mut targets, policy) = match (tls, settings.dane.as_deref()) {
+                (OutboundTls::Dane, Some(dane)) => {
+                    (dane_next_hop(dane, next_hop).await?, AppliedTls::Dane)
+                }
+                (tls, _) => (next_hop_targets(next_hop).await?, AppliedTls::Plain(*tls)),
+            };
             targets.truncate(settings.delivery.max_addresses);
-            Ok(targets)
+            Ok(Routed { targets, policy })
         }
-        Destination::Mx { domain, .. } => mx_targets(settings, dns, domain, sts).await,
+        Destination::Mx { domain, tls } => mx_targets(settings, dns, domain, sts, *tls).await,
     }
+}
+
+/// A `tls = "dane"` route: its host's DNSSEC-signed addresses and TLSA
+/// records for its port, or the mail waits.
+async fn dane_next_hop(dane: &Dane, next_hop: &str) -> Result<Vec<Target>, RouteFailure> {
+    let parsed = next_hop
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+    let Some((host, port)) = parsed else {
+        return Err(RouteFailure::Temporary(format!(
+            "451 4.3.5 invalid next hop {next_hop:?}"
+        )));
+    };
+    let host = host.to_ascii_lowercase();
+    let answer = dane.host(&host, port).await.map_err(|e| {
+        RouteFailure::Temporary(format!(
+            "451 4.7.5 next hop {host} cannot be used: {e} (TLS policy: dane)"
+        ))
+    })?;
+    let Some(tlsa) = answer.tlsa else {
+        return Err(RouteFailure::Temporary(format!(
+            "451 4.7.5 tls = \"dane\": {} (TLS policy: dane)",
+            answer
+                .without
+                .unwrap_or_else(|| format!("no usable TLSA records for {host}"))
+        )));
+    };
+    Ok(answer
+        .addresses
+        .into_iter()
+        .map(|ip| Target {
+            host: host.clone(),
+            address: TargetAddress::Tcp(SocketAddr::new(ip, port)),
+            dane: Some(tlsa.clone()),
+        })
+        .collect())
 }
 
 /// A route's "host:port": an IP literal, or a name resolved by the system
@@ -128,6 +174,7 @@ async fn next_hop_targets(next_hop: &str) -> Result<Vec<Target>, RouteFailure> {
         .map(|address| Target {
             host: host.to_owned(),
             address: TargetAddress::Tcp(address),
+            dane: None,
         })
         .collect())
 }
@@ -145,9 +192,11 @@ fn sts_hosts(
         hosts.into_iter().partition(|host| policy.allows_mx(host));
     match policy.mode {
         Mode::Enforce if listed.is_empty() => Err(RouteFailure::Temporary(format!(
-            "451 4.7.5 no MX host of {domain} is in its MTA-STS policy (mx: {}; MX: {})",
+            "451 4.7.5 no MX host of {domain} is in its MTA-STS policy (mx: {}; MX: {}) \
+             (TLS policy: {})",
             policy.mx.join(", "),
-            unlisted.join(", ")
+            unlisted.join(", "),
+            AppliedTls::MtaSts(Mode::Enforce)
         ))),
         Mode::Enforce => {
             for host in &unlisted {
@@ -164,17 +213,84 @@ fn sts_hosts(
     }
 }
 
+/// The MX records of `domain` and whether DNSSEC vouches for them: asked
+/// of the validating resolver when DANE may apply.
+async fn mx_records(
+    dns: &Dns,
+    dane: Option<&Dane>,
+    domain: &str,
+) -> Result<(Vec<MxRecord>, bool), RouteFailure> {
+    let mut denied_securely = false;
+    if let Some(dane) = dane {
+        match dane.resolver.mx(domain).await {
+            Ok(answer) => return Ok((answer.records, answer.secure)),
+            // NXDOMAIN or no MX (the implicit MX): the plain lookup tells
+            // which. A domain proven to have no MX is its own TLSA base
+            // (RFC 7672 §2.2.1).
+            Err(SecureLookupError::NoRecords { secure, .. }) => denied_securely = secure,
+            Err(e @ SecureLookupError::Bogus(_)) => {
+                return Err(RouteFailure::Temporary(format!(
+                    "451 4.7.5 {e} (TLS policy: dane)"
+                )))
+            }
+            Err(SecureLookupError::Temporary { reason, .. }) => {
+                return Err(RouteFailure::Temporary(format!(
+                    "451 4.4.3 DNS lookup for {domain} failed: {reason}"
+                )))
+            }
+        }
+    }
+    match dns.mx(domain).await {
+        Ok(records) => {
+            let secure = denied_securely && records.is_empty();
+            Ok((records, secure))
+        }
+        Err(e) => Err(lookup_failure(domain, e)),
+    }
+}
+
+/// What DANE says about each of `hosts` (a secure MX RRset's), and the
+/// first failure of the hosts that cannot be used at all.
+async fn dane_hosts(
+    dane: &Dane,
+    domain: &str,
+    hosts: &[String],
+    port: u16,
+) -> (HashMap<String, HostDane>, Option<RouteFailure>) {
+    let mut found = HashMap::new();
+    let mut failure = None;
+    for host in hosts {
+        match dane.host(host, port).await {
+            Ok(answer) => {
+                if let Some(why) = &answer.without {
+                    tracing::info!(%domain, mx = %host, "no DANE for this MX host: {why}");
+                }
+                found.insert(host.clone(), answer);
+            }
+            Err(e) => {
+                tracing::info!(%domain, mx = %host, "MX host skipped: {e}");
+                failure.get_or_insert(RouteFailure::Temporary(format!(
+                    "451 4.7.5 MX {host} of {domain} cannot be used: {e} (TLS policy: dane)"
+                )));
+            }
+        }
+    }
+    (found, failure)
+}
+
 async fn mx_targets(
     settings: &DeliverySettings,
     dns: &Dns,
     domain: &str,
     sts: Option<&Policy>,
-) -> Result<Vec<Target>, RouteFailure> {
+    tls: OutboundTls,
+) -> Result<Routed, RouteFailure> {
     let limits = &settings.delivery;
-    let records = match dns.mx(domain).await {
-        Ok(records) => records,
-        Err(e) => return Err(lookup_failure(domain, e)),
+    let dane = match tls {
+        OutboundTls::Auto | OutboundTls::Dane => settings.dane.as_deref(),
+        _ => None,
     };
+    let (records, mx_secure) = mx_records(dns, dane, domain).await?;
     if is_null_mx(&records) {
         return Err(RouteFailure::Permanent(format!(
             "556 5.1.10 {domain} does not accept mail (null MX)"
@@ -191,23 +307,51 @@ async fn mx_targets(
             .take(limits.max_mx_hosts)
             .collect()
     };
-    let hosts = match sts {
-        Some(policy) => sts_hosts(policy, domain, hosts)?,
-        None => hosts,
+    // RFC 7672 §2.2: TLSA records count only below a signed MX RRset
+    // (or a signed proof that there is none).
+    let (host_dane, mut temporary) = match (dane, mx_secure) {
+        (Some(dane), true) => dane_hosts(dane, domain, &hosts, limits.smtp_port).await,
+        _ => (HashMap::new(), None),
+    };
+    // A host whose DANE answers were bogus is used under no policy.
+    let hosts: Vec<String> = hosts
+        .into_iter()
+        .filter(|host| !mx_secure || dane.is_none() || host_dane.contains_key(host))
+        .collect();
+    let has_tlsa = |host: &String| host_dane.get(host).is_some_and(|h| h.tlsa.is_some());
+    let (hosts, policy) = if tls == OutboundTls::Dane {
+        let (with, without): (Vec<String>, Vec<String>) = hosts.into_iter().partition(has_tlsa);
+        if with.is_empty() {
+            return Err(temporary.unwrap_or_else(|| no_dane_host(domain, &without, mx_secure)));
+        }
+        (with, AppliedTls::Dane)
+    } else if hosts.iter().any(has_tlsa) {
+        // RFC 8461 §2: DANE before MTA-STS.
+        (hosts, AppliedTls::Dane)
+    } else {
+        match sts {
+            Some(policy) if matches!(tls, OutboundTls::Auto | OutboundTls::MtaSts) => (
+                sts_hosts(policy, domain, hosts)?,
+                AppliedTls::MtaSts(policy.mode),
+            ),
+            _ => (hosts, AppliedTls::Plain(tls)),
+        }
     };
     let mut targets = Vec::new();
     let mut ignored = Vec::new();
-    let mut temporary = None;
     for host in hosts {
         if targets.len() >= limits.max_addresses {
             break;
         }
-        let ips = match dns.ips(&host).await {
-            Ok(ips) => ips,
-            Err(e) => {
-                temporary.get_or_insert(lookup_failure(&host, e));
-                continue;
-            }
+        let (ips, tlsa) = match host_dane.get(&host) {
+            Some(answer) => (answer.addresses.clone(), answer.tlsa.clone()),
+            None => match dns.ips(&host).await {
+                Ok(ips) => (ips, None),
+                Err(e) => {
+                    temporary.get_or_insert(lookup_failure(&host, e));
+                    continue;
+                }
+            },
         };
         // RFC 5321 §5.1: when this server is one of the MX hosts, only
         // the more preferred ones may be used.
@@ -229,6 +373,7 @@ async fn mx_targets(
                 targets.push(Target {
                     host: host.clone(),
                     address: TargetAddress::Tcp(SocketAddr::new(ip, limits.smtp_port)),
+                    dane: tlsa.clone(),
                 });
             }
         }
@@ -249,7 +394,21 @@ async fn mx_targets(
             )),
         });
     }
-    Ok(targets)
+    Ok(Routed { targets, policy })
+}
+
+/// Why a `tls = "dane"` destination has no host to try.
+fn no_dane_host(domain: &str, hosts: &[String], mx_secure: bool) -> RouteFailure {
+    let unsigned = if mx_secure {
+        ""
+    } else {
+        "; the MX records are not DNSSEC-signed"
+    };
+    RouteFailure::Temporary(format!(
+        "451 4.7.5 tls = \"dane\": no MX host of {domain} has usable DNSSEC-signed TLSA \
+         records (MX: {}{unsigned}) (TLS policy: dane)",
+        hosts.join(", ")
+    ))
 }
 
 /// "mx [127.0.0.1] is", or the first few of many.

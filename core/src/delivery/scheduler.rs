@@ -29,11 +29,12 @@ use tokio::task::JoinSet;
 
 use super::dsn::{self, RecipientReport, ReportKind};
 use super::limits::DestinationLimits;
-use super::mta_sts::{Mode as MtaStsMode, MtaSts};
+use super::mta_sts::MtaSts;
 use super::route::{self, Destination, RouteFailure};
 use super::smtp_client::{
     self, ClientContext, Content, DsnRequest, Envelope, HopPolicy, Protocol, Target, TargetAddress,
 };
+use super::tls_policy::AppliedTls;
 use super::transport::OutboundTlsConfig;
 use super::{maildir, split_address, DeliverySettings, RecipientResult};
 use crate::config::{LmtpTarget, LocalDelivery, OutboundTls};
@@ -444,6 +445,7 @@ impl Deliverer {
                                 tls: OutboundTls::None,
                                 auth: None,
                             },
+                            None,
                         )
                         .await
                     }
@@ -497,18 +499,20 @@ impl Deliverer {
         let Some(_slots) = self.slots(Some(destination.key())).await else {
             return Err(Halt::Stopping);
         };
+        // Only a policy that may apply is fetched.
         let sts = match (&self.mta_sts, destination) {
-            (Some(mta_sts), Destination::Mx { domain, .. }) => mta_sts.policy(domain).await,
+            (
+                Some(mta_sts),
+                Destination::Mx {
+                    domain,
+                    tls: OutboundTls::Auto | OutboundTls::MtaSts,
+                },
+            ) => mta_sts.policy(domain).await,
             _ => None,
-        };
-        // Under an enforced policy every MX host gets verified TLS.
-        let tls = match &sts {
-            Some(policy) if policy.mode == MtaStsMode::Enforce => OutboundTls::Required,
-            _ => destination.tls(),
         };
         Ok(
             match route::targets(&self.settings, &self.dns, destination, sts.as_ref()).await {
-                Ok(targets) => {
+                Ok(routed) => {
                     let (reader, eight_bit) = self.spooled(entry.id)?;
                     self.transaction(
                         entry,
@@ -517,12 +521,13 @@ impl Deliverer {
                             eight_bit,
                         },
                         list,
-                        &targets,
+                        &routed.targets,
                         HopPolicy {
                             protocol: Protocol::Smtp,
-                            tls,
+                            tls: routed.policy.client_tls(),
                             auth: destination.auth(),
                         },
+                        Some(routed.policy),
                     )
                     .await
                 }
@@ -575,6 +580,7 @@ impl Deliverer {
         list: &[(usize, String)],
         targets: &[Target],
         policy: HopPolicy<'_>,
+        applied: Option<AppliedTls>,
     ) -> Vec<Result1> {
         let addresses: Vec<String> = list.iter().map(|(_, a)| a.clone()).collect();
         let wanted: Vec<RecipientDsn> = list
@@ -601,11 +607,22 @@ impl Deliverer {
         list.iter()
             .zip(outcome.results)
             .map(|((index, address), result)| {
+                // The queue view shows a deferral's reply: it says under
+                // which TLS policy the attempt failed.
+                let result = match (result, applied) {
+                    (RecipientResult::Deferred(reply), Some(applied))
+                        if applied.is_authenticating() =>
+                    {
+                        RecipientResult::Deferred(format!("{reply} (TLS policy: {applied})"))
+                    }
+                    (result, _) => result,
+                };
                 tracing::info!(
                     queue_id = %entry.id,
                     recipient = %address,
                     host = outcome.host.as_deref().unwrap_or("-"),
                     tls = outcome.tls.as_deref().unwrap_or("none"),
+                    tls_policy = %applied.map_or_else(|| "-".to_owned(), |a| a.to_string()),
                     result = ?result,
                     "delivery attempt"
                 );
@@ -850,6 +867,7 @@ async fn lmtp_target(target: &LmtpTarget) -> Result<Vec<Target>, String> {
         LmtpTarget::Unix(path) => Ok(vec![Target {
             host: "localhost".to_owned(),
             address: TargetAddress::Unix(path.clone()),
+            dane: None,
         }]),
         LmtpTarget::Tcp(hop) => {
             let host = hop.rsplit_once(':').map(|(h, _)| h).unwrap_or(hop);
@@ -860,6 +878,7 @@ async fn lmtp_target(target: &LmtpTarget) -> Result<Vec<Target>, String> {
                 .map(|address| Target {
                     host: host.to_owned(),
                     address: TargetAddress::Tcp(address),
+                    dane: None,
                 })
                 .collect())
         }

@@ -23,12 +23,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::credentials::Credentials;
+use super::dane::{DaneVerifier, Tlsa};
 use super::transport::{server_name, ClientStream, OutboundTlsConfig};
 use super::RecipientResult;
 use crate::config::{DeliveryTimeouts, OutboundTls};
@@ -75,6 +77,10 @@ pub struct Target {
     /// certificate under `required` TLS, and logged.
     pub host: String,
     pub address: TargetAddress,
+    /// The host's usable TLSA records (RFC 7672): TLS is then required
+    /// and the certificate must match one of them, whatever `HopPolicy`
+    /// says.
+    pub dane: Option<Arc<[Tlsa]>>,
 }
 
 /// How to speak to one destination's targets.
@@ -268,6 +274,10 @@ enum ClientError {
     TlsRequired(String),
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(String),
+    /// A DANE host without STARTTLS, or whose certificate matches none
+    /// of its TLSA records.
+    #[error("DANE: {0}")]
+    Dane(String),
     /// The next hop refused the route's credentials or offers no
     /// mechanism sluice speaks.
     #[error("authentication failed: {0}")]
@@ -335,6 +345,8 @@ impl ClientError {
             | ClientError::Deadline(_)
             | ClientError::Unconfirmed { .. } => "4.4.2",
             ClientError::Auth(_) => "4.7.0",
+            // RFC 3463: a cryptographic failure.
+            ClientError::Dane(_) => "4.7.5",
             _ => "4.4.1",
         }
     }
@@ -506,7 +518,8 @@ async fn deliver_to(
     } = policy;
     // A pooled connection is as authenticated as it was when opened.
     let user = auth.map_or("", Credentials::username);
-    let key = format!("{protocol:?} {} {tls:?} {user}", target.address);
+    let dane = if target.dane.is_some() { " dane" } else { "" };
+    let key = format!("{protocol:?} {} {tls:?}{dane} {user}", target.address);
     // A pooled connection the server closed meanwhile fails at RSET (sent
     // ahead of the transaction); a fresh one is opened then.
     let mut pooled = None;
@@ -520,10 +533,19 @@ async fn deliver_to(
     let (mut conn, results) = match pooled {
         Some(done) => done,
         None => {
-            let mut conn = match open(ctx, target, protocol, tls).await {
+            let opened = open(ctx, target, protocol, tls).await;
+            let opened = match (opened, &target.dane) {
+                (Err(ClientError::TlsRequired(why)), Some(_)) => Err(ClientError::Dane(
+                    why.trim_start_matches("unexpected error: ").to_owned(),
+                )),
+                (opened, _) => opened,
+            };
+            let mut conn = match opened {
                 // Opportunistic TLS that fails is retried in clear text, as
                 // RFC 7435 expects: encryption is a bonus, not a condition.
-                Err(ClientError::TlsHandshake(e)) if tls == OutboundTls::Opportunistic => {
+                Err(ClientError::TlsHandshake(e))
+                    if tls == OutboundTls::Opportunistic && target.dane.is_none() =>
+                {
                     tracing::info!(host = %target.host, "TLS handshake failed ({e}); retrying without TLS");
                     open(ctx, target, protocol, OutboundTls::None).await?
                 }
@@ -597,28 +619,36 @@ async fn open(
         return Err(ClientError::Refused(greeting.line()));
     }
     hello(&mut conn, &ctx.hostname, protocol, t.command).await?;
+    // A DANE host gets TLS with a matching certificate or nothing.
+    let tls = match target.dane {
+        Some(_) => OutboundTls::Required,
+        None => tls,
+    };
     let wants_tls = match tls {
         OutboundTls::None => false,
-        OutboundTls::Opportunistic => conn.caps.starttls,
         OutboundTls::Required if conn.caps.starttls => true,
         OutboundTls::Required => {
             return Err(ClientError::TlsRequired(
                 "the server does not offer STARTTLS".to_owned(),
             ))
         }
+        _ => conn.caps.starttls,
     };
     if !wants_tls {
         return Ok(conn);
     }
-    let config = match tls {
-        OutboundTls::Required => ctx.tls.verified.clone().ok_or_else(|| {
-            ClientError::TlsRequired("no CA bundle to verify certificates with".to_owned())
-        })?,
-        _ => ctx.tls.unverified.clone(),
-    };
     let name = server_name(&target.host).ok_or_else(|| {
         ClientError::TlsRequired(format!("{:?} is not a valid server name", target.host))
     })?;
+    let config = match (&target.dane, tls) {
+        (Some(records), _) => DaneVerifier::new(records.clone(), name.clone())
+            .client_config()
+            .map_err(|e| ClientError::TlsRequired(e.to_string()))?,
+        (None, OutboundTls::Required) => ctx.tls.verified.clone().ok_or_else(|| {
+            ClientError::TlsRequired("no CA bundle to verify certificates with".to_owned())
+        })?,
+        (None, _) => ctx.tls.unverified.clone(),
+    };
     let reply = conn.command("STARTTLS", "STARTTLS", t.command).await?;
     if reply.code != 220 {
         return match tls {
@@ -1216,6 +1246,7 @@ mod tests {
         let targets = [Target {
             host: "hop.test".into(),
             address: TargetAddress::Tcp(address),
+            dane: None,
         }];
         let recipients = vec!["r@example.test".to_owned()];
         let bodies: [&[u8]; 3] = [b"Subject: 1\r\n\r\n.one\r\n", b"two\n.\n", b"three"];

@@ -175,7 +175,7 @@ pub fn server_name(host: &str) -> Option<ServerName<'static>> {
 /// name to check it against without DANE or MTA-STS), but the handshake
 /// signatures are still verified so the session keys are the peer's.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub(super) struct AnyCertificate(pub(super) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

@@ -275,6 +275,7 @@ mod tests {
             nameservers: vec!["127.0.0.1:1".parse().unwrap()],
             timeout: Duration::from_millis(100),
             attempts: 1,
+            dnssec: Default::default(),
         })
         .unwrap();
         let engine = PluginEngine::new(16 << 20, None).unwrap();

@@ -251,6 +251,7 @@ mod tests {
             nameservers: vec![server.address],
             timeout: std::time::Duration::from_secs(2),
             attempts: 1,
+            dnssec: Default::default(),
         })
         .unwrap();
         assert_eq!(dns.txt("example.org").await.unwrap(), ["v=spf1 -all"]);

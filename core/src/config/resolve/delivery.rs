@@ -20,7 +20,7 @@ pub(super) struct RawDelivery {
     max_connections_per_domain: Option<usize>,
     messages_per_second_per_domain: Option<Spanned<f64>>,
     smtp_port: Option<u16>,
-    tls: Option<OutboundTls>,
+    tls: Option<Spanned<OutboundTls>>,
     ca_file: Option<String>,
     mta_sts: Option<bool>,
     max_concurrent_deliveries: Option<Spanned<usize>>,
@@ -82,6 +82,8 @@ pub(super) struct RawDns {
     nameservers: Vec<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     attempts: Option<usize>,
+    trust_anchor: Option<Spanned<String>>,
+    trust_ad: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -98,9 +100,24 @@ pub(super) struct RawQueue {
 pub(super) fn resolve_delivery(
     d: &mut Diagnostics<'_>,
     raw: Option<&RawDelivery>,
+    dnssec: &DaneConfig,
 ) -> DeliveryConfig {
     let default = RawDelivery::default();
     let delivery = raw.unwrap_or(&default);
+    // DANE needs lookups known to be secure.
+    let mut needs_dnssec = |tls: Option<&Spanned<OutboundTls>>, key: String| {
+        if let Some(tls) = tls.filter(|t| *t.get_ref() == OutboundTls::Dane && !dnssec.enabled()) {
+            d.add(
+                tls.span(),
+                key,
+                "tls = \"dane\" needs DNSSEC: set [dns] trust_anchor (or trust_ad)",
+            );
+        }
+    };
+    needs_dnssec(delivery.tls.as_ref(), "delivery.tls".to_owned());
+    for (i, route) in delivery.route.iter().enumerate() {
+        needs_dnssec(route.tls.as_ref(), format!("delivery.route[{i}].tls"));
+    }
     let local_delivery = match delivery.local.as_ref().map(|l| (l.get_ref(), l.span())) {
         None => LocalDelivery::Maildir,
         Some((RawLocal::Name(name), _)) if name == "maildir" => LocalDelivery::Maildir,
@@ -201,7 +218,10 @@ pub(super) fn resolve_delivery(
         max_connections_per_domain: delivery.max_connections_per_domain.unwrap_or(10).max(1),
         messages_per_second_per_domain,
         smtp_port: delivery.smtp_port.unwrap_or(25),
-        tls: delivery.tls.unwrap_or(OutboundTls::Opportunistic),
+        tls: delivery
+            .tls
+            .as_ref()
+            .map_or(OutboundTls::Auto, |t| *t.get_ref()),
         ca_file: delivery.ca_file.as_ref().map(PathBuf::from),
         mta_sts: delivery.mta_sts.unwrap_or(true),
         max_concurrent_deliveries: at_least_one(
@@ -408,5 +428,22 @@ pub(super) fn resolve_dns(d: &mut Diagnostics<'_>, raw: Option<&RawDns>) -> DnsC
         nameservers,
         timeout: d.duration(&dns.timeout, "dns.timeout", Duration::from_secs(5)),
         attempts: dns.attempts.unwrap_or(2).max(1),
+        dnssec: DaneConfig {
+            trust_anchor: dns.trust_anchor.as_ref().and_then(|anchor| {
+                match anchor.get_ref().as_str() {
+                    "" => {
+                        d.add(
+                            anchor.span(),
+                            "dns.trust_anchor",
+                            "expected \"root\" or the path of a file of DNSKEY records",
+                        );
+                        None
+                    }
+                    "root" => Some(TrustAnchor::Root),
+                    path => Some(TrustAnchor::File(PathBuf::from(path))),
+                }
+            }),
+            trust_ad: dns.trust_ad.unwrap_or(false),
+        },
     }
 }

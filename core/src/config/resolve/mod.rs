@@ -192,9 +192,9 @@ pub(super) fn resolve(
     plugins::inherit_recipient_delimiter(&mut plugins, &domains);
     let pipelines = plugins::resolve_pipelines(&mut d, &raw.pipeline, &raw.plugins);
     let listeners = listener::resolve_listeners(&mut d, &raw.listener, &pipelines);
-    let delivery = delivery::resolve_delivery(&mut d, raw.delivery.as_ref());
-    let queue = delivery::resolve_queue(&mut d, raw.queue.as_ref());
     let dns = delivery::resolve_dns(&mut d, raw.dns.as_ref());
+    let delivery = delivery::resolve_delivery(&mut d, raw.delivery.as_ref(), &dns.dnssec);
+    let queue = delivery::resolve_queue(&mut d, raw.queue.as_ref());
     let admin = server::resolve_admin(&mut d, raw.admin.as_ref());
     let log = server::resolve_log(raw.log.as_ref());
     let tls = certificates::resolve_tls(&mut d, raw.tls.as_ref());

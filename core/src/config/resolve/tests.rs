@@ -430,6 +430,63 @@ fn dns_and_delivery_settings() {
 }
 
 #[test]
+fn dane_is_off_and_tls_auto_unless_configured() {
+    let config = load_str(LISTENER, "c.toml").unwrap();
+    assert_eq!(config.dns.dnssec, DaneConfig::default());
+    assert!(!config.dns.dnssec.enabled());
+    assert_eq!(config.delivery.tls, OutboundTls::Auto);
+
+    let text = format!(
+        "{LISTENER}[dns]\ntrust_anchor = \"root\"\n[delivery]\ntls = \"mta-sts\"\n\
+         [[delivery.route]]\ndomain = \"a.test\"\nnext_hop = \"mx.a.test:25\"\ntls = \"dane\"\n"
+    );
+    let config = load_str(&text, "c.toml").unwrap();
+    assert_eq!(config.dns.dnssec.trust_anchor, Some(TrustAnchor::Root));
+    assert_eq!(config.delivery.tls, OutboundTls::MtaSts);
+    assert_eq!(config.delivery.routes[0].tls, Some(OutboundTls::Dane));
+
+    let text =
+        format!("{LISTENER}[dns]\ntrust_anchor = \"/etc/sluice/root.key\"\ntrust_ad = true\n");
+    let dnssec = load_str(&text, "c.toml").unwrap().dns.dnssec;
+    assert_eq!(
+        dnssec.trust_anchor,
+        Some(TrustAnchor::File("/etc/sluice/root.key".into()))
+    );
+    assert!(dnssec.trust_ad && dnssec.enabled());
+}
+
+#[test]
+fn dane_without_dnssec_and_unknown_tls_values_name_their_key() {
+    let text = format!(
+        "{LISTENER}[delivery]\ntls = \"dane\"\n\
+         [[delivery.route]]\ndomain = \"a.test\"\nnext_hop = \"mx.a.test:25\"\ntls = \"dane\"\n"
+    );
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    for (at, key) in [
+        ("c.toml:7:", "delivery.tls"),
+        ("c.toml:11:", "delivery.route[0].tls"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(at) && l.contains(key) && l.contains("needs DNSSEC")),
+            "{at} {key}\n{err}"
+        );
+    }
+    let text = format!("{LISTENER}[delivery]\ntls = \"auto\"\n");
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:7:") && err.contains("mta-sts"),
+        "{err}"
+    );
+    let text = format!("{LISTENER}[dns]\ntrust_anchor = \"\"\n");
+    let err = load_str(&text, "c.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("c.toml:7:") && err.contains("dns.trust_anchor"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_name_server_and_lmtp_address() {
     let text = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\n[dns]\nnameservers = [\"dns.example\"]\n[delivery]\nlocal = { lmtp = \"nowhere\" }\n";
     let err = load_str(text, "c.toml").unwrap_err().to_string();
