@@ -19,6 +19,9 @@ packages+=(strace fuse libfuse2)
 packages+=(haproxy)
 # Subaddressing: Dovecot's Sieve (Pigeonhole) files LMTP mail by its +detail.
 packages+=(dovecot-sieve)
+# Milters: OpenDKIM (signing, opendkim-tools for its key), clamav-milter with
+# clamd on a test-only signature database, rspamd's proxy worker.
+packages+=(opendkim opendkim-tools clamav-daemon clamav-milter rspamd)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -48,7 +51,7 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 
 # Should a service have started anyway (an init that ignores policy-rc.d),
 # stop and disable it: the tests start their own instances.
-for svc in postfix dovecot prometheus haproxy; do
+for svc in postfix dovecot prometheus haproxy opendkim clamav-daemon clamav-freshclam clamav-milter rspamd; do
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   elif [ -x "/etc/init.d/$svc" ]; then
