@@ -6,12 +6,14 @@
 //! - `negotiate`: option negotiation (actions, protocol steps, macro lists)
 //! - `macros`: the macros sent before each command
 //! - `reply`: the milter's answers, decoded
+//! - `header`: header fields in the form milters get them
 //! - `client`: one milter connection, step by step, each step bounded
 //!
 //! The pipeline element that feeds it from the stages is
 //! `pipeline::milter`.
 
 pub mod client;
+pub mod header;
 pub mod macros;
 pub mod negotiate;
 pub mod reply;

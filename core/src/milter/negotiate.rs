@@ -48,11 +48,14 @@ pub mod step {
     pub const NR_BODY: u32 = 0x80000;
 }
 
-/// What sluice offers: every action but a replaced body (the spooled body
-/// is not rewritten), and every step a milter may leave out or leave
-/// unanswered. Rejected recipients are never shown (`SMFIP_RCPT_REJ`), and
-/// header values lose their leading space (no `SMFIP_HDR_LEADSPC`).
+/// What sluice offers: every action (a milter that declares it may replace
+/// the body must see it offered to start at all; a replacement it then
+/// sends is refused as a fault), and every step a milter may leave out or
+/// leave unanswered. Rejected recipients are never shown
+/// (`SMFIP_RCPT_REJ`), and header values lose their leading space (no
+/// `SMFIP_HDR_LEADSPC`).
 pub const OFFERED_ACTIONS: u32 = action::ADD_HEADERS
+    | action::CHANGE_BODY
     | action::ADD_RCPT
     | action::DELETE_RCPT
     | action::CHANGE_HEADERS
@@ -109,7 +112,8 @@ pub fn offer() -> Packet {
     Packet::new(command::OPTNEG, data)
 }
 
-/// The milter's answer: what it asks for, within what was offered.
+/// The milter's answer: what it asks for, kept within what was offered
+/// (what it asks beyond is not done, as Postfix does).
 pub fn accept_answer(packet: &Packet) -> Result<Negotiated, MilterError> {
     if packet.command != command::OPTNEG {
         return Err(MilterError::Protocol(format!(
@@ -126,18 +130,7 @@ pub fn accept_answer(packet: &Packet) -> Result<Negotiated, MilterError> {
             "milter protocol version {version} (sluice speaks 2 to {VERSION})"
         )));
     }
-    if actions & !OFFERED_ACTIONS != 0 {
-        return Err(MilterError::Protocol(format!(
-            "milter wants actions {:#x} that are not offered",
-            actions & !OFFERED_ACTIONS
-        )));
-    }
-    if steps & !OFFERED_STEPS != 0 {
-        return Err(MilterError::Protocol(format!(
-            "milter wants protocol steps {:#x} that are not offered",
-            steps & !OFFERED_STEPS
-        )));
-    }
+    let (actions, steps) = (actions & OFFERED_ACTIONS, steps & OFFERED_STEPS);
     let mut macros = RequestedMacros::default();
     while !fields.is_empty() {
         let stage = fields.u32()?;
@@ -163,7 +156,7 @@ mod tests {
         let bytes = offer().encode();
         assert_eq!(&bytes[..5], b"\0\0\0\x0dO");
         assert_eq!(&bytes[5..9], &6u32.to_be_bytes());
-        assert_eq!(&bytes[9..13], &0x1fdu32.to_be_bytes());
+        assert_eq!(&bytes[9..13], &0x1ffu32.to_be_bytes());
         assert_eq!(&bytes[13..17], &0xff7ffu32.to_be_bytes());
     }
 
@@ -199,11 +192,18 @@ mod tests {
     }
 
     #[test]
-    fn answers_outside_the_offer_are_refused() {
+    fn what_was_not_offered_is_dropped_from_the_answer() {
+        // SMFIP_RCPT_REJ and SMFIP_HDR_LEADSPC are not offered.
+        let got = accept_answer(&answer(6, 0x3ff, 0x100800 | step::NO_EOH, b"")).unwrap();
+        assert_eq!(got.actions, OFFERED_ACTIONS);
+        assert_eq!(got.steps, step::NO_EOH);
+    }
+
+    #[test]
+    fn malformed_answers_are_refused() {
         for bad in [
             answer(7, 0, 0, b""),
-            answer(6, action::CHANGE_BODY, 0, b""),
-            answer(6, 0, 0x800, b""),
+            answer(1, 0, 0, b""),
             Packet::new(b'O', vec![0, 0, 0, 6]),
             Packet::new(b'c', vec![]),
         ] {

@@ -58,6 +58,10 @@ pub enum PluginFault {
         address: String,
         reason: AddressError,
     },
+    /// A milter element could not be reached, broke the protocol or asked
+    /// for something sluice does not do (its connection is dropped).
+    #[error("milter: {0}")]
+    Milter(String),
 }
 
 fn deadline_text(backstop: &Option<Duration>) -> String {
@@ -79,7 +83,8 @@ impl PluginFault {
             | PluginFault::Instantiate(_)
             | PluginFault::PoolExhausted { .. }
             | PluginFault::Host(_)
-            | PluginFault::BadRecipient { .. } => "error",
+            | PluginFault::BadRecipient { .. }
+            | PluginFault::Milter(_) => "error",
         }
     }
 

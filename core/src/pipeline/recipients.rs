@@ -1,5 +1,5 @@
 //! Recipient changes a data-stage plugin asks for (add or remove an
-//! envelope recipient): allowed only to a plugin the operator granted
+//! envelope recipient, or a milter's new sender): allowed only to a plugin the operator granted
 //! `recipients` (`[plugins.NAME] allow`), and each address parsed like a
 //! RCPT argument, so no CR, LF, NUL or other control character, RFC 5321
 //! mailbox syntax and the RFC 5321 §4.5.3.1 lengths. A change that fails
@@ -28,6 +28,14 @@ pub(super) fn check(
             }
             Modification::RemoveRecipient(address) => {
                 canonical(plugin, allow, &address).map(Modification::RemoveRecipient)
+            }
+            // The null reverse-path needs no parse.
+            Modification::ChangeSender(address) if address.is_empty() => {
+                sandbox::check(plugin, allow, Capability::Recipients).map_err(PluginFault::Host)?;
+                Ok(Modification::ChangeSender(address))
+            }
+            Modification::ChangeSender(address) => {
+                canonical(plugin, allow, &address).map(Modification::ChangeSender)
             }
             header => Ok(header),
         })
