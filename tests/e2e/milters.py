@@ -1,0 +1,133 @@
+"""Real milters for the end-to-end suite, each started by the test with its
+own configuration in the test's tmp dir, listening on 127.0.0.1 only, and
+stopped (SIGTERM, then SIGKILL) when the test ends: OpenDKIM signing,
+clamav-milter in front of a clamd whose only signature database is one
+the test writes (no freshclam, no downloaded signatures)."""
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import free_port
+
+# The marker the test signature matches: an EICAR-style harmless string.
+VIRUS_MARKER = b"SLUICE-MILTER-TEST-SIGNATURE-7f3a9c-NOT-A-REAL-VIRUS"
+
+
+def require(program):
+    """Fails (never skips) when a milter's program is missing."""
+    assert shutil.which(program), f"{program} is missing: run `bash tests/install-peers.sh` (as root)"
+
+
+def wait_port(port, proc, log, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode}: {Path(log).read_text(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}: {Path(log).read_text(errors='replace')}")
+
+
+class Process:
+    """One daemon run in the foreground, its output in `log`."""
+
+    def __init__(self, args, log):
+        self.log = Path(log)
+        self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class OpenDkim(Process):
+    """OpenDKIM signing mail from example.org with selector `selector`;
+    `record` is the TXT record to publish."""
+
+    def __init__(self, tmp, selector="m1", domain="example.org"):
+        require("opendkim")
+        require("opendkim-genkey")
+        tmp = Path(tmp) / "opendkim"
+        tmp.mkdir()
+        subprocess.run(["opendkim-genkey", "-D", str(tmp), "-d", domain, "-s", selector], check=True, timeout=60)
+        text = (tmp / f"{selector}.txt").read_text()
+        self.record = "".join(text.split('"')[1::2])
+        self.port = free_port()
+        conf = tmp / "opendkim.conf"
+        conf.write_text(f"""Syslog no
+Mode s
+Domain {domain}
+Selector {selector}
+KeyFile {tmp / f'{selector}.private'}
+RequireSafeKeys false
+Socket inet:{self.port}@127.0.0.1
+Canonicalization relaxed/relaxed
+PidFile {tmp / 'opendkim.pid'}
+""")
+        super().__init__(["opendkim", "-f", "-x", str(conf)], tmp / "opendkim.log")
+        wait_port(self.port, self.proc, self.log)
+
+
+class Clamav:
+    """clamd on a database holding only a signature for VIRUS_MARKER, and
+    clamav-milter rejecting what it finds."""
+
+    def __init__(self, tmp):
+        require("clamd")
+        require("clamav-milter")
+        tmp = Path(tmp) / "clamav"
+        (tmp / "db").mkdir(parents=True)
+        (tmp / "db" / "sluice-test.ndb").write_text(f"Sluice.Test.Signature:0:*:{VIRUS_MARKER.hex()}\n")
+        self.clamd_port, self.port = free_port(), free_port()
+        clamd_conf = tmp / "clamd.conf"
+        clamd_conf.write_text(f"""Foreground yes
+TCPSocket {self.clamd_port}
+TCPAddr 127.0.0.1
+DatabaseDirectory {tmp / 'db'}
+LogFile {tmp / 'clamd.file.log'}
+PidFile {tmp / 'clamd.pid'}
+Bytecode no
+""")
+        milter_conf = tmp / "clamav-milter.conf"
+        milter_conf.write_text(f"""Foreground yes
+MilterSocket inet:{self.port}@127.0.0.1
+ClamdSocket tcp:127.0.0.1:{self.clamd_port}
+OnInfected Reject
+RejectMsg "Virus found: %v"
+OnFail Defer
+AddHeader Replace
+LogFile {tmp / 'milter.file.log'}
+LogInfected Basic
+PidFile {tmp / 'clamav-milter.pid'}
+""")
+        self.clamd = Process(["clamd", "--config-file", str(clamd_conf)], tmp / "clamd.log")
+        try:
+            wait_port(self.clamd_port, self.clamd.proc, self.clamd.log)
+            self.milter = Process(["clamav-milter", "--config-file", str(milter_conf)], tmp / "milter.log")
+            wait_port(self.port, self.milter.proc, self.milter.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        for process in (getattr(self, "milter", None), self.clamd):
+            if process:
+                process.stop()

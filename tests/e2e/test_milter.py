@@ -1,0 +1,193 @@
+"""Milter elements with real milters (tests/e2e/milters.py): clamav-milter
+rejecting an attachment that carries the test signature and passing a
+clean one with its headers, its `on_error` when the milter is down or
+hangs; OpenDKIM signing on a submission listener, the signature verified
+by dkimpy against the local DNS server; a milter after a Wasm plugin that
+already refused is not called; a shadow milter's reject is logged and
+counted, not applied."""
+import smtplib
+import time
+import urllib.request
+from email.message import EmailMessage
+
+import dkim
+import pytest
+
+from conftest import fixture, free_port
+from milters import VIRUS_MARKER, Clamav, OpenDkim
+from test_submission import ALICE, dns_lookup, env, sink, submit  # noqa: F401
+
+
+@pytest.fixture
+def clamav(tmp_path):
+    peer = Clamav(tmp_path)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def opendkim(tmp_path):
+    peer = OpenDkim(tmp_path)
+    yield peer
+    peer.stop()
+
+
+def milter_plugin(name, port, more=""):
+    return f'\n[plugins.{name}]\npath = "milter:inet:127.0.0.1:{port}"\n{more}\n'
+
+
+def admin(port):
+    return f'\n[admin]\naddress = "127.0.0.1:{port}"\n'
+
+
+def message(attachment: bytes, subject="scan me"):
+    msg = EmailMessage()
+    msg["From"] = "alice@example.org"
+    msg["To"] = "bob@localhost"
+    msg["Subject"] = subject
+    msg.set_content("Please find the file attached.\n")
+    msg.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="file.bin")
+    return msg.as_bytes()
+
+
+def send(server, data):
+    """The reply to the message (DATA's end), or to the command refused."""
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=60) as client:
+        client.ehlo("client.test")
+        client.mail("alice@example.org")
+        client.rcpt("bob@localhost")
+        return client.data(data)
+
+
+def delivered(server, local="bob", count=1, timeout=30):
+    deadline = time.monotonic() + timeout
+    while len(server.maildir(local)) < count:
+        assert time.monotonic() < deadline, "not delivered"
+        time.sleep(0.05)
+    return [p.read_bytes() for p in server.maildir(local)]
+
+
+def metrics(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def metric(port, series):
+    for line in metrics(port).splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_clamav_rejects_the_signature_and_passes_a_clean_attachment(sluice, clamav):
+    server = sluice(pipeline_extra='data = ["clamav"]', extra=milter_plugin("clamav", clamav.port))
+    code, text = send(server, message(b"harmless bytes " * 100))
+    assert code == 250, text
+    [clean] = delivered(server)
+    assert b"X-Virus-Status: Clean" in clean, clean
+    code, text = send(server, message(b"prefix " + VIRUS_MARKER + b" suffix"))
+    assert code // 100 == 5, text
+    assert b"Sluice.Test.Signature" in text, text
+    # Refused, so nothing more was delivered.
+    time.sleep(0.5)
+    assert len(server.maildir("bob")) == 1
+
+
+def test_one_milter_connection_serves_every_transaction_of_a_session(sluice, clamav):
+    server = sluice(pipeline_extra='data = ["clamav"]', extra=milter_plugin("clamav", clamav.port))
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=60) as client:
+        client.ehlo("client.test")
+        for n, payload in enumerate([b"clean one", VIRUS_MARKER, b"clean two"]):
+            client.mail("alice@example.org")
+            client.rcpt("bob@localhost")
+            code, _ = client.data(message(payload, subject=f"n{n}"))
+            assert (code // 100) == (5 if payload == VIRUS_MARKER else 2), (n, code)
+        # RSET mid-transaction: the milter is told (abort) and follows.
+        client.mail("alice@example.org")
+        client.rcpt("bob@localhost")
+        client.rset()
+        client.mail("alice@example.org")
+        client.rcpt("bob@localhost")
+        assert client.data(message(b"clean three", subject="n3"))[0] == 250
+    delivered(server, count=3)
+    log = (clamav.milter.log.parent / "milter.file.log").read_text(errors="replace")
+    assert log.count("Sluice.Test.Signature") == 1, log
+
+
+@pytest.mark.parametrize("on_error,expected", [("tempfail", 451), ("reject", 550), ("skip", 250)])
+def test_a_milter_that_is_down_costs_its_on_error(sluice, on_error, expected):
+    down = free_port()
+    server = sluice(pipeline_extra='data = ["clamav"]',
+                    extra=milter_plugin("clamav", down, f'on_error = "{on_error}"'))
+    started = time.monotonic()
+    code, text = send(server, message(b"clean"))
+    assert code == expected, text
+    assert time.monotonic() - started < 30
+
+
+def test_a_hung_milter_costs_its_on_error_after_its_timeout(sluice, clamav):
+    server = sluice(pipeline_extra='data = ["clamav"]',
+                    extra=milter_plugin("clamav", clamav.port, 'timeout = "1s"\non_error = "tempfail"'))
+    # Stopped, the milter's socket still accepts connections but nothing answers.
+    clamav.milter.pause()
+    try:
+        code, text = send(server, message(b"clean"))
+        assert code == 451 and b"4.3.0" in text, text
+    finally:
+        clamav.milter.resume()
+    # The session after it gets a fresh connection and a real answer.
+    assert send(server, message(b"clean again"))[0] == 250
+
+
+def test_clamd_down_is_the_milters_own_failure_answer(sluice, clamav):
+    server = sluice(pipeline_extra='data = ["clamav"]', extra=milter_plugin("clamav", clamav.port))
+    clamav.clamd.stop()
+    # clamav-milter's OnFail = Defer: a temporary failure, not a pass.
+    code, text = send(server, message(b"clean"))
+    assert code // 100 == 4, text
+
+
+def test_a_milter_after_a_refusing_wasm_plugin_is_not_called(sluice, clamav):
+    port = free_port()
+    extra = milter_plugin("clamav", clamav.port) + admin(port) + f"""
+[plugins.refuser]
+path = "{fixture('fixture_verdict')}"
+[plugins.refuser.config]
+data = "reject 554 5.7.1 refused before the milter"
+"""
+    server = sluice(pipeline_extra='data = ["refuser", "clamav"]', extra=extra)
+    code, text = send(server, message(VIRUS_MARKER))
+    assert code == 554 and b"refused before the milter" in text, (code, text)
+    assert metric(port, 'sluice_plugin_verdicts_total{stage="data",plugin="refuser",verdict="reject"}') == 1
+    # Neither a verdict, a fault nor a call's duration for the milter.
+    assert 'plugin="clamav"' not in metrics(port)
+    log = (clamav.milter.log.parent / "milter.file.log")
+    assert "Sluice.Test.Signature" not in (log.read_text(errors="replace") if log.exists() else "")
+
+
+def test_a_shadow_milters_reject_is_logged_and_counted_not_applied(sluice, clamav, tmp_path):
+    port = free_port()
+    server = sluice(pipeline_extra='data = ["clamav"]',
+                    extra=milter_plugin("clamav", clamav.port, 'mode = "shadow"') + admin(port))
+    code, text = send(server, message(VIRUS_MARKER))
+    assert code == 250, text
+    [kept] = delivered(server)
+    assert VIRUS_MARKER.hex().encode() not in kept and b"X-Virus-Status" not in kept
+    assert metric(port, 'sluice_plugin_shadow_verdicts_total{stage="data",plugin="clamav",verdict="reject"}') == 1
+    log = (tmp_path / "server.log").read_text(errors="replace")
+    assert "shadow verdict (not applied)" in log and "clamav" in log
+
+
+def test_opendkim_signs_submitted_mail_and_dkimpy_verifies_it(tmp_path, env, sink, dns_zone, opendkim):  # noqa: F811
+    dns_port = dns_zone({"m1._domainkey.example.org": {"TXT": [opendkim.record]}})
+    e = env(sink_port=sink.port, pipeline_extra='data = ["dkim"]', extra=milter_plugin("dkim", opendkim.port))
+    submit(e, ALICE, ALICE[0],
+           b"From: Alice <alice@example.org>\r\nTo: friend@example.test\r\nSubject: milter signed\r\n\r\n"
+           b"Hello,\r\n.dot-stuffed line\r\n\r\n")
+    [received] = sink.wait(1)
+    content = received.content
+    assert content.count(b"DKIM-Signature:") == 1, content
+    assert b"d=example.org" in content and b"s=m1" in content
+    assert dkim.verify(content, dnsfunc=dns_lookup(dns_port)), content
+    tampered = content.replace(b"Subject: milter signed", b"Subject: milter signeD")
+    assert not dkim.verify(tampered, dnsfunc=dns_lookup(dns_port))
