@@ -1,11 +1,13 @@
 """Milter elements with real milters (tests/e2e/milters.py): clamav-milter
 rejecting an attachment that carries the test signature and passing a
 clean one with its headers, its `on_error` when the milter is down or
-hangs; OpenDKIM signing on a submission listener, the signature verified
+hangs, in `sluice pipeline test`, and `check-config` on its address; OpenDKIM signing on a submission listener, the signature verified
 by dkimpy against the local DNS server; a milter after a Wasm plugin that
 already refused is not called; a shadow milter's reject is logged and
 counted, not applied."""
+import json
 import smtplib
+import subprocess
 import time
 import urllib.request
 from email.message import EmailMessage
@@ -13,7 +15,7 @@ from email.message import EmailMessage
 import dkim
 import pytest
 
-from conftest import fixture, free_port
+from conftest import BIN, config, fixture, free_port
 from milters import VIRUS_MARKER, Clamav, OpenDkim
 from test_submission import ALICE, dns_lookup, env, sink, submit  # noqa: F401
 
@@ -191,3 +193,37 @@ def test_opendkim_signs_submitted_mail_and_dkimpy_verifies_it(tmp_path, env, sin
     assert dkim.verify(content, dnsfunc=dns_lookup(dns_port)), content
     tampered = content.replace(b"Subject: milter signed", b"Subject: milter signeD")
     assert not dkim.verify(tampered, dnsfunc=dns_lookup(dns_port))
+
+
+def test_pipeline_test_asks_the_milter(tmp_path, clamav):
+    cfg = tmp_path / "replay.toml"
+    cfg.write_text(config(free_port(), tmp_path / "replay-data", pipeline_extra='data = ["clamav"]',
+                          extra=milter_plugin("clamav", clamav.port)))
+    reports = {}
+    for name, payload in [("clean", b"clean bytes"), ("infected", VIRUS_MARKER)]:
+        msg = tmp_path / f"{name}.eml"
+        msg.write_bytes(message(payload))
+        done = subprocess.run([BIN, "pipeline", "test", "--config", str(cfg), "--message", str(msg), "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        reports[name] = json.loads(done.stdout)
+    assert reports["clean"]["result"] == "accepted", reports["clean"]
+    assert any("X-Virus-Status: Clean" in m for m in reports["clean"]["applied_modifications"])
+    assert reports["infected"]["result"] == "rejected", reports["infected"]
+    data = reports["infected"]["stages"][-1]
+    assert data["plugins"][0]["plugin"] == "clamav" and "Sluice.Test.Signature" in data["reply"]
+
+
+@pytest.mark.parametrize("address", ["milter:inet:127.0.0.1", "milter:inet:127.0.0.1:0", "milter:unix:milter.sock",
+                                     "milter:smtp:127.0.0.1:25"])
+def test_check_config_names_a_bad_milter_address(tmp_path, address):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(config(free_port(), tmp_path / "data", pipeline_extra='data = ["scan"]',
+                          extra=f'\n[plugins.scan]\npath = "{address}"\n'))
+    done = subprocess.run([BIN, "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "plugins.scan.path" in done.stderr and "inet:HOST:PORT" in done.stderr, done.stderr
+    good = cfg.read_text().replace(address, "milter:unix:/run/clamav/clamav-milter.ctl")
+    cfg.write_text(good)
+    done = subprocess.run([BIN, "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
