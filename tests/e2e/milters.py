@@ -2,7 +2,9 @@
 own configuration in the test's tmp dir, listening on 127.0.0.1 only, and
 stopped (SIGTERM, then SIGKILL) when the test ends: OpenDKIM signing,
 clamav-milter in front of a clamd whose only signature database is one
-the test writes (no freshclam, no downloaded signatures)."""
+the test writes (no freshclam, no downloaded signatures), and rspamd's
+proxy worker in milter mode scanning itself, on its local rules only (its
+resolver pointed at a local DNS server, no Redis)."""
 import shutil
 import signal
 import socket
@@ -131,3 +133,62 @@ PidFile {tmp / 'clamav-milter.pid'}
         for process in (getattr(self, "milter", None), self.clamd):
             if process:
                 process.stop()
+
+
+# rspamd's GTUBE: the test string its rules reject on sight.
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+class Rspamd(Process):
+    """rspamd's packaged rules (CONFDIR) with a top-level config of the
+    test's own: only the proxy worker, in milter mode, scanning itself;
+    its databases, run and log dirs in the tmp dir. Its headers are added
+    for loopback clients too (skip_local = false)."""
+
+    def __init__(self, tmp, dns_port):
+        require("rspamd")
+        tmp = Path(tmp) / "rspamd"
+        local = tmp / "local" / "local.d"
+        for d in (local, tmp / "db", tmp / "run", tmp / "log"):
+            d.mkdir(parents=True)
+        self.port = free_port()
+        (local / "options.inc").write_text(f"""dns {{
+    nameserver = ["127.0.0.1:{dns_port}"];
+    timeout = 1s;
+    retransmits = 1;
+}}
+""")
+        (local / "milter_headers.conf").write_text("""extended_spam_headers = true;
+skip_local = false;
+skip_authenticated = false;
+""")
+        conf = tmp / "rspamd.conf"
+        conf.write_text(f"""
+.include "$CONFDIR/common.conf"
+options {{
+    pidfile = "$RUNDIR/rspamd.pid";
+    .include "$CONFDIR/options.inc"
+    .include(try=true; priority=1,duplicate=merge) "$LOCAL_CONFDIR/local.d/options.inc"
+}}
+logging {{
+    type = "file";
+    filename = "$LOGDIR/rspamd.log";
+    level = "info";
+}}
+worker "rspamd_proxy" {{
+    bind_socket = "127.0.0.1:{self.port}";
+    milter = yes;
+    timeout = 120s;
+    upstream "local" {{
+        default = yes;
+        self_scan = yes;
+    }}
+    count = 1;
+    spam_header = "X-Spam";
+    reject_message = "Spam message rejected";
+}}
+""")
+        args = ["rspamd", "-f", "-i", "-c", str(conf), f"--var=LOCAL_CONFDIR={tmp / 'local'}",
+                f"--var=DBDIR={tmp / 'db'}", f"--var=RUNDIR={tmp / 'run'}", f"--var=LOGDIR={tmp / 'log'}"]
+        super().__init__(args, tmp / "rspamd.out")
+        wait_port(self.port, self.proc, self.log)

@@ -1,4 +1,5 @@
-"""Milter elements with real milters (tests/e2e/milters.py): clamav-milter
+"""Milter elements with real milters (tests/e2e/milters.py): rspamd
+rejecting GTUBE and adding its headers to a clean message; clamav-milter
 rejecting an attachment that carries the test signature and passing a
 clean one with its headers, its `on_error` when the milter is down or
 hangs, in `sluice pipeline test`, and `check-config` on its address; OpenDKIM signing on a submission listener, the signature verified
@@ -16,7 +17,7 @@ import dkim
 import pytest
 
 from conftest import BIN, config, fixture, free_port
-from milters import VIRUS_MARKER, Clamav, OpenDkim
+from milters import GTUBE, VIRUS_MARKER, Clamav, OpenDkim, Rspamd
 from test_submission import ALICE, dns_lookup, env, sink, submit  # noqa: F401
 
 
@@ -30,6 +31,14 @@ def clamav(tmp_path):
 @pytest.fixture
 def opendkim(tmp_path):
     peer = OpenDkim(tmp_path)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def rspamd(tmp_path, dns_zone):
+    # Its lookups get quick answers from a local server that knows nothing.
+    peer = Rspamd(tmp_path, dns_zone({}))
     yield peer
     peer.stop()
 
@@ -93,6 +102,21 @@ def test_clamav_rejects_the_signature_and_passes_a_clean_attachment(sluice, clam
     # Refused, so nothing more was delivered.
     time.sleep(0.5)
     assert len(server.maildir("bob")) == 1
+
+
+def test_rspamd_rejects_gtube_and_adds_its_headers_to_a_clean_message(sluice, rspamd):
+    server = sluice(pipeline_extra='data = ["rspamd"]',
+                    extra=milter_plugin("rspamd", rspamd.port, 'timeout = "30s"'))
+    clean = (b"From: alice@example.org\r\nTo: bob@localhost\r\nSubject: lunch\r\n"
+             b"Message-ID: <lunch-1@example.org>\r\n\r\nShall we meet at noon?\r\n")
+    code, text = send(server, clean)
+    assert code == 250, text
+    [kept] = delivered(server)
+    assert b"X-Spamd-Result:" in kept and b"X-Rspamd-Server:" in kept, kept
+    spam = clean.replace(b"Shall we meet at noon?", GTUBE)
+    code, text = send(server, spam)
+    assert code // 100 == 5, text
+    assert b"Gtube pattern" in text or b"Spam message rejected" in text, text
 
 
 def test_one_milter_connection_serves_every_transaction_of_a_session(sluice, clamav):
