@@ -34,6 +34,8 @@ pub struct MilterClient {
     stream: Box<dyn Duplex>,
     negotiated: Negotiated,
     timeout: Duration,
+    /// Commands answered since the last [`Self::take_round_trips`].
+    round_trips: u64,
 }
 
 impl MilterClient {
@@ -73,6 +75,7 @@ impl MilterClient {
                 macros: Default::default(),
             },
             timeout,
+            round_trips: 1,
         };
         client.send(&negotiate::offer()).await?;
         let answer = client.receive().await?;
@@ -82,6 +85,11 @@ impl MilterClient {
 
     pub fn negotiated(&self) -> &Negotiated {
         &self.negotiated
+    }
+
+    /// How many commands waited for an answer since the last call.
+    pub fn take_round_trips(&mut self) -> u64 {
+        std::mem::take(&mut self.round_trips)
     }
 
     /// `SMFIC_CONNECT`: the client's name and address.
@@ -268,6 +276,7 @@ impl MilterClient {
 
     /// The next answer that is not progress.
     async fn response(&mut self) -> Result<Response, MilterError> {
+        self.round_trips += 1;
         for _ in 0..=MAX_PROGRESS {
             let packet = self.receive().await?;
             match reply::decode(&packet)? {
@@ -380,6 +389,9 @@ mod tests {
         };
         let (verdict, ()) = tokio::join!(call, script);
         assert_eq!(verdict.unwrap(), Verdict::Continue);
+        // Negotiation and connect; progress is not one more.
+        assert_eq!(client.take_round_trips(), 2);
+        assert_eq!(client.take_round_trips(), 0);
     }
 
     #[tokio::test]

@@ -196,7 +196,7 @@ impl SessionFilters {
         if let Some(address) = plugin.milter_address() {
             let hostname = &self.pipeline.services.hostname;
             let (verdict, modifications) = self.milters[index]
-                .call(address, plugin.timeout, hostname, info, arg)
+                .call(&plugin.name, address, plugin.timeout, hostname, info, arg)
                 .await?;
             return Ok(PluginAnswer {
                 verdict,

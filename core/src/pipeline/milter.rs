@@ -27,6 +27,7 @@ use super::fault::PluginFault;
 use super::message::MessageResource;
 use super::session::{HookArg, SessionInfo};
 use super::verdict::Modification;
+use crate::metrics::METRICS;
 use crate::milter::{
     header, wire, BodyAnswer, Change, MacroValues, MilterAddress, MilterClient, MilterError,
     ReplyText, Verdict,
@@ -87,6 +88,7 @@ impl MilterSession {
 
     pub(super) async fn call(
         &mut self,
+        name: &str,
         address: &MilterAddress,
         timeout: Duration,
         hostname: &str,
@@ -103,6 +105,11 @@ impl MilterSession {
             return Ok((discard_at(arg), Vec::new()));
         }
         let result = self.exchange(address, timeout, hostname, info, arg).await;
+        if let Some(client) = &mut self.client {
+            METRICS
+                .milter_round_trips
+                .add(&[name], client.take_round_trips());
+        }
         if matches!(arg, HookArg::Data(_)) {
             self.end_transaction();
         }
@@ -380,4 +387,108 @@ fn session_macros(hostname: &str, info: &SessionInfo) -> MacroValues {
         macros.set("mail_addr", sender.clone());
     }
     macros
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(name: &str, value: &str) -> (String, String) {
+        (name.to_owned(), value.to_owned())
+    }
+
+    #[test]
+    fn end_of_message_changes_become_modifications() {
+        let (name, value) = header("X-Spam", "Yes");
+        let (verdict, modifications) = changes_answer(vec![
+            Change::AddHeader {
+                name: name.clone(),
+                value: value.clone(),
+            },
+            Change::InsertHeader {
+                index: 0,
+                name: "DKIM-Signature".into(),
+                value: "v=1".into(),
+            },
+            Change::ChangeHeader {
+                index: 1,
+                name: "Subject".into(),
+                value: "[SPAM] hi".into(),
+            },
+            Change::ChangeHeader {
+                index: 1,
+                name: "X-Old".into(),
+                value: String::new(),
+            },
+            Change::AddRecipient("copy@example.org".into()),
+            Change::DeleteRecipient("a@example.org".into()),
+            Change::ChangeSender("bounces@example.org".into()),
+        ])
+        .unwrap();
+        assert!(matches!(verdict, wit::Verdict::Next));
+        assert_eq!(
+            modifications,
+            vec![
+                Modification::AppendHeader { name, value },
+                Modification::PrependHeader {
+                    name: "DKIM-Signature".into(),
+                    value: "v=1".into()
+                },
+                Modification::RemoveHeader("Subject".into()),
+                Modification::AppendHeader {
+                    name: "Subject".into(),
+                    value: "[SPAM] hi".into()
+                },
+                Modification::RemoveHeader("X-Old".into()),
+                Modification::AddRecipient("copy@example.org".into()),
+                Modification::RemoveRecipient("a@example.org".into()),
+                Modification::ChangeSender("bounces@example.org".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quarantine_is_the_verdict_and_a_new_body_a_fault() {
+        let (verdict, _) = changes_answer(vec![Change::Quarantine("virus".into())]).unwrap();
+        assert!(matches!(verdict, wit::Verdict::Quarantine(reason) if reason == "virus"));
+        assert!(changes_answer(vec![Change::ReplaceBody(b"x".to_vec())]).is_err());
+    }
+
+    #[test]
+    fn verdicts_map_and_accept_leaves_the_milter_out() {
+        let mut session = MilterSession::default();
+        let rcpt = super::super::session::MailboxArg {
+            local_part: "a".into(),
+            domain: "example.org".into(),
+        };
+        let arg = HookArg::Rcpt(&rcpt);
+        assert!(session
+            .settle(Verdict::Continue, Accepted::Transaction, &arg)
+            .is_none());
+        let reply = ReplyText {
+            code: 550,
+            enhanced: Some("5.1.1".into()),
+            text: "unknown".into(),
+        };
+        let Some((wit::Verdict::Reject(Some(r)), _)) =
+            session.settle(Verdict::Reject(Some(reply)), Accepted::Transaction, &arg)
+        else {
+            panic!("not a reject");
+        };
+        assert_eq!((r.code, r.text.as_str()), (550, "unknown"));
+        // Never a vouching "allow": a milter cannot open the relay.
+        assert!(matches!(
+            session.settle(Verdict::Accept, Accepted::Transaction, &arg),
+            Some((wit::Verdict::Next, _))
+        ));
+        assert_eq!(session.accepted, Some(Accepted::Transaction));
+        session.end_transaction();
+        assert_eq!(session.accepted, None);
+        // Discard before data is remembered for the data stage.
+        assert!(matches!(
+            session.settle(Verdict::Discard, Accepted::Transaction, &arg),
+            Some((wit::Verdict::Next, _))
+        ));
+        assert!(session.discard);
+    }
 }
