@@ -90,9 +90,10 @@ PidFile {tmp / 'opendkim.pid'}
 
 class Clamav:
     """clamd on a database holding only a signature for VIRUS_MARKER, and
-    clamav-milter rejecting what it finds."""
+    clamav-milter doing `on_infected` (Reject, Quarantine…) with what it
+    finds."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, on_infected="Reject"):
         require("clamd")
         require("clamav-milter")
         tmp = Path(tmp) / "clamav"
@@ -112,7 +113,7 @@ Bytecode no
         milter_conf.write_text(f"""Foreground yes
 MilterSocket inet:{self.port}@127.0.0.1
 ClamdSocket tcp:127.0.0.1:{self.clamd_port}
-OnInfected Reject
+OnInfected {on_infected}
 RejectMsg "Virus found: %v"
 OnFail Defer
 AddHeader Replace

@@ -1,6 +1,6 @@
 """Milter elements with real milters (tests/e2e/milters.py): rspamd
 rejecting GTUBE and adding its headers to a clean message; clamav-milter
-rejecting an attachment that carries the test signature and passing a
+rejecting (or quarantining) an attachment that carries the test signature and passing a
 clean one with its headers, its `on_error` when the milter is down or
 hangs, in `sluice pipeline test`, and `check-config` on its address; OpenDKIM signing on a submission listener, the signature verified
 by dkimpy against the local DNS server; a milter after a Wasm plugin that
@@ -118,6 +118,32 @@ def test_rspamd_rejects_gtube_and_adds_its_headers_to_a_clean_message(sluice, rs
     assert code // 100 == 5, text
     # rspamd's own reply code and text, not sluice's standard refusal.
     assert code == 554 and text == b"5.7.1 Gtube pattern", (code, text)
+
+
+def test_clamav_quarantine_is_sluices_quarantine_with_its_reason(tmp_path, sluice):
+    peer = Clamav(tmp_path, on_infected="Quarantine")
+    try:
+        server = sluice(pipeline_extra='data = ["clamav"]', extra=milter_plugin("clamav", peer.port))
+        code, text = send(server, message(VIRUS_MARKER))
+        assert code == 250, text
+        cfg = str(server.tmp / "sluice.toml")
+        deadline = time.monotonic() + 30
+        while True:
+            listed = subprocess.run([BIN, "queue", "list", "--json", "--config", cfg],
+                                    capture_output=True, text=True, timeout=60)
+            assert listed.returncode == 0, listed.stderr
+            entries = json.loads(listed.stdout)["entries"]
+            if entries:
+                break
+            assert time.monotonic() < deadline, "nothing queued"
+            time.sleep(0.1)
+        [entry] = entries
+        assert entry["state"] == "quarantined", entry
+        # SMFIR_QUARANTINE's reason, as clamav-milter gives it.
+        assert entry["quarantine"] == "quarantined by clamav-milter", entry
+        assert not server.maildir("bob")
+    finally:
+        peer.stop()
 
 
 def test_one_milter_connection_serves_every_transaction_of_a_session(sluice, clamav):
