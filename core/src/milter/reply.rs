@@ -207,49 +207,64 @@ mod tests {
 
     #[test]
     fn changes_decode() {
-        assert_eq!(
-            decoded(b'h', b"X-Spam\0Yes\0"),
-            Response::Change(Change::AddHeader {
-                name: "X-Spam".into(),
-                value: "Yes".into()
-            })
-        );
-        assert_eq!(
-            decoded(b'i', b"\0\0\0\x01DKIM-Signature\0v=1\0"),
-            Response::Change(Change::InsertHeader {
-                index: 1,
-                name: "DKIM-Signature".into(),
-                value: "v=1".into()
-            })
-        );
-        assert_eq!(
-            decoded(b'm', b"\0\0\0\x01Subject\0"),
-            Response::Change(Change::ChangeHeader {
-                index: 1,
-                name: "Subject".into(),
-                value: String::new()
-            })
-        );
-        assert_eq!(
-            decoded(b'+', b"<b@example.org>\0"),
-            Response::Change(Change::AddRecipient("b@example.org".into()))
-        );
-        assert_eq!(
-            decoded(b'2', b"c@example.org\0NOTIFY=NEVER\0"),
-            Response::Change(Change::AddRecipient("c@example.org".into()))
-        );
-        assert_eq!(
-            decoded(b'-', b"<a@example.org>\0"),
-            Response::Change(Change::DeleteRecipient("a@example.org".into()))
-        );
-        assert_eq!(
-            decoded(b'e', b"<s@example.org>\0"),
-            Response::Change(Change::ChangeSender("s@example.org".into()))
-        );
-        assert_eq!(
-            decoded(b'q', b"virus found\0"),
-            Response::Change(Change::Quarantine("virus found".into()))
-        );
+        let header = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+        let (spam, yes) = header("X-Spam", "Yes");
+        let cases: [(u8, &[u8], Change); 8] = [
+            (
+                b'h',
+                b"X-Spam\0Yes\0",
+                Change::AddHeader {
+                    name: spam,
+                    value: yes,
+                },
+            ),
+            (
+                b'i',
+                b"\0\0\0\x01DKIM-Signature\0v=1\0",
+                Change::InsertHeader {
+                    index: 1,
+                    name: "DKIM-Signature".into(),
+                    value: "v=1".into(),
+                },
+            ),
+            (
+                b'm',
+                b"\0\0\0\x01Subject\0",
+                Change::ChangeHeader {
+                    index: 1,
+                    name: "Subject".into(),
+                    value: String::new(),
+                },
+            ),
+            (
+                b'+',
+                b"<b@example.org>\0",
+                Change::AddRecipient("b@example.org".into()),
+            ),
+            (
+                b'2',
+                b"c@example.org\0NOTIFY=NEVER\0",
+                Change::AddRecipient("c@example.org".into()),
+            ),
+            (
+                b'-',
+                b"<a@example.org>\0",
+                Change::DeleteRecipient("a@example.org".into()),
+            ),
+            (
+                b'e',
+                b"<s@example.org>\0",
+                Change::ChangeSender("s@example.org".into()),
+            ),
+            (
+                b'q',
+                b"virus found\0",
+                Change::Quarantine("virus found".into()),
+            ),
+        ];
+        for (command, data, change) in cases {
+            assert_eq!(decoded(command, data), Response::Change(change));
+        }
         assert!(decode(&Packet::new(b'Z', vec![])).is_err());
         assert!(decode(&Packet::new(b'h', b"only\0".to_vec())).is_err());
     }
