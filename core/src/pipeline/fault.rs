@@ -58,6 +58,12 @@ pub enum PluginFault {
         address: String,
         reason: AddressError,
     },
+    /// A milter's new envelope sender is not a valid MAIL mailbox.
+    #[error("invalid sender {address:?}: {reason}")]
+    BadSender {
+        address: String,
+        reason: AddressError,
+    },
     /// A milter element could not be reached, broke the protocol or asked
     /// for something sluice does not do (its connection is dropped).
     #[error("milter: {0}")]
@@ -84,6 +90,7 @@ impl PluginFault {
             | PluginFault::PoolExhausted { .. }
             | PluginFault::Host(_)
             | PluginFault::BadRecipient { .. }
+            | PluginFault::BadSender { .. }
             | PluginFault::Milter(_) => "error",
         }
     }

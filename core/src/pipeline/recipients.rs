@@ -34,9 +34,13 @@ pub(super) fn check(
                 sandbox::check(plugin, allow, Capability::Recipients).map_err(PluginFault::Host)?;
                 Ok(Modification::ChangeSender(address))
             }
-            Modification::ChangeSender(address) => {
-                canonical(plugin, allow, &address).map(Modification::ChangeSender)
-            }
+            Modification::ChangeSender(address) => match canonical(plugin, allow, &address) {
+                Ok(sender) => Ok(Modification::ChangeSender(sender)),
+                Err(PluginFault::BadRecipient { address, reason }) => {
+                    Err(PluginFault::BadSender { address, reason })
+                }
+                Err(fault) => Err(fault),
+            },
             header => Ok(header),
         })
         .collect()
@@ -128,6 +132,25 @@ mod tests {
                 Modification::RemoveHeader("X-Old".into()),
                 Modification::AddRecipient("Copy@example.org".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_new_sender_needs_the_grant_and_a_valid_address() {
+        let change = |a: &str| vec![Modification::ChangeSender(a.into())];
+        assert!(check("m", Capabilities::NONE, change("b@example.org")).is_err());
+        assert!(check("m", Capabilities::NONE, change("")).is_err());
+        assert_eq!(
+            check("m", granted(), change("B@Example.ORG")).unwrap(),
+            change("B@example.org")
+        );
+        assert_eq!(check("m", granted(), change("")).unwrap(), change(""));
+        assert_eq!(
+            check("m", granted(), change("b@example.org\r\nRCPT TO:<x@y>")).unwrap_err(),
+            PluginFault::BadSender {
+                address: "b@example.org\r\nRCPT TO:<x@y>".into(),
+                reason: AddressError::ControlCharacter,
+            }
         );
     }
 
