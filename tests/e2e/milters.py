@@ -7,6 +7,7 @@ proxy worker in milter mode scanning itself, on its local rules only (its
 resolver pointed at a local DNS server, no Redis)."""
 import shutil
 import signal
+import tempfile
 import socket
 import subprocess
 import time
@@ -34,6 +35,20 @@ def wait_port(port, proc, log, timeout=120):
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"nothing listens on {port}: {Path(log).read_text(errors='replace')}")
+
+
+def wait_socket(path, proc, log, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode}: {Path(log).read_text(errors='replace')}")
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {path}: {Path(log).read_text(errors='replace')}")
 
 
 class Process:
@@ -93,13 +108,18 @@ class Clamav:
     clamav-milter doing `on_infected` (Reject, Quarantine…) with what it
     finds."""
 
-    def __init__(self, tmp, on_infected="Reject"):
+    def __init__(self, tmp, on_infected="Reject", unix=False):
         require("clamd")
         require("clamav-milter")
         tmp = Path(tmp) / "clamav"
         (tmp / "db").mkdir(parents=True)
         (tmp / "db" / "sluice-test.ndb").write_text(f"Sluice.Test.Signature:0:*:{VIRUS_MARKER.hex()}\n")
         self.clamd_port, self.port = free_port(), free_port()
+        # A socket path must fit sun_path (108 octets): a short dir of its own.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="milter-")) if unix else None
+        self.address = (f"unix:{self.socket_dir / 'clamav-milter.sock'}" if unix
+                        else f"inet:127.0.0.1:{self.port}")
+        milter_socket = self.address if unix else f"inet:{self.port}@127.0.0.1"
         clamd_conf = tmp / "clamd.conf"
         clamd_conf.write_text(f"""Foreground yes
 TCPSocket {self.clamd_port}
@@ -111,7 +131,7 @@ Bytecode no
 """)
         milter_conf = tmp / "clamav-milter.conf"
         milter_conf.write_text(f"""Foreground yes
-MilterSocket inet:{self.port}@127.0.0.1
+MilterSocket {milter_socket}
 ClamdSocket tcp:127.0.0.1:{self.clamd_port}
 OnInfected {on_infected}
 RejectMsg "Virus found: %v"
@@ -125,7 +145,10 @@ PidFile {tmp / 'clamav-milter.pid'}
         try:
             wait_port(self.clamd_port, self.clamd.proc, self.clamd.log)
             self.milter = Process(["clamav-milter", "--config-file", str(milter_conf)], tmp / "milter.log")
-            wait_port(self.port, self.milter.proc, self.milter.log)
+            if unix:
+                wait_socket(self.socket_dir / "clamav-milter.sock", self.milter.proc, self.milter.log)
+            else:
+                wait_port(self.port, self.milter.proc, self.milter.log)
         except BaseException:
             self.stop()
             raise
@@ -134,6 +157,8 @@ PidFile {tmp / 'clamav-milter.pid'}
         for process in (getattr(self, "milter", None), self.clamd):
             if process:
                 process.stop()
+        if self.socket_dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 # rspamd's GTUBE: the test string its rules reject on sight.

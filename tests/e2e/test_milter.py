@@ -146,6 +146,43 @@ def test_clamav_quarantine_is_sluices_quarantine_with_its_reason(tmp_path, sluic
         peer.stop()
 
 
+def test_clamav_over_a_unix_socket(tmp_path, sluice):
+    peer = Clamav(tmp_path, unix=True)
+    try:
+        plugin = f'\n[plugins.clamav]\npath = "milter:{peer.address}"\n'
+        server = sluice(pipeline_extra='data = ["clamav"]', extra=plugin)
+        assert send(server, message(b"clean over unix"))[0] == 250
+        code, text = send(server, message(VIRUS_MARKER))
+        assert code // 100 == 5 and b"Sluice.Test.Signature" in text, text
+    finally:
+        peer.stop()
+
+
+def round_trips(port, plugin):
+    return metric(port, f'sluice_milter_round_trips_total{{plugin="{plugin}"}}')
+
+
+def test_a_sessions_later_messages_reuse_its_milter_connection(sluice, clamav):
+    port = free_port()
+    server = sluice(pipeline_extra='data = ["clamav"]', extra=milter_plugin("clamav", clamav.port) + admin(port))
+    counts = []
+    for messages in (1, 2, 3):
+        before = round_trips(port, "clamav")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=60) as client:
+            client.ehlo("client.test")
+            for _ in range(messages):
+                client.mail("alice@example.org")
+                client.rcpt("bob@localhost")
+                assert client.data(message(b"same clean bytes"))[0] == 250
+        counts.append(round_trips(port, "clamav") - before)
+    one, two, three = counts
+    later = two - one
+    # Every later message costs the same, and less than the first: no new
+    # negotiation, connect or helo (a connection per message would cost
+    # each as much as the first).
+    assert three - two == later and 0 < later < one, counts
+
+
 def test_one_milter_connection_serves_every_transaction_of_a_session(sluice, clamav):
     server = sluice(pipeline_extra='data = ["clamav"]', extra=milter_plugin("clamav", clamav.port))
     with smtplib.SMTP("127.0.0.1", server.port, timeout=60) as client:
