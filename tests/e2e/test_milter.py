@@ -1,6 +1,6 @@
 """Milter elements with real milters (tests/e2e/milters.py): rspamd
 rejecting GTUBE and adding its headers to a clean message; clamav-milter
-rejecting (or quarantining) an attachment that carries the test signature and passing a
+rejecting (or quarantining, or discarding) an attachment that carries the test signature and passing a
 clean one with its headers, its `on_error` when the milter is down or
 hangs, in `sluice pipeline test`, and `check-config` on its address; OpenDKIM signing on a submission listener, the signature verified
 by dkimpy against the local DNS server; a milter after a Wasm plugin that
@@ -142,6 +142,24 @@ def test_clamav_quarantine_is_sluices_quarantine_with_its_reason(tmp_path, sluic
         # SMFIR_QUARANTINE's reason, as clamav-milter gives it.
         assert entry["quarantine"] == "quarantined by clamav-milter", entry
         assert not server.maildir("bob")
+    finally:
+        peer.stop()
+
+
+def test_clamav_blackhole_is_a_discard(tmp_path, sluice):
+    peer = Clamav(tmp_path, on_infected="Blackhole")
+    try:
+        server = sluice(pipeline_extra='data = ["clamav"]', extra=milter_plugin("clamav", peer.port))
+        # Accepted for the client, dropped: neither delivered nor queued.
+        assert send(server, message(VIRUS_MARKER))[0] == 250
+        assert send(server, message(b"clean after it"))[0] == 250
+        [kept] = delivered(server)
+        assert b"X-Virus-Status: Clean" in kept
+        listed = subprocess.run([BIN, "queue", "list", "--json", "--config", str(server.tmp / "sluice.toml")],
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["entries"] == []
+        assert "discarded" in (server.tmp / "server.log").read_text(errors="replace")
     finally:
         peer.stop()
 

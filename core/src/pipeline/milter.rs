@@ -142,7 +142,17 @@ impl MilterSession {
     ) -> Result<MilterAnswer, MilterError> {
         let mut macros = session_macros(hostname, info);
         if self.client.is_none() {
-            self.client = Some(MilterClient::open(address, timeout).await?);
+            let client = MilterClient::open(address, timeout).await?;
+            let negotiated = client.negotiated();
+            tracing::debug!(
+                milter = %address,
+                session = %info.id,
+                version = negotiated.version,
+                actions = format_args!("{:#x}", negotiated.actions),
+                steps = format_args!("{:#x}", negotiated.steps),
+                "milter connection negotiated"
+            );
+            self.client = Some(client);
         }
         if !self.connected {
             let name = info
