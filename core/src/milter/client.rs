@@ -19,6 +19,10 @@ use super::{MilterAddress, MilterError};
 /// How many times progress may extend one step's deadline.
 const MAX_PROGRESS: u32 = 100;
 
+/// Changes accepted for one message: far more than any milter makes, and
+/// a bound on what a broken one can make sluice hold.
+const MAX_CHANGES: usize = 10_000;
+
 trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {
     /// Before waiting for an answer. libmilter writes an answer's packets
     /// one by one with Nagle on, so its second packet (the verdict after
@@ -138,7 +142,7 @@ impl MilterClient {
     }
 
     pub async fn helo(&mut self, macros: &MacroValues, name: &str) -> Result<Verdict, MilterError> {
-        let packet = Packet::new(command::HELO, string_data(&[name]));
+        let packet = Packet::new(command::HELO, string_data(&[name.as_bytes()]));
         self.step(
             MacroStage::Helo,
             macros,
@@ -155,7 +159,10 @@ impl MilterClient {
         macros: &MacroValues,
         sender: &str,
     ) -> Result<Verdict, MilterError> {
-        let packet = Packet::new(command::MAIL, string_data(&[&format!("<{sender}>")]));
+        let packet = Packet::new(
+            command::MAIL,
+            string_data(&[format!("<{sender}>").as_bytes()]),
+        );
         self.step(
             MacroStage::Mail,
             macros,
@@ -167,7 +174,10 @@ impl MilterClient {
     }
 
     pub async fn rcpt(&mut self, macros: &MacroValues, rcpt: &str) -> Result<Verdict, MilterError> {
-        let packet = Packet::new(command::RCPT, string_data(&[&format!("<{rcpt}>")]));
+        let packet = Packet::new(
+            command::RCPT,
+            string_data(&[format!("<{rcpt}>").as_bytes()]),
+        );
         self.step(
             MacroStage::Rcpt,
             macros,
@@ -192,7 +202,7 @@ impl MilterClient {
 
     /// One header field; `value` without the space after the colon, folded
     /// lines joined by LF (libmilter's form).
-    pub async fn header(&mut self, name: &str, value: &str) -> Result<Verdict, MilterError> {
+    pub async fn header(&mut self, name: &[u8], value: &[u8]) -> Result<Verdict, MilterError> {
         if self.negotiated.has(step::NO_HEADERS) {
             return Ok(Verdict::Continue);
         }
@@ -244,6 +254,11 @@ impl MilterClient {
         loop {
             match self.response().await? {
                 Response::Verdict(verdict) => return Ok((verdict, changes)),
+                Response::Change(_) if changes.len() >= MAX_CHANGES => {
+                    return Err(MilterError::Protocol(format!(
+                        "more than {MAX_CHANGES} changes to one message"
+                    )))
+                }
                 Response::Change(change) => changes.push(change),
                 other => return Err(unexpected(&other, "end of message")),
             }
@@ -316,10 +331,10 @@ impl MilterClient {
     }
 }
 
-fn string_data(strings: &[&str]) -> Vec<u8> {
+fn string_data(strings: &[&[u8]]) -> Vec<u8> {
     let mut data = Vec::new();
     for s in strings {
-        put_str(&mut data, s.as_bytes());
+        put_str(&mut data, s);
     }
     data
 }
@@ -454,7 +469,7 @@ mod tests {
             b"",
         )
         .await;
-        client.header("Subject", "hi\n\tthere").await.unwrap();
+        client.header(b"Subject", b"hi\n\tthere").await.unwrap();
         peer.expect(&Packet::new(b'L', b"Subject\0hi\n\tthere\0".to_vec()).encode())
             .await;
         let values = macros();

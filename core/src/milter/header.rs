@@ -2,25 +2,31 @@
 //! order, the value without the whitespace after the colon and folded lines
 //! joined by LF, as libmilter hands them to `xxfi_header`.
 
-pub fn fields(head: &[u8]) -> Vec<(String, String)> {
-    let mut fields: Vec<(String, String)> = Vec::new();
+/// The fields as octets: a header that is not UTF-8 (8-bit, SMTPUTF8)
+/// reaches the milter as received, so a signing milter signs what is sent.
+pub fn fields(head: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for line in head.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             break;
         }
-        let text = String::from_utf8_lossy(line);
         if line[0] == b' ' || line[0] == b'\t' {
             if let Some((_, value)) = fields.last_mut() {
-                value.push('\n');
-                value.push_str(&text);
+                value.push(b'\n');
+                value.extend_from_slice(line);
             }
             continue;
         }
         // A line without a colon is not a field; it is left out.
-        if let Some((name, value)) = text.split_once(':') {
-            let value = value.trim_start_matches([' ', '\t']);
-            fields.push((name.trim_end().to_owned(), value.to_owned()));
+        if let Some(colon) = memchr::memchr(b':', line) {
+            let name = line[..colon].trim_ascii_end();
+            let value = &line[colon + 1..];
+            let start = value
+                .iter()
+                .position(|&b| b != b' ' && b != b'\t')
+                .unwrap_or(value.len());
+            fields.push((name.to_vec(), value[start..].to_vec()));
         }
     }
     fields
@@ -31,15 +37,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_keep_their_folding_as_lf_and_lose_the_leading_space() {
-        let head =
-            b"Subject: one\r\n two\r\nX-Empty:\r\nFrom:\t<a@example.org>\r\n\r\nbody: no\r\n";
+    fn fields_keep_their_folding_as_lf_their_octets_and_lose_the_leading_space() {
+        let head: &[u8] = b"Subject: one\r\n two\r\nX-Empty:\r\nFrom:\t<a@example.org>\r\nX-8bit: caf\xe9\r\n\r\nbody: no\r\n";
+        let field = |n: &[u8], v: &[u8]| (n.to_vec(), v.to_vec());
         assert_eq!(
             fields(head),
             vec![
-                ("Subject".to_owned(), "one\n two".to_owned()),
-                ("X-Empty".to_owned(), String::new()),
-                ("From".to_owned(), "<a@example.org>".to_owned()),
+                field(b"Subject", b"one\n two"),
+                field(b"X-Empty", b""),
+                field(b"From", b"<a@example.org>"),
+                field(b"X-8bit", b"caf\xe9"),
             ]
         );
     }
