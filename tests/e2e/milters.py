@@ -24,31 +24,23 @@ def require(program):
     assert shutil.which(program), f"{program} is missing: run `bash tests/install-peers.sh` (as root)"
 
 
-def wait_port(port, proc, log, timeout=120):
+def wait_listening(address, proc, log, timeout=120):
+    """Until something accepts on `address` (a TCP port on 127.0.0.1, or a
+    unix socket path); fails if the daemon exits first."""
+    family, target = ((socket.AF_INET, ("127.0.0.1", address)) if isinstance(address, int)
+                      else (socket.AF_UNIX, str(address)))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"exited with {proc.returncode}: {Path(log).read_text(errors='replace')}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.socket(family) as s:
+                s.settimeout(1)
+                s.connect(target)
                 return
         except OSError:
             time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}: {Path(log).read_text(errors='replace')}")
-
-
-def wait_socket(path, proc, log, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode}: {Path(log).read_text(errors='replace')}")
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(path))
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {path}: {Path(log).read_text(errors='replace')}")
+    raise AssertionError(f"nothing listens on {address}: {Path(log).read_text(errors='replace')}")
 
 
 class Process:
@@ -100,7 +92,7 @@ Canonicalization relaxed/relaxed
 PidFile {tmp / 'opendkim.pid'}
 """)
         super().__init__(["opendkim", "-f", "-x", str(conf)], tmp / "opendkim.log")
-        wait_port(self.port, self.proc, self.log)
+        wait_listening(self.port, self.proc, self.log)
 
 
 class Clamav:
@@ -143,12 +135,10 @@ PidFile {tmp / 'clamav-milter.pid'}
 """)
         self.clamd = Process(["clamd", "--config-file", str(clamd_conf)], tmp / "clamd.log")
         try:
-            wait_port(self.clamd_port, self.clamd.proc, self.clamd.log)
+            wait_listening(self.clamd_port, self.clamd.proc, self.clamd.log)
             self.milter = Process(["clamav-milter", "--config-file", str(milter_conf)], tmp / "milter.log")
-            if unix:
-                wait_socket(self.socket_dir / "clamav-milter.sock", self.milter.proc, self.milter.log)
-            else:
-                wait_port(self.port, self.milter.proc, self.milter.log)
+            where = self.socket_dir / "clamav-milter.sock" if unix else self.port
+            wait_listening(where, self.milter.proc, self.milter.log)
         except BaseException:
             self.stop()
             raise
@@ -217,4 +207,4 @@ worker "rspamd_proxy" {{
         args = ["rspamd", "-f", "-i", "-c", str(conf), f"--var=LOCAL_CONFDIR={tmp / 'local'}",
                 f"--var=DBDIR={tmp / 'db'}", f"--var=RUNDIR={tmp / 'run'}", f"--var=LOGDIR={tmp / 'log'}"]
         super().__init__(args, tmp / "rspamd.out")
-        wait_port(self.port, self.proc, self.log)
+        wait_listening(self.port, self.proc, self.log)
