@@ -247,6 +247,8 @@ def test_a_hung_milter_costs_its_on_error_after_its_timeout(sluice, clamav):
         assert code == 451 and b"4.3.0" in text, text
     finally:
         clamav.milter.resume()
+    log = (server.tmp / "server.log").read_text(errors="replace")
+    assert "deadline exceeded: no answer within 1s" in log, log
     # The session after it gets a fresh connection and a real answer.
     assert send(server, message(b"clean again"))[0] == 250
 

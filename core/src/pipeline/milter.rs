@@ -118,7 +118,13 @@ impl MilterSession {
             Err(e) => {
                 // The milter's view of the session is unknown now: start over.
                 self.reset_connection();
-                Err(PluginFault::Milter(e.to_string()))
+                Err(match e {
+                    // Counted with the other deadlines (`kind="timeout"`).
+                    MilterError::Timeout(waited) => PluginFault::Deadline {
+                        backstop: Some(waited),
+                    },
+                    other => PluginFault::Milter(other.to_string()),
+                })
             }
         }
     }
