@@ -22,6 +22,9 @@ packages+=(dovecot-sieve)
 # DANE: BIND's named serves a zone signed at test time with dnssec-keygen
 # and dnssec-signzone (bind9-utils); dig (bind9-dnsutils) waits for it.
 packages+=(bind9 bind9-utils bind9-dnsutils)
+# Milters: OpenDKIM (signing, opendkim-tools for its key), clamav-milter with
+# clamd on a test-only signature database, rspamd's proxy worker.
+packages+=(opendkim opendkim-tools clamav-daemon clamav-milter rspamd)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -51,7 +54,7 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 
 # Should a service have started anyway (an init that ignores policy-rc.d),
 # stop and disable it: the tests start their own instances.
-for svc in postfix dovecot prometheus haproxy named; do
+for svc in postfix dovecot prometheus haproxy named opendkim clamav-daemon clamav-freshclam clamav-milter rspamd; do
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   elif [ -x "/etc/init.d/$svc" ]; then

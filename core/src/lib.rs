@@ -30,6 +30,7 @@
 //! - [`private_file`]: secrets read from files only their owner may open
 //! - [`state`]: the plugins' key-value state (sled, or Redis shared by nodes)
 //! - [`metrics`]: counters, gauges and histograms for Prometheus
+//! - [`milter`]: the MTA side of the Sendmail milter protocol
 //! - [`admin`]: the operator's HTTP endpoint (queue, health) and its client
 //! - [`privilege`]: dropping root to `[server] user` after binding
 //! - [`cli`]: the `sluice` command line
@@ -47,6 +48,7 @@ pub mod dns;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod milter;
 pub mod pipeline;
 pub mod private_file;
 pub mod privilege;

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub plugin_instances: CounterVec,
     pub plugin_instance_reuses: CounterVec,
     pub plugin_loads: CounterVec,
+    pub milter_round_trips: CounterVec,
     pub reloads: CounterVec,
     pub delivery_attempts: CounterVec,
     pub quarantine_expired: CounterVec,
@@ -117,6 +118,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     plugin_instance_reuses: CounterVec::new(
         "sluice_plugin_instance_reuses_total",
         "Sessions that got an idle plugin instance kept from an earlier session (instances = \"pooled\" or \"reused\") instead of a new one.",
+        &["plugin"],
+    ),
+    milter_round_trips: CounterVec::new(
+        "sluice_milter_round_trips_total",
+        "Commands a milter element sent and waited for an answer to (negotiation included).",
         &["plugin"],
     ),
     plugin_loads: CounterVec::new(
@@ -203,6 +209,7 @@ impl Metrics {
             &self.plugin_instances,
             &self.plugin_instance_reuses,
             &self.plugin_loads,
+            &self.milter_round_trips,
             &self.reloads,
             &self.delivery_attempts,
             &self.quarantine_expired,

@@ -367,7 +367,7 @@ fn plugin_files(config: &Config) -> BTreeSet<PathBuf> {
         .values()
         .filter_map(|p| match &p.source {
             PluginSource::File(path) => Some(path.clone()),
-            PluginSource::Builtin(_) => None,
+            PluginSource::Builtin(_) | PluginSource::Milter(_) => None,
         })
         .collect()
 }

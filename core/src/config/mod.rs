@@ -817,6 +817,8 @@ pub enum OnError {
 pub enum PluginSource {
     Builtin(String),
     File(PathBuf),
+    /// `milter:inet:HOST:PORT` or `milter:unix:/PATH`.
+    Milter(crate::milter::MilterAddress),
 }
 
 /// What a plugin may be allowed (`[plugins.NAME] allow`): a host

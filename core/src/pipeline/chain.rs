@@ -14,6 +14,7 @@ use super::bindings::wit_types as wit;
 use super::fault::PluginFault;
 use super::fold::{Flow, Fold};
 use super::message::MessageResource;
+use super::milter::MilterSession;
 use super::plugin::{LiveInstance, Plugin};
 use super::recipients;
 use super::session::{HookArg, MailboxArg, SessionInfo};
@@ -31,6 +32,9 @@ pub struct SessionFilters {
     /// One slot per plugin of the pipeline; filled on first use, emptied
     /// after a fault (a trapped instance must not be entered again).
     instances: Vec<Option<LiveInstance>>,
+    /// One slot per plugin of the pipeline: a milter element's connection
+    /// and how far the milter has followed the session.
+    milters: Vec<MilterSession>,
     /// SPF/DKIM/DMARC/ARC of the current transaction, shared by the
     /// session's plugins.
     auth: Arc<SessionAuth>,
@@ -41,11 +45,15 @@ pub struct SessionFilters {
 impl SessionFilters {
     pub fn new(pipeline: Arc<Pipeline>, session_id: String) -> Self {
         let instances = (0..pipeline.plugins.len()).map(|_| None).collect();
+        let milters = (0..pipeline.plugins.len())
+            .map(|_| MilterSession::default())
+            .collect();
         let auth = Arc::new(SessionAuth::new(pipeline.services.authenticator.clone()));
         SessionFilters {
             pipeline,
             session_id,
             instances,
+            milters,
             auth,
             steps: None,
         }
@@ -63,6 +71,14 @@ impl SessionFilters {
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
+    }
+
+    /// The mail transaction is over without a message (RSET, a new EHLO):
+    /// milters are told before their next step.
+    pub fn end_transaction(&mut self) {
+        self.milters
+            .iter_mut()
+            .for_each(MilterSession::end_transaction);
     }
 
     /// Runs the connect, helo, mail or rcpt chain.
@@ -89,7 +105,7 @@ impl SessionFilters {
         for &index in pipeline.stage(stage) {
             let plugin = &pipeline.plugins[index];
             let started = Instant::now();
-            let called = self.call(index, &session, &arg).await;
+            let called = self.call(index, info, &session, &arg).await;
             let elapsed = started.elapsed();
             METRICS
                 .hook_seconds
@@ -115,6 +131,10 @@ impl SessionFilters {
                 ),
                 Flow::Stop => break,
             }
+        }
+        if stage == Stage::Data {
+            // Received, refused or dropped: the transaction ends here.
+            self.end_transaction();
         }
         fold.finish()
     }
@@ -172,10 +192,21 @@ impl SessionFilters {
     async fn call(
         &mut self,
         index: usize,
+        info: &SessionInfo,
         session: &wit::Session,
         arg: &HookArg<'_>,
     ) -> Result<PluginAnswer, PluginFault> {
         let plugin = self.pipeline.plugins[index].clone();
+        if let Some(address) = plugin.milter_address() {
+            let hostname = &self.pipeline.services.hostname;
+            let (verdict, modifications) = self.milters[index]
+                .call(&plugin.name, address, plugin.timeout, hostname, info, arg)
+                .await?;
+            return Ok(PluginAnswer {
+                verdict,
+                modifications: recipients::check(&plugin.name, plugin.allow, modifications)?,
+            });
+        }
         let mut live = match self.instances[index].take() {
             Some(live) => live,
             None => {
@@ -196,8 +227,10 @@ impl SessionFilters {
 }
 
 impl Drop for SessionFilters {
-    /// Pooled instances go back to their pool for the next session.
+    /// Pooled instances go back to their pool for the next session; milters
+    /// are told the session is over.
     fn drop(&mut self) {
+        self.milters.iter_mut().for_each(MilterSession::close);
         for (plugin, slot) in self.pipeline.plugins.iter().zip(&mut self.instances) {
             if let Some(live) = slot.take() {
                 plugin.release(live);

@@ -58,6 +58,16 @@ pub enum PluginFault {
         address: String,
         reason: AddressError,
     },
+    /// A milter's new envelope sender is not a valid MAIL mailbox.
+    #[error("invalid sender {address:?}: {reason}")]
+    BadSender {
+        address: String,
+        reason: AddressError,
+    },
+    /// A milter element could not be reached, broke the protocol or asked
+    /// for something sluice does not do (its connection is dropped).
+    #[error("milter: {0}")]
+    Milter(String),
 }
 
 fn deadline_text(backstop: &Option<Duration>) -> String {
@@ -79,7 +89,9 @@ impl PluginFault {
             | PluginFault::Instantiate(_)
             | PluginFault::PoolExhausted { .. }
             | PluginFault::Host(_)
-            | PluginFault::BadRecipient { .. } => "error",
+            | PluginFault::BadRecipient { .. }
+            | PluginFault::BadSender { .. }
+            | PluginFault::Milter(_) => "error",
         }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! - `engine`: the wasmtime engine (async, epochs, pooling)
 //! - `cache`: compiled components on disk, keyed by content and engine
-//! - `plugin`: one configured plugin, compiled and pre-instantiated
+//! - `plugin`: one configured plugin, compiled and pre-instantiated, or a
+//!   milter's address
+//! - `milter`: a milter element, fed from the stages over its connection
 //! - `chain`: a session's lazily created instances, each call's answer
 //!   logged, counted and traced
 //! - `fold`: the verdict fold of a stage, a pure function of the answers
@@ -34,6 +36,7 @@ pub mod fault;
 pub mod fold;
 pub mod host;
 pub mod message;
+pub mod milter;
 pub mod plugin;
 mod recipients;
 pub mod sandbox;
@@ -149,6 +152,10 @@ impl PipelineSet {
         for (name, plugin_config) in &config.plugins {
             let kv = state.kv(name)?;
             let plugin = Plugin::load(engine, plugin_config, kv).await?;
+            if plugin.milter_address().is_some() {
+                plugins.insert(name.as_str(), Arc::new(plugin));
+                continue;
+            }
             // One throwaway instance proves the component instantiates and
             // accepts its configuration before any session depends on it.
             let auth = Arc::new(auth::SessionAuth::new(services.authenticator.clone()));

@@ -23,6 +23,7 @@ use crate::config::{
     Capabilities, InstancePolicy, OnError, PluginConfig, PluginMode, PluginSource,
 };
 use crate::metrics::METRICS;
+use crate::milter::MilterAddress;
 use crate::state::Kv;
 
 mod builtin {
@@ -48,11 +49,23 @@ pub struct Plugin {
     pub on_error: OnError,
     pub timeout: Duration,
     pub memory: usize,
+    /// Traps, timeouts and cap breaches so far (for metrics and tests).
+    faults: AtomicU64,
+    backend: Backend,
+}
+
+/// What answers the plugin's hooks.
+enum Backend {
+    Wasm(Box<WasmComponent>),
+    /// A milter, reached over its socket (`path = "milter:…"`).
+    Milter(MilterAddress),
+}
+
+/// A compiled component and what its instances share.
+struct WasmComponent {
     config_json: Arc<str>,
     pre: FilterPre<HostState>,
     kv: Kv,
-    /// Traps, timeouts and cap breaches so far (for metrics and tests).
-    faults: AtomicU64,
     /// `instances = "pooled"`: the idle instances and the bound.
     pool: Option<InstancePool>,
 }
@@ -92,6 +105,7 @@ impl Plugin {
     ) -> Result<Plugin, PipelineError> {
         let name = config.name.clone();
         let bytes: Cow<'static, [u8]> = match &config.source {
+            PluginSource::Milter(address) => return Ok(Plugin::milter(config, address.clone())),
             PluginSource::Builtin(builtin) => {
                 Cow::Borrowed(builtin_bytes(builtin).ok_or_else(|| {
                     PipelineError::UnknownBuiltin {
@@ -151,17 +165,10 @@ impl Plugin {
             plugin: name.clone(),
             message: format!("{e:#}"),
         })?;
-        Ok(Plugin {
-            name: Arc::from(name.as_str()),
-            allow: config.allow,
-            mode: config.mode,
-            on_error: config.on_error,
-            timeout: config.timeout,
-            memory: usize::try_from(config.memory).unwrap_or(usize::MAX),
+        let backend = Backend::Wasm(Box::new(WasmComponent {
             config_json: Arc::from(config.config_json.as_str()),
             pre,
             kv,
-            faults: AtomicU64::new(0),
             pool: match config.instances {
                 InstancePolicy::PerSession => None,
                 InstancePolicy::Pooled { size } => Some(InstancePool {
@@ -177,7 +184,46 @@ impl Plugin {
                     permits: None,
                 }),
             },
-        })
+        }));
+        Ok(Plugin::with_backend(config, backend))
+    }
+
+    /// A milter element: nothing to compile; its connection is opened by
+    /// the first session that calls it, so a milter that is down costs
+    /// that call its `on_error`, not the server its start.
+    fn milter(config: &PluginConfig, address: MilterAddress) -> Plugin {
+        Plugin::with_backend(config, Backend::Milter(address))
+    }
+
+    fn with_backend(config: &PluginConfig, backend: Backend) -> Plugin {
+        Plugin {
+            name: Arc::from(config.name.as_str()),
+            allow: config.allow,
+            mode: config.mode,
+            on_error: config.on_error,
+            timeout: config.timeout,
+            memory: usize::try_from(config.memory).unwrap_or(usize::MAX),
+            faults: AtomicU64::new(0),
+            backend,
+        }
+    }
+
+    /// The milter's address, for a milter element.
+    pub fn milter_address(&self) -> Option<&MilterAddress> {
+        match &self.backend {
+            Backend::Milter(address) => Some(address),
+            Backend::Wasm(_) => None,
+        }
+    }
+
+    fn wasm(&self) -> Result<&WasmComponent, PluginFault> {
+        match &self.backend {
+            Backend::Wasm(wasm) => Ok(wasm),
+            Backend::Milter(_) => Err(PluginFault::Host(format!(
+                "{} is a milter, not a component",
+                self.name
+            ))),
+        }
     }
 
     /// An instance for a session: a new one (per-session), or an idle one
@@ -191,7 +237,7 @@ impl Plugin {
         services: &Arc<HostServices>,
         auth: &Arc<SessionAuth>,
     ) -> Result<LiveInstance, PluginFault> {
-        let Some(pool) = &self.pool else {
+        let Some(pool) = &self.wasm()?.pool else {
             return self.instantiate(session_id, services, auth).await;
         };
         let lease = match &pool.permits {
@@ -229,7 +275,10 @@ impl Plugin {
     /// reused one is kept for the next session (a reused one only while
     /// fewer than `pool_size` are idle), any other is dropped.
     pub fn release(&self, mut live: LiveInstance) {
-        if let Some(pool) = &self.pool {
+        let Backend::Wasm(wasm) = &self.backend else {
+            return;
+        };
+        if let Some(pool) = &wasm.pool {
             let lease = live.lease.take();
             {
                 let mut idle = pool
@@ -255,16 +304,17 @@ impl Plugin {
         services: &Arc<HostServices>,
         auth: &Arc<SessionAuth>,
     ) -> Result<LiveInstance, PluginFault> {
+        let wasm = self.wasm()?;
         let state = HostState::new(
             self.name.clone(),
             self.allow,
             session_id.to_owned(),
             services.clone(),
-            self.kv.clone(),
+            wasm.kv.clone(),
             auth.clone(),
             self.memory,
         );
-        let mut store = Store::new(self.pre.engine(), state);
+        let mut store = Store::new(wasm.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|ctx| {
             if Instant::now() >= ctx.data().deadline {
@@ -275,12 +325,12 @@ impl Plugin {
         });
         self.arm_deadline(&mut store);
         let call = async {
-            let filter = self
+            let filter = wasm
                 .pre
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| PluginFault::from_instantiate(&e))?;
-            match filter.call_init(&mut store, &self.config_json).await {
+            match filter.call_init(&mut store, &wasm.config_json).await {
                 Ok(Ok(())) => Ok(filter),
                 Ok(Err(message)) => Err(PluginFault::InitRefused(message)),
                 Err(e) => Err(PluginFault::from_instantiate(&e)),

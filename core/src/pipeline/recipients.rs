@@ -1,5 +1,5 @@
 //! Recipient changes a data-stage plugin asks for (add or remove an
-//! envelope recipient): allowed only to a plugin the operator granted
+//! envelope recipient, or a milter's new sender): allowed only to a plugin the operator granted
 //! `recipients` (`[plugins.NAME] allow`), and each address parsed like a
 //! RCPT argument, so no CR, LF, NUL or other control character, RFC 5321
 //! mailbox syntax and the RFC 5321 §4.5.3.1 lengths. A change that fails
@@ -29,6 +29,18 @@ pub(super) fn check(
             Modification::RemoveRecipient(address) => {
                 canonical(plugin, allow, &address).map(Modification::RemoveRecipient)
             }
+            // The null reverse-path needs no parse.
+            Modification::ChangeSender(address) if address.is_empty() => {
+                sandbox::check(plugin, allow, Capability::Recipients).map_err(PluginFault::Host)?;
+                Ok(Modification::ChangeSender(address))
+            }
+            Modification::ChangeSender(address) => match canonical(plugin, allow, &address) {
+                Ok(sender) => Ok(Modification::ChangeSender(sender)),
+                Err(PluginFault::BadRecipient { address, reason }) => {
+                    Err(PluginFault::BadSender { address, reason })
+                }
+                Err(fault) => Err(fault),
+            },
             header => Ok(header),
         })
         .collect()
@@ -120,6 +132,25 @@ mod tests {
                 Modification::RemoveHeader("X-Old".into()),
                 Modification::AddRecipient("Copy@example.org".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_new_sender_needs_the_grant_and_a_valid_address() {
+        let change = |a: &str| vec![Modification::ChangeSender(a.into())];
+        assert!(check("m", Capabilities::NONE, change("b@example.org")).is_err());
+        assert!(check("m", Capabilities::NONE, change("")).is_err());
+        assert_eq!(
+            check("m", granted(), change("B@Example.ORG")).unwrap(),
+            change("B@example.org")
+        );
+        assert_eq!(check("m", granted(), change("")).unwrap(), change(""));
+        assert_eq!(
+            check("m", granted(), change("b@example.org\r\nRCPT TO:<x@y>")).unwrap_err(),
+            PluginFault::BadSender {
+                address: "b@example.org\r\nRCPT TO:<x@y>".into(),
+                reason: AddressError::ControlCharacter,
+            }
         );
     }
 

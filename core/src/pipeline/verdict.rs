@@ -65,11 +65,19 @@ pub enum StageOutcome {
 /// A change to the message or envelope asked for by a data-stage plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Modification {
-    PrependHeader { name: String, value: String },
-    AppendHeader { name: String, value: String },
+    PrependHeader {
+        name: String,
+        value: String,
+    },
+    AppendHeader {
+        name: String,
+        value: String,
+    },
     RemoveHeader(String),
     AddRecipient(String),
     RemoveRecipient(String),
+    /// A new envelope sender ("" for the null reverse-path), from a milter.
+    ChangeSender(String),
 }
 
 /// The data stage's outcome plus the modifications the chain collected.

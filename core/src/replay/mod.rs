@@ -345,6 +345,7 @@ fn describe(modification: &Modification) -> String {
         Modification::RemoveHeader(name) => format!("remove-header {name}"),
         Modification::AddRecipient(rcpt) => format!("add-recipient {rcpt}"),
         Modification::RemoveRecipient(rcpt) => format!("remove-recipient {rcpt}"),
+        Modification::ChangeSender(sender) => format!("change-sender <{sender}>"),
     }
 }
 

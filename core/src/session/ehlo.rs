@@ -13,6 +13,7 @@ impl<S: SessionStream> Session<S> {
     /// once the helo stage accepts, starts over as greeted.
     pub(super) async fn ehlo(&mut self, name: String, esmtp: bool) -> Flow {
         self.state.reset();
+        self.filters.end_transaction();
         let outcome = self.run_stage(HookArg::Helo(&name), None).await;
         if let Some(flow) = self.refused(outcome) {
             return flow;

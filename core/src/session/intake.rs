@@ -21,6 +21,7 @@ use super::{Flow, Session, SessionStream};
 use crate::metrics::METRICS;
 use crate::pipeline::message::MessageResource;
 use crate::pipeline::{Modification, SessionInfo, Stage, StageOutcome};
+use crate::smtp::address::parse_reverse_path;
 use crate::smtp::received::{count_received, received_header, rfc5322_date};
 use crate::smtp::reply::Reply;
 use crate::smtp::submission;
@@ -422,6 +423,12 @@ fn apply_envelope_changes(
                 }
             }
             Modification::RemoveRecipient(rcpt) => transaction.recipients.retain(|r| *r != rcpt),
+            // Checked by the chain; a sender that does not parse keeps the old.
+            Modification::ChangeSender(sender) => {
+                if let Ok(path) = parse_reverse_path(&format!("<{sender}>"), transaction.smtputf8) {
+                    transaction.reverse_path = path;
+                }
+            }
         }
     }
     edits

@@ -9,6 +9,7 @@ impl<S: SessionStream> Session<S> {
     /// RSET drops the transaction; a greeted session stays greeted.
     pub(super) fn rset(&mut self) -> Flow {
         self.state.reset();
+        self.filters.end_transaction();
         self.reply(Reply::ok())
     }
 

@@ -130,17 +130,32 @@ pub(super) fn resolve_plugins(
                 continue;
             }
             Some(builtin) => PluginSource::Builtin(builtin.to_owned()),
+            None if path.starts_with("milter:") => {
+                match crate::milter::MilterAddress::parse(&path["milter:".len()..]) {
+                    Ok(address) => PluginSource::Milter(address),
+                    Err(e) => {
+                        d.add(plugin.path.span(), format!("{key}.path"), e);
+                        continue;
+                    }
+                }
+            }
             None if path.is_empty() => {
                 d.add(plugin.path.span(), format!("{key}.path"), "empty path");
                 continue;
             }
             None => PluginSource::File(path.into()),
         };
-        let timeout = d.duration(
-            &plugin.timeout,
-            &format!("{key}.timeout"),
-            Duration::from_millis(100),
-        );
+        let milter = matches!(source, PluginSource::Milter(_));
+        if milter {
+            refuse_for_milter(d, &key, plugin);
+        }
+        // A milter answers over a socket, often after scanning: seconds.
+        let default_timeout = if milter {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_millis(100)
+        };
+        let timeout = d.duration(&plugin.timeout, &format!("{key}.timeout"), default_timeout);
         if let Some(t) = &plugin.timeout {
             if timeout.is_zero() || timeout > Duration::from_secs(60) {
                 d.add(
@@ -229,6 +244,28 @@ pub(super) fn resolve_plugins(
         );
     }
     plugins
+}
+
+/// The keys that shape a Wasm instance mean nothing for a milter.
+fn refuse_for_milter(d: &mut Diagnostics<'_>, key: &str, plugin: &RawPlugin) {
+    let mut refuse = |span: std::ops::Range<usize>, name: &str| {
+        d.add(span, format!("{key}.{name}"), "does not apply to a milter");
+    };
+    if let Some(v) = &plugin.instances {
+        refuse(v.span(), "instances");
+    }
+    if let Some(v) = &plugin.pool_size {
+        refuse(v.span(), "pool_size");
+    }
+    if let Some(v) = &plugin.memory {
+        refuse(v.span(), "memory");
+    }
+    if let Some(v) = plugin.files.first() {
+        refuse(v.span(), "files");
+    }
+    if let Some(v) = plugin.callouts.first() {
+        refuse(v.span(), "callouts");
+    }
 }
 
 /// Every pipeline; each stage may name only plugins declared in `plugins`.

@@ -1020,3 +1020,55 @@ fn node_name_defaults_to_hostname_and_bad_values_name_key_and_line() {
         );
     }
 }
+
+#[test]
+fn milter_elements_take_an_address_and_no_instance_keys() {
+    let listener = "\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\npipeline = \"p\"\n[pipeline.p]\ndata = [\"m\"]\n";
+    let config = load_str(
+        &format!(
+            "[plugins.m]\npath = \"milter:inet:127.0.0.1:11332\"\non_error = \"skip\"\n{listener}"
+        ),
+        "c.toml",
+    )
+    .unwrap();
+    let milter = &config.plugins["m"];
+    assert_eq!(
+        milter.source,
+        PluginSource::Milter(crate::milter::MilterAddress::Inet {
+            host: "127.0.0.1".into(),
+            port: 11332
+        })
+    );
+    // Seconds, not a Wasm call's 100ms; and no grant without the operator.
+    assert_eq!(milter.timeout, Duration::from_secs(10));
+    assert_eq!(milter.allow, Capabilities::NONE);
+    for bad in [
+        "milter:",
+        "milter:inet:127.0.0.1",
+        "milter:unix:relative",
+        "milter:tcp:h:1",
+    ] {
+        let err = load_str(
+            &format!("[plugins.m]\npath = \"{bad}\"\n{listener}"),
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("c.toml:2:") && err.contains("plugins.m.path"),
+            "{bad}: {err}"
+        );
+    }
+    let err = load_str(
+        &format!(
+            "[plugins.m]\npath = \"milter:unix:/run/m.sock\"\ninstances = \"pooled\"\n{listener}"
+        ),
+        "c.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("plugins.m.instances") && err.contains("does not apply to a milter"),
+        "{err}"
+    );
+}
