@@ -46,6 +46,19 @@ def test_size_and_recipient_limits(sluice):
     assert raw.cmd(b"NOOP")[0] == 250
 
 
+def test_binarymime_is_refused_and_not_offered(sluice):
+    """RFC 3030 §3: BINARYMIME needs CHUNKING; neither is advertised, so
+    BODY=BINARYMIME is an unrecognised parameter (RFC 5321 §4.1.1.11)."""
+    raw = session(sluice())
+    code, text = raw.cmd(b"EHLO client.test")
+    assert code == 250
+    assert b"BINARYMIME" not in text.upper() and b"CHUNKING" not in text.upper()
+    assert raw.cmd(b"MAIL FROM:<a@example.org> BODY=BINARYMIME")[0] == 555
+    assert raw.cmd(b"RCPT TO:<bob@localhost>")[0] == 503
+    assert raw.cmd(b"MAIL FROM:<a@example.org> BODY=8BITMIME")[0] == 250
+    assert raw.cmd(b"RCPT TO:<bob@localhost>")[0] == 250
+
+
 def test_received_loop_is_refused(sluice):
     raw = session(sluice())
     raw.cmd(b"EHLO client.test")

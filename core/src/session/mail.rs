@@ -7,7 +7,7 @@ use super::{Flow, Session, SessionStream};
 use crate::config::AuthMode;
 use crate::pipeline::HookArg;
 use crate::smtp::address::ReversePath;
-use crate::smtp::command::MailParams;
+use crate::smtp::command::{Body, MailParams};
 use crate::smtp::reply::Reply;
 
 impl<S: SessionStream> Session<S> {
@@ -21,6 +21,11 @@ impl<S: SessionStream> Session<S> {
                 Reply::must_starttls()
             };
             return self.error(reply);
+        }
+        if params.body == Some(Body::BinaryMime) {
+            // RFC 3030 §3: BINARYMIME needs CHUNKING, which sluice does not
+            // offer; a parameter of an extension not advertised is 555.
+            return self.error(Reply::unknown_parameter());
         }
         if let Some(reply) = self.spool_full() {
             return self.reply(reply);

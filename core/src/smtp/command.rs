@@ -56,7 +56,7 @@ pub enum Body {
     SevenBit,
     EightBitMime,
     /// Only valid with CHUNKING (RFC 3030 §3), which sluice does not offer:
-    /// the session answers it with `Reply::param_not_implemented()`.
+    /// the session answers it with `Reply::unknown_parameter()` (555).
     BinaryMime,
 }
 

@@ -314,12 +314,6 @@ impl Reply {
         Reply::new(554, Some("5.5.1"), "No valid recipients")
     }
 
-    /// 504 5.5.4: a parameter value sluice does not implement (e.g.
-    /// BODY=BINARYMIME without CHUNKING).
-    pub fn param_not_implemented() -> Reply {
-        Reply::new(504, Some("5.5.4"), "Command parameter not implemented")
-    }
-
     /// 555 5.5.4: unknown MAIL/RCPT parameter (RFC 5321 §4.1.1.11, RFC 1869 §6).
     pub fn unknown_parameter() -> Reply {
         Reply::new(
@@ -786,10 +780,6 @@ mod tests {
             (
                 Reply::no_valid_recipients(),
                 "554 5.5.1 No valid recipients\r\n",
-            ),
-            (
-                Reply::param_not_implemented(),
-                "504 5.5.4 Command parameter not implemented\r\n",
             ),
             (
                 Reply::unknown_parameter(),

@@ -158,6 +158,24 @@ async fn a_declared_size_over_the_limit_is_refused_at_mail() {
 }
 
 #[tokio::test]
+async fn binarymime_is_refused_without_chunking() {
+    // RFC 3030 §3: BODY=BINARYMIME is only for BDAT, which is not offered.
+    let mut h = Harness::start().await.ehlo().await;
+    assert_eq!(
+        h.cmd("MAIL FROM:<a@example.org> BODY=BINARYMIME").await,
+        "555 5.5.4 MAIL FROM/RCPT TO parameters not recognized or not implemented\r\n"
+    );
+    assert_eq!(
+        h.cmd("RCPT TO:<bob@localhost>").await,
+        "503 5.5.1 Bad sequence of commands\r\n"
+    );
+    assert_eq!(
+        h.cmd("MAIL FROM:<a@example.org> BODY=8BITMIME").await,
+        "250 2.1.0 Sender ok\r\n"
+    );
+}
+
+#[tokio::test]
 async fn a_mail_stage_refusal_opens_no_transaction() {
     let mut h = Harness::with(Setup::gate("mail", "reject 550 5.7.1 no senders today"))
         .await
