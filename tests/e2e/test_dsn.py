@@ -6,9 +6,11 @@ replaced by a "relayed" report for one that does not (aiosmtpd); they
 survive a restart. Every report is parsed with Python's email package."""
 import email
 import email.policy
+import json
 import smtplib
+import subprocess
 
-from conftest import Recorder, Server, Sink, config, free_port
+from conftest import BIN, Recorder, Server, Sink, config, free_port
 from peers import wait_for
 
 SENDER = "alice@example.org"
@@ -93,6 +95,17 @@ class Report:
 
     def by_final(self):
         return {r["Final-Recipient"].split(";", 1)[1].strip(): r for r in self.recipients}
+
+
+def queue_show(server):
+    """`sluice queue show` of the only queued message."""
+    cfg = str(server.tmp / "sluice.toml")
+    listed = subprocess.run([BIN, "queue", "list", "--json", "--config", cfg],
+                            capture_output=True, text=True, timeout=60, check=True)
+    [entry] = json.loads(listed.stdout)["entries"]
+    shown = subprocess.run([BIN, "queue", "show", entry["id"], "--config", cfg],
+                           capture_output=True, text=True, timeout=60, check=True)
+    return shown.stdout
 
 
 def reports(server, local="alice", domain="example.org"):
@@ -306,6 +319,10 @@ def test_the_parameters_survive_a_restart_before_the_failure(tmp_path):
                            ("never@example.net", ["NOTIFY=NEVER"])],
              mail_options=["RET=FULL", f"ENVID={ENVID_XTEXT}"])
         wait(lambda: "delivery attempt" in server.log.read_text())
+        shown = queue_show(server)
+        for line in ("dsn ret:      FULL", "dsn envid:    QQ314159+env",
+                     "    notify: FAILURE", "    orcpt: rfc822;bob@old.example", "    notify: NEVER"):
+            assert line in shown.splitlines(), (line, shown)
     finally:
         server.stop()
     hop = Sink(hop_port, rcpt_replies={

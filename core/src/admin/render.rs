@@ -4,7 +4,10 @@
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
+use sluice_spool::Ret;
+
 use super::api::{EntryView, ListView, ShowView};
+use crate::smtp::dsn::notify_value;
 
 /// Widest FROM / RECIPIENTS cell and LAST REPLY text in the table.
 const MAX_ADDRESS: usize = 40;
@@ -101,6 +104,16 @@ pub fn show(view: &ShowView, now: u64) -> String {
     if let Some(reason) = &entry.quarantine {
         let _ = writeln!(out, "quarantine:   {reason}");
     }
+    if let Some(ret) = entry.dsn.ret {
+        let ret = match ret {
+            Ret::Full => "FULL",
+            Ret::Hdrs => "HDRS",
+        };
+        let _ = writeln!(out, "dsn ret:      {ret}");
+    }
+    if let Some(envid) = &entry.dsn.envid {
+        let _ = writeln!(out, "dsn envid:    {envid}");
+    }
     let _ = writeln!(out, "\nrecipients:");
     for rcpt in &entry.recipients {
         let status = serde_json::to_value(rcpt.status)
@@ -114,6 +127,12 @@ pub fn show(view: &ShowView, now: u64) -> String {
             rcpt.attempts,
             if rcpt.attempts == 1 { "" } else { "s" }
         );
+        if let Some(notify) = &rcpt.dsn.notify {
+            let _ = writeln!(out, "    notify: {}", notify_value(notify));
+        }
+        if let Some(orcpt) = &rcpt.dsn.orcpt {
+            let _ = writeln!(out, "    orcpt: {};{}", orcpt.addr_type, orcpt.address);
+        }
         if rcpt.history.is_empty() {
             if let Some(reply) = &rcpt.last_reply {
                 let _ = writeln!(out, "    last reply: {reply}");
@@ -195,8 +214,11 @@ mod tests {
             "id": "0123456789abcdef", "reverse_path": "alice@example.org", "received_at": 1000,
             "client": "127.0.0.1:4000", "size": 321, "attempts": 2,
             "next_attempt": next_attempt, "held": state == "held", "quarantine": null,
+            "dsn": {"ret": "hdrs", "envid": "QQ314159"},
             "recipients": [
                 {"address": "bob@example.net", "status": "deferred", "last_reply": "451 4.4.1 later",
+                 "dsn": {"notify": {"success": true, "failure": true, "delay": false},
+                         "orcpt": {"addr_type": "rfc822", "address": "Bob@example.net"}},
                  "attempts": 2, "history": [
                     {"at": 1010, "reply": "421 4.3.2 busy"},
                     {"at": 1100, "reply": "451 4.4.1 later"}]},
@@ -287,6 +309,10 @@ mod tests {
             "    1970-01-01T00:16:50Z  421 4.3.2 busy",
             "    1970-01-01T00:18:20Z  451 4.4.1 later",
             "  carol@example.net  pending, 0 attempts",
+            "dsn ret:      HDRS",
+            "dsn envid:    QQ314159",
+            "    notify: SUCCESS,FAILURE",
+            "    orcpt: rfc822;Bob@example.net",
             "headers:\n  Subject: hello",
         ] {
             assert!(text.contains(part), "{part:?} missing:\n{text}");
