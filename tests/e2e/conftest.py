@@ -23,6 +23,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+def queue(server, *args):
+    """`sluice queue ARGS` against a running test server's configuration."""
+    return subprocess.run([BIN, "queue", *args, "--config", str(server.tmp / "sluice.toml")],
+                          capture_output=True, text=True, timeout=60)
+
+
 def fixture(name):
     path = PLUGIN_DIR / f"{name}.wasm"
     assert path.exists(), f"missing fixture plugin {path}"

@@ -8,9 +8,8 @@ import email
 import email.policy
 import json
 import smtplib
-import subprocess
 
-from conftest import BIN, Recorder, Server, Sink, config, free_port
+from conftest import Recorder, Server, Sink, config, free_port, queue
 from peers import wait_for
 
 SENDER = "alice@example.org"
@@ -99,12 +98,11 @@ class Report:
 
 def queue_show(server):
     """`sluice queue show` of the only queued message."""
-    cfg = str(server.tmp / "sluice.toml")
-    listed = subprocess.run([BIN, "queue", "list", "--json", "--config", cfg],
-                            capture_output=True, text=True, timeout=60, check=True)
+    listed = queue(server, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
     [entry] = json.loads(listed.stdout)["entries"]
-    shown = subprocess.run([BIN, "queue", "show", entry["id"], "--config", cfg],
-                           capture_output=True, text=True, timeout=60, check=True)
+    shown = queue(server, "show", entry["id"])
+    assert shown.returncode == 0, shown.stderr
     return shown.stdout
 
 

@@ -4,11 +4,10 @@ builtin:content quarantined is removed once it is older than the retention
 deferred or held by the operator, just as old, stays in the queue."""
 import json
 import smtplib
-import subprocess
 import time
 import urllib.request
 
-from conftest import BIN, Refuser, Server, config, free_port
+from conftest import Refuser, Server, config, free_port, queue
 from peers import wait_for
 
 CONTENT = """
@@ -33,15 +32,14 @@ def start(tmp_path, refuser_port, retention, admin_port):
     return Server(tmp_path, text).start(port)
 
 
-def queue(server, *args):
-    result = subprocess.run([BIN, "queue", *args, "--config", str(server.tmp / "sluice.toml")],
-                            capture_output=True, text=True, timeout=60)
+def queue_ok(server, *args):
+    result = queue(server, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def states(server):
-    return {e["id"]: e["state"] for e in json.loads(queue(server, "list", "--json"))["entries"]}
+    return {e["id"]: e["state"] for e in json.loads(queue_ok(server, "list", "--json"))["entries"]}
 
 
 def expired_metric(admin_port):
@@ -70,7 +68,7 @@ def test_quarantined_mail_is_removed_after_its_retention_and_other_mail_stays(tm
             [i for i, s in states(server).items() if s == "deferred"]))
         assert deferred and len(deferred) == 2, states(server)
         kept_held = deferred[1]
-        assert queue(server, "hold", kept_held).strip() == f"{kept_held} held"
+        assert queue_ok(server, "hold", kept_held).strip() == f"{kept_held} held"
 
         sent = time.monotonic()
         send(server, "bob@localhost", "prize", "Dear friend, you won the lottery!")

@@ -5,7 +5,7 @@ import smtplib
 import subprocess
 import time
 
-from conftest import BIN, Server, Sink, config, free_port
+from conftest import BIN, Server, Sink, config, free_port, queue
 
 
 def start_relay(tmp_path, sink_port):
@@ -16,11 +16,6 @@ def start_relay(tmp_path, sink_port):
                   extra=f'[[delivery.route]]\ndomain = "example.test"\nnext_hop = "127.0.0.1:{sink_port}"\n')
     text = text.replace('retry = ["1s"]', 'retry = ["1h"]')
     return Server(tmp_path, text).start(port)
-
-
-def queue(server, *args):
-    return subprocess.run([BIN, "queue", *args, "--config", str(server.tmp / "sluice.toml")],
-                          capture_output=True, text=True, timeout=60)
 
 
 def listed(server):

@@ -5,18 +5,12 @@ released by the operator and delivered intact."""
 import asyncio
 import json
 import smtplib
-import subprocess
 import time
 
 from aiosmtpd.controller import Controller
 
-from conftest import BIN, Server, Sink, config, free_port
+from conftest import Server, Sink, config, free_port, queue
 from peers import wait_for
-
-
-def queue(server, *args):
-    return subprocess.run([BIN, "queue", *args, "--config", str(server.tmp / "sluice.toml")],
-                          capture_output=True, text=True, timeout=60)
 
 
 def entries(server):
