@@ -4,10 +4,8 @@
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-use sluice_spool::Ret;
-
 use super::api::{EntryView, ListView, ShowView};
-use crate::smtp::dsn::notify_value;
+use crate::smtp::dsn::{notify_value, ret_value};
 
 /// Widest FROM / RECIPIENTS cell and LAST REPLY text in the table.
 const MAX_ADDRESS: usize = 40;
@@ -105,11 +103,7 @@ pub fn show(view: &ShowView, now: u64) -> String {
         let _ = writeln!(out, "quarantine:   {reason}");
     }
     if let Some(ret) = entry.dsn.ret {
-        let ret = match ret {
-            Ret::Full => "FULL",
-            Ret::Hdrs => "HDRS",
-        };
-        let _ = writeln!(out, "dsn ret:      {ret}");
+        let _ = writeln!(out, "dsn ret:      {}", ret_value(ret));
     }
     if let Some(envid) = &entry.dsn.envid {
         let _ = writeln!(out, "dsn envid:    {envid}");

@@ -35,8 +35,8 @@ use super::transport::{server_name, ClientStream, OutboundTlsConfig};
 use super::RecipientResult;
 use crate::config::{DeliveryTimeouts, OutboundTls};
 use crate::smtp::data::DotStuffer;
-use crate::smtp::dsn::{notify_value, xtext_encode};
-use sluice_spool::{DsnEnvelope, MessageReader, RecipientDsn, Ret, SpoolError};
+use crate::smtp::dsn::{notify_value, ret_value, xtext_encode};
+use sluice_spool::{DsnEnvelope, MessageReader, RecipientDsn, SpoolError};
 
 /// A reply line longer than this is a broken or hostile server.
 const MAX_REPLY_LINE: u64 = 4096;
@@ -770,10 +770,8 @@ fn mail_command(caps: &Capabilities, envelope: &Envelope<'_>, utf8: bool) -> Str
         line.push_str(" SMTPUTF8");
     }
     if let Some(dsn) = envelope.dsn.filter(|_| caps.dsn) {
-        match dsn.envelope.ret {
-            Some(Ret::Full) => line.push_str(" RET=FULL"),
-            Some(Ret::Hdrs) => line.push_str(" RET=HDRS"),
-            None => {}
+        if let Some(ret) = dsn.envelope.ret {
+            line.push_str(&format!(" RET={}", ret_value(ret)));
         }
         if let Some(envid) = &dsn.envelope.envid {
             line.push_str(&format!(" ENVID={}", xtext_encode(envid)));
@@ -1112,7 +1110,7 @@ mod tests {
     fn the_dsn_request_goes_only_to_a_server_that_offers_dsn() {
         let recipients = vec!["b@example.org".to_owned(), "c@example.org".to_owned()];
         let request = DsnEnvelope {
-            ret: Some(Ret::Hdrs),
+            ret: Some(sluice_spool::Ret::Hdrs),
             envid: Some("id=1 x".into()),
         };
         let wanted = vec![RecipientDsn {

@@ -77,6 +77,14 @@ pub fn parse_orcpt(value: &str) -> Result<OriginalRecipient, &'static str> {
     })
 }
 
+/// The RET value for a next hop.
+pub fn ret_value(ret: Ret) -> &'static str {
+    match ret {
+        Ret::Full => "FULL",
+        Ret::Hdrs => "HDRS",
+    }
+}
+
 /// The NOTIFY value for a next hop.
 pub fn notify_value(notify: &Notify) -> String {
     let words: Vec<&str> = [
@@ -169,6 +177,13 @@ mod tests {
         assert!(parse_envid(&format!("{}+41", "x".repeat(100))).is_err());
         for bad in ["a+0Ab", "a=b", "+2", "+C3+A9"] {
             assert!(parse_envid(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ret_words_round_trip() {
+        for ret in [Ret::Full, Ret::Hdrs] {
+            assert_eq!(parse_ret(ret_value(ret)), Ok(ret));
         }
     }
 
